@@ -1,0 +1,280 @@
+"""HEPv3 (EEP3) packet encoder and strict decoder.
+
+Source: "HEP3 Network Protocol Specification", rev. 37 (2025-06-25), sipcapture/HEP,
+sections "Packet header", "Chunk layout", "Generic chunk types" and the 113-octet worked
+example; chunk order and conventions from Kamailio siptrace_hep.c (kamailio @ 38711a3e).
+See /work/shared/reference/hep3.md.
+
+Theory of operation: a HEP3 packet is ``"HEP3" | uint16 total length | chunks``; every chunk
+is ``uint16 vendor | uint16 type | uint16 length (incl. its 6-octet header) | value``, all
+big-endian. We emit only generic (vendor 0) chunks, in Kamailio's order
+1,2,(3,4|5,6),7,8,9,a,b,c,[e],[11],[13],f. The correlation id (0x0011) goes before the
+payload (0x000f) because a Wireshark Lua dissector choked on chunks after the payload
+(OpenSIPS issue #2146). Over TCP packets are simply concatenated; ``frame_length`` lets a
+reader split them.
+
+Choices:
+- IP family chunk (0x0001) carries the Linux ``AF_*`` value, 2 for IPv4 and 10 for IPv6,
+  because that is what Kamailio sends (``sa_family``) and what Homer has always seen.
+- Timestamps are two integers (seconds, microseconds) so encoding never rounds; use
+  ``split_timestamp`` to convert a float clock reading.
+- IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``, seen on dual-stack listeners) are stored as
+  plain IPv4 so both ends share one family and Homer shows familiar addresses.
+- A packet whose total length would exceed 65535 raises ValueError: the caller decides
+  whether to truncate the payload (see ``max_payload_len``) or drop the message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+MAGIC = b"HEP3"
+MAX_PACKET = 0xFFFF
+
+PROTO_SIP = 0x01
+PROTO_LOG = 0x64
+
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+IPPROTO_IDP_TLS = 22  # Kamailio's "fake proto" for SIP over TLS/WS/WSS (IPPROTO_IDP)
+
+AF_INET = 2
+AF_INET6 = 10  # Linux value; BSDs use other numbers, but collectors expect Linux's
+
+CHUNK_IP_FAMILY = 0x0001
+CHUNK_IP_PROTO = 0x0002
+CHUNK_IPV4_SRC = 0x0003
+CHUNK_IPV4_DST = 0x0004
+CHUNK_IPV6_SRC = 0x0005
+CHUNK_IPV6_DST = 0x0006
+CHUNK_SRC_PORT = 0x0007
+CHUNK_DST_PORT = 0x0008
+CHUNK_TS_SEC = 0x0009
+CHUNK_TS_USEC = 0x000A
+CHUNK_PROTO_TYPE = 0x000B
+CHUNK_CAPTURE_ID = 0x000C
+CHUNK_AUTH_KEY = 0x000E
+CHUNK_PAYLOAD = 0x000F
+CHUNK_CORRELATION_ID = 0x0011
+CHUNK_NODE_NAME = 0x0013
+
+_HEADER = struct.Struct("!4sH")
+_CHUNK_HEADER = struct.Struct("!HHH")
+
+IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _canonical_ip(text: str) -> IPAddr:
+    addr = ipaddress.ip_address(text)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def split_timestamp(t: float) -> tuple[int, int]:
+    """Seconds and microseconds of a float clock reading, rounded to the nearest microsecond,
+    so the two HEP timestamp chunks never carry 1_000_000 usec."""
+    total = round(t * 1_000_000)
+    return total // 1_000_000, total % 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class HepPacket:
+    """Everything one HEP3 packet carries. Addresses are normalised at construction, so a
+    decoded packet compares equal to the one that was encoded."""
+
+    src_ip: str
+    dst_ip: str
+    src_port: int
+    dst_port: int
+    ts_sec: int
+    ts_usec: int
+    payload: bytes
+    ip_proto: int = IPPROTO_TCP
+    proto_type: int = PROTO_SIP
+    capture_id: int = 0
+    auth_key: bytes | None = None
+    correlation_id: bytes | None = None
+    node_name: bytes | None = None
+
+    def __post_init__(self) -> None:
+        src = _canonical_ip(self.src_ip)
+        dst = _canonical_ip(self.dst_ip)
+        if src.version != dst.version:
+            raise ValueError(f"HEP addresses must share a family: {self.src_ip} -> {self.dst_ip}")
+        object.__setattr__(self, "src_ip", str(src))
+        object.__setattr__(self, "dst_ip", str(dst))
+        for name, limit in (
+            ("src_port", 0xFFFF),
+            ("dst_port", 0xFFFF),
+            ("ts_sec", 0xFFFFFFFF),
+            ("ts_usec", 999_999),
+            ("ip_proto", 0xFF),
+            ("proto_type", 0xFF),
+            ("capture_id", 0xFFFFFFFF),
+        ):
+            value = getattr(self, name)
+            if not 0 <= value <= limit:
+                raise ValueError(f"HEP {name} out of range 0..{limit}: {value}")
+
+    @property
+    def is_ipv6(self) -> bool:
+        return ":" in self.src_ip
+
+    @classmethod
+    def at(cls, t: float, **fields: object) -> HepPacket:
+        """Build a packet from a float timestamp (seconds since the epoch)."""
+        sec, usec = split_timestamp(t)
+        return cls(ts_sec=sec, ts_usec=usec, **fields)  # type: ignore[arg-type]
+
+
+def _chunk(type_id: int, value: bytes) -> bytes:
+    return _CHUNK_HEADER.pack(0, type_id, _CHUNK_HEADER.size + len(value)) + value
+
+
+def _overhead(packet: HepPacket) -> int:
+    """Octets of everything except the payload value itself."""
+    addr = 16 if packet.is_ipv6 else 4
+    size = _HEADER.size
+    size += 7 + 7  # family, proto
+    size += 2 * (6 + addr)
+    size += 8 + 8  # ports
+    size += 10 + 10  # ts sec, usec
+    size += 7 + 10  # proto type, capture id
+    for optional in (packet.auth_key, packet.correlation_id, packet.node_name):
+        if optional is not None:
+            size += 6 + len(optional)
+    return size + 6  # payload chunk header
+
+
+def max_payload_len(packet: HepPacket) -> int:
+    """How many payload octets fit beside this packet's other chunks: for callers that
+    prefer truncating an oversize message to dropping it."""
+    return MAX_PACKET - _overhead(packet)
+
+
+def encode(packet: HepPacket) -> bytes:
+    """One HEP3 packet; raises ValueError if it would exceed the 16-bit total length."""
+    total = _overhead(packet) + len(packet.payload)
+    if total > MAX_PACKET:
+        raise ValueError(f"HEP packet too large: {total} octets > {MAX_PACKET}")
+    src = ipaddress.ip_address(packet.src_ip).packed
+    dst = ipaddress.ip_address(packet.dst_ip).packed
+    if packet.is_ipv6:
+        family, src_type, dst_type = AF_INET6, CHUNK_IPV6_SRC, CHUNK_IPV6_DST
+    else:
+        family, src_type, dst_type = AF_INET, CHUNK_IPV4_SRC, CHUNK_IPV4_DST
+    parts = [
+        _HEADER.pack(MAGIC, total),
+        _chunk(CHUNK_IP_FAMILY, bytes([family])),
+        _chunk(CHUNK_IP_PROTO, bytes([packet.ip_proto])),
+        _chunk(src_type, src),
+        _chunk(dst_type, dst),
+        _chunk(CHUNK_SRC_PORT, packet.src_port.to_bytes(2, "big")),
+        _chunk(CHUNK_DST_PORT, packet.dst_port.to_bytes(2, "big")),
+        _chunk(CHUNK_TS_SEC, packet.ts_sec.to_bytes(4, "big")),
+        _chunk(CHUNK_TS_USEC, packet.ts_usec.to_bytes(4, "big")),
+        _chunk(CHUNK_PROTO_TYPE, bytes([packet.proto_type])),
+        _chunk(CHUNK_CAPTURE_ID, packet.capture_id.to_bytes(4, "big")),
+    ]
+    if packet.auth_key is not None:
+        parts.append(_chunk(CHUNK_AUTH_KEY, packet.auth_key))
+    if packet.correlation_id is not None:
+        parts.append(_chunk(CHUNK_CORRELATION_ID, packet.correlation_id))
+    if packet.node_name is not None:
+        parts.append(_chunk(CHUNK_NODE_NAME, packet.node_name))
+    parts.append(_chunk(CHUNK_PAYLOAD, packet.payload))
+    data = b"".join(parts)
+    assert len(data) == total
+    return data
+
+
+def frame_length(buffer: bytes | bytearray | memoryview) -> int | None:
+    """Total length of the HEP3 packet at the start of a TCP byte stream, or None if fewer
+    than 6 octets are buffered. Raises ValueError when the stream is not HEP3."""
+    if len(buffer) < _HEADER.size:
+        return None
+    magic, total = _HEADER.unpack_from(buffer, 0)
+    if magic != MAGIC:
+        raise ValueError(f"not a HEP3 packet: magic {bytes(magic)!r}")
+    if total < _HEADER.size:
+        raise ValueError(f"HEP3 total length {total} shorter than its header")
+    return int(total)
+
+
+_UINT_SIZES = {
+    CHUNK_IP_FAMILY: 1,
+    CHUNK_IP_PROTO: 1,
+    CHUNK_IPV4_SRC: 4,
+    CHUNK_IPV4_DST: 4,
+    CHUNK_IPV6_SRC: 16,
+    CHUNK_IPV6_DST: 16,
+    CHUNK_SRC_PORT: 2,
+    CHUNK_DST_PORT: 2,
+    CHUNK_TS_SEC: 4,
+    CHUNK_TS_USEC: 4,
+    CHUNK_PROTO_TYPE: 1,
+    CHUNK_CAPTURE_ID: 4,
+}
+
+
+def decode(data: bytes) -> HepPacket:
+    """Parse exactly one HEP3 packet. Strict, because it checks what we (and peers we test
+    against) put on the wire: bad magic, a length that disagrees with ``len(data)``, a
+    truncated or mis-sized chunk, or a missing mandatory chunk raise ValueError. Chunks of
+    other vendors and unknown generic types are skipped, as the spec intends."""
+    total = frame_length(data)
+    if total is None or total != len(data):
+        raise ValueError(f"HEP3 total length {total} does not match {len(data)} octets")
+    chunks: dict[int, bytes] = {}
+    offset = _HEADER.size
+    while offset < total:
+        if total - offset < _CHUNK_HEADER.size:
+            raise ValueError(f"truncated HEP3 chunk header at offset {offset}")
+        vendor, type_id, length = _CHUNK_HEADER.unpack_from(data, offset)
+        if length < _CHUNK_HEADER.size or offset + length > total:
+            raise ValueError(f"bad HEP3 chunk length {length} at offset {offset}")
+        value = bytes(data[offset + _CHUNK_HEADER.size : offset + length])
+        offset += length
+        if vendor != 0:
+            continue
+        expected = _UINT_SIZES.get(type_id)
+        if expected is not None and len(value) != expected:
+            raise ValueError(f"HEP3 chunk 0x{type_id:04x} has {len(value)} octets, expected {expected}")
+        chunks[type_id] = value
+
+    def need(type_id: int) -> bytes:
+        try:
+            return chunks[type_id]
+        except KeyError:
+            raise ValueError(f"HEP3 packet lacks chunk 0x{type_id:04x}") from None
+
+    def uint(type_id: int) -> int:
+        return int.from_bytes(need(type_id), "big")
+
+    family = uint(CHUNK_IP_FAMILY)
+    if family == AF_INET:
+        src = ipaddress.IPv4Address(need(CHUNK_IPV4_SRC))
+        dst = ipaddress.IPv4Address(need(CHUNK_IPV4_DST))
+    elif family == AF_INET6:
+        src = ipaddress.IPv6Address(need(CHUNK_IPV6_SRC))  # type: ignore[assignment]
+        dst = ipaddress.IPv6Address(need(CHUNK_IPV6_DST))  # type: ignore[assignment]
+    else:
+        raise ValueError(f"unknown HEP3 IP family {family}")
+    return HepPacket(
+        src_ip=str(src),
+        dst_ip=str(dst),
+        src_port=uint(CHUNK_SRC_PORT),
+        dst_port=uint(CHUNK_DST_PORT),
+        ts_sec=uint(CHUNK_TS_SEC),
+        ts_usec=uint(CHUNK_TS_USEC),
+        payload=need(CHUNK_PAYLOAD),
+        ip_proto=uint(CHUNK_IP_PROTO),
+        proto_type=uint(CHUNK_PROTO_TYPE),
+        capture_id=uint(CHUNK_CAPTURE_ID),
+        auth_key=chunks.get(CHUNK_AUTH_KEY),
+        correlation_id=chunks.get(CHUNK_CORRELATION_ID),
+        node_name=chunks.get(CHUNK_NODE_NAME),
+    )

@@ -1,0 +1,369 @@
+"""SIP-over-stream framing (RFC 3261 section 18.3, RFC 5626 section 3.5.1), sans-IO.
+
+Theory of operation
+-------------------
+One ``SipFramer`` watches one direction of a TCP/TLS connection. The relay has already
+forwarded every chunk before it calls ``feed()``: the framer only *observes*, and nothing it
+decides changes what goes on the wire. Bytes go in, events come out, and every input byte
+comes back out in exactly one event's ``data`` (in order), whether it framed as SIP or not.
+
+The buffer is a state machine over the bytes not yet reported:
+
+``_IDLE``      at a line start between messages. A CR here begins an RFC 5626 keepalive:
+               CRLFCRLF is a ping, a CRLF not followed by CRLF is a pong. Anything else
+               begins a start line.
+``_LINE``      reading the start line. While it is incomplete it is checked against what a
+               request or status line may begin with, so TLS records or binary garbage are
+               rejected at once instead of being buffered up to the header limit.
+``_HEADERS``   the start line is plausible; looking for the CRLFCRLF that ends the header
+               block. The search resumes where it stopped (as h11's receive buffer does), so
+               a header block fed one byte at a time costs linear, not quadratic, time.
+``_BODY``      the header block is parsed; waiting for Content-Length body bytes. Only
+               Content-Length decides where the body ends: bodies may hold CRLFCRLF or any byte.
+``_SKIP``      the bytes at the front are not SIP. They are reported as ``Unframeable`` and
+               skipped to the next line start at which a plausible start line begins. Skipped
+               bytes are reported as soon as they are known to be garbage, so resync holds no
+               more than one candidate line.
+``_GAVE_UP``   a limit or an invalid Content-Length made framing unsafe or unbounded. The
+               buffer is reported and dropped, and every later chunk is reported as-is.
+
+Every decision is taken only from bytes that are already buffered and never from where a chunk
+ended, and the limits are applied to fixed windows (the first ``max_header_size`` bytes of a
+message): so a valid stream frames into the same events however it is split. Between feeds the
+buffer holds at most one incomplete message, i.e. ``max_header_size + max_message_size`` bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+__all__ = [
+    "Event",
+    "KeepAlive",
+    "SipFramer",
+    "SipMessage",
+    "Unframeable",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SipMessage:
+    """One complete message, exactly as it crossed the wire, so mirrors can replay it verbatim.
+
+    ``header_end`` indexes the first body byte (just past CRLFCRLF). A message without a
+    Content-Length header (mandatory on streams, RFC 3261 20.14) is framed with an empty body.
+    """
+
+    data: bytes
+    header_end: int
+    body_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """An RFC 5626 keepalive: reported rather than dropped so a mirror can show trunk liveness."""
+
+    data: bytes
+    kind: Literal["ping", "pong"]
+
+
+@dataclass(frozen=True, slots=True)
+class Unframeable:
+    """Bytes that could not be framed as SIP, kept raw so that nothing observed is lost."""
+
+    data: bytes
+    reason: str
+
+
+Event: TypeAlias = SipMessage | KeepAlive | Unframeable
+
+# RFC 3261 25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
+_TOKEN = rb"[A-Za-z0-9\-.!%*_+`'~]"
+_URI = rb"[^\x00-\x20\x7f]"  # no SP, no CTL
+_REASON = rb"[^\x00-\x08\x0a-\x1f\x7f]"  # reason phrase: anything but CTL (HTAB allowed)
+_VERSION = rb"(?i:SIP/2\.0)"
+_VERSION_PREFIX = rb"(?i:S(?:I(?:P(?:/(?:2(?:\.(?:0)?)?)?)?)?)?)"
+
+# Complete start lines (CRLF excluded). Runs of SP are tolerated: leniency costs nothing here.
+_START_LINE = re.compile(
+    rb"(?:" + _TOKEN + rb"+ +" + _URI + rb"+ +" + _VERSION + rb" *)"
+    rb"|(?:" + _VERSION + rb" +[0-9]{3}(?: " + _REASON + rb"*)?)"
+)
+# What an incomplete start line may look like so far: every prefix of a line matched by
+# _START_LINE matches this, so waiting for more bytes never rejects a valid message.
+_START_LINE_PREFIX = re.compile(
+    rb"(?:" + _TOKEN + rb"+(?: +(?:" + _URI + rb"+(?: +(?:" + _VERSION_PREFIX + rb" *)?)?)?)?)"
+    rb"|(?:" + _VERSION + rb"(?: +(?:[0-9]{1,3}(?: " + _REASON + rb"*)?)?)?)"
+)
+_DIGITS = re.compile(rb"[0-9]+")
+
+_CR = 0x0D
+_LF = 0x0A
+
+_IDLE = "idle"
+_LINE = "line"
+_HEADERS = "headers"
+_BODY = "body"
+_SKIP = "skip"
+_GAVE_UP = "gave up"
+_CLOSED = "closed"
+
+_YES, _NO, _MAYBE = 1, 0, -1
+
+_NOT_SIP = "not a SIP start line"
+_TLS = "TLS record where cleartext SIP was expected"
+_TRUNCATED = "truncated at end of stream"
+_NOT_OBSERVING = "not observing"
+
+
+class SipFramer:
+    """Frames one direction of a SIP stream into events; never holds more than one message."""
+
+    def __init__(self, *, max_message_size: int = 65536, max_header_size: int = 16384) -> None:
+        if max_message_size < 0 or max_header_size < 4:
+            raise ValueError("max_message_size must be >= 0 and max_header_size >= 4")
+        self._max_message = max_message_size
+        self._max_header = max_header_size
+        self._buf = bytearray()
+        self._state = _IDLE
+        self._scan_from = 0  # where the CRLF / CRLFCRLF search resumes
+        self._header_end = 0
+        self._body_length = 0
+        self._skip_reason = _NOT_SIP
+
+    @property
+    def observing(self) -> bool:
+        """False once a limit was hit: the stream can no longer be framed with bounded memory."""
+        return self._state != _GAVE_UP
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back waiting for the rest of a message (for metrics and memory checks)."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Take the next chunk of the stream; return the events it completed, in stream order."""
+        if self._state == _CLOSED:
+            raise RuntimeError("SipFramer.feed() after close()")
+        if not data:
+            return []
+        if self._state == _GAVE_UP:
+            return [Unframeable(bytes(data), _NOT_OBSERVING)]
+        self._buf += data
+        events: list[Event] = []
+        self._process(events)
+        return events
+
+    def close(self) -> list[Event]:
+        """End of stream: whatever is still buffered can never complete, so report it raw."""
+        if self._state == _CLOSED:
+            return []
+        events: list[Event] = []
+        buf = self._buf
+        if self._state == _IDLE and buf[:2] == b"\r\n":
+            # A trailing CRLF that was waiting to see whether it begins a ping.
+            events.append(KeepAlive(bytes(buf[:2]), "pong"))
+            del buf[:2]
+        if buf:
+            events.append(Unframeable(bytes(buf), _TRUNCATED))
+        buf.clear()
+        self._state = _CLOSED
+        return events
+
+    # -- the state machine ------------------------------------------------------------------
+
+    def _process(self, events: list[Event]) -> None:
+        """Advance through the states until the buffer cannot decide anything more."""
+        buf = self._buf
+        while buf:
+            state = self._state
+            if state == _IDLE:
+                if not self._idle(events):
+                    return
+            elif state == _LINE:
+                if not self._line(events):
+                    return
+            elif state == _HEADERS:
+                if not self._headers(events):
+                    return
+            elif state == _BODY:
+                total = self._header_end + self._body_length
+                if len(buf) < total:
+                    return
+                events.append(SipMessage(bytes(buf[:total]), self._header_end, self._body_length))
+                del buf[:total]
+                self._state = _IDLE
+            elif state == _SKIP:
+                self._skip(events)
+            else:  # _GAVE_UP: _give_up() already emptied the buffer
+                return
+
+    def _idle(self, events: list[Event]) -> bool:
+        """Between messages: keepalives are decided only once the next byte is known."""
+        buf = self._buf
+        if buf[0] != _CR:
+            self._state = _LINE
+            self._scan_from = 0
+            return True
+        n = len(buf)
+        if n < 2:
+            return False
+        if buf[1] != _LF:
+            self._enter_skip(_NOT_SIP)
+            return True
+        if n < 3:
+            return False
+        if buf[2] == _CR:
+            if n < 4:
+                return False
+            if buf[3] == _LF:
+                events.append(KeepAlive(bytes(buf[:4]), "ping"))
+                del buf[:4]
+                return True
+        events.append(KeepAlive(bytes(buf[:2]), "pong"))
+        del buf[:2]
+        return True
+
+    def _line(self, events: list[Event]) -> bool:
+        """Accept or reject the start line, waiting only while it could still be SIP."""
+        verdict = self._classify_line(0)
+        if verdict == _YES:
+            self._state = _HEADERS
+            # The start line's own CRLF may be the first half of CRLFCRLF.
+            self._scan_from = 0
+            return True
+        if verdict == _NO:
+            self._enter_skip(_TLS if _looks_like_tls(self._buf) else _NOT_SIP)
+            return True
+        if len(self._buf) >= self._max_header:
+            self._give_up(events, f"header block exceeds {self._max_header} bytes without end")
+            return True
+        return False
+
+    def _headers(self, events: list[Event]) -> bool:
+        """Find the end of the header block within the first max_header_size bytes."""
+        buf = self._buf
+        end = buf.find(b"\r\n\r\n", self._scan_from, self._max_header)
+        if end < 0:
+            if len(buf) >= self._max_header:
+                self._give_up(events, f"header block exceeds {self._max_header} bytes without end")
+                return True
+            self._scan_from = max(0, len(buf) - 3)
+            return False
+        header_end = end + 4
+        length, error = _content_length(buf, header_end)
+        if error is not None:
+            self._give_up(events, error)
+            return True
+        if length > self._max_message:
+            limit = self._max_message
+            self._give_up(events, f"Content-Length {length} exceeds max_message_size {limit}")
+            return True
+        self._header_end = header_end
+        self._body_length = length
+        self._state = _BODY
+        return True
+
+    def _enter_skip(self, reason: str) -> None:
+        self._state = _SKIP
+        self._skip_reason = reason
+
+    def _skip(self, events: list[Event]) -> None:
+        """Report garbage up to the next line start that begins a plausible start line.
+
+        The candidate must begin at a byte after an LF and must not begin with CR: blank lines
+        inside garbage stay garbage. Without a candidate the whole buffer is reported now, so
+        resync never accumulates garbage.
+        """
+        buf = self._buf
+        pos = 0
+        n = len(buf)
+        while True:
+            lf = buf.find(b"\n", pos)
+            if lf < 0:
+                cut, resume = n, _SKIP  # still mid-line
+                break
+            start = lf + 1
+            if start == n:
+                cut, resume = n, _IDLE  # the next chunk begins at a line start
+                break
+            if buf[start] != _CR and self._classify_line(start) != _NO:
+                cut, resume = start, _IDLE
+                break
+            pos = start
+        events.append(Unframeable(bytes(buf[:cut]), self._skip_reason))
+        del buf[:cut]
+        self._state = resume
+
+    def _classify_line(self, start: int) -> int:
+        """Is the line at ``start`` a start line (_YES), never one (_NO), or unknown yet (_MAYBE)?
+
+        Only the first max_header_size bytes of the message are looked at, so the answer does
+        not depend on how much of an over-long line happens to be buffered.
+        """
+        buf = self._buf
+        limit = start + self._max_header
+        crlf = buf.find(b"\r\n", start, limit)
+        if crlf >= 0:
+            return _YES if _START_LINE.fullmatch(buf, start, crlf) else _NO
+        end = min(len(buf), limit)
+        if end > start and buf[end - 1] == _CR:
+            end -= 1  # may be the first half of the line's CRLF
+        if end == start:
+            return _MAYBE
+        return _MAYBE if _START_LINE_PREFIX.fullmatch(buf, start, end) else _NO
+
+    def _give_up(self, events: list[Event], reason: str) -> None:
+        """Stop observing: report everything buffered and hold nothing from now on."""
+        events.append(Unframeable(bytes(self._buf), reason))
+        self._buf.clear()
+        self._state = _GAVE_UP
+
+
+def _looks_like_tls(buf: bytearray) -> bool:
+    """A TLS record header (content type 20..23, version 3.x) where SIP was expected.
+
+    Worth its own reason: it means a peer speaks TLS to a cleartext port, or a leg is mis-wired.
+    """
+    return len(buf) >= 2 and 0x14 <= buf[0] <= 0x17 and buf[1] == 0x03
+
+
+def _content_length(buf: bytearray, header_end: int) -> tuple[int, str | None]:
+    """Content-Length from the header block; (0, None) when absent, (0, reason) when invalid.
+
+    Header names are case-insensitive, ``l`` is the compact form, whitespace around the colon
+    and folded continuation lines are tolerated. Repeated headers must agree.
+    """
+    lines = bytes(buf[:header_end]).split(b"\r\n")
+    values: list[bytes] = []
+    current: bytearray | None = None  # value of a Content-Length header being unfolded
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current += b" " + line.strip()
+            continue
+        if current is not None:
+            values.append(bytes(current))
+            current = None
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() in (b"content-length", b"l"):
+            current = bytearray(value.strip())
+    if current is not None:
+        values.append(bytes(current))
+    if not values:
+        return 0, None
+    numbers: set[int] = set()
+    for value in values:
+        value = value.strip()
+        if not _DIGITS.fullmatch(value):
+            return 0, f"invalid Content-Length: {value.decode('latin-1')!r}"
+        digits = value.lstrip(b"0") or b"0"
+        if len(digits) > 18:  # beyond any limit; avoids int() on a huge digit string
+            return 0, f"Content-Length of {len(digits)} digits exceeds any max_message_size"
+        numbers.add(int(digits))
+    if len(numbers) > 1:
+        shown = ", ".join(str(n) for n in sorted(numbers))
+        return 0, f"invalid Content-Length: conflicting values {shown}"
+    return numbers.pop(), None

@@ -1,0 +1,220 @@
+"""Builds the pyOpenSSL contexts for both legs from validated settings.
+
+A ``Context`` cannot change once a ``Connection`` exists, so reload means building new
+ones; everything here is therefore a pure function of the settings and the files they name.
+Files are checked first, so a bad key or certificate stops start-up with the file and the
+problem named, not with an OpenSSL error stack.
+
+Key material leaves through the per-connection :class:`~proxy.tls.facts.HandshakeObserver`
+(the connection's app data): the key-log callback appends NSS lines to it and the verify
+callback records the first verification failure, which OpenSSL's exception alone loses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from OpenSSL import SSL
+
+from proxy.certs import key_matches_certificate, load_certificate_chain, load_private_key
+from proxy.config import ClientTlsSettings, ServerTlsSettings
+from proxy.errors import CertificateError
+from proxy.tls.facts import FailureReason, HandshakeObserver
+from proxy.tls.identity import AllowList, common_name, matches_hostname
+
+_VERSIONS = {
+    "TLSv1": SSL.TLS1_VERSION,
+    "TLSv1.1": SSL.TLS1_1_VERSION,
+    "TLSv1.2": SSL.TLS1_2_VERSION,
+    "TLSv1.3": SSL.TLS1_3_VERSION,
+}
+
+# Raw OpenSSL 3 option bits that pyOpenSSL does not name (openssl/ssl.h SSL_OP_BIT(n)).
+OP_NO_EXTENDED_MASTER_SECRET = 1 << 0
+OP_NO_ENCRYPT_THEN_MAC = 1 << 19
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A certificate chain and its private key, loaded and checked."""
+
+    chain: tuple[x509.Certificate, ...]
+    key: object
+    cert_path: Path
+    key_path: Path
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+
+def load_identity(cert_path: Path, key_path: Path, *, allow_insecure_key: bool = False,
+                  require_rsa: bool = False, now: datetime | None = None) -> Identity:
+    """Load a certificate chain and key, refusing what would fail later in a confusing way."""
+    chain = load_certificate_chain(cert_path)
+    key = load_private_key(key_path, allow_insecure_permissions=allow_insecure_key)
+    leaf = chain[0]
+    if not key_matches_certificate(key, leaf):
+        raise CertificateError(str(key_path), f"private key does not match the certificate in {cert_path}")
+    now = now or datetime.now(timezone.utc)
+    if leaf.not_valid_after_utc < now:
+        raise CertificateError(str(cert_path), f"certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    if leaf.not_valid_before_utc > now:
+        raise CertificateError(str(cert_path), f"certificate not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    if require_rsa:
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise CertificateError(
+                str(key_path),
+                f"key is {type(key).__name__.removeprefix('_')}, but RSA key exchange needs an RSA server key "
+                "(use an RSA certificate, or key_exchange = \"any\")",
+            )
+        try:
+            usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            usage = None
+        if usage is not None and not usage.key_encipherment:
+            raise CertificateError(
+                str(cert_path), "certificate's key usage lacks keyEncipherment, which RSA key exchange requires"
+            )
+    return Identity(tuple(chain), key, Path(cert_path), Path(key_path))
+
+
+def _use_identity(ctx: SSL.Context, identity: Identity) -> None:
+    ctx.use_certificate(identity.leaf)
+    for extra in identity.chain[1:]:
+        ctx.add_extra_chain_cert(extra)
+    ctx.use_privatekey(identity.key)  # type: ignore[arg-type]
+    ctx.check_privatekey()
+
+
+def _load_ca(ctx: SSL.Context, path: Path) -> None:
+    load_certificate_chain(path)  # clear error for a missing/empty/non-PEM bundle
+    try:
+        ctx.load_verify_locations(str(path))
+    except SSL.Error as exc:
+        raise CertificateError(str(path), f"cannot load CA bundle: {exc}") from None
+
+
+def _verify_error_text(errnum: int) -> str:
+    try:
+        from OpenSSL._util import ffi, lib
+
+        return ffi.string(lib.X509_verify_cert_error_string(errnum)).decode()
+    except (ImportError, AttributeError):
+        return f"X509 verify error {errnum}"
+
+
+def _subject_of(cert: object) -> str:
+    try:
+        return cert.to_cryptography().subject.rfc4514_string()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - best effort for a log line
+        return "?"
+
+
+def _make_verify_callback(allow: AllowList | None):
+    def verify(conn: SSL.Connection, cert, errnum: int, depth: int, ok: int) -> bool:
+        observer = conn.get_app_data()
+        if not isinstance(observer, HandshakeObserver):
+            return bool(ok)
+        if not ok:
+            observer.record_verify_error(errnum, depth, _subject_of(cert), _verify_error_text(errnum))
+            return False
+        if depth == 0:
+            leaf = cert.to_cryptography()
+            if allow and not allow.permits(leaf):
+                observer.policy_failure = (
+                    FailureReason.NOT_ALLOWED,
+                    f"client certificate {leaf.subject.rfc4514_string()} (CN={common_name(leaf)}) "
+                    "verified but is not on the route's allow-list",
+                )
+                return False
+            name = observer.expected_hostname
+            if name and not matches_hostname(leaf, name):
+                observer.policy_failure = (
+                    FailureReason.HOSTNAME_MISMATCH,
+                    f"server certificate {leaf.subject.rfc4514_string()} does not match {name!r}",
+                )
+                return False
+        return True
+
+    return verify
+
+
+def _keylog(conn: SSL.Connection, line: bytes) -> None:
+    observer = conn.get_app_data()
+    if isinstance(observer, HandshakeObserver):
+        observer.keylog_lines.append(line.decode("ascii", "replace").strip())
+
+
+def build_server_context(settings: ServerTlsSettings, *, session_id: bytes = b"siptap") -> SSL.Context:
+    """The customer-facing server: by default TLS 1.2, kRSA AES suites, mutual TLS, no resumption."""
+    forced_rsa = settings.key_exchange == "rsa"
+    identity = load_identity(
+        settings.cert,
+        settings.key,
+        allow_insecure_key=settings.allow_insecure_key_permissions,
+        require_rsa=forced_rsa,
+    )
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(_VERSIONS[settings.min_version])
+    ctx.set_max_proto_version(_VERSIONS[settings.effective_max_version])
+    try:
+        ctx.set_cipher_list(settings.effective_ciphers.encode())
+    except SSL.Error:
+        raise CertificateError("ciphers", f"OpenSSL accepts none of {settings.effective_ciphers!r}") from None
+    options = SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
+    if settings.resumption:
+        ctx.set_session_id(session_id)
+    else:
+        options |= SSL.OP_NO_TICKET
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    if settings.sngrep_compatible:
+        options |= OP_NO_EXTENDED_MASTER_SECRET | OP_NO_ENCRYPT_THEN_MAC
+    ctx.set_options(options)
+    _use_identity(ctx, identity)
+    if settings.verify_client:
+        _load_ca(ctx, settings.client_ca)
+        # Advertise the acceptable CAs: E-SBCs holding several certificates pick by this list.
+        ctx.load_client_ca(str(settings.client_ca).encode())
+        ctx.set_verify(
+            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+            _make_verify_callback(AllowList.parse(settings.allow)),
+        )
+        ctx.set_verify_depth(settings.verify_depth)
+    else:
+        ctx.set_verify(SSL.VERIFY_NONE)
+    ctx.set_keylog_callback(_keylog)
+    return ctx
+
+
+def build_client_context(settings: ClientTlsSettings) -> SSL.Context:
+    """The core-facing client: verifies the core, presents siptap's client certificate."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(_VERSIONS[settings.min_version])
+    ctx.set_max_proto_version(_VERSIONS[settings.max_version])
+    try:
+        ctx.set_cipher_list(settings.ciphers.encode())
+    except SSL.Error:
+        raise CertificateError("ciphers", f"OpenSSL accepts none of {settings.ciphers!r}") from None
+    if settings.tls13_ciphersuites:
+        ctx.set_tls13_ciphersuites(settings.tls13_ciphersuites.encode())
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    if settings.cert is not None and settings.key is not None:
+        _use_identity(
+            ctx,
+            load_identity(settings.cert, settings.key, allow_insecure_key=settings.allow_insecure_key_permissions),
+        )
+    if settings.verify:
+        if settings.ca is not None:
+            _load_ca(ctx, settings.ca)
+        else:
+            ctx.set_default_verify_paths()
+        ctx.set_verify(SSL.VERIFY_PEER, _make_verify_callback(None))
+    else:
+        ctx.set_verify(SSL.VERIFY_NONE)
+    ctx.set_keylog_callback(_keylog)
+    return ctx

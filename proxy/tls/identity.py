@@ -1,0 +1,115 @@
+"""Certificate identity checks that OpenSSL's default verification leaves to the application.
+
+Hostname/IP matching (RFC 6125: SANs only, a wildcard only as the whole leftmost label) for
+the core leg, and the customer allow-list. Both run inside the verify callback at depth 0 so
+a mismatch fails the handshake with an alert, as the peer expects, instead of a silent close.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
+
+
+def common_name(cert: x509.Certificate) -> str | None:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else None
+
+
+def subject_alt_names(cert: x509.Certificate) -> tuple[str, ...]:
+    """SANs as ``DNS:name`` / ``IP:addr`` / ``URI:...`` strings, the form openssl prints."""
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    out: list[str] = []
+    for dns in ext.get_values_for_type(x509.DNSName):
+        out.append(f"DNS:{dns}")
+    for ip in ext.get_values_for_type(x509.IPAddress):
+        out.append(f"IP:{ip}")
+    for uri in ext.get_values_for_type(x509.UniformResourceIdentifier):
+        out.append(f"URI:{uri}")
+    return tuple(out)
+
+
+def sha256_fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def matches_hostname(cert: x509.Certificate, name: str) -> bool:
+    """True if ``name`` (DNS name or IP literal) is in the certificate's SANs."""
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        ip = ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return ip in ext.get_values_for_type(x509.IPAddress)
+    wanted = name.rstrip(".").lower()
+    for pattern in ext.get_values_for_type(x509.DNSName):
+        if _dns_match(pattern.rstrip(".").lower(), wanted):
+            return True
+    return False
+
+
+def _dns_match(pattern: str, name: str) -> bool:
+    if pattern == name:
+        return True
+    if pattern.startswith("*.") and "*" not in pattern[2:]:
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:] and rest.count(".") >= 1
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class AllowList:
+    """Client identities allowed on the customer leg. Empty means: any certificate the CA
+    bundle verifies. Entries are ``cn:NAME``, ``san:DNS:NAME`` / ``san:IP:ADDR`` (or ``san:NAME``
+    for either) and ``sha256:HEX`` (colons optional, case-insensitive)."""
+
+    common_names: frozenset[str] = frozenset()
+    sans: frozenset[str] = frozenset()
+    fingerprints: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, entries: list[str] | tuple[str, ...]) -> AllowList:
+        cns, sans, fps = set(), set(), set()
+        for entry in entries:
+            kind, sep, value = entry.partition(":")
+            kind = kind.strip().lower()
+            if not sep or not value.strip():
+                raise ValueError(f"allow-list entry {entry!r}: expected cn:NAME, san:NAME or sha256:HEX")
+            value = value.strip()
+            if kind == "cn":
+                cns.add(value)
+            elif kind == "san":
+                sans.add(value.lower())
+            elif kind == "sha256":
+                hexdigits = value.replace(":", "").lower()
+                if len(hexdigits) != 64 or any(c not in "0123456789abcdef" for c in hexdigits):
+                    raise ValueError(f"allow-list entry {entry!r}: SHA-256 fingerprint needs 64 hex digits")
+                fps.add(hexdigits)
+            else:
+                raise ValueError(f"allow-list entry {entry!r}: unknown kind {kind!r} (cn, san, sha256)")
+        return cls(frozenset(cns), frozenset(sans), frozenset(fps))
+
+    def __bool__(self) -> bool:
+        return bool(self.common_names or self.sans or self.fingerprints)
+
+    def permits(self, cert: x509.Certificate) -> bool:
+        if not self:
+            return True
+        if common_name(cert) in self.common_names:
+            return True
+        for san in subject_alt_names(cert):
+            lowered = san.lower()
+            if lowered in self.sans or lowered.partition(":")[2] in self.sans:
+                return True
+        return cert.fingerprint(hashes.SHA256()).hex() in self.fingerprints

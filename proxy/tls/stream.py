@@ -1,0 +1,305 @@
+"""A trio Stream that speaks TLS through pyOpenSSL over memory BIOs.
+
+Theory of operation (after trio/_ssl.py). OpenSSL never touches the socket: bytes from the
+transport are written into the connection's incoming BIO, and whatever OpenSSL wants to send
+appears in its outgoing BIO. Every OpenSSL call goes through :meth:`_retry`, the only code
+that moves bytes between the BIOs and the transport:
+
+* after each call, new outgoing bytes are moved synchronously (no await in between) from the
+  BIO into ``_outbox``, so records keep the order in which OpenSSL produced them even when two
+  tasks (the relay's two pumps) use the stream at once; whoever holds ``_send_lock`` sends the
+  whole outbox, and a caller returns only once its own bytes were handed to the transport;
+* on WantReadError, one task reads the transport into the incoming BIO (``_recv_lock``); a task
+  that waited for that lock while another task did the read just retries, since the other
+  task's bytes may be what it needed (``_fill_count``);
+* errors flush first, so the peer gets OpenSSL's alert rather than a bare EOF.
+
+pyOpenSSL enables partial writes: ``send`` writes at most one 16 KiB record, so send_all loops
+and retries a WantReadError with the same buffer. With memory BIOs WantWriteError does not
+occur. Renegotiation is disabled by the contexts, so after the handshake a send never needs
+a read, and a read produces output only for TLS 1.3 post-handshake messages.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
+from OpenSSL import SSL
+
+from proxy.errors import HandshakeFailed
+from proxy.sansio.tls_hello import ClientHelloSniffer
+from proxy.tls.facts import FailureReason, HandshakeFacts, HandshakeObserver, classify_failure, collect_facts
+
+T = TypeVar("T")
+
+_RECEIVE_SIZE = 65536
+_BIO_READ_SIZE = 65536
+_CLOSE_NOTIFY_TIMEOUT = 2.0
+
+
+class _Guard:
+    """Raises BusyResourceError when two tasks use one direction of the stream at once."""
+
+    __slots__ = ("_held", "_what")
+
+    def __init__(self, what: str) -> None:
+        self._held = False
+        self._what = what
+
+    def __enter__(self) -> None:
+        if self._held:
+            raise trio.BusyResourceError(f"another task is already {self._what}")
+        self._held = True
+
+    def __exit__(self, *exc: object) -> None:
+        self._held = False
+
+
+class OpenSSLStream(trio.abc.Stream):
+    """TLS over any trio transport stream; ``facts`` holds the handshake's record once done.
+
+    ``close_notify_received`` and ``eof_without_close_notify`` tell the relay how the peer ended.
+    """
+
+    def __init__(
+        self,
+        transport_stream: trio.abc.Stream,
+        context: SSL.Context,
+        *,
+        server_side: bool,
+        leg: str,
+        server_hostname: str | None = None,
+        check_hostname: bool = False,
+        send_sni: bool = True,
+    ) -> None:
+        self.transport_stream = transport_stream
+        self.observer = HandshakeObserver(leg=leg, role="server" if server_side else "client")
+        conn = SSL.Connection(context, None)
+        conn.set_app_data(self.observer)
+        if server_side:
+            conn.set_accept_state()
+            self.observer.sniffer = ClientHelloSniffer()
+        else:
+            conn.set_connect_state()
+            if server_hostname and send_sni and not _is_ip(server_hostname):
+                conn.set_tlsext_host_name(server_hostname.encode("idna"))
+            if check_hostname and server_hostname:
+                self.observer.expected_hostname = server_hostname
+        self._conn = conn
+        self._outbox = bytearray()
+        self._send_lock = trio.Lock()
+        self._recv_lock = trio.Lock()
+        self._handshake_lock = trio.Lock()
+        self._fill_count = 0
+        self._transport_eof = False
+        self._send_guard = _Guard("sending on this TLS stream")
+        self._recv_guard = _Guard("receiving on this TLS stream")
+        self._handshake_done = False
+        self._handshake_error: HandshakeFailed | None = None
+        self._closed = False
+        self._sent_close_notify = False
+        self.facts: HandshakeFacts | None = None
+        self.close_notify_received = False
+        self.eof_without_close_notify = False
+
+    # -- the only code that touches the transport -------------------------------------------
+
+    def _drain_bio(self) -> None:
+        while True:
+            try:
+                self._outbox += self._conn.bio_read(_BIO_READ_SIZE)
+            except SSL.WantReadError:
+                return
+
+    async def _flush(self) -> None:
+        self._drain_bio()
+        if not self._outbox:
+            return
+        async with self._send_lock:
+            while self._outbox:
+                data = bytes(self._outbox)
+                self._outbox.clear()
+                await self.transport_stream.send_all(data)
+
+    async def _flush_quietly(self) -> None:
+        """Best effort, used on the error path: the alert matters, a dead peer does not."""
+        try:
+            with trio.move_on_after(_CLOSE_NOTIFY_TIMEOUT):
+                await self._flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _fill(self) -> None:
+        count = self._fill_count
+        async with self._recv_lock:
+            if count != self._fill_count:
+                return
+            if self._transport_eof:
+                data = b""
+            else:
+                data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
+            sniffer = self.observer.sniffer
+            if sniffer is not None and not sniffer.done:
+                sniffer.feed(data)
+            if data:
+                self._conn.bio_write(data)
+            else:
+                self._transport_eof = True
+                self._conn.bio_shutdown()
+            self._fill_count += 1
+
+    async def _retry(self, fn: Callable[..., T], *args: object) -> T:
+        while True:
+            want_read = False
+            try:
+                result = fn(*args)
+            except SSL.WantReadError:
+                want_read = True
+            except SSL.Error:
+                await self._flush_quietly()
+                raise
+            await self._flush()
+            if not want_read:
+                return result
+            await self._fill()
+
+    # -- handshake ---------------------------------------------------------------------------
+
+    async def do_handshake(self, timeout: float | None = None) -> HandshakeFacts:
+        """Complete the handshake or raise HandshakeFailed with a classified reason."""
+        self._check_open()
+        async with self._handshake_lock:
+            if self._handshake_error is not None:
+                raise self._handshake_error
+            if not self._handshake_done:
+                with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
+                    await self._handshake_once()
+                if scope.cancelled_caught:
+                    state = self._conn.get_state_string().decode("ascii", "replace")
+                    self._handshake_error = HandshakeFailed(
+                        FailureReason.TIMEOUT.value, f"handshake not complete after {timeout:g} s (state: {state})"
+                    )
+                    raise self._handshake_error
+        assert self.facts is not None
+        return self.facts
+
+    async def _handshake_once(self) -> None:
+        try:
+            await self._retry(self._conn.do_handshake)
+        except SSL.Error as exc:
+            self._handshake_error = classify_failure(exc, self.observer)
+            raise self._handshake_error from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._handshake_error = HandshakeFailed(
+                FailureReason.PEER_CLOSED.value, f"transport failed during the handshake: {exc or type(exc).__name__}"
+            )
+            raise self._handshake_error from None
+        self._handshake_done = True
+        self.facts = collect_facts(self._conn, self.observer)
+        self.observer.sniffer = None
+
+    async def _ensure_handshake(self) -> None:
+        if not self._handshake_done:
+            await self.do_handshake()
+
+    # -- trio.abc.Stream ---------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("TLS stream is closed")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with self._send_guard:
+            self._check_open()
+            await self._ensure_handshake()
+            if self._sent_close_notify:
+                raise trio.ClosedResourceError("send_eof() was called; cannot send more")
+            if not data:
+                await trio.lowlevel.checkpoint()
+                return
+            view = memoryview(data)
+            total = len(view)
+            offset = 0
+            try:
+                while offset < total:
+                    offset += await self._retry(self._conn.send, view[offset:])
+            except SSL.Error as exc:
+                raise trio.BrokenResourceError(f"TLS send failed: {exc}") from exc
+            finally:
+                view.release()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        with self._recv_guard:
+            self._check_open()
+            await self._ensure_handshake()
+            size = max_bytes if max_bytes is not None else _RECEIVE_SIZE
+            if size < 1:
+                raise ValueError("max_bytes must be >= 1")
+            try:
+                data = await self._retry(self._conn.recv, size)
+            except SSL.ZeroReturnError:
+                self.close_notify_received = True
+                return b""
+            except SSL.SysCallError as exc:
+                if self._transport_eof:
+                    self.eof_without_close_notify = True
+                    return b""
+                raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
+            except SSL.Error as exc:
+                if self._transport_eof and "unexpected eof" in str(exc).lower():
+                    self.eof_without_close_notify = True
+                    return b""
+                raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
+            return data
+
+    async def send_eof(self) -> None:
+        """Send close_notify: TLS's 'I am done sending'. The peer may still send to us."""
+        with self._send_guard:
+            self._check_open()
+            await self._ensure_handshake()
+            if self._sent_close_notify:
+                await trio.lowlevel.checkpoint()
+                return
+            self._sent_close_notify = True
+            try:
+                self._conn.shutdown()
+            except SSL.Error as exc:
+                raise trio.BrokenResourceError(f"TLS shutdown failed: {exc}") from exc
+            await self._flush()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        with self._send_guard:
+            self._check_open()
+            await self.transport_stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        """Send close_notify if we can within a short bound, then close the transport."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            if self._handshake_done and not self._sent_close_notify:
+                self._sent_close_notify = True
+                try:
+                    self._conn.shutdown()
+                except SSL.Error:
+                    pass
+                await self._flush_quietly()
+        finally:
+            await self.transport_stream.aclose()
+
+    @property
+    def peer_closed(self) -> bool:
+        return self.close_notify_received or self.eof_without_close_notify
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True

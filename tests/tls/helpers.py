@@ -1,0 +1,45 @@
+"""Real TLS peers for the TLS tests: the standard library's ssl (OpenSSL 3, a different build
+from pyOpenSSL's) driven through trio.SSLStream, over real loopback sockets."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+# The cipher offer of a Sangoma IMG 2020 E-SBC (ECDHE/DHE first, RSA last), from design.md.
+IMG2020_CIPHERS = (
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-SHA384:ECDHE-RSA-AES256-SHA:"
+    "DHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES256-SHA256:DHE-RSA-AES256-SHA:"
+    "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-SHA256:ECDHE-RSA-AES128-SHA:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES128-SHA256:DHE-RSA-AES128-SHA:"
+    "AES256-GCM-SHA384:AES256-SHA256:AES256-SHA:AES128-GCM-SHA256:AES128-SHA256:AES128-SHA"
+)
+
+
+def customer_client_context(
+    pki: Path,
+    *,
+    cert: str | None = "customer",
+    ciphers: str = IMG2020_CIPHERS,
+    minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
+    maximum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3,
+) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(pki / "ca.pem")
+    if cert is not None:
+        ctx.load_cert_chain(pki / f"{cert}.pem", pki / f"{cert}.key")
+    ctx.set_ciphers(ciphers)
+    ctx.minimum_version = minimum
+    ctx.maximum_version = maximum
+    return ctx
+
+
+def core_server_context(pki: Path, *, cert: str = "core", require_client_cert: bool = True,
+                        minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki / f"{cert}.pem", pki / f"{cert}.key")
+    ctx.minimum_version = minimum
+    if require_client_cert:
+        ctx.load_verify_locations(pki / "ca.pem")
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
