@@ -193,6 +193,8 @@ class OpenSSLStream(trio.abc.Stream):
             self._handshake_error = classify_failure(exc, self.observer)
             raise self._handshake_error from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if self._closed:
+                raise trio.ClosedResourceError("TLS stream was closed during the handshake") from None
             self._handshake_error = HandshakeFailed(
                 FailureReason.PEER_CLOSED.value, f"transport failed during the handshake: {exc or type(exc).__name__}"
             )
@@ -202,8 +204,12 @@ class OpenSSLStream(trio.abc.Stream):
         self.observer.sniffer = None
 
     async def _ensure_handshake(self) -> None:
+        """Implicit handshake for send/receive: a failure is a broken stream, as trio expects."""
         if not self._handshake_done:
-            await self.do_handshake()
+            try:
+                await self.do_handshake()
+            except HandshakeFailed as exc:
+                raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
 
     # -- trio.abc.Stream ---------------------------------------------------------------------
 

@@ -43,3 +43,41 @@ def core_server_context(pki: Path, *, cert: str = "core", require_client_cert: b
         ctx.load_verify_locations(pki / "ca.pem")
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+class OpenSSLServer:
+    """`openssl s_server` as a real peer on a free loopback port (port 0, read back from its
+    ACCEPT line). Used where the exact behaviour of a C TLS stack matters (alerts, versions)."""
+
+    def __init__(self, *args: str) -> None:
+        import select
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            ["stdbuf", "-oL", "openssl", "s_server", "-accept", "127.0.0.1:0", *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        assert self.proc.stdout is not None
+        self.output: list[str] = []
+        while True:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 10)
+            if not ready:
+                self.close()
+                raise RuntimeError(f"openssl s_server did not start: {self.output}")
+            line = self.proc.stdout.readline().decode(errors="replace")
+            if not line:
+                raise RuntimeError(f"openssl s_server exited: {self.output}")
+            self.output.append(line)
+            if line.startswith("ACCEPT"):
+                self.port = int(line.rsplit(":", 1)[1])
+                return
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self) -> "OpenSSLServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,96 @@
+"""OpenSSLStream against trio's own Stream conformance suite and edge cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from proxy.config import ClientTlsSettings, ServerTlsSettings
+from proxy.tls.contexts import build_client_context, build_server_context
+from proxy.tls.stream import OpenSSLStream
+
+
+@pytest.fixture(scope="module")
+def contexts(pki: Path):
+    server = build_server_context(
+        ServerTlsSettings(cert=pki / "proxy-server.pem", key=pki / "proxy-server.key", client_ca=pki / "ca.pem")
+    )
+    client = build_client_context(
+        ClientTlsSettings(
+            cert=pki / "customer.pem", key=pki / "customer.key", ca=pki / "ca.pem", server_name="localhost",
+            ciphers="AES256-GCM-SHA384", max_version="TLSv1.2",
+        )
+    )
+    return server, client
+
+
+def pair(contexts, transport_pair):
+    server_ctx, client_ctx = contexts
+    a, b = transport_pair()
+    client = OpenSSLStream(a, client_ctx, server_side=False, leg="core", server_hostname="localhost",
+                           check_hostname=True)
+    server = OpenSSLStream(b, server_ctx, server_side=True, leg="customer")
+    return client, server
+
+
+async def test_check_two_way_stream(contexts) -> None:
+    async def stream_maker():
+        return pair(contexts, trio.testing.memory_stream_pair)
+
+    async def clogged_stream_maker():
+        client, server = pair(contexts, trio.testing.lockstep_stream_pair)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.do_handshake)
+            nursery.start_soon(server.do_handshake)
+        return client, server
+
+    await trio.testing.check_two_way_stream(stream_maker, clogged_stream_maker)
+
+
+async def test_large_transfer_both_ways_concurrently(contexts) -> None:
+    client, server = pair(contexts, trio.testing.memory_stream_pair)
+    payload = bytes(range(256)) * 4096  # 1 MiB: many 16 KiB records, partial writes
+
+    async def send(stream: OpenSSLStream) -> None:
+        await stream.send_all(payload)
+        await stream.send_eof()
+
+    async def receive(stream: OpenSSLStream, out: bytearray) -> None:
+        while data := await stream.receive_some():
+            out += data
+
+    got_client, got_server = bytearray(), bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send, client)
+        nursery.start_soon(send, server)
+        nursery.start_soon(receive, client, got_client)
+        nursery.start_soon(receive, server, got_server)
+    assert bytes(got_client) == payload and bytes(got_server) == payload
+    assert client.close_notify_received and server.close_notify_received
+
+
+async def test_eof_without_close_notify_is_reported(contexts) -> None:
+    client, server = pair(contexts, trio.testing.memory_stream_pair)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        nursery.start_soon(server.do_handshake)
+    await client.send_all(b"hi")
+    await client.transport_stream.aclose()  # vanish without close_notify
+    assert await server.receive_some() == b"hi"
+    assert await server.receive_some() == b""
+    assert server.eof_without_close_notify and not server.close_notify_received
+    await server.aclose()
+    await client.aclose()
+
+
+async def test_use_after_close_raises(contexts) -> None:
+    client, server = pair(contexts, trio.testing.memory_stream_pair)
+    await client.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await client.send_all(b"x")
+    with pytest.raises(trio.ClosedResourceError):
+        await client.receive_some()
+    await server.aclose()
