@@ -13,8 +13,9 @@ The buffer is a state machine over the bytes not yet reported:
                CRLFCRLF is a ping, a CRLF not followed by CRLF is a pong. Anything else
                begins a start line.
 ``_LINE``      reading the start line. While it is incomplete it is checked against what a
-               request or status line may begin with, so TLS records or binary garbage are
-               rejected at once instead of being buffered up to the header limit.
+               request or status line may begin with (again each time it doubles), so TLS
+               records or binary garbage are rejected at once instead of being buffered up to
+               the header limit.
 ``_HEADERS``   the start line is plausible; looking for the CRLFCRLF that ends the header
                block. The search resumes where it stopped (as h11's receive buffer does), so
                a header block fed one byte at a time costs linear, not quadratic, time.
@@ -23,7 +24,8 @@ The buffer is a state machine over the bytes not yet reported:
 ``_SKIP``      the bytes at the front are not SIP. They are reported as ``Unframeable`` and
                skipped to the next line start at which a plausible start line begins. Skipped
                bytes are reported as soon as they are known to be garbage, so resync holds no
-               more than one candidate line.
+               more than one candidate line. Blank lines inside garbage are garbage, not
+               keepalives.
 ``_GAVE_UP``   a limit or an invalid Content-Length made framing unsafe or unbounded. The
                buffer is reported and dropped, and every later chunk is reported as-is.
 
@@ -95,7 +97,8 @@ _START_LINE = re.compile(
 # _START_LINE matches this, so waiting for more bytes never rejects a valid message.
 _START_LINE_PREFIX = re.compile(
     rb"(?:" + _TOKEN + rb"+(?: +(?:" + _URI + rb"+(?: +(?:" + _VERSION_PREFIX + rb" *)?)?)?)?)"
-    rb"|(?:" + _VERSION + rb"(?: +(?:[0-9]{1,3}(?: " + _REASON + rb"*)?)?)?)"
+    rb"|(?:" + _VERSION_PREFIX + rb")"
+    rb"|(?:" + _VERSION + rb" +(?:[0-9]{1,3}(?: " + _REASON + rb"*)?)?)"
 )
 _DIGITS = re.compile(rb"[0-9]+")
 
@@ -108,7 +111,6 @@ _HEADERS = "headers"
 _BODY = "body"
 _SKIP = "skip"
 _GAVE_UP = "gave up"
-_CLOSED = "closed"
 
 _YES, _NO, _MAYBE = 1, 0, -1
 
@@ -129,9 +131,12 @@ class SipFramer:
         self._buf = bytearray()
         self._state = _IDLE
         self._scan_from = 0  # where the CRLF / CRLFCRLF search resumes
+        self._checked = 0  # start-line bytes that passed the last prefix check
         self._header_end = 0
         self._body_length = 0
         self._skip_reason = _NOT_SIP
+        self._skip_at_line_start = False
+        self._closed = False
 
     @property
     def observing(self) -> bool:
@@ -145,7 +150,7 @@ class SipFramer:
 
     def feed(self, data: bytes) -> list[Event]:
         """Take the next chunk of the stream; return the events it completed, in stream order."""
-        if self._state == _CLOSED:
+        if self._closed:
             raise RuntimeError("SipFramer.feed() after close()")
         if not data:
             return []
@@ -158,10 +163,15 @@ class SipFramer:
 
     def close(self) -> list[Event]:
         """End of stream: whatever is still buffered can never complete, so report it raw."""
-        if self._state == _CLOSED:
+        if self._closed:
             return []
+        self._closed = True
         events: list[Event] = []
         buf = self._buf
+        if self._state == _LINE and self._classify_line(0) == _NO:
+            # _line() had not re-checked the newest bytes yet: resync as feed() would have.
+            self._enter_skip(_TLS if _looks_like_tls(buf) else _NOT_SIP)
+            self._process(events)
         if self._state == _IDLE and buf[:2] == b"\r\n":
             # A trailing CRLF that was waiting to see whether it begins a ping.
             events.append(KeepAlive(bytes(buf[:2]), "pong"))
@@ -169,7 +179,6 @@ class SipFramer:
         if buf:
             events.append(Unframeable(bytes(buf), _TRUNCATED))
         buf.clear()
-        self._state = _CLOSED
         return events
 
     # -- the state machine ------------------------------------------------------------------
@@ -206,6 +215,7 @@ class SipFramer:
         if buf[0] != _CR:
             self._state = _LINE
             self._scan_from = 0
+            self._checked = 0
             return True
         n = len(buf)
         if n < 2:
@@ -227,18 +237,31 @@ class SipFramer:
         return True
 
     def _line(self, events: list[Event]) -> bool:
-        """Accept or reject the start line, waiting only while it could still be SIP."""
-        verdict = self._classify_line(0)
+        """Accept or reject the start line, waiting only while it could still be SIP.
+
+        An incomplete line is re-checked only each time it has doubled in length: the prefix
+        check rescans from the line start, and a line fed one byte at a time must not cost
+        quadratic time. Rejection may come a little later; the verdict is the same, because a
+        prefix that cannot begin a start line never becomes one by growing.
+        """
+        buf = self._buf
+        limit = self._max_header
+        verdict = self._classify_line(0, self._scan_from, check_prefix=False)
+        if verdict == _MAYBE:
+            self._scan_from = max(0, min(len(buf), limit) - 1)
+            if len(buf) >= limit or len(buf) >= 2 * self._checked:
+                self._checked = len(buf)
+                verdict = self._classify_line(0, self._scan_from)
         if verdict == _YES:
             self._state = _HEADERS
             # The start line's own CRLF may be the first half of CRLFCRLF.
             self._scan_from = 0
             return True
         if verdict == _NO:
-            self._enter_skip(_TLS if _looks_like_tls(self._buf) else _NOT_SIP)
+            self._enter_skip(_TLS if _looks_like_tls(buf) else _NOT_SIP)
             return True
-        if len(self._buf) >= self._max_header:
-            self._give_up(events, f"header block exceeds {self._max_header} bytes without end")
+        if len(buf) >= limit:
+            self._give_up(events, f"header block exceeds {limit} bytes without end")
             return True
         return False
 
@@ -269,6 +292,7 @@ class SipFramer:
     def _enter_skip(self, reason: str) -> None:
         self._state = _SKIP
         self._skip_reason = reason
+        self._skip_at_line_start = False  # the line at the front is the one found bad
 
     def _skip(self, events: list[Event]) -> None:
         """Report garbage up to the next line start that begins a plausible start line.
@@ -280,6 +304,12 @@ class SipFramer:
         buf = self._buf
         pos = 0
         n = len(buf)
+        if self._skip_at_line_start:
+            # The last chunk ended with the LF of a garbage line: this chunk starts a line.
+            self._skip_at_line_start = False
+            if buf[0] != _CR and self._classify_line(0) != _NO:
+                self._state = _IDLE
+                return
         while True:
             lf = buf.find(b"\n", pos)
             if lf < 0:
@@ -287,7 +317,8 @@ class SipFramer:
                 break
             start = lf + 1
             if start == n:
-                cut, resume = n, _IDLE  # the next chunk begins at a line start
+                cut, resume = n, _SKIP
+                self._skip_at_line_start = True  # decide on the next chunk's first byte
                 break
             if buf[start] != _CR and self._classify_line(start) != _NO:
                 cut, resume = start, _IDLE
@@ -297,17 +328,20 @@ class SipFramer:
         del buf[:cut]
         self._state = resume
 
-    def _classify_line(self, start: int) -> int:
+    def _classify_line(self, start: int, crlf_from: int = 0, *, check_prefix: bool = True) -> int:
         """Is the line at ``start`` a start line (_YES), never one (_NO), or unknown yet (_MAYBE)?
 
         Only the first max_header_size bytes of the message are looked at, so the answer does
-        not depend on how much of an over-long line happens to be buffered.
+        not depend on how much of an over-long line happens to be buffered. ``crlf_from`` is
+        where an earlier search for the line's CRLF left off.
         """
         buf = self._buf
         limit = start + self._max_header
-        crlf = buf.find(b"\r\n", start, limit)
+        crlf = buf.find(b"\r\n", max(start, crlf_from), limit)
         if crlf >= 0:
             return _YES if _START_LINE.fullmatch(buf, start, crlf) else _NO
+        if not check_prefix:
+            return _MAYBE
         end = min(len(buf), limit)
         if end > start and buf[end - 1] == _CR:
             end -= 1  # may be the first half of the line's CRLF
