@@ -53,3 +53,9 @@ class UpstreamError(SiptapError):
         self.attempts = attempts
         tried = "; ".join(f"{addr}: {why}" for addr, why in attempts) or "no upstream configured"
         super().__init__(f"no core reachable ({tried})")
+
+
+class ListenError(SiptapError):
+    """A listen address that cannot be bound (in use, not local, no permission)."""
+
+    hint = "is another siptap (or the SBC) already on that port? ports below 1024 need root or CAP_NET_BIND_SERVICE"

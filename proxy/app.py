@@ -1,0 +1,156 @@
+"""Composition root: builds contexts, listeners and the mirror from a Config, and runs them.
+
+Lifecycle: start listeners (reporting bound addresses), then wait for signals. SIGHUP
+re-reads the config file and rebuilds every TLS context (certificates, CA bundles,
+allow-lists); if anything fails the old contexts stay and the error is logged. SIGTERM or
+SIGINT stops the listeners, lets live connections finish for ``drain_timeout``, cancels the
+rest, then flushes the mirror.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, replace
+from typing import Any
+
+import trio
+
+from proxy.config import Config, Route, load_config
+from proxy.errors import CertificateError, ConfigError, SiptapError
+from proxy.log import get_logger
+from proxy.relay.server import RouteListener
+from proxy.relay.session import SessionPlan
+from proxy.tls.contexts import build_client_context, build_server_context
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlans:
+    forward: SessionPlan
+    reverse: SessionPlan | None
+
+
+def build_plans(config: Config, route: Route, publish: Any = None, mirror_legs: frozenset[str] | None = None) -> RoutePlans:
+    """Build every TLS context of a route; a bad file is reported as a ConfigError naming the
+    config file, the key that names the file, and the problem."""
+    try:
+        return _build_plans(config, route, publish, mirror_legs)
+    except CertificateError as exc:
+        raise _locate(config, route, exc) from None
+
+
+def _locate(config: Config, route: Route, exc: CertificateError) -> ConfigError:
+    index = config.routes.index(route)
+    sections: list[tuple[str, object]] = [("customer", route.customer), ("core_tls", route.core_tls)]
+    if route.reverse is not None:
+        sections += [("reverse.core_side", route.reverse.core_side), ("reverse.customer_tls", route.reverse.customer_tls)]
+    for section, settings in sections:
+        for name in ("cert", "key", "client_ca", "ca", "ciphers"):
+            value = getattr(settings, name, None)
+            if value is not None and (str(value) == exc.path or name == exc.path):
+                error = ConfigError(str(config.path), f"route[{index}].{section}.{name}", str(exc))
+                if "No such file" in exc.problem and name in ("cert", "key", "client_ca", "ca"):
+                    error.hint = "for the lab PKI run `siptap certs init --dir certs` next to the config file"
+                return error
+    return ConfigError(str(config.path), f"route[{index}]", str(exc))
+
+
+def _build_plans(config: Config, route: Route, publish: Any, mirror_legs: frozenset[str] | None) -> RoutePlans:
+    extra: dict[str, Any] = {}
+    if publish is not None:
+        extra["publish"] = publish
+    if mirror_legs is not None:
+        extra["mirror_legs"] = mirror_legs
+    session_id = f"siptap:{route.name}".encode()[:32]
+    forward = SessionPlan(
+        route=route.name, accepted_leg="customer", dialled_leg="core",
+        server_context=build_server_context(route.customer, session_id=session_id),
+        client_context=build_client_context(route.core_tls), client_settings=route.core_tls,
+        upstreams=route.cores, limits=route.limits, log_settings=config.log, **extra,
+    )
+    reverse = None
+    if route.reverse is not None:
+        rev = route.reverse
+        reverse = SessionPlan(
+            route=route.name, accepted_leg="core", dialled_leg="customer",
+            server_context=build_server_context(rev.core_side, session_id=session_id),
+            client_context=build_client_context(rev.customer_tls), client_settings=rev.customer_tls,
+            upstreams=rev.customers, limits=route.limits, log_settings=config.log, **extra,
+        )
+    return RoutePlans(forward, reverse)
+
+
+class App:
+    def __init__(self, config: Config, *, publish: Any = None, mirror_legs: frozenset[str] | None = None) -> None:
+        self.config = config
+        self.log = get_logger("siptap")
+        self._publish = publish
+        self._mirror_legs = mirror_legs
+        self.listeners: list[RouteListener] = []
+        for route in config.routes:
+            plans = build_plans(config, route, publish, mirror_legs)
+            self.listeners.append(RouteListener(route.name, "customer", route.listen, plans.forward,
+                                                route.limits.max_connections, self.log))
+            if plans.reverse is not None and route.reverse is not None:
+                self.listeners.append(RouteListener(route.name, "core", route.reverse.listen, plans.reverse,
+                                                    route.limits.max_connections, self.log))
+        self.shutdown_requested = trio.Event()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED, handle_signals: bool = True) -> None:
+        if self.config.log.key_material:
+            self.log.warning("key_material_in_logs",
+                             detail="TLS secrets are logged (log.key_material = true): treat these logs as secret")
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as accepting:
+                bound = {}
+                for listener in self.listeners:
+                    bound[(listener.name, listener.leg)] = await accepting.start(listener.serve, connections)
+                self.log.info("ready", routes=[r.name for r in self.config.routes])
+                task_status.started(bound)
+                if handle_signals:
+                    accepting.start_soon(self._signals)
+                await self.shutdown_requested.wait()
+                accepting.cancel_scope.cancel()
+            live = sum(listener.active for listener in self.listeners)
+            self.log.info("draining", connections=live, drain_timeout=self.config.drain_timeout)
+            connections.cancel_scope.deadline = trio.current_time() + self.config.drain_timeout
+        self.log.info("stopped")
+
+    def request_shutdown(self) -> None:
+        self.shutdown_requested.set()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    self.log.info("shutdown_requested", signal=signal.Signals(signum).name)
+                    self.request_shutdown()
+                    return
+
+    def reload(self) -> bool:
+        """Rebuild every context from the config file; all or nothing."""
+        try:
+            config = load_config(self.config.path)
+            new_plans: dict[str, RoutePlans] = {}
+            for route in config.routes:
+                new_plans[route.name] = build_plans(config, route, self._publish, self._mirror_legs)
+        except SiptapError as exc:
+            self.log.error("reload_failed", detail=str(exc), kept="previous certificates and settings")
+            return False
+        for listener in self.listeners:
+            plans = new_plans.get(listener.name)
+            if plans is None:
+                self.log.warning("reload_route_missing", route=listener.name, detail="route kept as it was; restart to remove it")
+                continue
+            plan = plans.forward if listener.leg == "customer" else plans.reverse
+            if plan is None:
+                continue
+            listener.plan = replace(plan)
+        unchanged = {r.name for r in self.config.routes}
+        added = sorted(set(new_plans) - unchanged)
+        if added:
+            self.log.warning("reload_routes_added", routes=added, detail="new routes and listen addresses need a restart")
+        self.log.info("reloaded", routes=sorted(new_plans))
+        return True
+

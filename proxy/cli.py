@@ -1,0 +1,171 @@
+"""The `siptap` command: argv in, exit status out. The only module with process side effects.
+
+Errors a user can fix are one line (what, where) plus a hint, never a traceback; --debug
+shows the traceback for the ones we did not foresee.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from proxy import __version__
+from proxy.errors import SiptapError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="siptap",
+        description="Inline TLS-terminating SIP proxy: forces RSA key exchange toward the customer E-SBC, "
+        "re-originates TLS to the core, relays bytes unchanged and mirrors cleartext SIP plus key material.",
+    )
+    parser.add_argument("--version", action="version", version=f"siptap {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # --debug is accepted before or after the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
+    run = sub.add_parser("run", parents=[common], help="run the proxy on a config file",
+                         description="Listen for customer E-SBCs and relay to the core SBC, per config file.")
+    run.add_argument("--config", "-c", type=Path, default=Path("config.toml"), help="config file (default: %(default)s)")
+    run.add_argument("--log-format", choices=("json", "console"), help="override log.format from the config")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override log.level")
+
+    check = sub.add_parser("check", parents=[common], help="validate a config file and every file it names, without starting",
+                           description="Validate the config and every certificate/key it names; exit 0 if usable.")
+    check.add_argument("--config", "-c", type=Path, default=Path("config.toml"), help="config file (default: %(default)s)")
+
+    certs = sub.add_parser("certs", parents=[common], help="lab PKI: create a CA and the lab certificates, or issue extra leaves",
+                           description="Lab PKI for siptap, its sample customer and core. Never for production.")
+    certs_sub = certs.add_subparsers(dest="certs_command", metavar="ACTION")
+    init = certs_sub.add_parser("init", parents=[common], help="create ca, proxy-server, proxy-client, customer and core certificates",
+                                description="Create the lab CA and the four leaves (RSA-2048, SHA-256). Key files are 0600.")
+    init.add_argument("--dir", type=Path, default=Path("certs"), help="output folder (default: %(default)s)")
+    init.add_argument("--force", action="store_true", help="overwrite existing files")
+    init.add_argument("--san", action="append", metavar="NAME",
+                      help="SAN (DNS name or IP) for the server certificates; repeat; default: localhost 127.0.0.1 ::1")
+    init.add_argument("--days", type=int, default=825, help="leaf validity in days (default: %(default)s)")
+
+    issue = certs_sub.add_parser("issue", parents=[common], help="mint one extra leaf signed by the lab CA (or a new foreign CA)",
+                                 description="Mint an extra leaf, e.g. expired, wrong-EKU or foreign-CA ones for tests.")
+    issue.add_argument("--name", required=True, help="file stem: writes NAME.pem and NAME.key")
+    usage = issue.add_mutually_exclusive_group(required=True)
+    usage.add_argument("--client", dest="usage", action="store_const", const="client", help="EKU clientAuth")
+    usage.add_argument("--server", dest="usage", action="store_const", const="server", help="EKU serverAuth")
+    usage.add_argument("--both", dest="usage", action="store_const", const="both", help="EKU clientAuth and serverAuth")
+    usage.add_argument("--no-eku", dest="usage", action="store_const", const="none", help="no EKU extension")
+    issue.add_argument("--dir", type=Path, default=Path("certs"), help="folder with ca.pem/ca.key (default: %(default)s)")
+    issue.add_argument("--days", type=int, default=825, help="validity in days (default: %(default)s)")
+    when = issue.add_mutually_exclusive_group()
+    when.add_argument("--expired", action="store_true", help="validity entirely in the past")
+    when.add_argument("--not-yet-valid", action="store_true", help="validity entirely in the future")
+    issue.add_argument("--foreign-ca", metavar="CA_NAME", help="sign with a separate CA CA_NAME (created if missing)")
+    issue.add_argument("--ec", action="store_true", help="P-256 key instead of RSA-2048")
+    issue.add_argument("--san", action="append", metavar="NAME", help="SAN (DNS name or IP); repeat")
+    issue.add_argument("--force", action="store_true", help="overwrite existing files")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "check":
+            return _check(args)
+        if args.command == "certs":
+            return _certs(args, parser)
+    except SiptapError as exc:
+        _error(str(exc), exc.hint)
+        if args.debug:
+            traceback.print_exc()
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence before a traceback
+        if args.debug:
+            raise
+        _error(f"unexpected {type(exc).__name__}: {exc}", "run again with --debug for the traceback, and report it")
+        return EXIT_FAILURE
+    parser.error(f"unknown command {args.command!r}")
+    return EXIT_USAGE
+
+
+def _error(message: str, hint: str | None = None) -> None:
+    print(f"siptap: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"siptap: hint: {hint}", file=sys.stderr)
+
+
+def _certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from proxy import certs
+
+    if args.certs_command == "init":
+        sans = tuple(args.san) if args.san else certs.DEFAULT_SANS
+        try:
+            written = certs.init_lab_pki(args.dir, force=args.force, sans=sans, days=args.days)
+        except ValueError as exc:
+            _error(str(exc))
+            return EXIT_USAGE
+        for path in written:
+            print(f"wrote {path}")
+        return EXIT_OK
+    if args.certs_command == "issue":
+        try:
+            cert, key = certs.issue_leaf(
+                args.dir, args.name, usage=args.usage, days=args.days, expired=args.expired,
+                not_yet_valid=args.not_yet_valid, sans=tuple(args.san) if args.san else certs.DEFAULT_SANS,
+                key_type="ec" if args.ec else "rsa", self_ca=args.foreign_ca, force=args.force,
+            )
+        except ValueError as exc:
+            _error(str(exc))
+            return EXIT_USAGE
+        print(f"wrote {cert}\nwrote {key}")
+        return EXIT_OK
+    parser.parse_args(["certs", "--help"])
+    return EXIT_USAGE
+
+
+def _check(args: argparse.Namespace) -> int:
+    from proxy.app import App
+    from proxy.config import load_config
+
+    config = load_config(args.config)
+    App(config)  # builds every context: opens and checks every file the config names
+    routes = ", ".join(f"{r.name} ({', '.join(map(str, r.listen))} -> {', '.join(str(u.address) for u in r.cores)})"
+                       for r in config.routes)
+    print(f"{args.config}: OK: {routes}")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import trio
+
+    from proxy.app import App
+    from proxy.config import load_config
+    from proxy.log import configure
+
+    config = load_config(args.config)
+    overrides = {k: v for k, v in (("format", args.log_format), ("level", args.log_level)) if v}
+    if overrides:
+        config = dataclasses.replace(config, log=dataclasses.replace(config.log, **overrides))
+    writer = configure(config.log)
+    try:
+        app = App(config)  # every start-up check; a failure is one line on stderr, exit 1
+        trio.run(app.run)
+    finally:
+        writer.close()
+    return EXIT_OK

@@ -1,0 +1,349 @@
+"""What every sink shares: counters, the drop accounting, and a self-healing socket link.
+
+A sink is one output (a HEP collector, a JSON-lines socket, a file). The fan-out gives each
+sink its own bounded queue and runs :meth:`Sink.run` in a supervised task; the sink takes
+events off the queue and delivers them. Delivery never blocks the relay (it happens in the
+sink's task) and never loses an event silently: each event handed to a sink ends up counted
+exactly once, as ``sent`` or as ``dropped`` with a reason (queue full, collector down, write
+failed, too large...). ``errors`` counts failures (a refused connect, a failed write, a sink
+crash), which usually also cost events.
+
+:class:`Link` is the client side of a socket to a peer that may come and go: TCP, UDP, Unix
+stream or Unix datagram. Theory of operation: a keeper task connects with exponential
+back-off (0.5 s doubling to 30 s by default) and, for stream sockets, reads until EOF to
+notice the peer leaving; :meth:`Link.send` delivers one unit (a HEP packet, a JSON line or
+datagram) if connected, with a timeout, and otherwise reports why it could not. A peer that
+is down at start-up (collector not running, Unix socket path with no reader) is the normal
+"not connected" state, not an error to raise. A stream send that fails or times out
+half-way leaves a partial record on the wire, so the link drops that connection and
+reconnects; a datagram send that fails only loses that datagram.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import trio
+
+from proxy.mirror.events import MirrorEvent
+
+log = structlog.get_logger("siptap.mirror")
+
+
+class DropReporter:
+    """Rate-limited "events dropped" warnings: the first drop is reported at once, later ones
+    at most once per ``interval`` seconds with the count since the previous line; ``flush``
+    (called periodically by the fan-out) reports what is still pending."""
+
+    __slots__ = ("sink", "interval", "pending", "reasons", "_last", "_clock")
+
+    def __init__(self, sink: str, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.sink = sink
+        self.interval = interval
+        self.pending = 0
+        self.reasons: dict[str, int] = {}
+        self._last = -math.inf
+        self._clock = clock
+
+    def note(self, reason: str, count: int = 1) -> None:
+        self.pending += count
+        self.reasons[reason] = self.reasons.get(reason, 0) + count
+        if self._clock() - self._last >= self.interval:
+            self.flush()
+
+    def flush(self, total: int | None = None) -> None:
+        if not self.pending:
+            return
+        self._last = self._clock()
+        log.warning(
+            "mirror_events_dropped",
+            sink=self.sink,
+            dropped=self.pending,
+            reasons=dict(self.reasons),
+            total_dropped=total,
+            next_report_in=self.interval,
+        )
+        self.pending = 0
+        self.reasons.clear()
+
+
+class Sink:
+    """Base class of the outputs. Subclasses implement :meth:`handle` (and usually
+    :meth:`accepts` and :meth:`aclose`); they call :meth:`sent_one` and :meth:`drop`."""
+
+    # True: this sink gets every leg's events whatever ``mirror.legs`` says (the key log).
+    all_legs: bool = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sent = 0
+        self.dropped = 0
+        self.errors = 0
+        self.restarts = 0
+        self.drop_reasons: dict[str, int] = {}
+        self.last_error: str | None = None
+        self.reporter = DropReporter(name)
+        self._handled = 0
+        self._progress = trio.Event()
+
+    # -- what subclasses implement -----------------------------------------------------
+
+    def accepts(self, event: MirrorEvent) -> bool:
+        """Whether this sink wants the event at all (checked before queueing)."""
+        return True
+
+    async def handle(self, event: MirrorEvent) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release sockets and files; called when :meth:`run` ends for any reason."""
+
+    # -- accounting ----------------------------------------------------------------------
+
+    def sent_one(self) -> None:
+        self.sent += 1
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.dropped += count
+        self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + count
+        self.reporter.note(reason, count)
+
+    def error(self, what: str, exc: BaseException | str, **fields: Any) -> None:
+        """Count and log a failure. Callers rate-limit the log themselves where it could
+        repeat per event (a link logs each state change once, a file each failed open)."""
+        self.errors += 1
+        text = exc if isinstance(exc, str) else _describe(exc)
+        self.last_error = f"{what}: {text}"
+        log.warning("mirror_sink_error", sink=self.name, what=what, error=text, **fields)
+
+    def counters(self) -> dict[str, int]:
+        return {"sent": self.sent, "dropped": self.dropped, "errors": self.errors, "restarts": self.restarts}
+
+    # -- the task ------------------------------------------------------------------------
+
+    async def run(self, receive: trio.MemoryReceiveChannel[MirrorEvent]) -> None:
+        """Deliver events until the channel is closed and empty. An exception escaping
+        ``handle`` costs the event at hand (counted) and propagates to the supervisor,
+        which restarts the sink."""
+        try:
+            async for event in receive:
+                try:
+                    await self.handle(event)
+                except trio.Cancelled:
+                    self.drop("cancelled at shutdown")
+                    raise
+                except BaseException:
+                    self.drop("sink crashed")
+                    raise
+                finally:
+                    self._note_handled()
+        finally:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(2):
+                    await self.aclose()
+
+    def _note_handled(self) -> None:
+        self._handled += 1
+        self._progress.set()
+        self._progress = trio.Event()
+
+    async def wait_handled(self, count: int) -> None:
+        """Wait until ``count`` events in total have been taken off the queue and dealt
+        with (sent or dropped): for tests and for draining."""
+        while self._handled < count:
+            await self._progress.wait()
+
+    @property
+    def handled(self) -> int:
+        return self._handled
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        return f"{name}: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+# -- socket link ------------------------------------------------------------------------
+
+STREAM_KINDS = ("tcp", "unix")
+LINK_KINDS = ("tcp", "udp", "unix", "unix-dgram")
+
+
+class Link:
+    """Client side of a socket to a peer that may be absent; see the module docstring.
+
+    ``target`` is ``(host, port)`` for tcp/udp, a filesystem path for the Unix kinds.
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        kind: str,
+        target: tuple[str, int] | str | os.PathLike[str],
+        *,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        connect_timeout: float = 5.0,
+        send_timeout: float = 1.0,
+    ) -> None:
+        if kind not in LINK_KINDS:
+            raise ValueError(f"unknown link kind {kind!r}")
+        self.sink = sink
+        self.kind = kind
+        self.target = target if isinstance(target, tuple) else os.fspath(target)
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.connect_timeout = connect_timeout
+        self.send_timeout = send_timeout
+        self.stream = kind in STREAM_KINDS
+        self._sock: trio.socket.SocketType | None = None
+        self._connected = trio.Event()
+        self._lost = trio.Event()
+        self._down_reason = "not connected yet"
+        self._logged_down = False
+        self.connects = 0
+
+    def __str__(self) -> str:
+        if isinstance(self.target, tuple):
+            host, port = self.target
+            return f"{self.kind}:[{host}]:{port}" if ":" in host else f"{self.kind}:{host}:{port}"
+        return f"{self.kind}:{self.target}"
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    async def run(self) -> None:
+        """Keep the link up until cancelled."""
+        backoff = self.backoff_initial
+        try:
+            while True:
+                try:
+                    with trio.fail_after(self.connect_timeout):
+                        sock = await self._open()
+                except (OSError, trio.TooSlowError) as exc:
+                    reason = "connect timed out" if isinstance(exc, trio.TooSlowError) else _describe(exc)
+                    self._down(reason, error=exc)
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, self.backoff_max)
+                    continue
+                backoff = self.backoff_initial
+                try:
+                    self._up(sock)
+                    if self.stream:
+                        await self._watch_eof(sock)
+                    else:
+                        await self._lost.wait()
+                finally:
+                    self._sock = None
+                    if self._connected.is_set():
+                        self._connected = trio.Event()
+                    sock.close()
+        finally:
+            self._sock = None
+
+    async def _open(self) -> trio.socket.SocketType:
+        if self.kind in ("unix", "unix-dgram"):
+            family, addr = socket.AF_UNIX, self.target
+        else:
+            host, port = self.target  # type: ignore[misc]
+            infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            family, addr = infos[0][0], infos[0][4]
+        sock = trio.socket.socket(family, socket.SOCK_STREAM if self.stream else socket.SOCK_DGRAM)
+        try:
+            if self.kind == "tcp":
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await sock.connect(addr)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def _watch_eof(self, sock: trio.socket.SocketType) -> None:
+        """Collectors never talk back: anything read is discarded, EOF or an error means the
+        peer is gone. Also returns when a failed send marked the link lost."""
+        async with trio.open_nursery() as nursery:
+
+            async def read() -> None:
+                try:
+                    while await sock.recv(4096):
+                        pass
+                    self._down("peer closed the connection")
+                except OSError as exc:
+                    self._down(_describe(exc), error=exc)
+                nursery.cancel_scope.cancel()
+
+            async def lost() -> None:
+                await self._lost.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(read)
+            nursery.start_soon(lost)
+
+    def _up(self, sock: trio.socket.SocketType) -> None:
+        self._sock = sock
+        self._lost = trio.Event()
+        self.connects += 1
+        self._connected.set()
+        log.info("mirror_link_up", sink=self.sink.name, link=str(self), after=self._down_reason)
+        self._logged_down = False
+
+    def _down(self, reason: str, error: BaseException | None = None) -> None:
+        """Record why the link is down; count an error and log once per outage."""
+        self._down_reason = reason
+        if error is not None:
+            self.sink.errors += 1
+            self.sink.last_error = f"{self}: {reason}"
+        if not self._logged_down:
+            self._logged_down = True
+            log.warning("mirror_link_down", sink=self.sink.name, link=str(self), reason=reason,
+                        retry="with back-off", hint="events are dropped and counted until it is back")
+        if self._sock is not None:  # stop sending now; the keeper closes the socket
+            self._sock = None
+            self._lost.set()
+
+    async def send(self, data: bytes) -> str | None:
+        """Deliver one unit; None on success, else the reason it was not delivered (the
+        caller counts the drop)."""
+        sock = self._sock
+        if sock is None:
+            return "peer down"
+        try:
+            with trio.fail_after(self.send_timeout):
+                if self.stream:
+                    view = memoryview(data)
+                    while view:
+                        sent = await sock.send(view)
+                        view = view[sent:]
+                else:
+                    await sock.send(data)
+        except trio.TooSlowError:
+            if self.stream:  # a partial record may be on the wire: start a fresh connection
+                self._down("send timed out: reader too slow", error=TimeoutError("send timeout"))
+            return "send timed out"
+        except OSError as exc:
+            reason = _describe(exc)
+            if exc.errno == errno.EMSGSIZE:
+                return "too large for one datagram"
+            if self.stream or self.kind == "unix-dgram":
+                # Stream: the connection is unusable. Unix datagram: the reader's socket went
+                # away (ECONNREFUSED) and may come back as a new file, so reconnect by path.
+                self._down(reason, error=exc)
+            else:
+                # UDP: an ICMP port unreachable from an earlier datagram; the next may pass.
+                self.sink.errors += 1
+                self.sink.last_error = f"{self}: {reason}"
+            return f"send failed ({errno.errorcode.get(exc.errno or 0, 'error')})"
+        return None

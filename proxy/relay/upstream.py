@@ -1,0 +1,68 @@
+"""Dialling the core: each configured upstream in order, TCP then TLS, each with a timeout.
+
+Any failure (refused, timeout, TLS handshake failure, certificate mismatch) moves on to the
+next upstream; the caller gets either a ready TLS stream or an UpstreamError that lists
+every attempt and why it failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from OpenSSL import SSL
+
+from proxy.config import ClientTlsSettings, Upstream
+from proxy.errors import HandshakeFailed, UpstreamError
+from proxy.relay.sockets import tune_socket
+from proxy.tls.stream import OpenSSLStream
+
+
+async def connect_first(
+    upstreams: tuple[Upstream, ...],
+    context: SSL.Context,
+    settings: ClientTlsSettings,
+    *,
+    connect_timeout: float,
+    handshake_timeout: float,
+    log: Any,
+    leg: str = "core",
+) -> tuple[OpenSSLStream, Upstream]:
+    attempts: list[tuple[str, str]] = []
+    for index, upstream in enumerate(upstreams):
+        address = str(upstream.address)
+        try:
+            with trio.fail_after(connect_timeout):
+                tcp = await trio.open_tcp_stream(upstream.address.host, upstream.address.port)
+        except trio.TooSlowError:
+            why = f"TCP connect timed out after {connect_timeout:g} s"
+            attempts.append((address, why))
+            log.warning("upstream_failed", leg=leg, upstream=address, reason="connect_timeout", detail=why,
+                        next=_next(upstreams, index))
+            continue
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            attempts.append((address, why))
+            log.warning("upstream_failed", leg=leg, upstream=address, reason="connect_failed", detail=why,
+                        next=_next(upstreams, index))
+            continue
+        tune_socket(tcp.socket)
+        name = upstream.server_name or settings.server_name or upstream.address.host
+        stream = OpenSSLStream(
+            tcp, context, server_side=False, leg=leg, server_hostname=name,
+            check_hostname=settings.verify and settings.check_hostname, send_sni=settings.send_sni,
+        )
+        try:
+            await stream.do_handshake(handshake_timeout)
+        except HandshakeFailed as exc:
+            attempts.append((address, f"TLS {exc.reason}: {exc.detail}"))
+            log.warning("upstream_failed", leg=leg, upstream=address, reason=exc.reason, detail=exc.detail,
+                        next=_next(upstreams, index))
+            await stream.aclose()
+            continue
+        return stream, upstream
+    raise UpstreamError(attempts)
+
+
+def _next(upstreams: tuple[Upstream, ...], index: int) -> str | None:
+    return str(upstreams[index + 1].address) if index + 1 < len(upstreams) else None
