@@ -5,7 +5,8 @@ sink its own bounded queue and runs :meth:`Sink.run` in a supervised task; the s
 events off the queue and delivers them. Delivery never blocks the relay (it happens in the
 sink's task) and never loses an event silently: each event handed to a sink ends up counted
 exactly once, as ``sent`` or as ``dropped`` with a reason (queue full, collector down, write
-failed, too large...). ``errors`` counts failures (a refused connect, a failed write, a sink
+failed, too large...); the only exception is bookkeeping a sink consumes without output of
+its own (the pcap sink's connection closes, which become FIN frames of their flow). ``errors`` counts failures (a refused connect, a failed write, a sink
 crash), which usually also cost events.
 
 :class:`Link` is the client side of a socket to a peer that may come and go: TCP, UDP, Unix
@@ -52,11 +53,11 @@ class DropReporter:
         self._last = -math.inf
         self._clock = clock
 
-    def note(self, reason: str, count: int = 1) -> None:
+    def note(self, reason: str, count: int = 1, total: int | None = None) -> None:
         self.pending += count
         self.reasons[reason] = self.reasons.get(reason, 0) + count
         if self._clock() - self._last >= self.interval:
-            self.flush()
+            self.flush(total)
 
     def flush(self, total: int | None = None) -> None:
         if not self.pending:
@@ -113,7 +114,7 @@ class Sink:
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped += count
         self.drop_reasons[reason] = self.drop_reasons.get(reason, 0) + count
-        self.reporter.note(reason, count)
+        self.reporter.note(reason, count, self.dropped)
 
     def error(self, what: str, exc: BaseException | str, **fields: Any) -> None:
         """Count and log a failure. Callers rate-limit the log themselves where it could
@@ -226,7 +227,10 @@ class Link:
         await self._connected.wait()
 
     async def run(self) -> None:
-        """Keep the link up until cancelled."""
+        """Keep the link up until cancelled. The back-off grows on each failed connect and
+        on each connection lost within ``backoff_max`` seconds of being made (a peer that
+        accepts and hangs up, or a UDP collector whose port answers ICMP unreachable); it
+        resets once a connection lived longer than that."""
         backoff = self.backoff_initial
         try:
             while True:
@@ -239,7 +243,7 @@ class Link:
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, self.backoff_max)
                     continue
-                backoff = self.backoff_initial
+                up_since = trio.current_time()
                 try:
                     self._up(sock)
                     if self.stream:
@@ -251,6 +255,11 @@ class Link:
                     if self._connected.is_set():
                         self._connected = trio.Event()
                     sock.close()
+                if trio.current_time() - up_since < self.backoff_max:
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, self.backoff_max)
+                else:
+                    backoff = self.backoff_initial
         finally:
             self._sock = None
 
@@ -337,13 +346,10 @@ class Link:
             reason = _describe(exc)
             if exc.errno == errno.EMSGSIZE:
                 return "too large for one datagram"
-            if self.stream or self.kind == "unix-dgram":
-                # Stream: the connection is unusable. Unix datagram: the reader's socket went
-                # away (ECONNREFUSED) and may come back as a new file, so reconnect by path.
-                self._down(reason, error=exc)
-            else:
-                # UDP: an ICMP port unreachable from an earlier datagram; the next may pass.
-                self.sink.errors += 1
-                self.sink.last_error = f"{self}: {reason}"
+            # Stream: the connection is unusable. Unix datagram: the reader's socket went away
+            # and may come back as a new file: reconnect by path. UDP: ICMP port unreachable
+            # for an earlier datagram, i.e. nobody listens: treat it as down and probe again
+            # after the back-off rather than send into the void.
+            self._down(reason, error=exc)
             return f"send failed ({errno.errorcode.get(exc.errno or 0, 'error')})"
         return None

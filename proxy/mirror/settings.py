@@ -27,19 +27,15 @@ Example (the shipped configuration)::
     [mirror.srtp_keys]
     path = "captures/srtp-keys.log"
 
-Import order: :mod:`proxy.config` imports this module for ``Config.mirror`` and this module
-needs ``proxy.config.Endpoint`` (the loader recognises that exact class). To keep the cycle
-harmless in either import order, ``Endpoint`` is imported at the *bottom* of this module:
-annotations are strings (``from __future__ import annotations``) resolved only when the
-loader calls ``typing.get_type_hints``. ``proxy.config`` must import this module after it has
-defined ``Endpoint``.
+:mod:`proxy.config` includes these in ``Config.mirror`` and loads them with its generic loader.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from proxy.addresses import Endpoint
 
 MIB = 1024 * 1024
 LEG_CHOICES = ("customer", "core", "both")
@@ -163,12 +159,3 @@ class MirrorSettings:
         if self.queue_size < 1:
             return [("queue_size", "must be at least 1")]
         return []
-
-
-if TYPE_CHECKING:
-    from proxy.config import Endpoint
-else:
-    # Bottom import, see the module docstring: by now every class above exists, so a
-    # ``from proxy.mirror.settings import MirrorSettings`` inside proxy.config succeeds even
-    # when this module is the one being imported first.
-    from proxy.config import Endpoint  # noqa: E402

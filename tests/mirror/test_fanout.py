@@ -1,0 +1,156 @@
+"""Fan-out: publish is synchronous and never blocks, full queues drop and count, the leg
+filter, crash restart, and the bounded drain at shutdown."""
+
+from __future__ import annotations
+
+import pytest
+import structlog.testing
+import trio
+
+from proxy.mirror.base import DropReporter
+from proxy.mirror.fanout import Fanout
+
+from .helpers import CORE, CUSTOMER, Recorder, closed, dialog_events, key_event, sip_event
+
+
+def test_publish_without_running_sinks_never_blocks_and_counts_drops() -> None:
+    # Not even inside trio: publish is a plain function call.
+    gate = trio.Event()
+    sink = Recorder(gate=gate)
+    fanout = Fanout([sink], queue_size=2)
+    events = dialog_events()
+    results = [fanout.publish(e) for e in events[:5]]
+    assert results == [True, True, False, False, False]
+    stats = fanout.stats()["rec"]
+    assert stats["queued"] == 2
+    assert stats["dropped"] == 3
+    assert stats["drop_reasons"] == {"queue full": 3}
+    assert stats["sent"] == 0
+
+
+def test_publish_swallows_garbage() -> None:
+    fanout = Fanout([Recorder()])
+    assert fanout.publish("not an event") is False  # type: ignore[arg-type]
+
+
+async def test_full_queue_drops_only_for_the_slow_sink() -> None:
+    gate = trio.Event()
+    slow, fast = Recorder("slow", gate=gate), Recorder("fast")
+    fanout = Fanout([slow, fast], queue_size=3)
+    events = dialog_events()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        for i, event in enumerate(events):
+            fanout.publish(event)
+            await fast.wait_handled(i + 1)
+        assert fast.events == events
+        # slow: one in hand, three queued, the other three dropped.
+        assert fanout.stats()["slow"]["dropped"] == 3
+        gate.set()
+        await slow.wait_handled(4)
+        await fanout.aclose()
+    assert [e.data for e in slow.events] == [e.data for e in events[:4]]
+    assert fanout.totals()["sent"] == 11
+    assert fanout.totals()["dropped"] == 3
+
+
+async def test_legs_filter_and_all_legs_sink() -> None:
+    normal = Recorder("normal")
+    keylog = Recorder("keylog", all_legs=True)
+    fanout = Fanout([normal, keylog], legs="customer")
+    events = [sip_event(b"OPTIONS sip:x SIP/2.0\r\nCall-ID: 1\r\n\r\n", leg=CORE), key_event(CORE),
+              key_event(CUSTOMER), closed(CORE)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        for event in events:
+            fanout.publish(event)
+        await keylog.wait_handled(4)
+        await normal.wait_handled(1)
+        await fanout.aclose()
+    assert normal.events == [events[2]]
+    assert keylog.events == events
+
+
+@pytest.mark.parametrize("legs,expected", [("core", {"core"}), ("both", {"customer", "core"})])
+async def test_legs_choices(legs: str, expected: set[str]) -> None:
+    sink = Recorder()
+    fanout = Fanout([sink], legs=legs)
+    for leg in (CUSTOMER, CORE):
+        fanout.publish(key_event(leg))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        await fanout.aclose()
+    assert {e.leg.leg for e in sink.events} == expected
+
+
+def test_bad_legs_value() -> None:
+    with pytest.raises(ValueError):
+        Fanout([], legs="all")
+
+
+async def test_crashing_sink_is_restarted_and_counted() -> None:
+    sink = Recorder(crash_first=2)
+    other = Recorder("other")
+    fanout = Fanout([sink, other], restart_backoff=(0.001, 0.002))
+    events = dialog_events()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        for event in events:
+            fanout.publish(event)
+        await sink.wait_handled(len(events))
+        await other.wait_handled(len(events))
+        await fanout.aclose()
+    stats = fanout.stats()
+    assert stats["rec"]["restarts"] == 2
+    assert stats["rec"]["errors"] == 2
+    assert stats["rec"]["dropped"] == 2
+    assert stats["rec"]["drop_reasons"] == {"sink crashed": 2}
+    assert stats["rec"]["sent"] == len(events) - 2
+    assert sink.events == events[2:]
+    assert other.events == events  # the other sink never noticed
+
+
+async def test_aclose_drains_queued_events() -> None:
+    sink = Recorder()
+    fanout = Fanout([sink])
+    events = dialog_events()
+    for event in events:  # queued before the sinks even run
+        fanout.publish(event)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        await fanout.aclose()
+    assert sink.events == events
+    assert fanout.publish(events[0]) is False  # closed: counted, not raised
+    assert fanout.stats()["rec"]["drop_reasons"] == {"mirror shut down": 1}
+
+
+async def test_aclose_is_bounded_and_counts_leftovers() -> None:
+    gate = trio.Event()  # never set: a stuck sink
+    sink = Recorder(gate=gate)
+    fanout = Fanout([sink], drain_timeout=0.05)
+    for event in dialog_events():
+        fanout.publish(event)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        await fanout.aclose()
+    stats = fanout.stats()["rec"]
+    # One was in the sink's hands (cancelled), six still queued.
+    assert stats["dropped"] == 7
+    assert stats["queued"] == 0
+    assert stats["sent"] == 0
+
+
+def test_drop_reporter_rate_limits() -> None:
+    now = [0.0]
+    reporter = DropReporter("s", interval=10, clock=lambda: now[0])
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(5):
+            reporter.note("queue full")
+        now[0] = 9.0
+        reporter.note("queue full")
+        now[0] = 10.5
+        reporter.note("peer down", total=7)
+        reporter.flush()  # nothing pending: no line
+    assert [(e["event"], e["dropped"]) for e in logs] == [("mirror_events_dropped", 1), ("mirror_events_dropped", 6)]
+    assert logs[1]["reasons"] == {"queue full": 5, "peer down": 1}
+    assert logs[1]["total_dropped"] == 7
