@@ -18,6 +18,7 @@ import trio
 from proxy.config import Config, Route, load_config
 from proxy.errors import CertificateError, ConfigError, SiptapError
 from proxy.log import get_logger
+from proxy.mirror.fanout import Fanout
 from proxy.relay.server import RouteListener
 from proxy.relay.session import SessionPlan
 from proxy.tls.contexts import build_client_context, build_server_context
@@ -80,11 +81,23 @@ def _build_plans(config: Config, route: Route, publish: Any, mirror_legs: frozen
 
 
 class App:
-    def __init__(self, config: Config, *, publish: Any = None, mirror_legs: frozenset[str] | None = None) -> None:
+    """``observer``: an extra synchronous callback for every mirror event (the demo's view)."""
+
+    def __init__(self, config: Config, *, observer: Any = None) -> None:
         self.config = config
         self.log = get_logger("siptap")
-        self._publish = publish
-        self._mirror_legs = mirror_legs
+        self.fanout = Fanout.from_settings(config.mirror)
+        fanout_publish = self.fanout.publish
+        if observer is not None:
+            def publish(event: Any) -> None:
+                fanout_publish(event)
+                observer(event)
+            self._publish = publish
+            self._mirror_legs = config.mirror.mirror_legs | {"customer"}
+        else:
+            self._publish = fanout_publish
+            self._mirror_legs = config.mirror.mirror_legs
+        publish, mirror_legs = self._publish, self._mirror_legs
         self.listeners: list[RouteListener] = []
         for route in config.routes:
             plans = build_plans(config, route, publish, mirror_legs)
@@ -94,11 +107,21 @@ class App:
                 self.listeners.append(RouteListener(route.name, "core", route.reverse.listen, plans.reverse,
                                                     route.limits.max_connections, self.log))
         self.shutdown_requested = trio.Event()
+        self.stopped = trio.Event()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED, handle_signals: bool = True) -> None:
         if self.config.log.key_material:
             self.log.warning("key_material_in_logs",
                              detail="TLS secrets are logged (log.key_material = true): treat these logs as secret")
+        async with trio.open_nursery() as mirror:
+            await mirror.start(self.fanout.run)
+            await self._serve(task_status, handle_signals)
+            await self.fanout.aclose()
+            self.log.info("mirror_stopped", **self.fanout.totals())
+        self.log.info("stopped")
+        self.stopped.set()
+
+    async def _serve(self, task_status: Any, handle_signals: bool) -> None:
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
                 bound = {}
@@ -113,7 +136,6 @@ class App:
             live = sum(listener.active for listener in self.listeners)
             self.log.info("draining", connections=live, drain_timeout=self.config.drain_timeout)
             connections.cancel_scope.deadline = trio.current_time() + self.config.drain_timeout
-        self.log.info("stopped")
 
     def request_shutdown(self) -> None:
         self.shutdown_requested.set()

@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=("json", "console"), help="override log.format from the config")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override log.level")
 
+    demo = sub.add_parser("demo", parents=[common], help="run the shipped config with an embedded lab core and customer",
+                          description="Create the lab PKI if needed, start an embedded lab core, run siptap on the "
+                          "config, drive SIP dialogs from an embedded customer through it, show what siptap saw.")
+    demo.add_argument("--config", "-c", type=Path, default=Path("config.toml"), help="config file (default: %(default)s)")
+    demo.add_argument("--calls", type=int, default=3, help="INVITE dialogs to run (default: %(default)s)")
+    demo.add_argument("--forever", action="store_true", help="keep running after the dialogs, until Ctrl-C")
+
     check = sub.add_parser("check", parents=[common], help="validate a config file and every file it names, without starting",
                            description="Validate the config and every certificate/key it names; exit 0 if usable.")
     check.add_argument("--config", "-c", type=Path, default=Path("config.toml"), help="config file (default: %(default)s)")
@@ -84,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "demo":
+            from proxy.demo import main as demo_main
+
+            return demo_main(args.config, calls=args.calls, forever=args.forever)
         if args.command == "certs":
             return _certs(args, parser)
     except SiptapError as exc:

@@ -17,7 +17,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from proxy.addresses import Endpoint
 from proxy.errors import ConfigError
+from proxy.mirror.settings import HepSinkSettings, MirrorSettings
 
 # The six TLS_RSA_WITH_AES_* suites (OpenSSL names), strongest first. A server preferring
 # its own order with only these makes a client that lists ECDHE first still pick RSA.
@@ -29,6 +31,7 @@ MODERN_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:ECDHE+AES:!aNULL:!eNULL
 
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 DEFAULT_SIP_TLS_PORT = 5061
+HEP_COLLECTOR_PORT = 9060
 
 
 def _choice(*allowed: str) -> dict[str, object]:
@@ -88,15 +91,6 @@ class ClientTlsSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
 class Upstream:
     """One core SBC; upstreams are tried in the order given (failover)."""
 
@@ -152,6 +146,7 @@ class Config:
     path: Path
     routes: tuple[Route, ...]
     log: LogSettings = LogSettings()
+    mirror: MirrorSettings = MirrorSettings()
     drain_timeout: float = 30.0  # on SIGTERM/SIGINT: how long live connections may finish
 
 
@@ -281,7 +276,8 @@ class _Loader:
                 self.fail(key, f"{raw!r} is not one of {', '.join(choices)}")
             return raw
         if hint is Endpoint:
-            return self.endpoint(raw, key, default_port=DEFAULT_SIP_TLS_PORT)
+            port = HEP_COLLECTOR_PORT if owner is HepSinkSettings else DEFAULT_SIP_TLS_PORT
+            return self.endpoint(raw, key, default_port=port)
         if origin is tuple:
             item = args[0]
             if isinstance(raw, (str, dict)) and item in (Endpoint, Upstream):
@@ -330,6 +326,8 @@ class _Loader:
         return Endpoint(host, port)
 
     def validate(self, obj: object, where: str) -> None:
+        for key, problem in getattr(obj, "problems", lambda: [])():
+            self.fail(_join(where, key), problem)
         if isinstance(obj, ServerTlsSettings):
             if obj.key_exchange == "rsa" and obj.min_version == "TLSv1.3":
                 self.fail(_join(where, "min_version"), "RSA key exchange needs TLS 1.2; use key_exchange = \"any\" for TLS 1.3")
