@@ -89,9 +89,9 @@ class App:
         self.fanout = Fanout.from_settings(config.mirror)
         fanout_publish = self.fanout.publish
         if observer is not None:
-            def publish(event: Any) -> None:
-                fanout_publish(event)
+            def publish(event: Any) -> bool:
                 observer(event)
+                return fanout_publish(event)
             self._publish = publish
             self._mirror_legs = config.mirror.mirror_legs | {"customer"}
         else:

@@ -18,7 +18,7 @@ from proxy.sansio.sdp_crypto import parse_sdp_crypto
 from proxy.sansio.sip_framer import KeepAlive, SipFramer, SipMessage, Unframeable
 from proxy.sansio.sip_message import SipMessageView, SipParseError, parse_message
 
-Publish = Callable[[MirrorEvent], None]
+Publish = Callable[[MirrorEvent], object]  # returns False when a sink dropped the event
 
 
 class DirectionObserver:
@@ -45,6 +45,7 @@ class DirectionObserver:
         self._log_payloads = log_payloads
         self._log_key_material = log_key_material
         self.messages = 0
+        self.mirror_dropped = 0  # messages at least one sink had to drop
         self.keepalives = 0
         self.unframeable_bytes = 0
         self._reported_unframeable = False
@@ -88,8 +89,12 @@ class DirectionObserver:
             view: SipMessageView | None = parse_message(data, message.header_end)
         except SipParseError:
             view = None
+        complete = True
         for leg, from_client in self._legs:
-            self._publish(SipEvent(now, leg, from_client, data, view))
+            if self._publish(SipEvent(now, leg, from_client, data, view)) is False:
+                complete = False
+        if not complete:
+            self.mirror_dropped += 1
         if self._log_messages:
             fields: dict[str, object] = {"direction": self.direction, "size": len(data)}
             if view is not None:

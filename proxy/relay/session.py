@@ -129,6 +129,11 @@ async def run_session(tcp: trio.SocketStream, plan: SessionPlan, log: Any) -> No
            f"messages_{plan.accepted_leg}_to_{plan.dialled_leg}": relay.up.messages,
            f"messages_{plan.dialled_leg}_to_{plan.accepted_leg}": relay.down.messages},
         keepalives=relay.up.keepalives + relay.down.keepalives,
+        messages_observed=relay.up.messages + relay.down.messages,
+        # "mirrored": queued to every sink; a sink that later fails counts it in its own
+        # sent/dropped counters (mirror_events_dropped, mirror_stopped).
+        messages_mirrored=relay.up.messages + relay.down.messages - relay.up.mirror_dropped - relay.down.mirror_dropped,
+        messages_mirror_dropped=relay.up.mirror_dropped + relay.down.mirror_dropped,
         unframeable_bytes=relay.up.unframeable_bytes + relay.down.unframeable_bytes,
     )
 
