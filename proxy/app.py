@@ -108,6 +108,7 @@ class App:
                                                     route.limits.max_connections, self.log))
         self.shutdown_requested = trio.Event()
         self.stopped = trio.Event()
+        self._connections_scope: trio.CancelScope | None = None
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED, handle_signals: bool = True) -> None:
         if self.config.log.key_material:
@@ -115,13 +116,16 @@ class App:
                              detail="TLS secrets are logged (log.key_material = true): treat these logs as secret")
         async with trio.open_nursery() as mirror:
             await mirror.start(self.fanout.run)
-            await self._serve(task_status, handle_signals)
+            if handle_signals:
+                mirror.start_soon(self._signals)
+            await self._serve(task_status)
             await self.fanout.aclose()
             self.log.info("mirror_stopped", **self.fanout.totals())
+            mirror.cancel_scope.cancel()  # the signal watcher
         self.log.info("stopped")
         self.stopped.set()
 
-    async def _serve(self, task_status: Any, handle_signals: bool) -> None:
+    async def _serve(self, task_status: Any) -> None:
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
                 bound = {}
@@ -129,26 +133,30 @@ class App:
                     bound[(listener.name, listener.leg)] = await accepting.start(listener.serve, connections)
                 self.log.info("ready", routes=[r.name for r in self.config.routes])
                 task_status.started(bound)
-                if handle_signals:
-                    accepting.start_soon(self._signals)
                 await self.shutdown_requested.wait()
                 accepting.cancel_scope.cancel()
             live = sum(listener.active for listener in self.listeners)
             self.log.info("draining", connections=live, drain_timeout=self.config.drain_timeout)
+            self._connections_scope = connections.cancel_scope
             connections.cancel_scope.deadline = trio.current_time() + self.config.drain_timeout
 
     def request_shutdown(self) -> None:
         self.shutdown_requested.set()
 
     async def _signals(self) -> None:
+        """First SIGTERM/SIGINT: stop accepting and drain. A second one: stop draining now."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
                     self.reload()
-                else:
-                    self.log.info("shutdown_requested", signal=signal.Signals(signum).name)
+                elif not self.shutdown_requested.is_set():
+                    self.log.info("shutdown_requested", signal=name)
                     self.request_shutdown()
-                    return
+                else:
+                    self.log.warning("drain_aborted", signal=name)
+                    if self._connections_scope is not None:
+                        self._connections_scope.cancel()
 
     def reload(self) -> bool:
         """Rebuild every context from the config file; all or nothing."""

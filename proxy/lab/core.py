@@ -20,8 +20,12 @@ from proxy.sansio.sip_message import parse_message
 
 
 def core_context(certs: Path, *, cert: str = "core", require_client_cert: bool = True,
-                 minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2) -> ssl.SSLContext:
+                 minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2, ciphers: str | None = None) -> ssl.SSLContext:
+    """Python's default server cipher list has no RSA key exchange: pass ``ciphers`` to act as
+    an E-SBC that accepts it (the reverse route dials E-SBCs with RSA suites only)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if ciphers:
+        ctx.set_ciphers(ciphers)
     ctx.load_cert_chain(certs / f"{cert}.pem", certs / f"{cert}.key")
     ctx.minimum_version = minimum
     if require_client_cert:

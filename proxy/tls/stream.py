@@ -190,7 +190,12 @@ class OpenSSLStream(trio.abc.Stream):
         try:
             await self._retry(self._conn.do_handshake)
         except SSL.Error as exc:
-            self._handshake_error = classify_failure(exc, self.observer)
+            failure = classify_failure(exc, self.observer)
+            if failure.reason == FailureReason.PEER_CLOSED.value:
+                # Where it stopped tells "refused our offer silently" from "went away".
+                state = self._conn.get_state_string().decode("ascii", "replace")
+                failure = HandshakeFailed(failure.reason, f"{failure.detail} (TLS state: {state})")
+            self._handshake_error = failure
             raise self._handshake_error from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if self._closed:

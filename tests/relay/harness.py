@@ -124,7 +124,7 @@ class SiptapProcess:
 
     async def stop(self) -> int:
         assert self.process is not None
-        if self.process.returncode is None:
+        if self.process.returncode is None and not self.find("stopped"):
             self.process.send_signal(signal.SIGTERM)
         with trio.fail_after(15):
             code = await self.process.wait()
