@@ -269,3 +269,48 @@ def test_missing_client_ca_refused(pki: Path, tmp_path: Path) -> None:
     with pytest.raises(CertificateError) as info:
         build_server_context(server_settings(pki, client_ca=tmp_path / "nope.pem"))
     assert "nope.pem" in str(info.value)
+
+
+async def test_bad_signature(pki: Path, tmp_path: Path) -> None:
+    """A client certificate whose CA signature was tampered with."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = bytearray(x509.load_pem_x509_certificate((pki / "customer.pem").read_bytes()).public_bytes(Encoding.DER))
+    der[-1] ^= 0xFF  # the last byte belongs to the signature value
+    forged = x509.load_der_x509_certificate(bytes(der))
+    (tmp_path / "forged.pem").write_bytes(forged.public_bytes(Encoding.PEM))
+    ctx = customer_client_context(pki, cert=None)
+    ctx.load_cert_chain(tmp_path / "forged.pem", pki / "customer.key")
+    server = OneShotServer(server_settings(pki))
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery, server)
+        outcome = await client_attempt(port, ctx)
+        failure = await server.receive.receive()
+        nursery.cancel_scope.cancel()
+    assert outcome.startswith("error")
+    assert isinstance(failure, HandshakeFailed) and failure.reason == "bad_signature", failure
+
+
+async def test_resumption_when_enabled(pki: Path) -> None:
+    """resumption = true: a client can resume (such a connection needs the key log)."""
+    server = OneShotServer(server_settings(pki, resumption=True))
+    ctx = customer_client_context(pki, maximum=ssl.TLSVersion.TLSv1_2)
+    reused = []
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery, server)
+        session = None
+        for payload in (b"x", b"y"):
+            tcp = await trio.open_tcp_stream("127.0.0.1", port)
+            client = trio.SSLStream(tcp, ctx, server_hostname="localhost")
+            if session is not None:
+                client._ssl_object.session = session  # noqa: SLF001 - before the lazy handshake
+            await client.send_all(payload)
+            await client.receive_some()
+            reused.append(client._ssl_object.session_reused)  # noqa: SLF001
+            session = client._ssl_object.session  # noqa: SLF001
+            await client.aclose()
+        facts = [await server.receive.receive(), await server.receive.receive()]
+        nursery.cancel_scope.cancel()
+    assert reused == [False, True]
+    assert [f.session_reused for f in facts] == [False, True]
