@@ -185,15 +185,16 @@ def parse_config(data: dict[str, object], path: Path) -> Config:
     if not config.routes:
         raise ConfigError(str(path), "route", "at least one [[route]] is required")
     names = [r.name for r in config.routes]
-    for name in names:
-        if names.count(name) > 1:
-            raise ConfigError(str(path), "route", f"route name {name!r} is used twice")
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise ConfigError(str(path), f"route[{index}].name", f"route name {name!r} is used twice")
     seen: dict[Endpoint, str] = {}
     for index, route in enumerate(config.routes):
-        listens = list(route.listen) + (list(route.reverse.listen) if route.reverse else [])
-        for endpoint in listens:
+        listens = [(e, "listen") for e in route.listen]
+        listens += [(e, "reverse.listen") for e in route.reverse.listen] if route.reverse else []
+        for endpoint, key in listens:
             if endpoint in seen and endpoint.port != 0:
-                raise ConfigError(str(path), f"route[{index}].listen", f"{endpoint} is also used by {seen[endpoint]}")
+                raise ConfigError(str(path), f"route[{index}].{key}", f"{endpoint} is also used by {seen[endpoint]}")
             seen[endpoint] = f"route {route.name!r}"
     return config
 
@@ -308,13 +309,17 @@ class _Loader:
             if rest and not rest.startswith(":"):
                 self.fail(key, f"{raw!r}: expected [IPv6]:port")
             port_text = rest[1:]
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                self.fail(key, f"{raw!r}: {host!r} in brackets is not an IPv6 address")
         elif raw.count(":") == 1:
             host, port_text = raw.split(":")
         elif raw.count(":") > 1:
-            try:
-                ipaddress.IPv6Address(raw)
-            except ValueError:
-                self.fail(key, f"{raw!r}: write IPv6 addresses as [addr]:port")
+            # Never guess: "::1:5061" is itself a valid IPv6 address.
+            self.fail(key, f"{raw!r}: write IPv6 addresses as [addr]:port")
+        if raw.endswith(":"):
+            self.fail(key, f"{raw!r}: missing port after ':'")
         if port_text:
             if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
                 self.fail(key, f"{raw!r}: port must be 0..65535")
@@ -345,12 +350,13 @@ class _Loader:
             if _TLS_ORDER[obj.min_version] > _TLS_ORDER[obj.max_version]:
                 self.fail(_join(where, "min_version"), "min_version is above max_version")
             if (obj.cert is None) != (obj.key is None):
-                self.fail(where, "cert and key go together: give both or neither")
+                self.fail(_join(where, "key" if obj.key is None else "cert"), "cert and key go together: give both or neither")
         elif isinstance(obj, Limits):
             if obj.max_connections < 1:
                 self.fail(_join(where, "max_connections"), "must be at least 1")
-            if obj.handshake_timeout <= 0 or obj.connect_timeout <= 0:
-                self.fail(where, "handshake_timeout and connect_timeout must be positive")
+            for name in ("handshake_timeout", "connect_timeout"):
+                if getattr(obj, name) <= 0:
+                    self.fail(_join(where, name), "must be positive")
             if obj.max_sip_message < 1024:
                 self.fail(_join(where, "max_sip_message"), "must be at least 1024 bytes")
 
