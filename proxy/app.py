@@ -44,15 +44,28 @@ def _locate(config: Config, route: Route, exc: CertificateError) -> ConfigError:
     sections: list[tuple[str, object]] = [("customer", route.customer), ("core_tls", route.core_tls)]
     if route.reverse is not None:
         sections += [("reverse.core_side", route.reverse.core_side), ("reverse.customer_tls", route.reverse.customer_tls)]
+    failed = getattr(exc, "section", None)  # set by _context: the block whose context failed
     for section, settings in sections:
+        if failed is not None and section != failed:
+            continue
         for name in ("cert", "key", "client_ca", "ca", "ciphers"):
             value = getattr(settings, name, None)
             if value is not None and (str(value) == exc.path or name == exc.path):
-                error = ConfigError(str(config.path), f"route[{index}].{section}.{name}", str(exc))
+                problem = exc.problem if name == exc.path else str(exc)
+                error = ConfigError(str(config.path), f"route[{index}].{section}.{name}", problem)
                 if "No such file" in exc.problem and name in ("cert", "key", "client_ca", "ca"):
                     error.hint = "for the lab PKI run `siptap certs init --dir certs` next to the config file"
                 return error
     return ConfigError(str(config.path), f"route[{index}]", str(exc))
+
+
+def _context(section: str, build: Any, settings: Any, **kwargs: Any) -> Any:
+    """``build(settings)``, recording in a CertificateError which config block it came from."""
+    try:
+        return build(settings, **kwargs)
+    except CertificateError as exc:
+        exc.section = section  # type: ignore[attr-defined]
+        raise
 
 
 def _build_plans(config: Config, route: Route, publish: Any, mirror_legs: frozenset[str] | None) -> RoutePlans:
@@ -64,8 +77,8 @@ def _build_plans(config: Config, route: Route, publish: Any, mirror_legs: frozen
     session_id = f"siptap:{route.name}".encode()[:32]
     forward = SessionPlan(
         route=route.name, accepted_leg="customer", dialled_leg="core",
-        server_context=build_server_context(route.customer, session_id=session_id),
-        client_context=build_client_context(route.core_tls), client_settings=route.core_tls,
+        server_context=_context("customer", build_server_context, route.customer, session_id=session_id),
+        client_context=_context("core_tls", build_client_context, route.core_tls), client_settings=route.core_tls,
         upstreams=route.cores, limits=route.limits, log_settings=config.log, **extra,
     )
     reverse = None
@@ -73,8 +86,9 @@ def _build_plans(config: Config, route: Route, publish: Any, mirror_legs: frozen
         rev = route.reverse
         reverse = SessionPlan(
             route=route.name, accepted_leg="core", dialled_leg="customer",
-            server_context=build_server_context(rev.core_side, session_id=session_id),
-            client_context=build_client_context(rev.customer_tls), client_settings=rev.customer_tls,
+            server_context=_context("reverse.core_side", build_server_context, rev.core_side, session_id=session_id),
+            client_context=_context("reverse.customer_tls", build_client_context, rev.customer_tls),
+            client_settings=rev.customer_tls,
             upstreams=rev.customers, limits=route.limits, log_settings=config.log, **extra,
         )
     return RoutePlans(forward, reverse)

@@ -79,16 +79,25 @@ async def run_session(tcp: trio.SocketStream, plan: SessionPlan, log: Any) -> No
     log = log.bind(conn=conn_id, route=plan.route, peer=f"{peer[0]}:{peer[1]}")
     log.info("connection_accepted", leg=plan.accepted_leg, local=f"{local[0]}:{local[1]}")
     accepted = OpenSSLStream(tcp, plan.server_context, server_side=True, leg=plan.accepted_leg)
+
+    async def close_early(reason: str) -> None:
+        """Before the relay runs: close the accepted side (close_notify if it got that far),
+        even when we are being cancelled (shutdown), and say so."""
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await accepted.aclose()
+        log.info("connection_closed", closed_by="siptap", reason=reason,
+                 duration=round(time.monotonic() - started, 3))
+
     try:
         facts = await accepted.do_handshake(plan.limits.handshake_timeout)
     except HandshakeFailed as exc:
         log.warning("handshake_failed", leg=plan.accepted_leg, reason=exc.reason, detail=exc.detail,
                     client_offer=accepted.observer.client_hello.summary() if accepted.observer.client_hello else None)
-        await accepted.aclose()
+        await close_early(f"handshake_failed: {exc.reason}")
         return
-    except trio.ClosedResourceError:
-        await accepted.aclose()
-        return
+    except (trio.ClosedResourceError, trio.Cancelled):
+        await close_early("shutdown during handshake")
+        raise
     accepted_info = LegInfo(conn_id, plan.route, plan.accepted_leg, client=peer, server=local)
     _log_handshake(log, plan, facts, accepted_info)
     plan.publish(KeyEvent(time.time(), accepted_info, facts))
@@ -101,10 +110,11 @@ async def run_session(tcp: trio.SocketStream, plan: SessionPlan, log: Any) -> No
         )
     except UpstreamError as exc:
         log.error("no_upstream", leg=plan.dialled_leg, detail=str(exc), attempts=[a for a, _ in exc.attempts])
-        await accepted.aclose()
-        log.info("connection_closed", closed_by="siptap", reason="no_upstream",
-                 duration=round(time.monotonic() - started, 3))
+        await close_early("no_upstream")
         return
+    except trio.Cancelled:
+        await close_early(f"shutdown while dialling the {plan.dialled_leg}")
+        raise
     sock = dialled.transport_stream.socket  # type: ignore[attr-defined]
     dialled_info = LegInfo(conn_id, plan.route, plan.dialled_leg, client=_addr(sock.getsockname()),
                            server=_addr(sock.getpeername()))

@@ -54,6 +54,10 @@ async def connect_first(
         )
         try:
             await stream.do_handshake(handshake_timeout)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await stream.aclose()
+            raise
         except HandshakeFailed as exc:
             attempts.append((address, f"TLS {exc.reason}: {exc.detail}"))
             log.warning("upstream_failed", leg=leg, upstream=address, reason=exc.reason, detail=exc.detail,

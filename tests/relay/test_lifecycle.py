@@ -106,8 +106,9 @@ async def test_second_sigterm_aborts_the_drain(pki: Path, tmp_path: Path) -> Non
         siptap.signal(signal.SIGTERM)
         await siptap.wait_for("drain_aborted")
         with pytest.raises(EOFError):
-            await session.options()  # siptap closed it
+            await session.next_message()  # siptap closed it, with close_notify
         await session.aclose()
+        await siptap.wait_for("stopped")
         assert await siptap.stop() == 0
         nursery.cancel_scope.cancel()
 
