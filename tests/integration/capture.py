@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-PEERS = {name: shutil.which(name) for name in ("tcpdump", "tshark", "sngrep", "openssl", "stunnel4")}
+def _which(name: str) -> str | None:
+    # Kamailio and tcpdump live in /usr/sbin, which a non-root PATH may lack.
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
+PEERS = {name: _which(name) for name in ("tcpdump", "tshark", "sngrep", "openssl", "stunnel4", "kamailio", "sipp")}
 
 
 def require(*names: str) -> pytest.MarkDecorator:

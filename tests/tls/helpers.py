@@ -50,6 +50,7 @@ class OpenSSLServer:
     ACCEPT line). Used where the exact behaviour of a C TLS stack matters (alerts, versions)."""
 
     def __init__(self, *args: str) -> None:
+        import os
         import select
         import subprocess
 
@@ -59,18 +60,24 @@ class OpenSSLServer:
         )
         assert self.proc.stdout is not None
         self.output: list[str] = []
+        fd = self.proc.stdout.fileno()
+        pending = b""
+        # Raw os.read, not readline(): a buffered reader can swallow the ACCEPT line into its
+        # buffer while select() then reports the pipe empty.
         while True:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 10)
-            if not ready:
+            ready, _, _ = select.select([fd], [], [], 10)
+            chunk = os.read(fd, 4096) if ready else b""
+            if not chunk:
                 self.close()
-                raise RuntimeError(f"openssl s_server did not start: {self.output}")
-            line = self.proc.stdout.readline().decode(errors="replace")
-            if not line:
-                raise RuntimeError(f"openssl s_server exited: {self.output}")
-            self.output.append(line)
-            if line.startswith("ACCEPT"):
-                self.port = int(line.rsplit(":", 1)[1])
-                return
+                raise RuntimeError(f"openssl s_server did not start: {self.output} {pending!r}")
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace")
+                self.output.append(line)
+                if line.startswith("ACCEPT"):
+                    self.port = int(line.rsplit(":", 1)[1])
+                    return
 
     def close(self) -> None:
         self.proc.kill()
