@@ -16,8 +16,9 @@ from typing import Any
 import trio
 
 from proxy.config import Config, Route, load_config
-from proxy.errors import CertificateError, ConfigError, SiptapError
+from proxy.errors import CertificateError, ConfigError, ListenError, SiptapError
 from proxy.log import get_logger
+from proxy.metrics import Metrics
 from proxy.mirror.fanout import Fanout
 from proxy.relay.server import RouteListener
 from proxy.relay.session import SessionPlan
@@ -30,11 +31,12 @@ class RoutePlans:
     reverse: SessionPlan | None
 
 
-def build_plans(config: Config, route: Route, publish: Any = None, mirror_legs: frozenset[str] | None = None) -> RoutePlans:
+def build_plans(config: Config, route: Route, publish: Any = None, mirror_legs: frozenset[str] | None = None,
+                metrics: Metrics | None = None) -> RoutePlans:
     """Build every TLS context of a route; a bad file is reported as a ConfigError naming the
     config file, the key that names the file, and the problem."""
     try:
-        return _build_plans(config, route, publish, mirror_legs)
+        return _build_plans(config, route, publish, mirror_legs, metrics)
     except CertificateError as exc:
         raise _locate(config, route, exc) from None
 
@@ -68,8 +70,9 @@ def _context(section: str, build: Any, settings: Any, **kwargs: Any) -> Any:
         raise
 
 
-def _build_plans(config: Config, route: Route, publish: Any, mirror_legs: frozenset[str] | None) -> RoutePlans:
-    extra: dict[str, Any] = {}
+def _build_plans(config: Config, route: Route, publish: Any, mirror_legs: frozenset[str] | None,
+                 metrics: Metrics | None) -> RoutePlans:
+    extra: dict[str, Any] = {"metrics": metrics}
     if publish is not None:
         extra["publish"] = publish
     if mirror_legs is not None:
@@ -101,6 +104,8 @@ class App:
         self.config = config
         self.log = get_logger("siptap")
         self.fanout = Fanout.from_settings(config.mirror)
+        self.metrics = Metrics()
+        self.metrics.watch_mirror(self.fanout.stats)
         fanout_publish = self.fanout.publish
         if observer is not None:
             def publish(event: Any) -> bool:
@@ -114,7 +119,7 @@ class App:
         publish, mirror_legs = self._publish, self._mirror_legs
         self.listeners: list[RouteListener] = []
         for route in config.routes:
-            plans = build_plans(config, route, publish, mirror_legs)
+            plans = build_plans(config, route, publish, mirror_legs, self.metrics)
             self.listeners.append(RouteListener(route.name, "customer", route.listen, plans.forward,
                                                 route.limits.max_connections, self.log))
             if plans.reverse is not None and route.reverse is not None:
@@ -128,6 +133,13 @@ class App:
         if self.config.log.key_material:
             self.log.warning("key_material_in_logs",
                              detail="TLS secrets are logged (log.key_material = true): treat these logs as secret")
+        if self.config.metrics.enabled:
+            where = self.config.metrics.address
+            try:
+                host, port = self.metrics.serve(where.host, where.port)
+            except OSError as exc:
+                raise ListenError(f"metrics.address: cannot listen on {where}: {exc.strerror or exc}") from None
+            self.log.info("metrics_up", address=f"{host}:{port}", host=host, port=port)
         async with trio.open_nursery() as mirror:
             await mirror.start(self.fanout.run)
             if handle_signals:
@@ -178,7 +190,7 @@ class App:
             config = load_config(self.config.path)
             new_plans: dict[str, RoutePlans] = {}
             for route in config.routes:
-                new_plans[route.name] = build_plans(config, route, self._publish, self._mirror_legs)
+                new_plans[route.name] = build_plans(config, route, self._publish, self._mirror_legs, self.metrics)
         except SiptapError as exc:
             self.log.error("reload_failed", detail=str(exc), kept="previous certificates and settings")
             return False

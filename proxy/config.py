@@ -32,6 +32,7 @@ MODERN_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:ECDHE+AES:!aNULL:!eNULL
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 DEFAULT_SIP_TLS_PORT = 5061
 HEP_COLLECTOR_PORT = 9060
+METRICS_PORT = 9464
 
 
 def _choice(*allowed: str) -> dict[str, object]:
@@ -142,11 +143,20 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """Prometheus endpoint; loopback by default, because it tells who talks to whom."""
+
+    enabled: bool = False
+    address: Endpoint = Endpoint("127.0.0.1", 9464)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: Path
     routes: tuple[Route, ...]
     log: LogSettings = LogSettings()
     mirror: MirrorSettings = MirrorSettings()
+    metrics: MetricsSettings = MetricsSettings()
     drain_timeout: float = 30.0  # on SIGTERM/SIGINT: how long live connections may finish
 
 
@@ -277,7 +287,7 @@ class _Loader:
                 self.fail(key, f"{raw!r} is not one of {', '.join(choices)}")
             return raw
         if hint is Endpoint:
-            port = HEP_COLLECTOR_PORT if owner is HepSinkSettings else DEFAULT_SIP_TLS_PORT
+            port = {HepSinkSettings: HEP_COLLECTOR_PORT, MetricsSettings: METRICS_PORT}.get(owner, DEFAULT_SIP_TLS_PORT)
             return self.endpoint(raw, key, default_port=port)
         if origin is tuple:
             item = args[0]

@@ -19,7 +19,7 @@ def test_demo_on_the_shipped_config(tmp_path: Path) -> None:
     text = (ROOT / "config.toml").read_text()
     assert '"127.0.0.1:5061"' in text and '"127.0.0.1:5062"' in text  # the shipped contract
     text = text.replace("127.0.0.1:5061", "127.0.0.1:0").replace("127.0.0.1:5062", "127.0.0.1:0")
-    text = text.replace("127.0.0.1:9060", f"127.0.0.1:{hep_port}")
+    text = text.replace("127.0.0.1:9060", f"127.0.0.1:{hep_port}").replace("127.0.0.1:9464", "127.0.0.1:0")
     (tmp_path / "config.toml").write_text(text)
     result = subprocess.run(
         [sys.executable, "-m", "proxy", "demo", "--calls", "2"], cwd=tmp_path,

@@ -35,6 +35,7 @@ class DirectionObserver:
         log_messages: bool = True,
         log_payloads: bool = False,
         log_key_material: bool = True,
+        count_message: Callable[[SipMessageView | None], None] | None = None,
     ) -> None:
         self.direction = direction
         self._legs = legs
@@ -44,6 +45,7 @@ class DirectionObserver:
         self._log_messages = log_messages
         self._log_payloads = log_payloads
         self._log_key_material = log_key_material
+        self._count_message = count_message
         self.messages = 0
         self.mirror_dropped = 0  # messages at least one sink had to drop
         self.keepalives = 0
@@ -89,6 +91,8 @@ class DirectionObserver:
             view: SipMessageView | None = parse_message(data, message.header_end)
         except SipParseError:
             view = None
+        if self._count_message is not None:
+            self._count_message(view)
         complete = True
         for leg, from_client in self._legs:
             if self._publish(SipEvent(now, leg, from_client, data, view)) is False:

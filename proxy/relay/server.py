@@ -54,12 +54,19 @@ class RouteListener:
         if self.active >= self.max_connections:
             self.refused += 1
             peer = _addr(tcp.socket.getpeername())
+            metrics = self.plan.metrics
+            if metrics is not None:
+                metrics.child(metrics.connections_refused, self.name, "max_connections").inc()
             self.log.warning("connection_refused", leg=self.leg, reason="max_connections",
                              limit=self.max_connections, peer=f"{peer[0]}:{peer[1]}")
             await tcp.aclose()
             return
         self.active += 1
         self.total += 1
+        metrics = self.plan.metrics
+        if metrics is not None:
+            metrics.child(metrics.connections_total, self.name, self.leg).inc()
+            metrics.child(metrics.connections_active, self.name, self.leg).inc()
         try:
             tune_socket(tcp.socket)
             await run_session(tcp, self.plan, self.log)
@@ -68,6 +75,8 @@ class RouteListener:
             await tcp.aclose()
         finally:
             self.active -= 1
+            if metrics is not None:
+                metrics.child(metrics.connections_active, self.name, self.leg).dec()
 
 
 def _addr(sockaddr: tuple) -> tuple[str, int]:

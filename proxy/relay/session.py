@@ -28,6 +28,7 @@ from OpenSSL import SSL
 
 from proxy.config import ClientTlsSettings, Limits, LogSettings, Upstream
 from proxy.errors import HandshakeFailed, UpstreamError
+from proxy.metrics import Metrics, message_kind
 from proxy.mirror.events import ConnectionClosed, KeyEvent, LegInfo
 from proxy.relay.observe import DirectionObserver, Publish
 from proxy.relay.upstream import connect_first
@@ -58,6 +59,7 @@ class SessionPlan:
     log_settings: LogSettings
     mirror_legs: frozenset[str] = frozenset({"customer"})
     publish: Publish = field(default=lambda event: None)
+    metrics: Metrics | None = None
 
 
 @dataclass(slots=True)
@@ -91,6 +93,8 @@ async def run_session(tcp: trio.SocketStream, plan: SessionPlan, log: Any) -> No
     try:
         facts = await accepted.do_handshake(plan.limits.handshake_timeout)
     except HandshakeFailed as exc:
+        if plan.metrics is not None:
+            plan.metrics.child(plan.metrics.handshakes, plan.route, plan.accepted_leg, "failed", exc.reason).inc()
         log.warning("handshake_failed", leg=plan.accepted_leg, reason=exc.reason, detail=exc.detail,
                     client_offer=accepted.observer.client_hello.summary() if accepted.observer.client_hello else None)
         await close_early(f"handshake_failed: {exc.reason}")
@@ -99,6 +103,8 @@ async def run_session(tcp: trio.SocketStream, plan: SessionPlan, log: Any) -> No
         await close_early("shutdown during handshake")
         raise
     accepted_info = LegInfo(conn_id, plan.route, plan.accepted_leg, client=peer, server=local)
+    if plan.metrics is not None:
+        plan.metrics.child(plan.metrics.handshakes, plan.route, plan.accepted_leg, "ok", "").inc()
     _log_handshake(log, plan, facts, accepted_info)
     plan.publish(KeyEvent(time.time(), accepted_info, facts))
 
@@ -106,7 +112,7 @@ async def run_session(tcp: trio.SocketStream, plan: SessionPlan, log: Any) -> No
         dialled, upstream = await connect_first(
             plan.upstreams, plan.client_context, plan.client_settings,
             connect_timeout=plan.limits.connect_timeout, handshake_timeout=plan.limits.handshake_timeout,
-            log=log, leg=plan.dialled_leg,
+            log=log, leg=plan.dialled_leg, on_failure=_failure_counter(plan),
         )
     except UpstreamError as exc:
         log.error("no_upstream", leg=plan.dialled_leg, detail=str(exc), attempts=[a for a, _ in exc.attempts])
@@ -119,6 +125,8 @@ async def run_session(tcp: trio.SocketStream, plan: SessionPlan, log: Any) -> No
     dialled_info = LegInfo(conn_id, plan.route, plan.dialled_leg, client=_addr(sock.getsockname()),
                            server=_addr(sock.getpeername()))
     assert dialled.facts is not None
+    if plan.metrics is not None:
+        plan.metrics.child(plan.metrics.handshakes, plan.route, plan.dialled_leg, "ok", "").inc()
     _log_handshake(log, plan, dialled.facts, dialled_info, upstream=str(upstream.address))
     plan.publish(KeyEvent(time.time(), dialled_info, dialled.facts))
 
@@ -148,6 +156,18 @@ async def run_session(tcp: trio.SocketStream, plan: SessionPlan, log: Any) -> No
     )
 
 
+def _failure_counter(plan: SessionPlan) -> Any:
+    metrics = plan.metrics
+    if metrics is None:
+        return None
+
+    def failed(reason: str) -> None:
+        metrics.child(metrics.failovers, plan.route, plan.dialled_leg).inc()
+        metrics.child(metrics.handshakes, plan.route, plan.dialled_leg, "failed", reason).inc()
+
+    return failed
+
+
 class _Relay:
     def __init__(self, plan: SessionPlan, log: Any, accepted: OpenSSLStream, dialled: OpenSSLStream,
                  accepted_info: LegInfo, dialled_info: LegInfo) -> None:
@@ -163,8 +183,27 @@ class _Relay:
                       log_messages=plan.log_settings.sip_messages, log_payloads=plan.log_settings.sip_payloads,
                       log_key_material=plan.log_settings.key_material)
         # On both legs the accepted side's bytes travel from the TLS client to the TLS server.
-        self.up = DirectionObserver(direction=f"{a}->{d}", legs=[(i, True) for i in mirrored], **common)
-        self.down = DirectionObserver(direction=f"{d}->{a}", legs=[(i, False) for i in mirrored], **common)
+        self.up = DirectionObserver(direction=f"{a}->{d}", legs=[(i, True) for i in mirrored],
+                                    count_message=self._message_counter(f"{a}->{d}"), **common)
+        self.down = DirectionObserver(direction=f"{d}->{a}", legs=[(i, False) for i in mirrored],
+                                      count_message=self._message_counter(f"{d}->{a}"), **common)
+        m = plan.metrics
+        self._bytes = {up: m.child(m.bytes, plan.route, direction) if m else None
+                       for up, direction in ((True, f"{a}->{d}"), (False, f"{d}->{a}"))}
+        self._latency = {up: m.child(m.latency, plan.route, direction) if m else None
+                         for up, direction in ((True, f"{a}->{d}"), (False, f"{d}->{a}"))}
+
+    def _message_counter(self, direction: str) -> Any:
+        m = self.plan.metrics
+        if m is None:
+            return None
+        route = self.plan.route
+
+        def count(view: Any) -> None:
+            kind = message_kind(view.is_request, view.method, view.status_code) if view is not None else "unparsed"
+            m.child(m.sip_messages, route, direction, kind).inc()
+
+        return count
 
     async def run(self) -> None:
         try:
@@ -186,6 +225,7 @@ class _Relay:
     async def _pump(self, src: OpenSSLStream, dst: OpenSSLStream, observer: DirectionObserver, up: bool) -> None:
         src_leg = self.plan.accepted_leg if up else self.plan.dialled_leg
         dst_leg = self.plan.dialled_leg if up else self.plan.accepted_leg
+        byte_counter, latency = self._bytes[up], self._latency[up]
         while True:
             try:
                 data = await src.receive_some(_RECEIVE_SIZE)
@@ -193,10 +233,14 @@ class _Relay:
                 return self._broken(src_leg, exc)
             if not data:
                 break
+            arrived = time.perf_counter()
             try:
                 await dst.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 return self._broken(dst_leg, exc)
+            if latency is not None:
+                latency.observe(time.perf_counter() - arrived)
+                byte_counter.inc(len(data))
             self.last_activity = trio.current_time()
             if up:
                 self.bytes_up += len(data)

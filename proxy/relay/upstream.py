@@ -7,6 +7,7 @@ every attempt and why it failed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -27,6 +28,7 @@ async def connect_first(
     handshake_timeout: float,
     log: Any,
     leg: str = "core",
+    on_failure: Callable[[str], None] | None = None,
 ) -> tuple[OpenSSLStream, Upstream]:
     attempts: list[tuple[str, str]] = []
     for index, upstream in enumerate(upstreams):
@@ -37,12 +39,16 @@ async def connect_first(
         except trio.TooSlowError:
             why = f"TCP connect timed out after {connect_timeout:g} s"
             attempts.append((address, why))
+            if on_failure:
+                on_failure("connect_timeout")
             log.warning("upstream_failed", leg=leg, upstream=address, reason="connect_timeout", detail=why,
                         next=_next(upstreams, index))
             continue
         except OSError as exc:
             why = exc.strerror or str(exc)
             attempts.append((address, why))
+            if on_failure:
+                on_failure("connect_failed")
             log.warning("upstream_failed", leg=leg, upstream=address, reason="connect_failed", detail=why,
                         next=_next(upstreams, index))
             continue
@@ -60,6 +66,8 @@ async def connect_first(
             raise
         except HandshakeFailed as exc:
             attempts.append((address, f"TLS {exc.reason}: {exc.detail}"))
+            if on_failure:
+                on_failure(exc.reason)
             log.warning("upstream_failed", leg=leg, upstream=address, reason=exc.reason, detail=exc.detail,
                         next=_next(upstreams, index))
             await stream.aclose()

@@ -1,0 +1,72 @@
+"""The Prometheus endpoint of `siptap run`, scraped during a real relay."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.lab.core import start_lab_core
+from proxy.lab.customer import CustomerSession, customer_context
+from tests.relay.harness import SiptapProcess, write_config
+
+
+async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    def fetch() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            return response.read().decode()
+
+    text = await trio.to_thread.run_sync(fetch)
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_move_with_the_traffic(pki: Path, tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        core, core_port = await start_lab_core(nursery, pki)
+        top = f'[metrics]\nenabled = true\naddress = "127.0.0.1:0"\n[mirror.keylog]\npath = "{tmp_path}/keys.log"\n'
+        siptap = SiptapProcess(write_config(tmp_path, pki, cores=[core_port], top=top))
+        await siptap.start(nursery)
+        port = await siptap.port()
+        metrics_port = int((await siptap.wait_for("metrics_up"))[0]["port"])
+        assert (await siptap.wait_for("metrics_up"))[0]["host"] == "127.0.0.1"
+        before = await scrape(metrics_port)
+        session = await CustomerSession.connect("127.0.0.1", port, customer_context(pki))
+        codes = await session.call()
+        during = await scrape(metrics_port)
+        await session.aclose()
+        with pytest.raises(Exception):
+            bad = await CustomerSession.connect("127.0.0.1", port, customer_context(pki, cert=None))
+            await bad.options()
+        await siptap.wait_for("connection_closed", count=2)
+        after = await scrape(metrics_port)
+        assert await siptap.stop() == 0
+        nursery.cancel_scope.cancel()
+    assert codes == ["100", "180", "200", "200"]
+    assert value(before, "siptap_connections_total", route="test", leg="customer") == 0
+    assert value(during, "siptap_connections_active", route="test", leg="customer") == 1
+    assert value(after, "siptap_connections_active", route="test", leg="customer") == 0
+    assert value(after, "siptap_connections_total", route="test", leg="customer") == 2
+    assert value(after, "siptap_handshakes_total", route="test", leg="customer", result="ok", reason="") == 1
+    assert value(after, "siptap_handshakes_total", route="test", leg="core", result="ok", reason="") == 1
+    assert value(after, "siptap_handshakes_total", route="test", leg="customer", result="failed",
+                 reason="no_client_certificate") == 1
+    up, down = "customer->core", "core->customer"
+    for method in ("INVITE", "ACK", "BYE"):
+        assert value(after, "siptap_sip_messages_total", route="test", direction=up, kind=method) == 1
+    assert value(after, "siptap_sip_messages_total", route="test", direction=down, kind="1xx") == 2
+    assert value(after, "siptap_sip_messages_total", route="test", direction=down, kind="2xx") == 2
+    assert value(after, "siptap_relayed_bytes_total", route="test", direction=up) == sum(map(len, session.sent))
+    assert value(after, "siptap_relay_latency_seconds_count", route="test", direction=up) >= 3
+    assert value(after, "siptap_mirror_sent_total", sink="keylog") == 2  # one handshake per leg
+    assert value(after, "siptap_mirror_dropped_total", sink="keylog") == 0
