@@ -77,6 +77,15 @@ class SiptapProcess:
         )
         nursery.start_soon(self._read_stdout)
         nursery.start_soon(self._read_stderr)
+        nursery.start_soon(self._kill_when_cancelled)
+
+    async def _kill_when_cancelled(self) -> None:
+        """A failing test cancels the nursery: never leave a siptap process behind."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            if self.process is not None and self.process.returncode is None:
+                self.process.kill()
 
     async def _read_stdout(self) -> None:
         assert self.process is not None and self.process.stdout is not None

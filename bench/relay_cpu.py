@@ -1,0 +1,111 @@
+"""Quick, by-hand: siptap's CPU per relayed SIP message (both directions counted).
+
+Runs `siptap run` as a process in front of the lab core, pushes OPTIONS transactions through
+one TLS connection with a window of requests in flight, and reads siptap's utime+stime from
+/proc. Usage: python bench/relay_cpu.py [--messages 20000] [--sinks on|off] [--window 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from proxy.certs import init_lab_pki  # noqa: E402
+from proxy.lab.core import start_lab_core  # noqa: E402
+from proxy.lab.customer import CustomerSession, customer_context  # noqa: E402
+from proxy.lab.sip import request  # noqa: E402
+from tests.relay.harness import SiptapProcess, write_config  # noqa: E402
+
+SINKS = """
+[mirror]
+legs = "customer"
+[[mirror.hep]]
+address = "127.0.0.1:{hep}"
+[[mirror.jsonl]]
+transport = "udp"
+address = "127.0.0.1:{jsonl}"
+[mirror.keylog]
+path = "{tmp}/keys.log"
+[mirror.pcap]
+directory = "{tmp}/pcap"
+[mirror.srtp_keys]
+path = "{tmp}/srtp.log"
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def main(messages: int, sinks: bool, window: int, log_level: str) -> None:
+    tmp = Path(tempfile.mkdtemp())
+    init_lab_pki(tmp / "pki")
+    pki = tmp / "pki"
+    sink_sockets = []
+    top = ""
+    if sinks:
+        for _ in range(2):
+            s = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+            await s.bind(("127.0.0.1", 0))
+            sink_sockets.append(s)
+        top = SINKS.format(hep=sink_sockets[0].getsockname()[1], jsonl=sink_sockets[1].getsockname()[1], tmp=tmp)
+
+    async def drain(sock: trio.socket.SocketType) -> None:
+        while True:
+            await sock.recv(65536)
+
+    async with trio.open_nursery() as nursery:
+        for s in sink_sockets:
+            nursery.start_soon(drain, s)
+        core, core_port = await start_lab_core(nursery, pki)
+        config = write_config(tmp, pki, cores=[core_port], top=top)
+        config.write_text(config.read_text().replace('level = "debug"', f'level = "{log_level}"'))
+        siptap = SiptapProcess(config)
+        await siptap.start(nursery)
+        port = await siptap.port()
+        session = await CustomerSession.connect("127.0.0.1", port, customer_context(pki))
+        await session.options()  # warm-up
+        pid = siptap.process.pid
+        transactions = messages // 2
+        start_cpu = cpu_seconds(pid)
+        start = trio.current_time()
+        sent = 0
+        received = 0
+        batch = []
+        while received < transactions:
+            while sent < transactions and sent - received < window:
+                batch.append(request("OPTIONS", call_id=f"{uuid.uuid4()}@b", cseq=1, from_tag="t", branch=f"z9hG4bK{sent}"))
+                sent += 1
+            if batch:
+                await session.stream.send_all(b"".join(batch))
+                batch.clear()
+            await session.next_message()
+            received += 1
+        elapsed = trio.current_time() - start
+        cpu = cpu_seconds(pid) - start_cpu
+        await session.aclose()
+        await siptap.stop()
+        nursery.cancel_scope.cancel()
+    total = transactions * 2
+    print(f"sinks={'on' if sinks else 'off'} log={log_level} messages={total} wall={elapsed:.2f}s "
+          f"siptap_cpu={cpu:.2f}s cpu_per_message={cpu / total * 1e6:.1f}us rate={total / elapsed:.0f} msg/s")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--sinks", choices=("on", "off"), default="on")
+    parser.add_argument("--window", type=int, default=50)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args()
+    trio.run(functools.partial(main, args.messages, args.sinks == "on", args.window, args.log_level))
