@@ -29,6 +29,12 @@ from typing import TypeVar
 import trio
 from OpenSSL import SSL
 
+try:
+    from OpenSSL._util import ffi as _ffi
+    from OpenSSL._util import lib as _lib
+except ImportError:  # pragma: no cover - a pyOpenSSL without the private bindings
+    _ffi = _lib = None
+
 from proxy.errors import HandshakeFailed
 from proxy.sansio.tls_hello import ClientHelloSniffer
 from proxy.tls.facts import FailureReason, HandshakeFacts, HandshakeObserver, classify_failure, collect_facts
@@ -38,6 +44,19 @@ T = TypeVar("T")
 _RECEIVE_SIZE = 65536
 _BIO_READ_SIZE = 65536
 _CLOSE_NOTIFY_TIMEOUT = 2.0
+_RECORD_SIZE = 16384  # one TLS record's plaintext at most: no bigger buffer is useful per recv
+
+
+def _bio_pending(conn: SSL.Connection, *, outgoing: bool) -> int:
+    """Bytes waiting in a memory BIO, or -1 when it cannot be asked. pyOpenSSL has no public
+    accessor; BIO_get_mem_data is in cryptography's bindings and saves an exception per call."""
+    if _lib is None:
+        return -1
+    try:
+        bio = conn._from_ssl if outgoing else conn._into_ssl  # noqa: SLF001
+        return int(_lib.BIO_get_mem_data(bio, _ffi.NULL))
+    except AttributeError:
+        return -1
 
 
 class _Guard:
@@ -108,21 +127,31 @@ class OpenSSLStream(trio.abc.Stream):
     # -- the only code that touches the transport -------------------------------------------
 
     def _drain_bio(self) -> None:
-        while True:
+        # OpenSSL writes whole records into the outgoing BIO, so its length says it all.
+        pending = _bio_pending(self._conn, outgoing=True)
+        while pending != 0:
             try:
-                self._outbox += self._conn.bio_read(_BIO_READ_SIZE)
+                self._outbox += self._conn.bio_read(pending if pending > 0 else _BIO_READ_SIZE)
             except SSL.WantReadError:
                 return
+            pending = _bio_pending(self._conn, outgoing=True)
 
     async def _flush(self) -> None:
         self._drain_bio()
         if not self._outbox:
             return
-        async with self._send_lock:
+        # Uncontended (the common case): take the lock without a scheduling point.
+        try:
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
             while self._outbox:
                 data = bytes(self._outbox)
                 self._outbox.clear()
                 await self.transport_stream.send_all(data)
+        finally:
+            self._send_lock.release()
 
     async def _flush_quietly(self) -> None:
         """Best effort, used on the error path: the alert matters, a dead peer does not."""
@@ -134,7 +163,11 @@ class OpenSSLStream(trio.abc.Stream):
 
     async def _fill(self) -> None:
         count = self._fill_count
-        async with self._recv_lock:
+        try:
+            self._recv_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._recv_lock.acquire()
+        try:
             if count != self._fill_count:
                 return
             if self._transport_eof:
@@ -150,6 +183,8 @@ class OpenSSLStream(trio.abc.Stream):
                 self._transport_eof = True
                 self._conn.bio_shutdown()
             self._fill_count += 1
+        finally:
+            self._recv_lock.release()
 
     async def _retry(self, fn: Callable[..., T], *args: object) -> T:
         while True:
@@ -249,8 +284,10 @@ class OpenSSLStream(trio.abc.Stream):
             size = max_bytes if max_bytes is not None else _RECEIVE_SIZE
             if size < 1:
                 raise ValueError("max_bytes must be >= 1")
+            # No "read the transport first when the BIO is empty" shortcut: OpenSSL's record
+            # layer may hold bytes it already took from the BIO, which only recv() can tell.
             try:
-                data = await self._retry(self._conn.recv, size)
+                data = await self._retry(self._conn.recv, min(size, _RECORD_SIZE))
             except SSL.ZeroReturnError:
                 self.close_notify_received = True
                 return b""

@@ -1,0 +1,47 @@
+"""The log writer never blocks its caller: bounded, counted, flushed on close."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+from proxy.config import LogSettings
+from proxy.log import QueueWriter, configure, get_logger
+
+
+class BlockedStream(io.StringIO):
+    """A stdout whose reader is stuck until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.release.wait(10)
+        return super().write(text)
+
+
+def test_full_queue_drops_and_reports_instead_of_blocking() -> None:
+    stream = BlockedStream()
+    writer = QueueWriter(stream, maxsize=10, interval=0.01)
+    for i in range(1000):  # returns at once although nothing can be written
+        writer.msg(json.dumps({"event": "x", "i": i}))
+    assert writer.dropped > 0
+    stream.release.set()
+    writer.close()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    written = [line for line in lines if line["event"] == "x"]
+    reported = [line for line in lines if line["event"] == "log_lines_dropped"]
+    assert len(written) + sum(r["count"] for r in reported) == 1000
+
+
+def test_json_lines_with_utc_timestamp_and_bytes() -> None:
+    stream = io.StringIO()
+    writer = configure(LogSettings(), stream)
+    get_logger().info("sip", payload=b"OPTIONS \xff", call_id="a@b")
+    writer.close()
+    event = json.loads(stream.getvalue())
+    assert event["event"] == "sip" and event["level"] == "info"
+    assert event["payload"] == "OPTIONS \\xff"
+    assert event["timestamp"].endswith("Z") and len(event["timestamp"]) == len("2026-01-01T00:00:00.000000Z")
