@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--ec", action="store_true", help="P-256 key instead of RSA-2048")
     issue.add_argument("--san", action="append", metavar="NAME", help="SAN (DNS name or IP); repeat")
     issue.add_argument("--force", action="store_true", help="overwrite existing files")
+    from proxy.probe import add_parser as add_probe_parser
+
+    add_probe_parser(sub, common)
     return parser
 
 
@@ -91,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "probe":
+            from proxy.probe import run_from_args
+
+            return run_from_args(args)
         if args.command == "demo":
             from proxy.demo import main as demo_main
 

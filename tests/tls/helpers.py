@@ -3,7 +3,9 @@ from pyOpenSSL's) driven through trio.SSLStream, over real loopback sockets."""
 
 from __future__ import annotations
 
+import os
 import ssl
+import threading
 from pathlib import Path
 
 # The cipher offer of a Sangoma IMG 2020 E-SBC (ECDHE/DHE first, RSA last), from design.md.
@@ -50,7 +52,6 @@ class OpenSSLServer:
     ACCEPT line). Used where the exact behaviour of a C TLS stack matters (alerts, versions)."""
 
     def __init__(self, *args: str) -> None:
-        import os
         import select
         import subprocess
 
@@ -77,7 +78,18 @@ class OpenSSLServer:
                 self.output.append(line)
                 if line.startswith("ACCEPT"):
                     self.port = int(line.rsplit(":", 1)[1])
+                    # s_server keeps printing per connection (with -Verify, the whole client
+                    # chain); a pipe nobody reads would fill and stall it mid-handshake.
+                    threading.Thread(target=self._drain, args=(fd,), daemon=True).start()
                     return
+
+    @staticmethod
+    def _drain(fd: int) -> None:
+        try:
+            while os.read(fd, 65536):
+                pass
+        except OSError:
+            pass
 
     def close(self) -> None:
         self.proc.kill()
