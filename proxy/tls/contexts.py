@@ -150,6 +150,17 @@ def _keylog(conn: SSL.Connection, line: bytes) -> None:
         observer.keylog_lines.append(line.decode("ascii", "replace").strip())
 
 
+def _new_context(min_version: str, max_version: str, ciphers: str) -> SSL.Context:
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(_VERSIONS[min_version])
+    ctx.set_max_proto_version(_VERSIONS[max_version])
+    try:
+        ctx.set_cipher_list(ciphers.encode())
+    except SSL.Error:
+        raise CertificateError("ciphers", f"OpenSSL accepts none of {ciphers!r}") from None
+    return ctx
+
+
 def build_server_context(settings: ServerTlsSettings, *, session_id: bytes = b"siptap") -> SSL.Context:
     """The customer-facing server: by default TLS 1.2, kRSA AES suites, mutual TLS, no resumption."""
     forced_rsa = settings.key_exchange == "rsa"
@@ -159,13 +170,7 @@ def build_server_context(settings: ServerTlsSettings, *, session_id: bytes = b"s
         allow_insecure_key=settings.allow_insecure_key_permissions,
         require_rsa=forced_rsa,
     )
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_min_proto_version(_VERSIONS[settings.min_version])
-    ctx.set_max_proto_version(_VERSIONS[settings.effective_max_version])
-    try:
-        ctx.set_cipher_list(settings.effective_ciphers.encode())
-    except SSL.Error:
-        raise CertificateError("ciphers", f"OpenSSL accepts none of {settings.effective_ciphers!r}") from None
+    ctx = _new_context(settings.min_version, settings.effective_max_version, settings.effective_ciphers)
     options = SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
     if settings.resumption:
         ctx.set_session_id(session_id)
@@ -193,13 +198,7 @@ def build_server_context(settings: ServerTlsSettings, *, session_id: bytes = b"s
 
 def build_client_context(settings: ClientTlsSettings) -> SSL.Context:
     """The core-facing client: verifies the core, presents siptap's client certificate."""
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_min_proto_version(_VERSIONS[settings.min_version])
-    ctx.set_max_proto_version(_VERSIONS[settings.max_version])
-    try:
-        ctx.set_cipher_list(settings.ciphers.encode())
-    except SSL.Error:
-        raise CertificateError("ciphers", f"OpenSSL accepts none of {settings.ciphers!r}") from None
+    ctx = _new_context(settings.min_version, settings.max_version, settings.ciphers)
     if settings.tls13_ciphersuites:
         ctx.set_tls13_ciphersuites(settings.tls13_ciphersuites.encode())
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
