@@ -16,6 +16,7 @@ field that is absent or malformed is ``None``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 __all__ = ["SipMessageView", "SipParseError", "body_of", "parse_message", "split_values"]
@@ -151,6 +152,22 @@ def split_values(value: str) -> list[str]:
     """
     parts: list[str] = []
     start = 0
+    for i in _top_level(value, ","):
+        parts.append(value[start:i].strip())
+        start = i + 1
+    parts.append(value[start:].strip())
+    return [part for part in parts if part] or [""]
+
+
+def _top_level(value: str, sep: str) -> Iterator[int]:
+    """Indexes of ``sep`` outside quoted strings and ``<...>`` (where URIs keep their own
+    ``;`` and ``,``). Most header values have neither, so they take the str.find path."""
+    if '"' not in value and "<" not in value:
+        i = value.find(sep)
+        while i >= 0:
+            yield i
+            i = value.find(sep, i + 1)
+        return
     quoted = angle = False
     i = 0
     n = len(value)
@@ -167,12 +184,9 @@ def split_values(value: str) -> list[str]:
             angle = ch != ">"
         elif ch == "<":
             angle = True
-        elif ch == ",":
-            parts.append(value[start:i].strip())
-            start = i + 1
+        elif ch == sep:
+            yield i
         i += 1
-    parts.append(value[start:].strip())
-    return [part for part in parts if part] or [""]
 
 
 def _canonical(name: str) -> str:
@@ -204,27 +218,7 @@ def _header_param(value: str, wanted: str) -> str | None:
     ``<...>`` belongs to the display name or the URI and is skipped. In the addr-spec form
     (no angle brackets) RFC 3261 20.10 makes every ``;`` parameter a header parameter.
     """
-    params_at = -1
-    quoted = angle = False
-    i = 0
-    n = len(value)
-    while i < n:
-        ch = value[i]
-        if quoted:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif angle:
-            angle = ch != ">"
-        elif ch == "<":
-            angle = True
-        elif ch == ";":
-            params_at = i
-            break
-        i += 1
+    params_at = next(_top_level(value, ";"), -1)
     if params_at < 0:
         return None
     for param in _split_params(value[params_at + 1 :]):
