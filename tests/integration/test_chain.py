@@ -21,6 +21,8 @@ tests/integration/peers.py and the templates in tests/integration/peers/.
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ import trio
 from proxy.lab.customer import IMG2020_CIPHERS
 from tests.integration import peers
 from tests.integration.capture import LoopbackCapture, require, tshark_fields
+from tests.mirror.helpers import free_port
+from tests.mirror.test_hep import udp_socket_state
 from tests.relay.harness import SiptapProcess, write_config
 
 CALLS = 200
@@ -58,13 +62,13 @@ class Chain:
 
 
 @contextlib.asynccontextmanager
-async def chain(nursery: trio.Nursery, tmp: Path, pki: Path, calls: int) -> AsyncIterator[Chain]:
+async def chain(nursery: trio.Nursery, tmp: Path, pki: Path, calls: int, mirror: str = "") -> AsyncIterator[Chain]:
     """Start the UAS, Kamailio, siptap and stunnel, in that order (each is ready before the next
     one needs it); stop them in reverse."""
     keylog = tmp / "keys.log"
     async with peers.sipp_uas(tmp, calls=calls) as uas, \
             peers.kamailio(tmp, pki, uas_port=uas.ports[0]) as kamailio:
-        config = write_config(tmp, pki, cores=[kamailio.ports[0]], top=f'[mirror.keylog]\npath = "{keylog}"\n')
+        config = write_config(tmp, pki, cores=[kamailio.ports[0]], top=f'[mirror.keylog]\npath = "{keylog}"\n{mirror}')
         siptap = SiptapProcess(config)
         await siptap.start(nursery)
         try:
@@ -125,10 +129,29 @@ def assert_siptap_log(siptap: SiptapProcess, connections: int, uac: peers.SippRu
     assert Counter(invites) == Counter(uac.call_ids())
 
 
-@require("kamailio", "sipp", "stunnel4", "tcpdump", "tshark")
+@require("kamailio", "sipp", "stunnel4", "tcpdump", "tshark", "sngrep")
 async def test_trunk_many_calls_on_one_connection_and_both_legs_decrypt(pki: Path, tmp_path: Path) -> None:
+    # The mirror feeds real consumers in the same run: sngrep receives HEP, and the pcap sink writes.
+    hep_port = free_port(kind=2)
+    sngrep_out = tmp_path / "sngrep.pcap"
+    sngrep = subprocess.Popen(["sngrep", "-N", "-q", "-L", f"udp:127.0.0.1:{hep_port}", "-O", str(sngrep_out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mirror = f'[[mirror.hep]]\naddress = "127.0.0.1:{hep_port}"\n[mirror.pcap]\ndirectory = "{tmp_path}/pcap"\n'
+    try:
+        with trio.fail_after(10):
+            while udp_socket_state(hep_port) is None:
+                await trio.sleep(0.01)  # polling a condition, bounded
+        await _trunk_run(pki, tmp_path, mirror, hep_port, sngrep_out, sngrep)
+    finally:
+        if sngrep.poll() is None:
+            sngrep.kill()
+            sngrep.wait()
+
+
+async def _trunk_run(pki: Path, tmp_path: Path, mirror: str, hep_port: int, sngrep_out: Path,
+                     sngrep: subprocess.Popen) -> None:
     async with trio.open_nursery() as nursery:
-        async with chain(nursery, tmp_path, pki, CALLS) as c:
+        async with chain(nursery, tmp_path, pki, CALLS, mirror) as c:
             with LoopbackCapture(tmp_path / "customer-leg.pcap", [c.siptap_port]) as customer_capture, \
                     LoopbackCapture(tmp_path / "core-leg.pcap", [c.core_port]) as core_capture:
                 uac = await peers.run_sipp_uac(tmp_path, target_port=c.entry_port, calls=CALLS, transport="t1")
@@ -165,6 +188,19 @@ async def test_trunk_many_calls_on_one_connection_and_both_legs_decrypt(pki: Pat
     certificates = tshark_fields(core_capture.path, ["tcp.dstport", "x509sat.uTF8String"],
                                  "-o", f"tls.keylog_file:{c.keylog}", display_filter="tls.handshake.type == 11")
     assert any(port == str(c.core_port) and "proxy-client" in names.split(",") for port, names in certificates)
+
+    # The HEP sngrep collected: exactly the messages SIPp sent and received.
+    with trio.fail_after(10):
+        while (state := udp_socket_state(hep_port)) and state[4].split(":")[1] != "00000000":
+            await trio.sleep(0.01)  # everything read by sngrep
+    sngrep.send_signal(signal.SIGTERM)  # sngrep writes its -O file on SIGTERM
+    sngrep.wait(timeout=10)
+    assert c.siptap.find("mirror_stopped")[0]["dropped"] == 0
+    assert wire_traffic(peers.tshark_sip(sngrep_out)) == expected
+    # The cleartext pcap sink: the same messages, readable without any key.
+    pcaps = sorted((tmp_path / "pcap").glob("*.pcap"))
+    assert len(pcaps) == 1
+    assert wire_traffic(peers.tshark_sip(pcaps[0], "-d", f"tcp.port=={c.siptap_port},sip")) == expected
 
 
 @require("kamailio", "sipp", "stunnel4")
