@@ -18,6 +18,12 @@ is down at start-up (collector not running, Unix socket path with no reader) is 
 "not connected" state, not an error to raise. A stream send that fails or times out
 half-way leaves a partial record on the wire, so the link drops that connection and
 reconnects; a datagram send that fails only loses that datagram.
+
+Cost: a sink wakes up for one event and takes everything else already queued (a batch);
+:class:`LinkSink` encodes the batch, then sends each datagram with one non-blocking system
+call (falling back to trio's waiting send with its timeout only when the socket buffer is
+full), or joins a stream batch into one write with one timeout. Under load the per-wake-up
+and per-write costs are shared by many events; at low rates a batch is one event.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ import trio
 from proxy.mirror.events import MirrorEvent
 
 log = structlog.get_logger("siptap.mirror")
+
+# Most events one sink takes off its queue per wake-up (see Sink.run).
+MAX_BATCH = 256
 
 
 class DropReporter:
@@ -93,6 +102,12 @@ class Sink:
         self.reporter = DropReporter(name)
         self._handled = 0
         self._progress = trio.Event()
+        # Events taken off the queue in a batch but not dealt with when the batch ended
+        # early (a crash or shutdown): handled first after a restart, or counted as "not
+        # flushed at shutdown" by the fan-out. ``_unfinished`` is how ``handle_batch``
+        # reports them (see there).
+        self.backlog: list[MirrorEvent] = []
+        self._unfinished: list[MirrorEvent] = []
 
     # -- what subclasses implement -----------------------------------------------------
 
@@ -102,6 +117,20 @@ class Sink:
 
     async def handle(self, event: MirrorEvent) -> None:
         raise NotImplementedError
+
+    async def handle_batch(self, batch: list[MirrorEvent]) -> None:
+        """Deal with every event of ``batch`` (what was queued when the sink woke up), in
+        order: each one counted as sent or dropped (or deliberately ignored). The default
+        calls :meth:`handle` per event; sinks override it to encode everything first and
+        write with few system calls. If it raises, it must first set ``self._unfinished``
+        to the events not dealt with, the one at hand first (that one is counted lost; the
+        others go back to :attr:`backlog`)."""
+        for i, event in enumerate(batch):
+            try:
+                await self.handle(event)
+            except BaseException:
+                self._unfinished = batch[i:]
+                raise
 
     async def aclose(self) -> None:
         """Release sockets and files; called when :meth:`run` ends for any reason."""
@@ -130,28 +159,47 @@ class Sink:
     # -- the task ------------------------------------------------------------------------
 
     async def run(self, receive: trio.MemoryReceiveChannel[MirrorEvent]) -> None:
-        """Deliver events until the channel is closed and empty. An exception escaping
-        ``handle`` costs the event at hand (counted) and propagates to the supervisor,
-        which restarts the sink."""
+        """Deliver events until the channel is closed and empty. Wakes up for one event,
+        then takes everything else already queued (at most ``MAX_BATCH``) and hands the
+        lot to :meth:`handle_batch`: under load the per-wake-up and per-write costs are
+        shared by many events. An exception escaping it costs the event at hand (counted)
+        and propagates to the supervisor, which restarts the sink; the rest of the batch
+        is kept in :attr:`backlog` and handled first after the restart."""
         try:
-            async for event in receive:
+            while True:
+                if self.backlog:
+                    batch, self.backlog = self.backlog, []
+                else:
+                    try:
+                        batch = [await receive.receive()]
+                    except trio.EndOfChannel:
+                        return
                 try:
-                    await self.handle(event)
-                except trio.Cancelled:
-                    self.drop("cancelled at shutdown")
-                    raise
-                except BaseException:
-                    self.drop("sink crashed")
-                    raise
-                finally:
-                    self._note_handled()
+                    while len(batch) < MAX_BATCH:
+                        batch.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    pass
+                await self._deliver(batch)
         finally:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(2):
                     await self.aclose()
 
-    def _note_handled(self) -> None:
-        self._handled += 1
+    async def _deliver(self, batch: list[MirrorEvent]) -> None:
+        self._unfinished = batch  # in case handle_batch raises without saying
+        try:
+            await self.handle_batch(batch)
+        except BaseException as exc:
+            rest = self._unfinished
+            self.backlog[:0] = rest[1:]
+            if rest:
+                self.drop("cancelled at shutdown" if isinstance(exc, trio.Cancelled) else "sink crashed")
+            self._note_handled(len(batch) - len(rest) + (1 if rest else 0))
+            raise
+        self._note_handled(len(batch))
+
+    def _note_handled(self, count: int = 1) -> None:
+        self._handled += count
         self._progress.set()
         self._progress = trio.Event()
 
@@ -207,6 +255,8 @@ class Link:
         self.send_timeout = send_timeout
         self.stream = kind in STREAM_KINDS
         self._sock: trio.socket.SocketType | None = None
+        self._raw: socket.socket | None = None  # the same socket, for non-blocking sends
+        self.partial = 0  # octets of the current batch written so far (send_stream)
         self._connected = trio.Event()
         self._lost = trio.Event()
         self._down_reason = "not connected yet"
@@ -251,7 +301,7 @@ class Link:
                     else:
                         await self._lost.wait()
                 finally:
-                    self._sock = None
+                    self._sock = self._raw = None
                     if self._connected.is_set():
                         self._connected = trio.Event()
                     sock.close()
@@ -261,7 +311,7 @@ class Link:
                 else:
                     backoff = self.backoff_initial
         finally:
-            self._sock = None
+            self._sock = self._raw = None
 
     async def _open(self) -> trio.socket.SocketType:
         if self.kind in ("unix", "unix-dgram"):
@@ -270,7 +320,9 @@ class Link:
             host, port = self.target  # type: ignore[misc]
             infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             family, addr = infos[0][0], infos[0][4]
-        sock = trio.socket.socket(family, socket.SOCK_STREAM if self.stream else socket.SOCK_DGRAM)
+        sock = trio.socket.from_stdlib_socket(
+            socket.socket(family, socket.SOCK_STREAM if self.stream else socket.SOCK_DGRAM)
+        )
         try:
             if self.kind == "tcp":
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -303,6 +355,7 @@ class Link:
 
     def _up(self, sock: trio.socket.SocketType) -> None:
         self._sock = sock
+        self._raw = _stdlib_socket(sock)
         self._lost = trio.Event()
         self.connects += 1
         self._connected.set()
@@ -320,7 +373,7 @@ class Link:
             log.warning("mirror_link_down", sink=self.sink.name, link=str(self), reason=reason,
                         retry="with back-off", hint="events are dropped and counted until it is back")
         if self._sock is not None:  # stop sending now; the keeper closes the socket
-            self._sock = None
+            self._sock = self._raw = None
             self._lost.set()
 
     async def send(self, data: bytes) -> str | None:
@@ -339,17 +392,162 @@ class Link:
                 else:
                     await sock.send(data)
         except trio.TooSlowError:
-            if self.stream:  # a partial record may be on the wire: start a fresh connection
-                self._down("send timed out: reader too slow", error=TimeoutError("send timeout"))
-            return "send timed out"
+            return self._timed_out()
         except OSError as exc:
-            reason = _describe(exc)
-            if exc.errno == errno.EMSGSIZE:
-                return "too large for one datagram"
-            # Stream: the connection is unusable. Unix datagram: the reader's socket went away
-            # and may come back as a new file: reconnect by path. UDP: ICMP port unreachable
-            # for an earlier datagram, i.e. nobody listens: treat it as down and probe again
-            # after the back-off rather than send into the void.
-            self._down(reason, error=exc)
-            return f"send failed ({errno.errorcode.get(exc.errno or 0, 'error')})"
+            return self._send_failed(exc)
         return None
+
+    def send_datagram_nowait(self, data: bytes) -> str | None | bool:
+        """One datagram without waiting: None when sent, a reason when it failed (as
+        :meth:`send`), or False when the socket buffer is full (the caller falls back to
+        :meth:`send`, which waits up to ``send_timeout``). A datagram send never waits on
+        a peer, so this is what almost always happens: one system call, no trio
+        machinery, no timeout scope."""
+        raw = self._raw
+        if raw is None:
+            return "peer down"
+        try:
+            raw.send(data)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            return self._send_failed(exc)
+        return None
+
+    async def send_stream(self, data: bytes) -> str | None:
+        """Write ``data`` (a batch of whole records) to a stream link: one non-blocking
+        send, and only if the kernel did not take it all, trio's waiting sends, with one
+        ``send_timeout`` for the rest of the batch. ``self.partial`` tells how much was
+        written, also when this fails or is cancelled half-way."""
+        self.partial = 0
+        raw, sock = self._raw, self._sock
+        if raw is None or sock is None:
+            return "peer down"
+        try:
+            try:
+                self.partial = raw.send(data)
+            except BlockingIOError:
+                pass
+            if self.partial < len(data):
+                view = memoryview(data)
+                with trio.fail_after(self.send_timeout):
+                    while self.partial < len(data):
+                        self.partial += await sock.send(view[self.partial:])
+        except trio.TooSlowError:
+            return self._timed_out()
+        except OSError as exc:
+            return self._send_failed(exc)
+        return None
+
+    def _timed_out(self) -> str:
+        if self.stream:  # a partial record may be on the wire: start a fresh connection
+            self._down("send timed out: reader too slow", error=TimeoutError("send timeout"))
+        return "send timed out"
+
+    def _send_failed(self, exc: OSError) -> str:
+        reason = _describe(exc)
+        if exc.errno == errno.EMSGSIZE:
+            return "too large for one datagram"
+        # Stream: the connection is unusable. Unix datagram: the reader's socket went away
+        # and may come back as a new file: reconnect by path. UDP: ICMP port unreachable
+        # for an earlier datagram, i.e. nobody listens: treat it as down and probe again
+        # after the back-off rather than send into the void.
+        self._down(reason, error=exc)
+        return f"send failed ({errno.errorcode.get(exc.errno or 0, 'error')})"
+
+
+def _stdlib_socket(sock: trio.socket.SocketType) -> socket.socket:
+    """The standard-library socket under a trio socket (non-blocking, same descriptor)."""
+    raw = getattr(sock, "_sock", None)
+    if isinstance(raw, socket.socket):
+        return raw
+    return socket.socket(fileno=os.dup(sock.fileno()))  # pragma: no cover - trio always has _sock
+
+
+class LinkSink(Sink):
+    """A sink that writes each event as one unit (HEP packet, JSON line) to a :class:`Link`.
+    Subclasses implement :meth:`encode_unit`; a batch is encoded first, then sent: over
+    datagram links one non-blocking ``send`` per unit, over stream links the whole batch
+    joined in one write with one timeout."""
+
+    link: Link
+
+    def encode_unit(self, event: MirrorEvent) -> bytes | None:
+        """The bytes for one event, or None when the event is already dealt with (an
+        encoding failure counted as a drop) or not carried by this output."""
+        raise NotImplementedError
+
+    async def handle(self, event: MirrorEvent) -> None:
+        await self.handle_batch([event])
+
+    async def handle_batch(self, batch: list[MirrorEvent]) -> None:
+        if self.link.stream:
+            await self._stream_batch(batch)
+            return
+        link = self.link
+        encode = self.encode_unit
+        for i, event in enumerate(batch):
+            try:
+                data = encode(event)
+                if data is None:
+                    continue
+                reason = link.send_datagram_nowait(data)
+                if reason is False:  # socket buffer full: wait for room, as long as allowed
+                    reason = await link.send(data)
+            except BaseException:
+                self._unfinished = batch[i:]
+                raise
+            if reason is None:
+                self.sent += 1
+            else:
+                self.drop(reason)  # type: ignore[arg-type]
+
+    async def _stream_batch(self, batch: list[MirrorEvent]) -> None:
+        units: list[bytes] = []
+        pending: list[MirrorEvent] = []  # the events in ``units``, same order
+        for i, event in enumerate(batch):
+            try:
+                data = self.encode_unit(event)
+            except BaseException:
+                # The encoded ones are dealt with (dropped), like the one at hand; the rest
+                # go back to the backlog.
+                self._unfinished = [event, *batch[i + 1 :]]
+                if pending:
+                    self.drop("sink crashed", len(pending))
+                raise
+            if data is not None:
+                units.append(data)
+                pending.append(event)
+        if not units:
+            return
+        link = self.link
+        try:
+            reason = await link.send_stream(units[0] if len(units) == 1 else b"".join(units))
+        except BaseException:
+            # Cancelled half-way (shutdown): the records fully written count as sent, the
+            # one being written is the event at hand, the rest are not flushed.
+            done = _whole_records(units, link.partial)
+            self.sent += done
+            self._unfinished = pending[done:]
+            raise
+        if reason is None:
+            self.sent += len(units)
+            return
+        # Records written in full before the failure were delivered; the one cut short
+        # gets the reason; the link is down for the others.
+        done = _whole_records(units, link.partial)
+        self.sent += done
+        if done < len(units):
+            self.drop(reason)
+            if len(units) - done - 1:
+                self.drop("peer down", len(units) - done - 1)
+
+
+def _whole_records(units: list[bytes], written: int) -> int:
+    count = 0
+    for unit in units:
+        written -= len(unit)
+        if written < 0:
+            break
+        count += 1
+    return count

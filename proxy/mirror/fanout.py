@@ -182,7 +182,8 @@ class Fanout:
 
     def _count_leftovers(self) -> None:
         for slot in self._slots:
-            left = 0
+            left = len(slot.sink.backlog)  # taken off the queue in a batch, not reached
+            slot.sink.backlog.clear()
             while True:
                 try:
                     slot.receive.receive_nowait()
@@ -220,7 +221,7 @@ class Fanout:
         for slot in self._slots:
             sink = slot.sink
             try:
-                queued = slot.send.statistics().current_buffer_used
+                queued = slot.send.statistics().current_buffer_used + len(sink.backlog)
             except Exception:  # pragma: no cover - statistics never fails today
                 queued = 0
             out[sink.name] = {

@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from proxy.mirror.base import Link, Sink
+from proxy.mirror.base import Link, LinkSink
 from proxy.mirror.events import ConnectionClosed, KeyEvent, MirrorEvent, SipEvent, SrtpKeyEvent
 from proxy.mirror.jsonl import event_to_dict, to_json
 from proxy.mirror.settings import HepSinkSettings
@@ -47,27 +47,29 @@ class HepEncoder:
         self.capture_id = settings.capture_id
         self.auth_key = settings.auth_key.encode("utf-8") if settings.auth_key else None
         self.node_name = settings.node_name.encode("utf-8") if settings.node_name else None
+        # One cached encoder per protocol type (SIP, log): the chunks fixed for an address
+        # pair are built once, not per message.
+        self._encoders = {
+            proto_type: hep.Encoder(ip_proto=self.ip_proto, proto_type=proto_type, capture_id=self.capture_id,
+                                    auth_key=self.auth_key, node_name=self.node_name)
+            for proto_type in (hep.PROTO_SIP, hep.PROTO_LOG)
+        }
+        self._sip = self._encoders[hep.PROTO_SIP]
 
     def _packet(self, ts: float, src: tuple[str, int], dst: tuple[str, int], payload: bytes,
                 proto_type: int, correlation: str | None) -> bytes:
-        packet = hep.HepPacket.at(
-            ts,
-            src_ip=src[0],
-            dst_ip=dst[0],
-            src_port=src[1],
-            dst_port=dst[1],
-            payload=payload,
-            ip_proto=self.ip_proto,
-            proto_type=proto_type,
-            capture_id=self.capture_id,
-            auth_key=self.auth_key,
-            correlation_id=correlation.encode("utf-8") if correlation else None,
-            node_name=self.node_name,
+        return self._encoders[proto_type].encode(
+            ts, src, dst, payload, correlation.encode("utf-8") if correlation else None
         )
-        return hep.encode(packet)
 
     def encode(self, event: MirrorEvent) -> bytes | None:
         """The packet for an event, or None for events HEP does not carry (closes)."""
+        if type(event) is SipEvent:
+            view = event.view
+            call_id = view.call_id if view is not None else None
+            leg = event.leg
+            src, dst = (leg.client, leg.server) if event.from_client else (leg.server, leg.client)
+            return self._sip.encode(event.ts, src, dst, event.data, call_id.encode("utf-8") if call_id else None)
         if isinstance(event, SipEvent):
             call_id = event.view.call_id if event.view is not None else None
             return self._packet(event.ts, event.src, event.dst, event.data, hep.PROTO_SIP, call_id)
@@ -84,7 +86,7 @@ class HepEncoder:
         return None
 
 
-class HepSink(Sink):
+class HepSink(LinkSink):
     def __init__(
         self,
         settings: HepSinkSettings,
@@ -121,20 +123,13 @@ class HepSink(Sink):
             await super().run(receive)
             nursery.cancel_scope.cancel()
 
-    async def handle(self, event: MirrorEvent) -> None:
+    def encode_unit(self, event: MirrorEvent) -> bytes | None:
         if isinstance(event, ConnectionClosed):
-            return
+            return None
         try:
-            data = self.encoder.encode(event)
+            return self.encoder.encode(event)
         except ValueError as exc:
             reason = "too large for HEP" if "too large" in str(exc) else "not encodable as HEP"
             self.error("encode", exc, size=len(getattr(event, "data", b"")))
             self.drop(reason)
-            return
-        if data is None:
-            return
-        reason = await self.link.send(data)
-        if reason is None:
-            self.sent_one()
-        else:
-            self.drop(reason)
+            return None

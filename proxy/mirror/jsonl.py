@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from datetime import datetime, timezone
 from typing import Any
 
-from proxy.mirror.base import Link, Sink
+from proxy.mirror.base import Link, LinkSink
 from proxy.mirror.events import (
     Address,
     ConnectionClosed,
@@ -46,8 +47,32 @@ from proxy.mirror.settings import JsonlSinkSettings
 from proxy.sansio.sdp_crypto import SdesKey
 
 
-def iso_utc(ts: float) -> str:
+def iso_utc_reference(ts: float) -> str:
+    """What :func:`iso_utc` returns, the slow obvious way (kept for tests)."""
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+_last_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
+def iso_utc(ts: float) -> str:
+    """``2023-11-14T22:13:20.250000Z``: as :func:`iso_utc_reference`, but the date and time
+    of day are formatted once per second. The microseconds are rounded exactly as
+    ``datetime.fromtimestamp`` rounds them (CPython's ``_PyTime_DoubleToDenominator``:
+    ``modf``, scale, round half to even, carry)."""
+    frac, whole = math.modf(ts)
+    usec = round(frac * 1e6)
+    if usec >= 1_000_000:
+        usec -= 1_000_000
+        whole += 1.0
+    elif usec < 0:
+        usec += 1_000_000
+        whole -= 1.0
+    cache = _last_second
+    if cache[0] != whole:
+        text = datetime.fromtimestamp(int(whole), timezone.utc).replace(tzinfo=None).isoformat()
+        cache[0], cache[1] = whole, text
+    return f"{cache[1]}.{usec:06d}Z"
 
 
 def _addr(address: Address) -> dict[str, Any]:
@@ -148,13 +173,102 @@ def event_to_dict(event: MirrorEvent, *, payload: bool = True) -> dict[str, Any]
     raise TypeError(f"not a mirror event: {type(event).__name__}")
 
 
-def to_json(obj: dict[str, Any]) -> str:
+# What json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str) builds per
+# call; an encoder keeps no state between calls, so one is reused.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def to_json(obj: Any) -> str:
     """Compact JSON on one line. ``ensure_ascii=False`` keeps SIP text readable; JSON
     escapes control characters (newlines included) inside strings, so the line is whole."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _ENCODER.encode(obj)
 
 
-class JsonlSink(Sink):
+# The hot path's shortcuts to what _ENCODER.encode does: for a str, encode_basestring; for
+# a container, the C encoder it would build on each call (built once here; without the
+# circular-reference check, which only matters for self-containing objects, never ours).
+_json_str = json.encoder.encode_basestring
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+if _c_make_encoder is not None:
+    _c_encode = _c_make_encoder(None, str, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+
+    def _json_dict(obj: dict[str, Any]) -> str:
+        return "".join(_c_encode(obj, 0))
+else:  # pragma: no cover - CPython always has the C accelerator
+    _json_dict = to_json
+
+
+_LEG_FRAGMENTS: dict[int, tuple[LegInfo, str, str]] = {}
+_LEG_FRAGMENTS_MAX = 4096
+
+
+def _leg_fragments(leg: LegInfo) -> tuple[LegInfo, str, str]:
+    """The JSON members fixed for a leg (``conn_id`` .. ``server``, then ``src``, ``dst``,
+    ``direction``), for each direction, rendered once per leg. Keyed by identity; the
+    entry holds the leg, so its id cannot be reused while cached."""
+    entry = _LEG_FRAGMENTS.get(id(leg))
+    if entry is None or entry[0] is not leg:
+        fragments = []
+        for from_client in (True, False):
+            members = _common("sip", 0.0, leg)
+            del members["type"], members["ts"], members["epoch"]
+            members.update(_direction(leg, from_client))
+            fragments.append(to_json(members)[1:-1])
+        if len(_LEG_FRAGMENTS) >= _LEG_FRAGMENTS_MAX:
+            _LEG_FRAGMENTS.clear()
+        entry = _LEG_FRAGMENTS[id(leg)] = (leg, fragments[0], fragments[1])
+    return entry
+
+
+def _number(value: Any) -> str:
+    if type(value) is float and math.isfinite(value):
+        return float.__repr__(value)
+    return to_json(value)
+
+
+def sip_event_json(event: SipEvent, *, payload: bool = True) -> str:
+    """``to_json(event_to_dict(event, payload=payload))`` for a SIP event, the same
+    characters, built from the leg's pre-rendered members: no per-event dicts for the
+    addresses, no datetime object per event."""
+    _, from_client_members, from_server_members = _leg_fragments(event.leg)
+    ts = event.ts
+    data = event.data
+    view = event.view
+    if view is None:
+        summary = "null"
+    else:
+        summary = _json_dict({
+            "request": view.is_request,
+            "method": view.method,
+            "request_uri": view.request_uri,
+            "status": view.status_code,
+            "reason": view.reason,
+            "call_id": view.call_id,
+            "cseq": view.cseq_number,
+            "cseq_method": view.cseq_method,
+            "from_tag": view.from_tag,
+            "to_tag": view.to_tag,
+            "via_branch": view.via_branch,
+            "content_type": view.content_type,
+            "body_length": view.body_length,
+        })
+    parts = [
+        '{"type":"sip","ts":', _json_str(iso_utc(ts)), ',"epoch":', _number(round(ts, 6)), ",",
+        from_client_members if event.from_client else from_server_members,
+        ',"size":', str(len(data)), ',"sip":', summary,
+    ]
+    if payload:
+        try:
+            parts += (',"payload":', _json_str(data.decode("utf-8")), "}")
+        except UnicodeDecodeError:
+            parts += (',"payload":', _json_str(data.decode("utf-8", "backslashreplace")),
+                      ',"payload_b64":', _json_str(base64.b64encode(data).decode("ascii")), "}")
+    else:
+        parts.append("}")
+    return "".join(parts)
+
+
+class JsonlSink(LinkSink):
     def __init__(
         self,
         settings: JsonlSinkSettings,
@@ -188,7 +302,10 @@ class JsonlSink(Sink):
         )
 
     def encode(self, event: MirrorEvent) -> bytes:
-        line = to_json(event_to_dict(event, payload=self.settings.payload))
+        if type(event) is SipEvent:
+            line = sip_event_json(event, payload=self.settings.payload)
+        else:
+            line = to_json(event_to_dict(event, payload=self.settings.payload))
         return (line + "\n").encode("utf-8") if self.link.stream else line.encode("utf-8")
 
     async def run(self, receive: Any) -> None:
@@ -199,15 +316,10 @@ class JsonlSink(Sink):
             await super().run(receive)
             nursery.cancel_scope.cancel()
 
-    async def handle(self, event: MirrorEvent) -> None:
+    def encode_unit(self, event: MirrorEvent) -> bytes | None:
         try:
-            data = self.encode(event)
+            return self.encode(event)
         except (TypeError, ValueError) as exc:
             self.error("encode", exc)
             self.drop("could not encode")
-            return
-        reason = await self.link.send(data)
-        if reason is None:
-            self.sent_one()
-        else:
-            self.drop(reason)
+            return None

@@ -21,10 +21,13 @@ rotation the flows still open keep their sequence numbers, and each re-emits its
 alone and stays consistent. ``keep`` > 0 deletes the oldest of this sink's files beyond
 that many.
 
-Writes are synchronous ``os.write`` calls on whole frames (a few KB): page-cache appends,
-cheaper than a thread hop. A failure (disk full, folder gone...) is logged, counted, the
-event dropped, and the file abandoned: a half-written record would corrupt the rest, so the
-next attempt (after a back-off) starts a new file, where open flows restart with a
+Writes are synchronous ``os.write`` calls on whole records: page-cache appends, cheaper
+than a thread hop. The records of a batch (what was queued when the sink woke up) are
+collected and written with one call at the end of the batch (and before a rotation), so a
+live Wireshark sees them at once and a busy sink makes one system call per batch, not per
+message. A failure (disk full, folder gone...) is logged, counted, the events of that
+write dropped, and the file abandoned: a half-written record would corrupt the rest, so
+the next attempt (after a back-off) starts a new file, where open flows restart with a
 handshake.
 """
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +48,9 @@ from proxy.mirror.keylog import write_all
 from proxy.mirror.settings import PcapSettings
 from proxy.sansio import pcap
 from proxy.sansio.hep import split_timestamp
+
+
+_PCAP_RECORD = struct.Struct("<IIII")
 
 
 @dataclass(slots=True)
@@ -76,6 +83,10 @@ class PcapSink(Sink):
         self._pattern = re.compile(
             re.escape(settings.prefix) + r"-(\d{8}-\d{6})-(\d+)\." + re.escape(self.ext) + r"$"
         )
+        self._header = self._file_header()
+        # Records not yet written (to the open file), and how many SIP events they carry.
+        self._pending: list[bytes] = []
+        self._pending_events = 0
 
     def accepts(self, event: MirrorEvent) -> bool:
         return isinstance(event, (SipEvent, ConnectionClosed))
@@ -86,12 +97,6 @@ class PcapSink(Sink):
         if self.ext == "pcapng":
             return pcap.pcapng_section_header(b"siptap") + pcap.pcapng_interface_description(name=b"siptap")
         return pcap.pcap_global_header()
-
-    def _record(self, ts: float, frame: bytes) -> bytes:
-        sec, usec = split_timestamp(ts)
-        if self.ext == "pcapng":
-            return pcap.pcapng_enhanced_packet(sec, usec, frame)
-        return pcap.pcap_record(sec, usec, frame)
 
     def _open(self, ts: float) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -106,7 +111,7 @@ class PcapSink(Sink):
             break
         try:
             os.fchmod(fd, 0o600)  # whatever the umask
-            header = self._file_header()
+            header = self._header
             write_all(fd, header)
         except OSError:
             os.close(fd)
@@ -153,17 +158,49 @@ class PcapSink(Sink):
         if self._fd is None:
             return False
         limit = self.settings.rotate_bytes
-        if limit and self._bytes > len(self._file_header()) and self._bytes + size > limit:
+        if limit and self._bytes > len(self._header) and self._bytes + size > limit:
             return True
         seconds = self.settings.rotate_seconds
         return bool(seconds) and ts - self._opened_at >= seconds
 
-    def _write(self, blob: bytes) -> None:
-        assert self._fd is not None
-        write_all(self._fd, blob)
-        self._bytes += len(blob)
+    def _append(self, ts: float, frames: list[bytes]) -> None:
+        """Queue the records of ``frames`` for the open file (written by :meth:`_flush`)."""
+        sec, usec = split_timestamp(ts)
+        pending = self._pending
+        if self.ext == "pcapng":
+            for frame in frames:
+                record = pcap.pcapng_enhanced_packet(sec, usec, frame)
+                pending.append(record)
+                self._bytes += len(record)
+        else:
+            for frame in frames:
+                pending.append(_PCAP_RECORD.pack(sec, usec, len(frame), len(frame)))
+                pending.append(frame)
+                self._bytes += 16 + len(frame)
 
-    # -- events --------------------------------------------------------------------------
+    def _flush(self) -> None:
+        """Write the queued records with one call; count their events sent, or dropped if
+        the write failed (the file is then abandoned, see :meth:`_failed`)."""
+        if not self._pending:
+            return
+        blob = b"".join(self._pending)
+        events = self._pending_events
+        self._pending.clear()
+        self._pending_events = 0
+        assert self._fd is not None
+        try:
+            write_all(self._fd, blob)
+        except OSError as exc:
+            self._failed(exc)
+            if events:
+                self.drop("write failed", events)
+            return
+        if events:
+            if self._failing:
+                log.info("mirror_file_recovered", sink=self.name, path=str(self.path))
+                self._failing = False
+                self._delay = self.retry_initial
+            self.sent += events
 
     def _estimate(self, payload: int) -> int:
         """Octets a message of ``payload`` octets adds, handshake included (upper bound):
@@ -172,6 +209,19 @@ class PcapSink(Sink):
         return payload + 140 * (segments + 3)
 
     async def handle(self, event: MirrorEvent) -> None:
+        await self.handle_batch([event])
+
+    async def handle_batch(self, batch: list[MirrorEvent]) -> None:
+        for i, event in enumerate(batch):
+            try:
+                self._one(event)
+            except BaseException:
+                self._unfinished = batch[i:]
+                self._flush()
+                raise
+        self._flush()
+
+    def _one(self, event: MirrorEvent) -> None:
         key = (event.leg.conn_id, event.leg.leg)
         flow = self._flows.get(key)
         if isinstance(event, ConnectionClosed):
@@ -180,11 +230,7 @@ class PcapSink(Sink):
                 # Never written, or its handshake is in an earlier file: a lone FIN in this
                 # file would only confuse readers. The flow just ends.
                 return
-            frames = flow.tcp.fin(True) + flow.tcp.fin(False)
-            try:
-                self._write(self._records(event.ts, frames))
-            except OSError as exc:
-                self._failed(exc)
+            self._append(event.ts, flow.tcp.fin(True) + flow.tcp.fin(False))
             return
         assert isinstance(event, SipEvent)
         if self._fd is None and trio.current_time() < self._retry_at:
@@ -195,29 +241,27 @@ class PcapSink(Sink):
             flow = self._flows[key] = _Flow(pcap.TcpFlow(leg.client, leg.server), -1)
         try:
             if self._fd is not None and self._needs_rotation(event.ts, self._estimate(len(event.data))):
+                self._flush()  # what is queued belongs to the file being closed
+                if self._fd is None and trio.current_time() < self._retry_at:  # that write failed
+                    self.drop("capture file unavailable")
+                    return
                 self._close_file()
             if self._fd is None:
                 self._open(event.ts)
-            frames: list[bytes] = []
             if flow.file_serial != self._serial:
                 # Built from the flow's current sequence numbers, so a flow that spans a
                 # rotation (or a failed file) starts cleanly in this file.
-                frames += flow.tcp.handshake()
+                frames = flow.tcp.handshake()
+                frames += flow.tcp.segment(event.from_client, event.data)
                 flow.file_serial = self._serial
-            frames += flow.tcp.segment(event.from_client, event.data)
-            self._write(self._records(event.ts, frames))
+            else:
+                frames = flow.tcp.segment(event.from_client, event.data)
         except (OSError, ValueError) as exc:
             self._failed(exc)
             self.drop("write failed" if isinstance(exc, OSError) else "not encodable as a frame")
             return
-        if self._failing:
-            log.info("mirror_file_recovered", sink=self.name, path=str(self.path))
-            self._failing = False
-            self._delay = self.retry_initial
-        self.sent_one()
-
-    def _records(self, ts: float, frames: list[bytes]) -> bytes:
-        return b"".join(self._record(ts, frame) for frame in frames)
+        self._append(event.ts, frames)
+        self._pending_events += 1
 
     def _failed(self, exc: BaseException) -> None:
         if isinstance(exc, ValueError):  # e.g. mixed address families: this event only

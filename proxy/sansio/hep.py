@@ -26,6 +26,7 @@ Choices:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ _CHUNK_HEADER = struct.Struct("!HHH")
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@functools.lru_cache(maxsize=4096)  # a connection's addresses recur in every packet
 def _canonical_ip(text: str) -> IPAddr:
     addr = ipaddress.ip_address(text)
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
@@ -160,8 +162,8 @@ def encode(packet: HepPacket) -> bytes:
     total = _overhead(packet) + len(packet.payload)
     if total > MAX_PACKET:
         raise ValueError(f"HEP packet too large: {total} octets > {MAX_PACKET}")
-    src = ipaddress.ip_address(packet.src_ip).packed
-    dst = ipaddress.ip_address(packet.dst_ip).packed
+    src = _packed(packet.src_ip)
+    dst = _packed(packet.dst_ip)
     if packet.is_ipv6:
         family, src_type, dst_type = AF_INET6, CHUNK_IPV6_SRC, CHUNK_IPV6_DST
     else:
@@ -189,6 +191,87 @@ def encode(packet: HepPacket) -> bytes:
     data = b"".join(parts)
     assert len(data) == total
     return data
+
+
+@functools.lru_cache(maxsize=4096)
+def _packed(text: str) -> bytes:
+    return ipaddress.ip_address(text).packed
+
+
+_TS_CHUNKS = struct.Struct("!HHHIHHHI")
+_ADDRESS_CACHE_MAX = 4096
+
+
+class Encoder:
+    """Encodes packets that share ``ip_proto``, ``proto_type``, ``capture_id``, auth key
+    and node name, byte for byte as ``encode(HepPacket.at(t, ...))`` would, raising the
+    same ValueErrors; but the chunks fixed for one address pair (family, addresses,
+    ports) are built and validated once and cached, so a packet costs a few struct packs
+    and one join. For the mirror's hot path: one per SIP message."""
+
+    __slots__ = ("ip_proto", "proto_type", "capture_id", "auth_key", "node_name", "_addresses", "_middle", "_tail")
+
+    def __init__(
+        self,
+        *,
+        ip_proto: int = IPPROTO_TCP,
+        proto_type: int = PROTO_SIP,
+        capture_id: int = 0,
+        auth_key: bytes | None = None,
+        node_name: bytes | None = None,
+    ) -> None:
+        self.ip_proto = ip_proto
+        self.proto_type = proto_type
+        self.capture_id = capture_id
+        self.auth_key = auth_key
+        self.node_name = node_name
+        self._addresses: dict[tuple[tuple[str, int], tuple[str, int]], bytes] = {}
+        self._middle = b""  # proto type, capture id, auth key: built with the first pair
+        self._tail = b"" if node_name is None else _chunk(CHUNK_NODE_NAME, node_name)
+
+    def _address_chunks(self, src: tuple[str, int], dst: tuple[str, int], sec: int, usec: int) -> bytes:
+        key = (src, dst)
+        chunks = self._addresses.get(key)
+        if chunks is None:
+            # Validated (and laid out) by the reference path, with this packet's time, so
+            # errors are the same, in the same order.
+            packet = HepPacket(
+                src_ip=src[0], dst_ip=dst[0], src_port=src[1], dst_port=dst[1], ts_sec=sec, ts_usec=usec,
+                payload=b"", ip_proto=self.ip_proto, proto_type=self.proto_type, capture_id=self.capture_id,
+                auth_key=self.auth_key, correlation_id=None, node_name=None,
+            )
+            full = encode(packet)
+            end = _HEADER.size + 7 + 7 + 2 * (6 + (16 if packet.is_ipv6 else 4)) + 8 + 8
+            chunks = full[_HEADER.size : end]
+            self._middle = full[end + 20 : len(full) - _CHUNK_HEADER.size]
+            if len(self._addresses) >= _ADDRESS_CACHE_MAX:
+                self._addresses.clear()
+            self._addresses[key] = chunks
+        return chunks
+
+    def encode(
+        self, t: float, src: tuple[str, int], dst: tuple[str, int], payload: bytes, correlation_id: bytes | None = None
+    ) -> bytes:
+        sec, usec = split_timestamp(t)
+        chunks = self._address_chunks(src, dst, sec, usec)
+        if not 0 <= sec <= 0xFFFFFFFF:  # a cached pair was validated with another time
+            raise ValueError(f"HEP ts_sec out of range 0..{0xFFFFFFFF}: {sec}")
+        middle, tail = self._middle, self._tail
+        corr_len = 0 if correlation_id is None else _CHUNK_HEADER.size + len(correlation_id)
+        total = (_HEADER.size + len(chunks) + _TS_CHUNKS.size + len(middle) + corr_len + len(tail)
+                 + _CHUNK_HEADER.size + len(payload))
+        if total > MAX_PACKET:
+            raise ValueError(f"HEP packet too large: {total} octets > {MAX_PACKET}")
+        return b"".join((
+            _HEADER.pack(MAGIC, total),
+            chunks,
+            _TS_CHUNKS.pack(0, CHUNK_TS_SEC, 10, sec, 0, CHUNK_TS_USEC, 10, usec),
+            middle,
+            b"" if correlation_id is None else _chunk(CHUNK_CORRELATION_ID, correlation_id),
+            tail,
+            _CHUNK_HEADER.pack(0, CHUNK_PAYLOAD, _CHUNK_HEADER.size + len(payload)),
+            payload,
+        ))
 
 
 def frame_length(buffer: bytes | bytearray | memoryview) -> int | None:

@@ -22,6 +22,7 @@ default if_tsresol of 6). Timestamps are passed in: this module never reads a cl
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 
@@ -140,14 +141,26 @@ def _ones_complement_sum(data: bytes) -> int:
     return total
 
 
+def _folded_sum(data: bytes) -> int:
+    """The ones'-complement sum of ``data`` as big-endian 16-bit words, folded to 16 bits
+    (RFC 1071), in C rather than a loop: the words are the base-65536 digits of the
+    buffer read as one integer, and 65536 = 1 (mod 65535), so their sum is that integer
+    mod 65535; the end-around carry only ever yields 0 for an all-zero buffer, else a
+    value in 1..0xFFFF, i.e. 0xFFFF where the remainder is 0."""
+    value = int.from_bytes(data, "big")
+    if len(data) & 1:
+        value <<= 8  # an odd length is padded with a zero octet
+    if not value:
+        return 0
+    return value % 0xFFFF or 0xFFFF
+
+
 def internet_checksum(data: bytes) -> int:
     """RFC 1071 checksum, returned in network byte order as an int."""
-    folded = _ones_complement_sum(data)
-    if struct.pack("=H", 1) == b"\x01\x00":  # little-endian host: sum was byte-swapped
-        folded = ((folded & 0xFF) << 8) | (folded >> 8)
-    return ~folded & 0xFFFF
+    return ~_folded_sum(data) & 0xFFFF
 
 
+@functools.lru_cache(maxsize=4096)  # a connection's addresses recur in every frame
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     addr = ipaddress.ip_address(text)
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
@@ -212,12 +225,77 @@ def ethernet_ip_tcp_frame(
     return dst_mac + src_mac + struct.pack("!H", ethertype) + ip_header + segment
 
 
+_IPV4_TCP = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")
+_IPV6_TCP = struct.Struct("!IHBB16s16sHHIIBBHHH")
+
+
+def _word_sum(data: bytes) -> int:
+    """Sum of big-endian 16-bit words, unfolded (even length)."""
+    return sum(struct.unpack(f"!{len(data) // 2}H", data))
+
+
+class _Template:
+    """What every option-less frame of one direction of a flow shares, so building one is
+    a struct pack and two checksums from precomputed partial sums; the bytes are those of
+    :func:`ethernet_ip_tcp_frame` (and it raises the same errors, at the same point: the
+    first frame)."""
+
+    __slots__ = ("ethernet", "v4", "src", "dst", "src_port", "dst_port", "ip_sum", "tcp_sum")
+
+    def __init__(self, flow: TcpFlow, from_client: bool) -> None:
+        src_addr, dst_addr = (flow.client, flow.server) if from_client else (flow.server, flow.client)
+        src, dst = _ip(src_addr[0]), _ip(dst_addr[0])
+        if src.version != dst.version:
+            raise ValueError(f"addresses of different families: {src_addr[0]} -> {dst_addr[0]}")
+        src_mac, dst_mac = (MAC_CLIENT, MAC_SERVER) if from_client else (MAC_SERVER, MAC_CLIENT)
+        self.v4 = src.version == 4
+        self.ethernet = dst_mac + src_mac + struct.pack("!H", ETHERTYPE_IPV4 if self.v4 else ETHERTYPE_IPV6)
+        self.src, self.dst = src.packed, dst.packed
+        self.src_port, self.dst_port = src_addr[1], dst_addr[1]
+        addresses = _word_sum(self.src + self.dst)
+        # IPv4 header words but length, id and checksum: 0x4500, flags DF, TTL|proto, addresses.
+        self.ip_sum = 0x4500 + 0x4000 + ((64 << 8) | IPPROTO_TCP) + addresses
+        # Pseudo-header but length, and the TCP header words fixed here: ports, window.
+        self.tcp_sum = addresses + IPPROTO_TCP + self.src_port + self.dst_port + TCP_WINDOW
+
+    def frame(self, seq: int, ack: int, flags: int, payload: bytes, ip_id: int) -> bytes:
+        seq &= _U32
+        ack &= _U32
+        tcp_len = 20 + len(payload)
+        # Checksums as RFC 1071 sums reduced mod 65535 (see _folded_sum); both sums are
+        # never zero (they include the protocol number), so the fold is the remainder,
+        # or 0xFFFF where it is 0.
+        total = (self.tcp_sum + tcp_len + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF)
+                 + ((5 << 12) | flags))
+        if payload:
+            value = int.from_bytes(payload, "big")
+            total += value << 8 if len(payload) & 1 else value
+        tcp_check = 0xFFFF - (total % 0xFFFF or 0xFFFF)
+        if self.v4:
+            if 20 + tcp_len > 0xFFFF:
+                raise ValueError(f"TCP segment of {tcp_len} octets does not fit one IPv4 packet")
+            ip_id &= 0xFFFF
+            ip_check = 0xFFFF - ((self.ip_sum + 20 + tcp_len + ip_id) % 0xFFFF or 0xFFFF)
+            header = _IPV4_TCP.pack(
+                0x45, 0, 20 + tcp_len, ip_id, 0x4000, 64, IPPROTO_TCP, ip_check, self.src, self.dst,
+                self.src_port, self.dst_port, seq, ack, 5 << 4, flags, TCP_WINDOW, tcp_check, 0,
+            )
+        else:
+            if tcp_len > 0xFFFF:
+                raise ValueError(f"TCP segment of {tcp_len} octets does not fit one IPv6 packet")
+            header = _IPV6_TCP.pack(
+                6 << 28, tcp_len, IPPROTO_TCP, 64, self.src, self.dst,
+                self.src_port, self.dst_port, seq, ack, 5 << 4, flags, TCP_WINDOW, tcp_check, 0,
+            )
+        return b"".join((self.ethernet, header, payload))
+
+
 class TcpFlow:
     """One synthetic TCP connection between a client and a server; tracks the next sequence
     number of each direction so every segment continues the stream and acknowledges
     everything the peer has sent so far."""
 
-    __slots__ = ("client", "server", "_next_seq", "_ip_id")
+    __slots__ = ("client", "server", "_next_seq", "_ip_id", "_templates")
 
     def __init__(
         self,
@@ -233,6 +311,7 @@ class TcpFlow:
         # count as consumed by SYN, so data may be emitted without a handshake.
         self._next_seq = [(isn_client + 1) & _U32, (isn_server + 1) & _U32]
         self._ip_id = [0, 0]
+        self._templates: list[_Template | None] = [None, None]
 
     def next_seq(self, from_client: bool) -> int:
         return self._next_seq[0 if from_client else 1]
@@ -248,6 +327,19 @@ class TcpFlow:
         options: bytes = b"",
     ) -> bytes:
         side = 0 if from_client else 1
+        if not options:  # every frame but SYNs: from the direction's cached template
+            ip_id = self._ip_id[side]
+            self._ip_id[side] = (ip_id + 1) & 0xFFFF
+            template = self._templates[side]
+            if template is None:
+                template = self._templates[side] = _Template(self, from_client)
+            return template.frame(
+                self._next_seq[side] if seq is None else seq,
+                self._next_seq[1 - side] if ack is None else ack,
+                flags,
+                payload,
+                ip_id,
+            )
         src, dst = (self.client, self.server) if from_client else (self.server, self.client)
         src_mac, dst_mac = (MAC_CLIENT, MAC_SERVER) if from_client else (MAC_SERVER, MAC_CLIENT)
         ip_id = self._ip_id[side]

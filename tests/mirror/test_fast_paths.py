@@ -1,0 +1,201 @@
+"""The mirror's fast paths produce exactly what the straightforward code produces: HEP
+packets from the cached encoder, JSON lines spliced from pre-rendered leg members, the
+once-per-second ISO timestamps, frames from a flow's cached templates, and the checksum
+computed as a big integer. The references are the original, obvious implementations."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from proxy.mirror.events import LegInfo, SipEvent
+from proxy.mirror.hep import HepEncoder
+from proxy.mirror.jsonl import event_to_dict, iso_utc, iso_utc_reference, sip_event_json, to_json
+from proxy.mirror.settings import HepSinkSettings
+from proxy.sansio import hep, pcap
+from proxy.sansio.sip_message import SipParseError, parse_message
+
+from .helpers import TS, dialog
+
+
+def rfc1071_loop(data: bytes) -> int:
+    """RFC 1071 checksum, one 16-bit word at a time."""
+    if len(data) % 2:
+        data += b"\x00"
+    total = 0
+    for (word,) in struct.iter_unpack("!H", data):
+        total += word
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+@given(st.binary(max_size=3000))
+@example(b"")
+@example(b"\x00" * 7)
+@example(b"\xff\xff" * 3)
+@example(b"\xff\xff\x00\x00")
+@example(b"\xff")
+def test_checksum_matches_rfc1071_loop(data: bytes) -> None:
+    assert pcap.internet_checksum(data) == rfc1071_loop(data)
+
+
+ipv4 = st.ip_addresses(v=4).map(str)
+ipv6 = st.ip_addresses(v=6).map(str)
+mapped = ipv4.map(lambda a: f"::ffff:{a}")
+ports = st.integers(0, 0xFFFF)
+u32 = st.integers(0, 0xFFFFFFFF)
+
+
+@st.composite
+def address_pairs(draw: st.DrawFn) -> tuple[tuple[str, int], tuple[str, int]]:
+    family = draw(st.sampled_from(["4", "6", "mapped", "mixed"]))
+    if family == "4":
+        a, b = draw(ipv4), draw(st.one_of(ipv4, mapped))
+    elif family == "6":
+        a, b = draw(ipv6), draw(ipv6)
+    elif family == "mapped":
+        a, b = draw(mapped), draw(ipv4)
+    else:
+        a, b = draw(ipv4), draw(ipv6)
+    return (a, draw(ports)), (b, draw(ports))
+
+
+def outcome(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as exc:
+        return ("ValueError", str(exc))
+
+
+@settings(max_examples=300)
+@given(
+    pair=address_pairs(),
+    seq=u32,
+    ack=u32,
+    flags=st.sampled_from([pcap.TCP_PSH | pcap.TCP_ACK, pcap.TCP_ACK, pcap.TCP_FIN | pcap.TCP_ACK, pcap.TCP_RST | pcap.TCP_ACK]),
+    payload=st.binary(max_size=2000),
+    ip_id=st.integers(0, 0xFFFF),
+    from_client=st.booleans(),
+)
+def test_template_frames_match_reference(pair, seq, ack, flags, payload, ip_id, from_client) -> None:  # type: ignore[no-untyped-def]
+    client, server = pair
+    flow = pcap.TcpFlow(client, server)
+    flow._ip_id = [ip_id, ip_id]
+    src, dst = (client, server) if from_client else (server, client)
+    macs = (pcap.MAC_CLIENT, pcap.MAC_SERVER) if from_client else (pcap.MAC_SERVER, pcap.MAC_CLIENT)
+    expected = outcome(pcap.ethernet_ip_tcp_frame, src[0], dst[0], src[1], dst[1], seq, ack, flags, payload, ip_id,
+                       src_mac=macs[0], dst_mac=macs[1])
+    assert outcome(flow._frame, from_client, flags, payload, seq=seq, ack=ack) == expected
+    # a second frame of the same direction comes from the cached template
+    expected2 = outcome(pcap.ethernet_ip_tcp_frame, src[0], dst[0], src[1], dst[1], seq, ack, flags, payload,
+                        (ip_id + 1) & 0xFFFF, src_mac=macs[0], dst_mac=macs[1])
+    assert outcome(flow._frame, from_client, flags, payload, seq=seq, ack=ack) == expected2
+
+
+def test_large_segments_match_reference() -> None:
+    payload = bytes(range(256)) * 400  # splits into two segments
+    flow = pcap.TcpFlow(("192.0.2.10", 40000), ("192.0.2.1", 5061))
+    frames = flow.handshake() + flow.segment(True, payload) + flow.fin(False)
+    seq_c, seq_s = 1001, 5001
+    expected = frames[:3]
+    first, second = payload[: pcap.MAX_SEGMENT], payload[pcap.MAX_SEGMENT :]
+    for i, piece in enumerate((first, second)):
+        expected.append(pcap.ethernet_ip_tcp_frame("192.0.2.10", "192.0.2.1", 40000, 5061, seq_c, seq_s,
+                                                   pcap.TCP_PSH | pcap.TCP_ACK, piece, 2 + i))  # SYN, ACK took 0, 1
+        seq_c += len(piece)
+    assert frames[3:5] == expected[3:5]
+    assert len(frames) == 7
+
+
+# --- HEP ---------------------------------------------------------------------------------
+
+
+def reference_packet(ts: float, src, dst, payload: bytes, **fields) -> bytes:  # type: ignore[no-untyped-def]
+    return hep.encode(hep.HepPacket.at(ts, src_ip=src[0], dst_ip=dst[0], src_port=src[1], dst_port=dst[1],
+                                       payload=payload, **fields))
+
+
+@settings(max_examples=300)
+@given(
+    pair=address_pairs(),
+    ts=st.one_of(st.floats(-10, 2**32 + 10, allow_nan=False), st.just(TS), st.integers(0, 2**32)),
+    payload=st.one_of(st.binary(max_size=300), st.integers(65400, 65600).map(lambda n: b"x" * n)),
+    correlation=st.one_of(st.none(), st.binary(min_size=1, max_size=80)),
+    ip_proto=st.sampled_from([hep.IPPROTO_TCP, hep.IPPROTO_IDP_TLS]),
+    proto_type=st.sampled_from([hep.PROTO_SIP, hep.PROTO_LOG]),
+    capture_id=st.sampled_from([0, 2001, 0xFFFFFFFF, 2**32, -1]),
+    auth_key=st.one_of(st.none(), st.binary(min_size=1, max_size=20)),
+    node_name=st.one_of(st.none(), st.binary(min_size=1, max_size=20)),
+)
+def test_hep_encoder_matches_reference(pair, ts, payload, correlation, ip_proto, proto_type, capture_id,  # type: ignore[no-untyped-def]
+                                       auth_key, node_name) -> None:
+    src, dst = pair
+    fields = dict(ip_proto=ip_proto, proto_type=proto_type, capture_id=capture_id, auth_key=auth_key,
+                  node_name=node_name)
+    encoder = hep.Encoder(**fields)
+    expected = outcome(reference_packet, ts, src, dst, payload, correlation_id=correlation, **fields)
+    assert outcome(encoder.encode, ts, src, dst, payload, correlation) == expected
+    assert outcome(encoder.encode, ts, src, dst, payload, correlation) == expected  # cached pair
+
+
+def test_hep_sink_encoder_sip_events_match_reference() -> None:
+    settings_ = HepSinkSettings(address="127.0.0.1:9060", capture_id=7, node_name="n", auth_key="k")  # type: ignore[arg-type]
+    encoder = HepEncoder(settings_)
+    leg = LegInfo("c1", "lab", "customer", ("::ffff:192.0.2.10", 40000), ("192.0.2.1", 5061))
+    for i, (from_client, data) in enumerate(dialog()):
+        event = SipEvent(TS + i * 0.001, leg, from_client, data, parse_message(data))
+        expected = reference_packet(event.ts, event.src, event.dst, data, ip_proto=6, proto_type=1, capture_id=7,
+                                    auth_key=b"k", node_name=b"n", correlation_id=event.view.call_id.encode())
+        assert encoder.encode(event) == expected
+
+
+# --- JSON --------------------------------------------------------------------------------
+
+
+@settings(max_examples=500)
+@given(st.one_of(
+    st.floats(0, 2**33, allow_nan=False),
+    st.floats(-(2**31), 0, allow_nan=False),
+    st.integers(0, 2**33).map(lambda n: n + 0.5e-6),  # half-microsecond ties
+    st.integers(0, 2**33).map(lambda n: n + 0.9999995),
+    st.integers(0, 2**33),
+))
+@example(TS)
+@example(1_700_000_000.9999996)
+@example(-0.0000004)
+@example(-1.5)
+def test_iso_utc_matches_datetime(ts: float) -> None:
+    assert iso_utc(ts) == iso_utc_reference(ts)
+
+
+texts = st.one_of(st.none(), st.text(max_size=20))
+
+
+@settings(max_examples=200)
+@given(
+    pair=address_pairs(),
+    ts=st.one_of(st.floats(0, 2**33, allow_nan=False), st.integers(0, 2**33)),
+    from_client=st.booleans(),
+    data=st.one_of(st.binary(max_size=200), st.sampled_from([d for _, d in dialog()]),
+                   st.text(max_size=50).map(lambda t: t.encode())),
+    conn_id=st.text(max_size=10),
+    payload=st.booleans(),
+    parse=st.booleans(),
+)
+def test_sip_event_json_matches_event_to_dict(pair, ts, from_client, data, conn_id, payload, parse) -> None:  # type: ignore[no-untyped-def]
+    leg = LegInfo(conn_id, "route\n\"x\"", "customer", *pair)
+    try:
+        view = parse_message(data) if parse else None
+    except SipParseError:
+        view = None
+    event = SipEvent(ts, leg, from_client, data, view)
+    assert sip_event_json(event, payload=payload) == to_json(event_to_dict(event, payload=payload))
+    assert sip_event_json(event, payload=payload) == to_json(event_to_dict(event, payload=payload))
+
+
+def test_ipaddress_cache_keeps_normalising() -> None:
+    assert str(hep._canonical_ip("::ffff:192.0.2.1")) == "192.0.2.1"
+    assert hep._canonical_ip("2001:db8::1") == ipaddress.ip_address("2001:db8::1")
