@@ -13,7 +13,7 @@ import trio
 
 from proxy.config import Endpoint
 from proxy.errors import ListenError
-from proxy.relay.session import SessionPlan, run_session
+from proxy.relay.session import SessionPlan, peer_address, run_session
 from proxy.relay.sockets import tune_socket
 
 
@@ -53,7 +53,7 @@ class RouteListener:
     async def _handle(self, tcp: trio.SocketStream) -> None:
         if self.active >= self.max_connections:
             self.refused += 1
-            peer = _addr(tcp.socket.getpeername())
+            peer = peer_address(tcp.socket)
             metrics = self.plan.metrics
             if metrics is not None:
                 metrics.child(metrics.connections_refused, self.name, "max_connections").inc()

@@ -76,7 +76,7 @@ async def run_session(tcp: trio.SocketStream, plan: SessionPlan, log: Any) -> No
     """Serve one accepted TCP connection. Never raises for peer behaviour; logs instead."""
     conn_id = new_connection_id()
     started = time.monotonic()
-    peer = _addr(tcp.socket.getpeername())
+    peer = peer_address(tcp.socket)
     local = _addr(tcp.socket.getsockname())
     log = log.bind(conn=conn_id, route=plan.route, peer=f"{peer[0]}:{peer[1]}")
     log.info("connection_accepted", leg=plan.accepted_leg, local=f"{local[0]}:{local[1]}")
@@ -288,6 +288,15 @@ def _log_handshake(log: Any, plan: SessionPlan, facts: Any, info: LegInfo, upstr
         client=f"{info.client[0]}:{info.client[1]}", server=f"{info.server[0]}:{info.server[1]}",
         peer_certificate=peer, peer_chain_length=len(chain),
     )
+
+
+def peer_address(sock: Any) -> tuple[str, int]:
+    """The peer's address, or ("unknown", 0) for a connection reset before we got to it
+    (Linux still hands it to accept(), and getpeername() then fails with ENOTCONN)."""
+    try:
+        return _addr(sock.getpeername())
+    except OSError:
+        return ("unknown", 0)
 
 
 def _addr(sockaddr: tuple) -> tuple[str, int]:

@@ -113,6 +113,7 @@ class OpenSSLStream(trio.abc.Stream):
         self._recv_lock = trio.Lock()
         self._handshake_lock = trio.Lock()
         self._fill_count = 0
+        self._yielded = False
         self._transport_eof = False
         self._send_guard = _Guard("sending on this TLS stream")
         self._recv_guard = _Guard("receiving on this TLS stream")
@@ -174,6 +175,7 @@ class OpenSSLStream(trio.abc.Stream):
                 data = b""
             else:
                 data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
+                self._yielded = True
             sniffer = self.observer.sniffer
             if sniffer is not None and not sniffer.done:
                 sniffer.feed(data)
@@ -278,6 +280,15 @@ class OpenSSLStream(trio.abc.Stream):
                 view.release()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        self._yielded = False
+        data = await self._receive_some(max_bytes)
+        if not self._yielded:
+            # Served from bytes already buffered (or EOF already seen): still a checkpoint, as
+            # trio streams promise, so a busy relay cannot starve other tasks.
+            await trio.lowlevel.checkpoint()
+        return data
+
+    async def _receive_some(self, max_bytes: int | None) -> bytes:
         with self._recv_guard:
             self._check_open()
             await self._ensure_handshake()
