@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.probe import add_parser as add_probe_parser
 
     add_probe_parser(sub, common)
+    from proxy.export import add_parser as add_export_parser
+
+    add_export_parser(sub, common)
     return parser
 
 
@@ -98,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             from proxy.probe import run_from_args
 
             return run_from_args(args)
+        if args.command == "export":
+            from proxy.export import run_from_args as run_export
+
+            return run_export(args)
         if args.command == "demo":
             from proxy.demo import main as demo_main
 
