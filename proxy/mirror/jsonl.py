@@ -45,6 +45,7 @@ from proxy.mirror.events import (
 )
 from proxy.mirror.settings import JsonlSinkSettings
 from proxy.sansio.sdp_crypto import SdesKey
+from proxy.sansio.sip_message import SipMessageView
 
 
 def iso_utc_reference(ts: float) -> str:
@@ -120,6 +121,24 @@ def srtp_key_dict(key: SdesKey) -> dict[str, Any]:
     }
 
 
+def sip_summary(view: SipMessageView) -> dict[str, Any]:
+    return {
+        "request": view.is_request,
+        "method": view.method,
+        "request_uri": view.request_uri,
+        "status": view.status_code,
+        "reason": view.reason,
+        "call_id": view.call_id,
+        "cseq": view.cseq_number,
+        "cseq_method": view.cseq_method,
+        "from_tag": view.from_tag,
+        "to_tag": view.to_tag,
+        "via_branch": view.via_branch,
+        "content_type": view.content_type,
+        "body_length": view.body_length,
+    }
+
+
 def event_to_dict(event: MirrorEvent, *, payload: bool = True) -> dict[str, Any]:
     """The JSON-friendly form of an event (see the module docstring for the shapes)."""
     if isinstance(event, SipEvent):
@@ -127,21 +146,7 @@ def event_to_dict(event: MirrorEvent, *, payload: bool = True) -> dict[str, Any]
         out.update(_direction(event.leg, event.from_client))
         out["size"] = len(event.data)
         view = event.view
-        out["sip"] = None if view is None else {
-            "request": view.is_request,
-            "method": view.method,
-            "request_uri": view.request_uri,
-            "status": view.status_code,
-            "reason": view.reason,
-            "call_id": view.call_id,
-            "cseq": view.cseq_number,
-            "cseq_method": view.cseq_method,
-            "from_tag": view.from_tag,
-            "to_tag": view.to_tag,
-            "via_branch": view.via_branch,
-            "content_type": view.content_type,
-            "body_length": view.body_length,
-        }
+        out["sip"] = None if view is None else sip_summary(view)
         if payload:
             try:
                 out["payload"] = event.data.decode("utf-8")
@@ -237,21 +242,7 @@ def sip_event_json(event: SipEvent, *, payload: bool = True) -> str:
     if view is None:
         summary = "null"
     else:
-        summary = _json_dict({
-            "request": view.is_request,
-            "method": view.method,
-            "request_uri": view.request_uri,
-            "status": view.status_code,
-            "reason": view.reason,
-            "call_id": view.call_id,
-            "cseq": view.cseq_number,
-            "cseq_method": view.cseq_method,
-            "from_tag": view.from_tag,
-            "to_tag": view.to_tag,
-            "via_branch": view.via_branch,
-            "content_type": view.content_type,
-            "body_length": view.body_length,
-        })
+        summary = _json_dict(sip_summary(view))
     parts = [
         '{"type":"sip","ts":', _json_str(iso_utc(ts)), ',"epoch":', _number(round(ts, 6)), ",",
         from_client_members if event.from_client else from_server_members,
