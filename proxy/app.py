@@ -1,7 +1,7 @@
 """Composition root: builds contexts, listeners and the mirror from a Config, and runs them.
 
 Lifecycle: start listeners (reporting bound addresses), then wait for signals. SIGHUP
-re-reads the config file and rebuilds every TLS context (certificates, CA bundles,
+re-reads the config file and rebuilds every TLS context (certificates, CA bundles, CRLs,
 allow-lists); if anything fails the old contexts stay and the error is logged. SIGTERM or
 SIGINT stops the listeners, lets live connections finish for ``drain_timeout``, cancels the
 rest, then flushes the mirror.
@@ -50,13 +50,15 @@ def _locate(config: Config, route: Route, exc: CertificateError) -> ConfigError:
     for section, settings in sections:
         if failed is not None and section != failed:
             continue
-        for name in ("cert", "key", "client_ca", "ca", "ciphers"):
+        for name in ("cert", "key", "client_ca", "ca", "crl", "ciphers"):
             value = getattr(settings, name, None)
             if value is not None and (str(value) == exc.path or name == exc.path):
                 problem = exc.problem if name == exc.path else str(exc)
                 error = ConfigError(str(config.path), f"route[{index}].{section}.{name}", problem)
                 if "No such file" in exc.problem and name in ("cert", "key", "client_ca", "ca"):
                     error.hint = "for the lab PKI run `siptap certs init --dir certs` next to the config file"
+                elif name == "crl" and ("No such file" in exc.problem or "expired" in exc.problem):
+                    error.hint = "for the lab PKI, `siptap certs revoke --dir certs` (re)writes certs/crl.pem (fresh nextUpdate)"
                 return error
     return ConfigError(str(config.path), f"route[{index}]", str(exc))
 

@@ -3,7 +3,8 @@
 Everything here is for a lab. ``init_lab_pki`` writes a CA plus four leaves (the proxy's server
 and client identities, a sample customer E-SBC, a sample core); ``issue_leaf`` mints extra leaves
 for tests of the failure paths (expired, not yet valid, signed by a foreign CA, EC key, wrong or
-missing EKU). Production deployments substitute real certificates for the same file names.
+missing EKU); ``revoke``/``write_crl`` keep ``crl.pem``, the lab CA's revocation list. Production
+deployments substitute real certificates (and their CA's CRL) for the same file names.
 
 Keys are RSA-2048 (RSA key exchange needs an RSA server key), written as unencrypted PKCS#8 PEM
 with mode 0600 from the moment the file exists: a temporary file is created with O_EXCL and mode
@@ -18,13 +19,13 @@ import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
@@ -43,7 +44,10 @@ __all__ = [
     "issue_leaf",
     "key_matches_certificate",
     "load_certificate_chain",
+    "load_crls",
     "load_private_key",
+    "revoke",
+    "write_crl",
 ]
 
 DEFAULT_SANS: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
@@ -70,10 +74,14 @@ _LAB_ROLES: dict[str, Usage] = {
     "core": "server",
 }
 
+CRL_FILE = "crl.pem"
+CRL_DAYS = 30
+
 _RSA_BITS = 2048
 _CA_DAYS = 3650
 _CLOCK_SKEW = timedelta(hours=1)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+_CRL_PEM_RE = re.compile(rb"-----BEGIN X509 CRL-----\r?\n.*?-----END X509 CRL-----", re.DOTALL)
 
 _Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -262,6 +270,122 @@ def load_private_key(path: Path | str, *, allow_insecure_permissions: bool = Fal
         raise CertificateError(str(path), f"not a valid PEM private key: {exc}") from None
     except UnsupportedAlgorithm as exc:
         raise CertificateError(str(path), f"unsupported private key: {exc}") from None
+
+
+def load_crls(path: Path | str) -> list[x509.CertificateRevocationList]:
+    """Every PEM CRL (``-----BEGIN X509 CRL-----``) in ``path``, in file order.
+
+    CertificateError if the file is unreadable, holds no CRL, or a block does not parse.
+    """
+    data = _read(path)
+    blocks = _CRL_PEM_RE.findall(data)
+    if not blocks:
+        raise CertificateError(str(path), "no PEM CRL found (expected -----BEGIN X509 CRL-----)")
+    crls = []
+    for index, block in enumerate(blocks, 1):
+        try:
+            crls.append(x509.load_pem_x509_crl(block))
+        except ValueError as exc:
+            raise CertificateError(str(path), f"CRL #{index} is not a valid PEM CRL: {exc}") from None
+    return crls
+
+
+def write_crl(
+    directory: Path,
+    revoked_serials: Iterable[int] | Mapping[int, datetime],
+    *,
+    days: int = CRL_DAYS,
+    now: datetime | None = None,
+    next_update: datetime | None = None,
+    ca_name: str = "ca",
+) -> Path:
+    """(Re)write ``directory/crl.pem``: a CRL signed by the lab CA (``ca.pem``/``ca.key``)
+    listing ``revoked_serials`` (a mapping gives each serial its revocation date; otherwise
+    ``now``). thisUpdate is ``now``, nextUpdate ``now + days`` unless ``next_update`` is given
+    (tests write stale CRLs with it). The CRL number is one more than the previous file's.
+    """
+    directory = Path(directory)
+    _check_name(directory, ca_name)
+    ca_cert, ca_key = _load_ca(*_pair(directory, ca_name))
+    now = now or datetime.now(timezone.utc)
+    if next_update is None:
+        _check_days(days)
+        next_update = now + timedelta(days=days)
+    dates = (
+        dict(revoked_serials)
+        if isinstance(revoked_serials, Mapping)
+        else {serial: now for serial in revoked_serials}
+    )
+    path = directory / CRL_FILE
+    number = 1
+    previous = _existing_crl(path, ca_cert)
+    if previous is not None:
+        try:
+            number = previous.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
+        except x509.ExtensionNotFound:
+            pass
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - _CLOCK_SKEW)
+        .next_update(next_update)
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(_authority_key_id(ca_cert, ca_key), critical=False)
+    )
+    for serial in sorted(dates):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(dates[serial]).build()
+        )
+    crl = builder.sign(ca_key, _hash_for(ca_key))
+    _ensure_dir(directory)
+    _write_atomic(path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+    return path
+
+
+def revoke(directory: Path, name: str | None = None, *, days: int = CRL_DAYS) -> tuple[Path, list[int]]:
+    """Revoke ``directory/NAME.pem`` (if ``name``) and rewrite ``crl.pem`` with a fresh nextUpdate.
+
+    The list of revoked serials is the existing ``crl.pem`` itself (if it is signed by this lab
+    CA), so revoking is cumulative; without ``name`` the CRL is only re-signed (do that before
+    nextUpdate: siptap refuses every client once its CRL has expired). Returns the CRL path and
+    the serials it lists. CertificateError if the certificate is not issued by the lab CA.
+    """
+    directory = Path(directory)
+    ca_cert, _ = _load_ca(*_pair(directory, "ca"))
+    path = directory / CRL_FILE
+    previous = _existing_crl(path, ca_cert)
+    dates = {entry.serial_number: entry.revocation_date_utc for entry in previous} if previous is not None else {}
+    if name is not None:
+        _check_name(directory, name)
+        cert_path = directory / f"{name}.pem"
+        cert = load_certificate_chain(cert_path)[0]
+        if cert.issuer != ca_cert.subject or not _signed_by(cert, ca_cert):
+            raise CertificateError(str(cert_path), f"not issued by the lab CA {directory / 'ca.pem'}: cannot revoke it here")
+        dates.setdefault(cert.serial_number, datetime.now(timezone.utc))
+    write_crl(directory, dates, days=days)
+    return path, sorted(dates)
+
+
+def _existing_crl(path: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocationList | None:
+    """The CRL in ``path`` if there is one this CA signed; a missing or foreign file is ignored."""
+    if not path.exists():
+        return None
+    try:
+        crls = load_crls(path)
+    except CertificateError:
+        return None
+    for crl in crls:
+        if crl.issuer == ca_cert.subject and crl.is_signature_valid(ca_cert.public_key()):  # type: ignore[arg-type]
+            return crl
+    return None
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def key_matches_certificate(key: PrivateKeyTypes, cert: x509.Certificate) -> bool:

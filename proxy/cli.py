@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--ec", action="store_true", help="P-256 key instead of RSA-2048")
     issue.add_argument("--san", action="append", metavar="NAME", help="SAN (DNS name or IP); repeat")
     issue.add_argument("--force", action="store_true", help="overwrite existing files")
+
+    revoke = certs_sub.add_parser("revoke", parents=[common], help="revoke a leaf: (re)write crl.pem signed by the lab CA",
+                                  description="Add NAME.pem's serial to the lab CA's CRL (crl.pem, cumulative) and re-sign "
+                                  "it with a fresh nextUpdate; without --name only re-sign. Point `crl` at the file and "
+                                  "send siptap SIGHUP.")
+    revoke.add_argument("--name", action="append", metavar="NAME", help="file stem of the certificate to revoke; repeat")
+    revoke.add_argument("--dir", type=Path, default=Path("certs"), help="folder with ca.pem/ca.key (default: %(default)s)")
+    revoke.add_argument("--days", type=int, default=30, help="nextUpdate in days from now (default: %(default)s)")
     from proxy.probe import add_parser as add_probe_parser
 
     add_probe_parser(sub, common)
@@ -157,6 +165,16 @@ def _certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             _error(str(exc))
             return EXIT_USAGE
         print(f"wrote {cert}\nwrote {key}")
+        return EXIT_OK
+    if args.certs_command == "revoke":
+        try:
+            for name in args.name or [None]:
+                path, serials = certs.revoke(args.dir, name, days=args.days)
+        except ValueError as exc:
+            _error(str(exc))
+            return EXIT_USAGE
+        print(f"wrote {path} ({len(serials)} revoked: {', '.join(f'{s:X}' for s in serials) or 'none'}; "
+              f"next update in {args.days} days)")
         return EXIT_OK
     parser.parse_args(["certs", "--help"])
     return EXIT_USAGE

@@ -56,6 +56,9 @@ class ServerTlsSettings:
     resumption: bool = False
     sngrep_compatible: bool = False
     allow_insecure_key_permissions: bool = False
+    # PEM file of one or more CRLs, each signed by a CA in client_ca; reloaded on SIGHUP.
+    crl: Path | None = None
+    crl_check: str = field(default="leaf", metadata=_choice("leaf", "chain"))  # chain: every CA too
 
     @property
     def effective_ciphers(self) -> str:
@@ -89,6 +92,8 @@ class ClientTlsSettings:
     ciphers: str = MODERN_CIPHERS
     tls13_ciphersuites: str | None = None
     allow_insecure_key_permissions: bool = False
+    crl: Path | None = None  # CRLs for the peer's certificate, each signed by a CA in `ca`
+    crl_check: str = field(default="leaf", metadata=_choice("leaf", "chain"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +355,8 @@ class _Loader:
                 self.fail(_join(where, "min_version"), "min_version is above max_version")
             if not 1 <= obj.verify_depth <= 10:
                 self.fail(_join(where, "verify_depth"), "must be between 1 and 10")
+            if obj.crl is not None and not obj.verify_client:
+                self.fail(_join(where, "crl"), "a CRL needs verify_client = true")
             from proxy.tls.identity import AllowList
 
             try:
@@ -359,6 +366,8 @@ class _Loader:
         elif isinstance(obj, ClientTlsSettings):
             if _TLS_ORDER[obj.min_version] > _TLS_ORDER[obj.max_version]:
                 self.fail(_join(where, "min_version"), "min_version is above max_version")
+            if obj.crl is not None and (not obj.verify or obj.ca is None):
+                self.fail(_join(where, "crl"), "a CRL needs verify = true and a `ca` bundle whose CA signed it")
             if (obj.cert is None) != (obj.key is None):
                 self.fail(_join(where, "key" if obj.key is None else "cert"), "cert and key go together: give both or neither")
         elif isinstance(obj, Limits):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from proxy.certs import key_matches_certificate, load_certificate_chain, load_private_key
 from proxy.config import ClientTlsSettings, ServerTlsSettings
@@ -97,6 +97,51 @@ def _load_ca(ctx: SSL.Context, path: Path) -> None:
         ctx.load_verify_locations(str(path))
     except SSL.Error as exc:
         raise CertificateError(str(path), f"cannot load CA bundle: {exc}") from None
+
+
+def load_crls_for(crl_path: Path, ca_path: Path, *, now: datetime | None = None) -> list[x509.CertificateRevocationList]:
+    """The CRLs in ``crl_path``, refusing what would make OpenSSL fail every handshake later.
+
+    Each CRL must be signed by a CA in ``ca_path`` (else it is never consulted, and with CRL
+    checking on, that CA's clients all fail with "unable to get certificate CRL"), and must be
+    current: OpenSSL refuses every certificate with "CRL has expired" once nextUpdate passes,
+    and "CRL is not yet valid" before thisUpdate. Refused here, at start-up or reload, with the
+    file named, instead of as a handshake failure on every connection.
+    """
+    from proxy.certs import load_crls
+
+    crls = load_crls(crl_path)
+    cas = load_certificate_chain(ca_path)
+    now = now or datetime.now(timezone.utc)
+    for index, crl in enumerate(crls, 1):
+        which = f"CRL #{index} (issuer {crl.issuer.rfc4514_string()})" if len(crls) > 1 else \
+            f"CRL (issuer {crl.issuer.rfc4514_string()})"
+        if not any(ca.subject == crl.issuer and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+                   for ca in cas):
+            raise CertificateError(str(crl_path), f"{which} is not signed by any CA in {ca_path}")
+        next_update = crl.next_update_utc
+        if next_update is not None and next_update < now:
+            raise CertificateError(
+                str(crl_path),
+                f"{which} expired on {next_update:%Y-%m-%d %H:%M} UTC (nextUpdate): OpenSSL would refuse every "
+                "client certificate; publish a fresh CRL, then reload (SIGHUP)",
+            )
+        if crl.last_update_utc > now:
+            raise CertificateError(
+                str(crl_path), f"{which} is not valid before {crl.last_update_utc:%Y-%m-%d %H:%M} UTC (thisUpdate)"
+            )
+    return crls
+
+
+def _use_crls(ctx: SSL.Context, crl_path: Path, ca_path: Path, crl_check: str) -> None:
+    store = ctx.get_cert_store()
+    assert store is not None
+    for crl in load_crls_for(crl_path, ca_path):
+        store.add_crl(crl)
+    flags = crypto.X509StoreFlags.CRL_CHECK
+    if crl_check == "chain":
+        flags |= crypto.X509StoreFlags.CRL_CHECK_ALL
+    store.set_flags(flags)
 
 
 def _verify_error_text(errnum: int) -> str:
@@ -190,6 +235,8 @@ def build_server_context(settings: ServerTlsSettings, *, session_id: bytes = b"s
             _make_verify_callback(AllowList.parse(settings.allow)),
         )
         ctx.set_verify_depth(settings.verify_depth)
+        if settings.crl is not None:
+            _use_crls(ctx, settings.crl, settings.client_ca, settings.crl_check)
     else:
         ctx.set_verify(SSL.VERIFY_NONE)
     ctx.set_keylog_callback(_keylog)
@@ -210,6 +257,8 @@ def build_client_context(settings: ClientTlsSettings) -> SSL.Context:
     if settings.verify:
         if settings.ca is not None:
             _load_ca(ctx, settings.ca)
+            if settings.crl is not None:
+                _use_crls(ctx, settings.crl, settings.ca, settings.crl_check)
         else:
             ctx.set_default_verify_paths()
         ctx.set_verify(SSL.VERIFY_PEER, _make_verify_callback(None))

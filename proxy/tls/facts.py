@@ -36,6 +36,7 @@ class FailureReason(str, enum.Enum):
     BAD_SIGNATURE = "bad_signature"
     CERTIFICATE_REVOKED = "certificate_revoked"
     CHAIN_TOO_LONG = "chain_too_long"
+    CRL_UNUSABLE = "crl_unusable"  # our side: no CRL for the issuer, or it expired while running
     CERTIFICATE_INVALID = "certificate_invalid"
     HOSTNAME_MISMATCH = "hostname_mismatch"
     NOT_ALLOWED = "not_allowed"
@@ -62,6 +63,8 @@ _VERIFY_ERRORS: dict[int, FailureReason] = {
     32: FailureReason.WRONG_KEY_USAGE,  # key usage does not include certificate signing
     62: FailureReason.HOSTNAME_MISMATCH,
 }
+# CRL problems (CRL checking on): the configured CRL, not the peer, is at fault.
+_VERIFY_ERRORS.update(dict.fromkeys((3, 5, 8, 11, 12, 15, 16, 33, 35, 44, 54), FailureReason.CRL_UNUSABLE))
 
 
 @dataclass(frozen=True, slots=True)
