@@ -96,12 +96,13 @@ path = "{root}/captures/srtp-keys.log"
                           for s in (a, b))
         media = iter(range(33000, 34000, 2))
         assert await a.call(media_port=next(media)) == ["100", "180", "200", "200"]
-        # Quiet gaps around B's first call, so a time window can hold it alone (siptap stamps a
-        # message just after relaying it: the peer may see it a hair before the mirror does).
-        await trio.sleep(0.1)
+        # Window edges around B's first call. siptap stamps a message just after relaying it, so
+        # the peer may see it before the mirror stamps it: wait until siptap has *logged* every
+        # message so far (the log line comes after the stamp), then read the clock.
+        await siptap.wait_for("sip", count=7)
         t0 = time.time()
         assert await b.call(media_port=next(media)) == ["100", "180", "200", "200"]
-        await trio.sleep(0.1)
+        await siptap.wait_for("sip", count=14)
         t1 = time.time()
         assert await a.call(media_port=next(media)) == ["100", "180", "200", "200"]
         assert await b.call(media_port=next(media)) == ["100", "180", "200", "200"]

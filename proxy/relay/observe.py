@@ -111,7 +111,7 @@ class DirectionObserver:
             if self._log_payloads:
                 fields["payload"] = data
             self._log.info("sip", **fields)
-        if view is not None and b"a=crypto" in data[message.header_end :]:
+        if view is not None and data.find(b"a=crypto", message.header_end) >= 0:  # no body copy per message
             self._srtp(data[message.header_end :], view, now)
 
     def _srtp(self, body: bytes, view: SipMessageView, now: float) -> None:

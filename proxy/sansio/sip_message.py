@@ -238,21 +238,8 @@ def _split_params(text: str) -> list[str]:
     """Split ``a=1 ; b="x;y"`` at semicolons outside quoted strings."""
     params: list[str] = []
     start = 0
-    quoted = False
-    i = 0
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if quoted:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif ch == ";":
-            params.append(text[start:i])
-            start = i + 1
-        i += 1
+    for i in _top_level(text, ";"):
+        params.append(text[start:i])
+        start = i + 1
     params.append(text[start:])
     return params

@@ -15,7 +15,6 @@ Helpers come from test_hostile.py (fd/RSS measurement, crash extraction, RST clo
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
 import signal
