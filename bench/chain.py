@@ -1,0 +1,871 @@
+"""The benchmark topology, as reusable pieces (bench/run.py and later soak scripts import them).
+
+    sipp UAC (TCP) -> stunnel customer (TLS 1.2 client, customer cert, kRSA suites only)
+        -> MIDDLE -> stunnel core (TLS server, requires + verifies the client cert) -> sipp UAS (TCP)
+
+MIDDLE is one of ``MIDDLES``: ``none`` (customer stunnel straight to the core stunnel),
+``stunnel-pair``, ``sslsplit``, ``kamailio``, ``siptap-sinks-on``, ``siptap-sinks-off``,
+``siptap-2-workers``. Everything runs on 127.0.0.1 on free ports, from a lab PKI generated at run
+time into a temporary folder (``make_pki``): no key is ever written into the repository.
+
+Process plumbing reuses the integration tests' helpers (tests/integration/peers.py: free ports,
+``running`` = start, wait until the port listens, SIGTERM/SIGKILL on exit; tests/relay/harness.py:
+``write_config`` for siptap; proxy.export: the pcap -> SIP reader used for wire latency).
+
+Measurements come from /proc: ``cpu_seconds`` (utime+stime of a process tree, reaped children
+included), ``pss_kib`` (sum of Pss over the tree from smaps_rollup), ``tcp_established``
+(sockets by port from /proc/net/tcp). All waits are on real events (a port listening, a stats
+row appearing, a socket count reached) with deadlines; the only sleeps are the measurement
+windows the caller asks for and bounded polling of those conditions.
+
+Session resumption is off at every hop (stunnel ``sessionResume = no`` + ``NO_TICKET``, Kamailio
+``session_cache = 0``, siptap's default): every connection costs full RSA handshakes on both legs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import resource
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from proxy.certs import init_lab_pki  # noqa: E402
+from tests.integration.peers import Peer, free_port, running  # noqa: E402
+from tests.relay.harness import write_config  # noqa: E402
+
+SCENARIOS = ROOT / "bench" / "scenarios"
+#: OpenSSL names of the six TLS_RSA_WITH_AES_* suites (RSA key exchange only), design.md section 3.
+RSA_SUITES = "AES256-GCM-SHA384:AES128-GCM-SHA256:AES256-SHA256:AES128-SHA256:AES256-SHA:AES128-SHA"
+MIDDLES = ("none", "stunnel-pair", "sslsplit", "kamailio", "siptap-sinks-on", "siptap-sinks-off", "siptap-2-workers")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def which(name: str) -> str:
+    import shutil
+
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
+    if not found:
+        raise RuntimeError(f"{name} not found (see bench/README.md for the Debian packages)")
+    return found
+
+
+# ------------------------------------------------------------------------------------------------
+# PKI and limits
+
+
+@dataclass(frozen=True)
+class Pki:
+    dir: Path
+
+    def pem(self, name: str) -> Path:
+        return self.dir / f"{name}.pem"
+
+    def key(self, name: str) -> Path:
+        return self.dir / f"{name}.key"
+
+
+def make_pki(tmp: Path) -> Pki:
+    """The lab PKI (ca, proxy-server, proxy-client, customer, core) in ``tmp/pki``."""
+    directory = Path(tmp) / "pki"
+    init_lab_pki(directory)
+    return Pki(directory)
+
+
+def raise_nofile(want: int = 65536) -> int:
+    """Raise RLIMIT_NOFILE (soft up to the hard limit, hard too if allowed); children inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), max(want, hard)))
+        return want
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+# ------------------------------------------------------------------------------------------------
+# /proc readers
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants."""
+    children = _children_map()
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime (+cutime+cstime: reaped children) of ``pid`` and every live descendant,
+    all threads included, in seconds."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return total / CLK_TCK
+
+
+def pss_kib(pid: int) -> int:
+    """Sum of Pss (KiB) over ``pid``'s process tree, from /proc/PID/smaps_rollup (shared pages are
+    divided between the processes that map them, so the sum counts each page once)."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            text = Path(f"/proc/{member}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        match = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
+        if match:
+            total += int(match.group(1))
+    return total
+
+
+def tcp_established(*, remote_port: int | None = None, local_port: int | None = None) -> int:
+    """ESTABLISHED TCP sockets (IPv4 and IPv6) with that remote and/or local port."""
+    count = 0
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(name) as table:
+            next(table, None)
+            for line in table:
+                fields = line.split()
+                if len(fields) < 4 or fields[3] != "01":
+                    continue
+                if local_port is not None and int(fields[1].rsplit(":", 1)[1], 16) != local_port:
+                    continue
+                if remote_port is not None and int(fields[2].rsplit(":", 1)[1], 16) != remote_port:
+                    continue
+                count += 1
+    return count
+
+
+async def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``predicate`` (a condition, not a guess) until true; TimeoutError naming ``what``."""
+    with trio.move_on_after(timeout):
+        while not predicate():
+            await trio.sleep(interval)
+        return
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Mirror sink: counts UDP datagrams (HEP, JSON lines) in a plain thread, off the trio loop
+
+
+class UdpCounter:
+    """A UDP socket on 127.0.0.1:0 that counts what it receives (and datagrams starting with
+    ``magic``, e.g. b"HEP3"). A daemon thread with blocking recv: a few µs per datagram."""
+
+    def __init__(self, magic: bytes = b"") -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.magic = magic
+        self.datagrams = 0
+        self.matching = 0
+        self.octets = 0
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"udp-counter-{self.port}")
+        self._thread.start()
+
+    def _run(self) -> None:
+        buffer = bytearray(65536)
+        view = memoryview(buffer)
+        magic, n = self.magic, len(self.magic)
+        while True:
+            try:
+                size = self.sock.recv_into(buffer)
+            except OSError:
+                return
+            self.datagrams += 1
+            self.octets += size
+            if n and view[:n] == magic:
+                self.matching += 1
+
+    def snapshot(self) -> dict[str, int]:
+        return {"datagrams": self.datagrams, "matching": self.matching, "octets": self.octets}
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Config text for the peers
+
+
+def stunnel_customer_conf(pki: Pki, accept_port: int, connect_port: int, debug: int = 4) -> str:
+    """The customer E-SBC's TLS stack: TLS 1.2 only, kRSA suites only, customer certificate,
+    verifies the server (chain + name localhost), no session resumption."""
+    return f"""foreground = yes
+pid =
+syslog = no
+debug = {debug}
+[customer]
+client = yes
+accept = 127.0.0.1:{accept_port}
+connect = 127.0.0.1:{connect_port}
+cert = {pki.pem('customer')}
+key = {pki.key('customer')}
+CAfile = {pki.pem('ca')}
+verifyChain = yes
+checkHost = localhost
+sslVersionMin = TLSv1.2
+sslVersionMax = TLSv1.2
+ciphers = {RSA_SUITES}
+sessionResume = no
+options = NO_TICKET
+"""
+
+
+def stunnel_core_conf(pki: Pki, accept_port: int, uas_port: int, debug: int = 4) -> str:
+    """The lab core SBC's TLS side: server with core.pem, requires and verifies the client
+    certificate against the lab CA, plain TCP to the UAS, no session resumption."""
+    return f"""foreground = yes
+pid =
+syslog = no
+debug = {debug}
+[core]
+accept = 127.0.0.1:{accept_port}
+connect = 127.0.0.1:{uas_port}
+cert = {pki.pem('core')}
+key = {pki.key('core')}
+CAfile = {pki.pem('ca')}
+verifyChain = yes
+requireCert = yes
+sslVersionMin = TLSv1.2
+sessionResume = no
+options = NO_TICKET
+"""
+
+
+def stunnel_pair_conf(pki: Pki, accept_port: int, loop_port: int, core_port: int, debug: int = 4) -> str:
+    """ONE stunnel process, two services chained through a loopback port: [customer-leg] terminates
+    mutual TLS (proxy-server.pem, verifies the customer against the CA, kRSA suites, TLS 1.2) and
+    connects in clear to [core-leg], which re-originates mutual TLS (proxy-client.pem) to the core,
+    verifying it (chain + name localhost)."""
+    return f"""foreground = yes
+pid =
+syslog = no
+debug = {debug}
+[customer-leg]
+accept = 127.0.0.1:{accept_port}
+connect = 127.0.0.1:{loop_port}
+cert = {pki.pem('proxy-server')}
+key = {pki.key('proxy-server')}
+CAfile = {pki.pem('ca')}
+verifyChain = yes
+requireCert = yes
+sslVersionMin = TLSv1.2
+sslVersionMax = TLSv1.2
+ciphers = {RSA_SUITES}
+sessionResume = no
+options = NO_TICKET
+[core-leg]
+client = yes
+accept = 127.0.0.1:{loop_port}
+connect = 127.0.0.1:{core_port}
+cert = {pki.pem('proxy-client')}
+key = {pki.key('proxy-client')}
+CAfile = {pki.pem('ca')}
+verifyChain = yes
+checkHost = localhost
+sessionResume = no
+options = NO_TICKET
+"""
+
+
+def kamailio_cfg(pki: Pki, *, tls_port: int, udp_port: int, core_port: int, hep_port: int,
+                 tls_cfg: Path, debug: int = 2) -> str:
+    """Kamailio 5.6 as a SIP-aware TLS middle: TLS server toward the customer, TLS client toward
+    the core (both verified, see ``kamailio_tls_cfg``), transaction-stateful forward (tm t_relay)
+    of every request to the core; replies go back on the customer's connection. siptrace mirrors
+    every received and sent message as HEPv3 to 127.0.0.1:``hep_port`` (trace_mode=1).
+
+    One TCP/TLS worker (tcp_children=1): Kamailio 5.6.3 + OpenSSL 3 corrupts shared memory with
+    more (Kamailio issue 3791, design.md). Large write queues so requests arriving during the
+    upstream handshake are not dropped. Kamailio multiplexes: every customer connection's
+    requests go to the core over one shared upstream TLS connection (it is a SIP proxy, not a
+    connection relay), which matters for S2 and S4."""
+    return f"""#!KAMAILIO
+debug={debug}
+log_stderror=yes
+memdbg=5
+memlog=5
+children=1
+tcp_children=1
+auto_aliases=no
+disable_sctp=yes
+enable_tls=yes
+tcp_connection_lifetime=3600
+tcp_max_connections=16384
+tls_max_connections=16384
+tcp_conn_wq_max=4194304
+tcp_wq_max=67108864
+tcp_async=yes
+
+listen=tls:127.0.0.1:{tls_port}
+listen=udp:127.0.0.1:{udp_port}
+
+loadmodule "tls.so"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "siptrace.so"
+
+modparam("tls", "config", "{tls_cfg}")
+modparam("tls", "con_ct_wq_max", 4194304)
+modparam("tls", "ct_wq_max", 67108864)
+modparam("tls", "session_cache", 0)
+
+modparam("tm", "fr_timer", 10000)
+modparam("tm", "fr_inv_timer", 30000)
+
+modparam("siptrace", "duplicate_uri", "sip:127.0.0.1:{hep_port}")
+modparam("siptrace", "hep_mode_on", 1)
+modparam("siptrace", "hep_version", 3)
+modparam("siptrace", "hep_capture_id", 2002)
+modparam("siptrace", "trace_to_database", 0)
+modparam("siptrace", "trace_on", 1)
+modparam("siptrace", "trace_mode", 1)
+
+request_route {{
+	if (!mf_process_maxfwd_header("10")) {{
+		sl_send_reply("483", "Too Many Hops");
+		exit;
+	}}
+	$du = "sip:127.0.0.1:{core_port};transport=tls";
+	if (!t_relay()) {{
+		sl_reply_error();
+	}}
+	exit;
+}}
+"""
+
+
+def kamailio_tls_cfg(pki: Pki) -> str:
+    """Kamailio tls.cfg: server profile = proxy-server.pem, TLS 1.2, kRSA suites, requires and
+    verifies the customer's certificate; client profile = proxy-client.pem, verifies the core
+    (chain only: Kamailio 5.6 does not check the core's host name)."""
+    return f"""[server:default]
+method = TLSv1.2
+verify_certificate = yes
+require_certificate = yes
+verify_depth = 4
+private_key = {pki.key('proxy-server')}
+certificate = {pki.pem('proxy-server')}
+ca_list = {pki.pem('ca')}
+cipher_list = {RSA_SUITES}
+
+[client:default]
+method = TLSv1.2+
+verify_certificate = yes
+require_certificate = yes
+verify_depth = 4
+private_key = {pki.key('proxy-client')}
+certificate = {pki.pem('proxy-client')}
+ca_list = {pki.pem('ca')}
+"""
+
+
+def sslsplit_argv(pki: Pki, workdir: Path, *, listen_port: int, core_port: int) -> list[str]:
+    """SSLsplit 0.5.5, ssl mode, static target (the core). Presents proxy-server (``-A``: key +
+    cert + chain in one PEM, no forging), client certificate proxy-client toward the core
+    (``-a``/``-b``), kRSA suites (``-s``; applies to both sides), content log (``-L``), master
+    key log (``-M``), runs as root (``-u root``: no privilege drop).
+
+    SSLsplit 0.5.5 never requests a client certificate from the customer, so it does NOT verify
+    the customer; toward the core it verifies nothing either (VerifyPeer defaults to no and
+    would only use the system trust store)."""
+    leaf = workdir / "sslsplit-leaf.pem"
+    fd = os.open(leaf, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pki.key("proxy-server").read_bytes() + pki.pem("proxy-server").read_bytes()
+                  + pki.pem("ca").read_bytes())
+    return [which("sslsplit"), "-u", "root", "-A", str(leaf),
+            "-a", str(pki.pem("proxy-client")), "-b", str(pki.key("proxy-client")),
+            "-L", str(workdir / "content.log"), "-M", str(workdir / "keys.log"),
+            "-l", str(workdir / "connect.log"),
+            "ssl", "127.0.0.1", str(listen_port), "127.0.0.1", str(core_port)]
+
+
+#: All siptap mirror sinks (as in bench/relay_cpu.py): HEP/UDP and JSON lines/UDP to counting
+#: sockets, key log file, pcap folder, SRTP key file. ``legs`` picks which leg's SIP is mirrored.
+SIPTAP_SINKS = """
+[mirror]
+legs = "{legs}"
+[[mirror.hep]]
+address = "127.0.0.1:{hep}"
+[[mirror.jsonl]]
+transport = "udp"
+address = "127.0.0.1:{jsonl}"
+[mirror.keylog]
+path = "{tmp}/keys.log"
+[mirror.pcap]
+directory = "{tmp}/pcap"
+[mirror.srtp_keys]
+path = "{tmp}/srtp.log"
+"""
+
+
+def siptap_config(workdir: Path, pki: Pki, *, listen_port: int, core_port: int, hep_port: int | None = None,
+                  jsonl_port: int | None = None, legs: str = "customer", workers: int | None = None,
+                  log_level: str = "info", max_connections: int = 8192) -> Path:
+    """A siptap config (tests/relay/harness.py's ``write_config``): customer leg on
+    ``listen_port``, the core at ``core_port``; sinks on when ``hep_port``/``jsonl_port`` are
+    given; ``workers`` at top level when set. Logging: the shipped default (info, one ``sip``
+    event per message) unless ``log_level`` says otherwise; logs go to a file, not a pipe."""
+    top = ""
+    if workers is not None:
+        top += f"workers = {workers}\n"
+    if hep_port is not None and jsonl_port is not None:
+        (workdir / "pcap").mkdir(exist_ok=True)
+        top += SIPTAP_SINKS.format(legs=legs, hep=hep_port, jsonl=jsonl_port, tmp=workdir)
+    path = write_config(workdir, pki.dir, cores=[core_port], top=top, listen=f'["127.0.0.1:{listen_port}"]',
+                        limits=f"max_connections = {max_connections}")
+    path.write_text(path.read_text().replace('level = "debug"', f'level = "{log_level}"'))
+    return path
+
+
+def siptap_accepts(config: Path) -> tuple[bool, str]:
+    """``siptap check --config`` verdict (exit 0 = usable) and its output."""
+    result = subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60, cwd=str(ROOT))
+    return result.returncode == 0, (result.stdout + result.stderr).strip()
+
+
+# ------------------------------------------------------------------------------------------------
+# Processes
+
+
+def _workdir(tmp: Path, name: str) -> Path:
+    path = Path(tmp) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.asynccontextmanager
+async def stunnel(tmp: Path, name: str, conf_text: str, ports: list[int]) -> AsyncIterator[Peer]:
+    workdir = _workdir(tmp, name)
+    conf = workdir / "stunnel.conf"
+    conf.write_text(conf_text)
+    async with running(name, [which("stunnel4"), str(conf)], workdir, ports) as peer:
+        yield peer
+
+
+@contextlib.asynccontextmanager
+async def sipp_uas(tmp: Path, *, max_socket: int = 8192) -> AsyncIterator[Peer]:
+    """SIPp UAS on TCP running bench/scenarios/uas.xml (100, 180, 200; ACK; BYE -> 200)."""
+    workdir = _workdir(tmp, "sipp-uas")
+    port = free_port()
+    argv = [which("sipp"), "-sf", str(SCENARIOS / "uas.xml"), "-t", "t1", "-i", "127.0.0.1", "-p", str(port),
+            "-max_socket", str(max_socket), "-nostdin", "-trace_err", "-error_file", "errors.log"]
+    async with running("sipp-uas", argv, workdir, [port]) as peer:
+        yield peer
+
+
+@dataclass
+class Middle:
+    """A running middle: its name, port toward the customer, process (None for ``none``), the
+    counting sinks it feeds, and notes on how it was configured."""
+
+    name: str
+    port: int
+    peer: Peer | None
+    counters: dict[str, UdpCounter] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    multiplexes_upstream: bool = False  # Kamailio: one upstream connection for all customers
+
+    @property
+    def pid(self) -> int | None:
+        return self.peer.process.pid if self.peer else None
+
+    def cpu(self) -> float | None:
+        return cpu_seconds(self.pid) if self.pid else None
+
+    def pss(self) -> int | None:
+        return pss_kib(self.pid) if self.pid else None
+
+    def sinks(self) -> dict[str, dict[str, int]]:
+        return {name: counter.snapshot() for name, counter in self.counters.items()}
+
+
+class Unsupported(Exception):
+    """A middle that cannot run here (e.g. siptap without the ``workers`` key)."""
+
+
+@contextlib.asynccontextmanager
+async def middle(kind: str, tmp: Path, pki: Pki, *, core_port: int, legs: str = "customer",
+                 siptap_log_level: str = "info") -> AsyncIterator[Middle]:
+    """Start the middle ``kind`` toward the core stunnel at ``core_port``."""
+    if kind == "none":
+        yield Middle("none", core_port, None, notes=["customer stunnel connects straight to the core stunnel"])
+        return
+    port = free_port()
+    counters: dict[str, UdpCounter] = {}
+    try:
+        if kind == "stunnel-pair":
+            loop_port = free_port()
+            async with stunnel(tmp, "stunnel-pair", stunnel_pair_conf(pki, port, loop_port, core_port),
+                               [port, loop_port]) as peer:
+                yield Middle(kind, port, peer, notes=["one stunnel process, two services chained via a loopback port"])
+        elif kind == "sslsplit":
+            workdir = _workdir(tmp, "sslsplit")
+            argv = sslsplit_argv(pki, workdir, listen_port=port, core_port=core_port)
+            async with running("sslsplit", argv, workdir, [port]) as peer:
+                yield Middle(kind, port, peer, notes=[
+                    "-L content log, -M key log, -l connection log; does NOT request or verify the customer's "
+                    "client certificate (SSLsplit 0.5.5 has no such option) nor verify the core's certificate"])
+        elif kind == "kamailio":
+            workdir = _workdir(tmp, "kamailio")
+            counters["hep"] = UdpCounter(b"HEP3")
+            tls_cfg = workdir / "tls.cfg"
+            tls_cfg.write_text(kamailio_tls_cfg(pki))
+            cfg = workdir / "kamailio.cfg"
+            cfg.write_text(kamailio_cfg(pki, tls_port=port, udp_port=free_port(), core_port=core_port,
+                                        hep_port=counters["hep"].port, tls_cfg=tls_cfg))
+            binary = which("kamailio")
+            check = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+            if check.returncode != 0:
+                raise RuntimeError(f"kamailio -c rejected {cfg}:\n{check.stderr[-3000:]}")
+            argv = [binary, "-DD", "-E", "-f", str(cfg), "-w", str(workdir), "-Y", str(workdir),
+                    "-m", "512", "-M", "32"]
+            async with running("kamailio", argv, workdir, [port]) as peer:
+                yield Middle(kind, port, peer, counters, multiplexes_upstream=True, notes=[
+                    "tls verifies both ways; tm t_relay of everything to the core; siptrace trace_mode=1 "
+                    "(HEPv3, every received and sent message) to a counting UDP sink; tcp_children=1; "
+                    "one shared upstream TLS connection for all customer connections"])
+        elif kind.startswith("siptap"):
+            workdir = _workdir(tmp, kind)
+            workers = 2 if kind == "siptap-2-workers" else None
+            sinks_on = kind in ("siptap-sinks-on", "siptap-2-workers")
+            if sinks_on:
+                counters["hep"] = UdpCounter(b"HEP3")
+                counters["jsonl"] = UdpCounter(b"{")
+            config = siptap_config(workdir, pki, listen_port=port, core_port=core_port,
+                                   hep_port=counters["hep"].port if sinks_on else None,
+                                   jsonl_port=counters["jsonl"].port if sinks_on else None,
+                                   legs=legs, workers=workers, log_level=siptap_log_level)
+            if workers is not None:
+                ok, output = siptap_accepts(config)
+                if not ok:
+                    raise Unsupported(f"siptap check rejects `workers = {workers}`: {output.splitlines()[-1] if output else '?'}")
+            argv = [sys.executable, "-m", "proxy", "run", "--config", str(config)]
+            async with running(kind, argv, workdir, [port]) as peer:
+                notes = [f"log level {siptap_log_level} to a file"]
+                notes.append(f"sinks: HEP/UDP, JSON lines/UDP, key log, pcap, SRTP keys; legs={legs}" if sinks_on else "no mirror sinks")
+                if workers:
+                    notes.append(f"workers = {workers}")
+                yield Middle(kind, port, peer, counters, notes=notes)
+        else:
+            raise ValueError(f"unknown middle {kind!r}; one of {', '.join(MIDDLES)}")
+    finally:
+        for counter in counters.values():
+            counter.close()
+
+
+@dataclass
+class Chain:
+    uas: Peer
+    core: Peer
+    core_port: int
+    middle: Middle
+    customer: Peer
+    customer_port: int  # where the UAC connects (plain TCP)
+
+
+@contextlib.asynccontextmanager
+async def chain(tmp: Path, pki: Pki, kind: str, **middle_options: Any) -> AsyncIterator[Chain]:
+    """The whole topology with middle ``kind``, started in order from the UAS outwards, stopped
+    in reverse. Each call starts every process fresh."""
+    tmp = Path(tmp)
+    async with sipp_uas(tmp) as uas:
+        core_port = free_port()
+        async with stunnel(tmp, "stunnel-core", stunnel_core_conf(pki, core_port, uas.ports[0]), [core_port]) as core:
+            async with middle(kind, tmp, pki, core_port=core_port, **middle_options) as mid:
+                customer_port = free_port()
+                async with stunnel(tmp, "stunnel-customer", stunnel_customer_conf(pki, customer_port, mid.port),
+                                   [customer_port]) as customer:
+                    yield Chain(uas, core, core_port, mid, customer, customer_port)
+
+
+# ------------------------------------------------------------------------------------------------
+# SIPp UAC runner with live statistics
+
+
+def _epoch(stamp: str) -> float:
+    """SIPp's -trace_stat time columns: 'date<TAB>time<TAB>epoch'."""
+    return float(stamp.split("\t")[-1])
+
+
+@dataclass
+class StatsRow:
+    values: dict[str, str]
+    seen_monotonic: float  # when the harness first saw the row
+    cpu: float | None  # the middle's CPU seconds sampled when the row was seen
+
+    @property
+    def time(self) -> float:
+        return _epoch(self.values["CurrentTime"])
+
+    def counter(self, name: str) -> int:
+        return int(self.values[f"{name}(C)"])
+
+
+class SippUac:
+    """sipp -sf bench/scenarios/uac.xml over TCP to ``target_port`` (``transport`` t1 = one
+    connection for all calls, tn = one per call), at ``rate`` calls/s, at most ``limit`` calls at
+    once. Statistics every second (-trace_stat -fd 1): ``next_row`` returns each new row as it
+    appears, with the middle's CPU sampled at that moment."""
+
+    def __init__(self, tmp: Path, name: str, *, target_port: int, transport: str, rate: int, limit: int,
+                 cpu_probe=None, max_socket: int = 8192) -> None:
+        self.workdir = _workdir(tmp, name)
+        self.stats = self.workdir / "stats.csv"
+        self.argv = [which("sipp"), "-sf", str(SCENARIOS / "uac.xml"), "-t", transport, "-i", "127.0.0.1",
+                     f"127.0.0.1:{target_port}", "-r", str(rate), "-l", str(limit), "-max_socket", str(max_socket),
+                     "-nostdin", "-trace_stat", "-stf", str(self.stats), "-fd", "1",
+                     "-trace_err", "-error_file", str(self.workdir / "errors.log")]
+        self.cpu_probe = cpu_probe
+        self.process: trio.Process | None = None
+        self._rows_seen = 0
+        self._header: list[str] | None = None
+
+    async def start(self) -> None:
+        self.stats.unlink(missing_ok=True)
+        with open(self.workdir / "sipp-uac.log", "wb") as out:
+            self.process = await trio.lowlevel.open_process(self.argv, cwd=str(self.workdir), stdin=subprocess.DEVNULL,
+                                                            stdout=out, stderr=subprocess.STDOUT)
+
+    def _rows(self) -> list[list[str]]:
+        try:
+            lines = [line for line in self.stats.read_text(errors="replace").split("\n")]
+        except FileNotFoundError:
+            return []
+        complete = [line.split(";") for line in lines[:-1] if line.strip()]  # the last line may be partial
+        return complete
+
+    async def next_row(self, timeout: float = 10.0) -> StatsRow:
+        with trio.move_on_after(timeout):
+            while True:
+                rows = self._rows()
+                if self._header is None and rows:
+                    self._header = rows[0]
+                data_rows = rows[1:]
+                if len(data_rows) > self._rows_seen:
+                    cpu = self.cpu_probe() if self.cpu_probe else None
+                    seen = time.monotonic()
+                    row = data_rows[len(data_rows) - 1]
+                    self._rows_seen = len(data_rows)
+                    return StatsRow(dict(zip(self._header, row)), seen, cpu)
+                if self.process is not None and self.process.returncode is not None:
+                    raise RuntimeError(f"sipp UAC exited ({self.process.returncode}): {self.describe()}")
+                await trio.sleep(0.01)  # polling for the row, bounded by the timeout
+        raise TimeoutError(f"no new sipp statistics row within {timeout} s: {self.describe()}")
+
+    def describe(self) -> str:
+        text = ""
+        for name in ("sipp-uac.log", "errors.log"):
+            path = self.workdir / name
+            if path.exists():
+                text += f"\n{path}:\n" + path.read_text(errors="replace")[-1500:]
+        return text
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(5):
+                await self.process.wait()
+                return
+            self.process.kill()
+            await self.process.wait()
+
+
+@dataclass
+class Window:
+    """What happened between two statistics rows of one SIPp run."""
+
+    start: StatsRow
+    end: StatsRow
+    sinks_start: dict[str, dict[str, int]]
+    sinks_end: dict[str, dict[str, int]]
+
+    @property
+    def seconds(self) -> float:
+        return self.end.time - self.start.time
+
+    @property
+    def successful(self) -> int:
+        return self.end.counter("SuccessfulCall") - self.start.counter("SuccessfulCall")
+
+    @property
+    def failed(self) -> int:
+        return self.end.counter("FailedCall") - self.start.counter("FailedCall")
+
+    @property
+    def cpu(self) -> float | None:
+        if self.start.cpu is None or self.end.cpu is None:
+            return None
+        return self.end.cpu - self.start.cpu
+
+    def sink_delta(self) -> dict[str, int]:
+        return {name: self.sinks_end[name]["matching"] - self.sinks_start[name]["matching"] for name in self.sinks_end}
+
+
+async def measure(uac: SippUac, mid: Middle, *, warmup: float, duration: float) -> Window:
+    """Wait for the first successful call, let ``warmup`` seconds pass (a fixed window), then take
+    the window between the next statistics row and the first row ``duration`` seconds later."""
+    deadline = time.monotonic() + 60
+    while True:
+        row = await uac.next_row()
+        if row.counter("SuccessfulCall") > 0:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no successful call within 60 s: {uac.describe()}")
+    await trio.sleep(warmup)  # fixed warm-up window
+    start = await uac.next_row()
+    sinks_start = mid.sinks()
+    while True:
+        end = await uac.next_row()
+        if end.time - start.time >= duration - 0.05:
+            break
+    return Window(start, end, sinks_start, mid.sinks())
+
+
+# ------------------------------------------------------------------------------------------------
+# Wire latency from a loopback capture between the UAC and the customer stunnel
+
+
+def invite_latencies_ms(capture: Path, since: float, until: float) -> list[float]:
+    """INVITE -> 200 (CSeq INVITE) times in ms, per Call-ID, from the cleartext TCP between SIPp
+    and the customer stunnel (each message timed by the frame carrying its first byte), for
+    INVITEs sent in [since, until] (epoch seconds). Reuses proxy.export's reassembling reader."""
+    from proxy.export import read_messages
+
+    sent: dict[str, int] = {}
+    latencies: list[float] = []
+    for message in read_messages([capture]).messages:
+        view = message.view
+        if view.call_id is None:
+            continue
+        if view.is_request and view.method == "INVITE":
+            if since * 1e6 <= message.ts_us <= until * 1e6:
+                sent[view.call_id] = message.ts_us
+        elif not view.is_request and view.status_code == 200 and view.cseq_method == "INVITE":
+            started = sent.pop(view.call_id, None)
+            if started is not None:
+                latencies.append((message.ts_us - started) / 1000.0)
+    return latencies
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+# ------------------------------------------------------------------------------------------------
+# Idle mutual-TLS connections (S4)
+
+
+def customer_ssl_context(pki: Pki) -> ssl.SSLContext:
+    """The customer's side as the stdlib sees it: TLS 1.2 only, kRSA suites, customer cert."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(RSA_SUITES)
+    context.load_cert_chain(pki.pem("customer"), pki.key("customer"))
+    context.load_verify_locations(pki.pem("ca"))
+    context.options |= ssl.OP_NO_TICKET
+    return context
+
+
+async def open_idle_connections(port: int, pki: Pki, count: int, *, concurrency: int = 16,
+                                timeout: float = 120.0) -> list[trio.SSLStream]:
+    """``count`` completed mutual-TLS handshakes to 127.0.0.1:``port``, left open and silent."""
+    context = customer_ssl_context(pki)
+    streams: list[trio.SSLStream] = []
+    limiter = trio.CapacityLimiter(concurrency)
+
+    async def one() -> None:
+        async with limiter:
+            tcp = await trio.open_tcp_stream("127.0.0.1", port)
+            stream = trio.SSLStream(tcp, context, server_hostname="localhost")
+            await stream.do_handshake()
+            streams.append(stream)
+
+    with trio.fail_after(timeout):
+        async with trio.open_nursery() as nursery:
+            for _ in range(count):
+                nursery.start_soon(one)
+    return streams
+
+
+async def close_connections(streams: list[trio.SSLStream]) -> None:
+    for stream in streams:
+        with contextlib.suppress(Exception):
+            await stream.transport_stream.aclose()
+    streams.clear()
+
+
+async def settle_pss(pid: int, *, timeout: float = 15.0, tolerance: float = 0.005) -> int:
+    """PSS once two samples 0.25 s apart agree within ``tolerance`` (or at ``timeout``)."""
+    previous = pss_kib(pid)
+    with trio.move_on_after(timeout):
+        while True:
+            await trio.sleep(0.25)  # polling for stability, bounded by the timeout
+            current = pss_kib(pid)
+            if abs(current - previous) <= tolerance * max(previous, 1):
+                return current
+            previous = current
+    return pss_kib(pid)
+
+
+# ------------------------------------------------------------------------------------------------
+# The ceiling
+
+
+def openssl_speed_rsa2048(seconds: int = 3) -> float | None:
+    """`openssl speed -seconds N rsa2048`: RSA-2048 private-key (sign) operations per second."""
+    out = subprocess.run([which("openssl"), "speed", "-seconds", str(seconds), "rsa2048"],
+                         capture_output=True, text=True, timeout=seconds * 10 + 30).stdout
+    match = re.search(r"^rsa\s+2048 bits\s+\S+s\s+\S+s\s+([\d.]+)", out, re.M)
+    return float(match.group(1)) if match else None
