@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import tomllib
 import types
 import typing
@@ -163,6 +164,25 @@ class Config:
     mirror: MirrorSettings = MirrorSettings()
     metrics: MetricsSettings = MetricsSettings()
     drain_timeout: float = 30.0  # on SIGTERM/SIGINT: how long live connections may finish
+    # Processes sharing each listen address (SO_REUSEPORT), each its own trio loop: a positive
+    # integer, or "auto" (the CPUs this process may run on). 1: one process, no supervisor.
+    workers: int | str = 1
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` resolved: "auto" is the number of CPUs this process may use."""
+        return usable_cpus() if self.workers == "auto" else int(self.workers)
+
+
+MAX_WORKERS = 256
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, so taskset/cgroup cpusets count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -211,6 +231,16 @@ def parse_config(data: dict[str, object], path: Path) -> Config:
             if endpoint in seen and endpoint.port != 0:
                 raise ConfigError(str(path), f"route[{index}].{key}", f"{endpoint} is also used by {seen[endpoint]}")
             seen[endpoint] = f"route {route.name!r}"
+    workers = config.worker_count
+    if workers > 1:
+        for index, route in enumerate(config.routes):
+            listens = [(e, f"listen[{i}]") for i, e in enumerate(route.listen)]
+            listens += [(e, f"reverse.listen[{i}]") for i, e in enumerate(route.reverse.listen)] if route.reverse else []
+            for endpoint, key in listens:
+                if endpoint.port == 0:
+                    raise ConfigError(str(path), "workers",
+                                      f"{workers} workers share each listen address, so every port must be fixed: "
+                                      f"route[{index}].{key} is {endpoint} (port 0 would give each worker its own port)")
     return config
 
 
@@ -256,6 +286,8 @@ class _Loader:
         return obj
 
     def value(self, hint: object, raw: object, key: str, f: dataclasses.Field, owner: type) -> object:
+        if owner is Config and f.name == "workers":
+            return self.workers(raw, key)
         origin = typing.get_origin(hint)
         args = typing.get_args(hint)
         if origin in (typing.Union, types.UnionType):
@@ -311,6 +343,15 @@ class _Loader:
         if dataclasses.is_dataclass(hint):
             return self.build(hint, raw, key)  # type: ignore[arg-type]
         self.fail(key, f"unsupported type {hint}")  # pragma: no cover
+
+    def workers(self, raw: object, key: str) -> int | str:
+        if raw == "auto":
+            return raw
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            self.fail(key, f"expected a positive integer or \"auto\", got {_tname(raw) if not isinstance(raw, str) else repr(raw)}")
+        if not 1 <= raw <= MAX_WORKERS:
+            self.fail(key, f"must be between 1 and {MAX_WORKERS} (or \"auto\"), got {raw}")
+        return raw
 
     def endpoint(self, raw: object, key: str, default_port: int) -> Endpoint:
         if not isinstance(raw, str) or not raw:

@@ -536,3 +536,34 @@ def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value) == f"{path}: route[0].customer.key_exchange: 'dh' is not one of rsa, any"
+
+
+# -- workers ----------------------------------------------------------------------------------
+
+
+def test_workers_default_integer_and_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse(config_text()).workers == 1 and parse(config_text()).worker_count == 1
+    assert parse(config_text(top="workers = 3")).worker_count == 3
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 5})
+    config = parse(config_text(top='workers = "auto"'))
+    assert config.workers == "auto" and config.worker_count == 3
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ("0", "must be between 1 and 256"),
+    ("-2", "must be between 1 and 256"),
+    ("1000", "must be between 1 and 256"),
+    ("true", "expected a positive integer or \"auto\", got a boolean"),
+    ("2.5", "expected a positive integer or \"auto\", got a number"),
+    ('"two"', "expected a positive integer or \"auto\", got 'two'"),
+    ('"AUTO"', "got 'AUTO'"),
+])
+def test_workers_refused(value: str, fragment: str) -> None:
+    assert_error(config_text(top=f"workers = {value}"), "workers", fragment)
+
+
+def test_workers_need_fixed_listen_ports() -> None:
+    exc = assert_error(config_text(top="workers = 2", listen='["127.0.0.1:5061", "127.0.0.1:0"]'), "workers",
+                       "route[0].listen[1] is 127.0.0.1:0")
+    assert "port 0 would give each worker its own port" in exc.problem
+    assert parse(config_text(top="workers = 1", listen='"127.0.0.1:0"')).worker_count == 1
