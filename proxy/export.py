@@ -1,7 +1,8 @@
 """`siptap export`: an escalation bundle for a vendor, holding the selected calls and nothing else.
 
 Inputs are what siptap already wrote: the cleartext pcap sink's files
-(``<prefix>-YYYYmmdd-HHMMSS-N.pcap[ng]``), the NSS key log, the SRTP keys file and,
+(``<prefix>-YYYYmmdd-HHMMSS-N.pcap[ng]``; with ``workers`` > 1 one series per worker,
+``<prefix>-w<I>-YYYYmmdd-HHMMSS-N.pcap[ng]``, merged by time), the NSS key log, the SRTP keys file and,
 optionally, siptap's JSON log (stdout of ``siptap run``, saved by the operator). Paths come
 from the config's ``[mirror]`` section unless given on the command line.
 
@@ -49,6 +50,7 @@ also holds a raw capture of that connection can read the other calls it carried
 from __future__ import annotations
 
 import argparse
+import heapq
 import ipaddress
 import json
 import os
@@ -154,14 +156,16 @@ def iso(ts_us: int) -> str:
 # -- reading the captures ----------------------------------------------------------------------
 
 _STAMPED = r"-(\d{8}-\d{6})-(\d+)\.(pcapng|pcap)$"
+_WORKER = re.compile(r"-w(\d+)" + _STAMPED)
 
 
 def capture_files(location: Path, prefix: str | None = None) -> list[Path]:
     """The pcap sink's files in ``location`` (a folder; or one capture file), oldest first by
-    the UTC stamp and counter in their names. ``prefix`` None accepts any prefix."""
+    the UTC stamp and counter in their names. ``prefix`` None accepts any prefix; the
+    per-worker series (``<prefix>-w<I>-...``) are included."""
     if location.is_file():
         return [location]
-    pattern = re.compile((re.escape(prefix) if prefix else r".+") + _STAMPED)
+    pattern = re.compile((re.escape(prefix) + r"(?:-w\d+)?" if prefix else r".+") + _STAMPED)
     try:
         entries = list(location.iterdir())
     except FileNotFoundError:
@@ -230,6 +234,8 @@ class CaptureScan:
     warnings: list[str] = field(default_factory=list)
     first_us: int | None = None
     last_us: int | None = None
+    # Rank of each message/FIN position in the merged capture (see _merge_workers).
+    order: dict[tuple[int, int], int] = field(default_factory=dict)
 
 
 def read_messages(files: Iterable[Path]) -> CaptureScan:
@@ -245,7 +251,9 @@ def read_messages(files: Iterable[Path]) -> CaptureScan:
     orientation: dict[frozenset[Address], tuple[Address, Address]] = {}
     generation: dict[tuple[Address, Address], int] = {}
     closed: dict[tuple[Address, Address], set[bool]] = {}
+    files_read: dict[int, Path] = {}
     for file_index, path in enumerate(files):
+        files_read[file_index] = path
         try:
             capture = read_capture(path.read_bytes(), tolerate_truncation=True)
         except OSError as exc:
@@ -324,8 +332,26 @@ def read_messages(files: Iterable[Path]) -> CaptureScan:
                     data=event.data, view=view, frame_ts=[ts for ts, _ in carrying],
                     position=first_pos, file=path,
                 ))
-    scan.messages.sort(key=lambda m: m.position)
+    _merge_workers(scan, files_read)
+    scan.messages.sort(key=lambda m: scan.order[m.position])
     return scan
+
+
+def _merge_workers(scan: CaptureScan, files: dict[int, Path]) -> None:
+    """``scan.order``: the rank of every message's and FIN's position in the merged capture.
+
+    One worker's files are one stream: its packets keep their order (file, then packet).
+    Several workers' streams (``-w<I>`` series) are merged by time, as mergecap does; within a
+    stream the order is never changed, even if the clock stepped back."""
+    points = [(m.position, m.ts_us) for m in scan.messages] + [(pos, ts) for ts, pos in scan.fins.values()]
+    streams: dict[int | None, list[tuple[tuple[int, int], int]]] = {}
+    for point in points:
+        match = _WORKER.search(files[point[0][0]].name)
+        streams.setdefault(int(match.group(1)) if match else None, []).append(point)
+    for stream in streams.values():
+        stream.sort()
+    merged = heapq.merge(*streams.values(), key=lambda point: point[1])
+    scan.order = {position: rank for rank, (position, _ts) in enumerate(merged)}
 
 
 # -- key log, SRTP keys, JSON log ----------------------------------------------------------------
@@ -513,7 +539,7 @@ def build_bundle(sources: Sources, selection: Selection, *, keys: bool = True) -
             f"no selected message between {_bound(selection.since_us)} and {_bound(selection.until_us)}",
             f"the captures cover {iso(scan.first_us or 0)} .. {iso(scan.last_us or 0)}")
     call_ids = sorted({m.call_id for m in chosen if m.call_id is not None}, key=lambda c: _first_ts(chosen, c))
-    flows = sorted({m.flow for m in chosen}, key=lambda f: min(m.position for m in chosen if m.flow == f))
+    flows = sorted({m.flow for m in chosen}, key=lambda f: min(scan.order[m.position] for m in chosen if m.flow == f))
 
     # Key log: the entries of the connections that carried the chosen messages.
     entries = parse_keylog(_read_text(sources.keylog, "key log", warnings))
@@ -603,11 +629,12 @@ def _encode_pcapng(chosen: list[Message], scan: CaptureScan, selection: Selectio
            pcap.pcapng_interface_description(name=b"siptap-export")]
     if keys:
         out.append(pcap.pcapng_decryption_secrets(keys))
-    items: list[tuple[tuple[int, int], int, object]] = [(m.position, 0, m) for m in chosen]
+    order = scan.order
+    items: list[tuple[int, int, object]] = [(order[m.position], 0, m) for m in chosen]
     kept_flows = {m.flow for m in chosen}
     for flow, (ts_us, position) in scan.fins.items():
         if flow in kept_flows and selection.in_window(ts_us):
-            items.append((position, 1, (flow, ts_us)))
+            items.append((order[position], 1, (flow, ts_us)))
     items.sort(key=lambda item: (item[0], item[1]))
     tcp: dict[tuple[Address, Address, int], pcap.TcpFlow] = {}
 

@@ -26,6 +26,8 @@ from proxy.export import (
     KeyEntry,
     LogFacts,
     Selection,
+    Sources,
+    build_bundle,
     _pick_entry,
     capture_files,
     parse_keylog,
@@ -505,3 +507,28 @@ def test_synthetic_export_rewrites_sequence_numbers(tmp_path: Path, capsys: pyte
     assert [p.ts_us for p in read_capture((out / "calls.pcapng").read_bytes()).packets][-1] == T0 * 10**6 + 4
     assert b"drop" not in b"".join(p.read_bytes() for p in out.iterdir())
     shutil.rmtree(out)
+
+
+def test_per_worker_capture_series_are_found_and_merged_by_time(tmp_path: Path) -> None:
+    """workers > 1: each worker writes its own `<prefix>-w<I>-...` series; export reads them
+    all and interleaves their messages by time, each worker's own order kept."""
+    other_client = ("192.0.2.11", 40001)
+    flow1, flow2 = pcap.TcpFlow(CLIENT, SERVER), pcap.TcpFlow(other_client, SERVER)
+    a1, a2 = sip("INVITE sip:b@x SIP/2.0", "a"), sip("SIP/2.0 200 OK", "a")
+    b1, b2 = sip("INVITE sip:b@x SIP/2.0", "b"), sip("SIP/2.0 200 OK", "b")
+    us = T0 * 10**6
+    w1 = [(us, f) for f in flow1.handshake()] + [(us + 10, f) for f in flow1.segment(True, a1)]
+    w1 += [(us + 30, f) for f in flow1.segment(False, a2)] + [(us + 40, f) for f in flow1.fin(True) + flow1.fin(False)]
+    w2 = [(us + 5, f) for f in flow2.handshake()] + [(us + 20, f) for f in flow2.segment(True, b1)]
+    w2 += [(us + 35, f) for f in flow2.segment(False, b2)]
+    first = write_pcap(tmp_path / "siptap-w1-20231114-221320-1.pcap", w1)
+    second = write_pcap(tmp_path / "siptap-w2-20231114-221320-1.pcap", w2)
+    single = write_pcap(tmp_path / "siptap-20231114-221310-1.pcap", [])  # from before workers = 2
+    (tmp_path / "other-w1-20231114-221320-1.pcap").write_bytes(b"")  # another prefix
+    assert capture_files(tmp_path, "siptap") == [single, first, second]
+    scan = read_messages(capture_files(tmp_path, "siptap"))
+    assert [m.data for m in scan.messages] == [a1, b1, a2, b2]
+    assert [m.file for m in scan.messages] == [first, second, first, second]
+    bundle = build_bundle(Sources(tmp_path, "siptap", None, None, None), Selection(frozenset({"a", "b"})))
+    packets = read_capture(bundle.files["calls.pcapng"]).packets
+    assert [p.ts_us for p in packets] == sorted(p.ts_us for p in packets)
