@@ -5,6 +5,12 @@ re-reads the config file and rebuilds every TLS context (certificates, CA bundle
 allow-lists); if anything fails the old contexts stay and the error is logged. SIGTERM or
 SIGINT stops the listeners, lets live connections finish for ``drain_timeout``, cancels the
 rest, then flushes the mirror.
+
+As one of ``workers`` processes (``worker=(index, count)``, started by
+:mod:`proxy.supervisor`) the app is the same except: its listeners set SO_REUSEPORT, its
+pcap files carry ``-w<index>`` after the prefix (one pcap stream per process; ``siptap
+export`` merges them), and its metrics go to the supervisor's multiprocess directory
+instead of an endpoint of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +29,18 @@ from proxy.mirror.fanout import Fanout
 from proxy.relay.server import RouteListener
 from proxy.relay.session import SessionPlan
 from proxy.tls.contexts import build_client_context, build_server_context
+
+
+# Multiprocess metrics: how often a worker copies its mirror counters into the shared files.
+MIRROR_METRICS_INTERVAL = 1.0
+
+
+def worker_config(config: Config, index: int) -> Config:
+    """The config as worker ``index`` runs it: its pcap files are its own (``<prefix>-w<index>``)."""
+    pcap = config.mirror.pcap
+    if pcap is None:
+        return config
+    return replace(config, mirror=replace(config.mirror, pcap=replace(pcap, prefix=f"{pcap.prefix}-w{index}")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +120,14 @@ def _build_plans(config: Config, route: Route, publish: Any, mirror_legs: frozen
 class App:
     """``observer``: an extra synchronous callback for every mirror event (the demo's view)."""
 
-    def __init__(self, config: Config, *, observer: Any = None) -> None:
+    def __init__(self, config: Config, *, observer: Any = None, worker: tuple[int, int] | None = None) -> None:
+        self.worker = worker
+        if worker is not None:
+            config = worker_config(config, worker[0])
         self.config = config
         self.log = get_logger("siptap")
         self.fanout = Fanout.from_settings(config.mirror)
-        self.metrics = Metrics()
+        self.metrics = Metrics(multiprocess=worker is not None and config.metrics.enabled)
         self.metrics.watch_mirror(self.fanout.stats)
         fanout_publish = self.fanout.publish
         if observer is not None:
@@ -123,10 +144,11 @@ class App:
         for route in config.routes:
             plans = build_plans(config, route, publish, mirror_legs, self.metrics)
             self.listeners.append(RouteListener(route.name, "customer", route.listen, plans.forward,
-                                                route.limits.max_connections, self.log))
+                                                route.limits.max_connections, self.log, reuse_port=worker is not None))
             if plans.reverse is not None and route.reverse is not None:
                 self.listeners.append(RouteListener(route.name, "core", route.reverse.listen, plans.reverse,
-                                                    route.limits.max_connections, self.log))
+                                                    route.limits.max_connections, self.log,
+                                                    reuse_port=worker is not None))
         self.shutdown_requested = trio.Event()
         self.stopped = trio.Event()
         self._connections_scope: trio.CancelScope | None = None
@@ -135,7 +157,9 @@ class App:
         if self.config.log.key_material:
             self.log.warning("key_material_in_logs",
                              detail="TLS secrets are logged (log.key_material = true): treat these logs as secret")
-        if self.config.metrics.enabled:
+        if self.config.metrics.enabled and self.metrics.multiprocess:
+            pass  # the supervisor serves every worker's values
+        elif self.config.metrics.enabled:
             where = self.config.metrics.address
             try:
                 host, port = self.metrics.serve(where.host, where.port)
@@ -146,8 +170,11 @@ class App:
             await mirror.start(self.fanout.run)
             if handle_signals:
                 mirror.start_soon(self._signals)
+            if self.metrics.multiprocess:
+                mirror.start_soon(self._sync_metrics)
             await self._serve(task_status)
             await self.fanout.aclose()
+            self.metrics.sync_mirror()
             self.log.info("mirror_stopped", **self.fanout.totals())
             mirror.cancel_scope.cancel()  # the signal watcher
         self.log.info("stopped")
@@ -167,6 +194,11 @@ class App:
             self.log.info("draining", connections=live, drain_timeout=self.config.drain_timeout)
             self._connections_scope = connections.cancel_scope
             connections.cancel_scope.deadline = trio.current_time() + self.config.drain_timeout
+
+    async def _sync_metrics(self) -> None:
+        while True:
+            self.metrics.sync_mirror()
+            await trio.sleep(MIRROR_METRICS_INTERVAL)
 
     def request_shutdown(self) -> None:
         self.shutdown_requested.set()
@@ -190,6 +222,8 @@ class App:
         """Rebuild every context from the config file; all or nothing."""
         try:
             config = load_config(self.config.path)
+            if self.worker is not None:
+                config = worker_config(config, self.worker[0])
             new_plans: dict[str, RoutePlans] = {}
             for route in config.routes:
                 new_plans[route.name] = build_plans(config, route, self._publish, self._mirror_legs, self.metrics)

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", "-c", type=Path, default=Path("config.toml"), help="config file (default: %(default)s)")
     run.add_argument("--log-format", choices=("json", "console"), help="override log.format from the config")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override log.level")
+    # Internal: how the supervisor (workers > 1) starts each worker process.
+    run.add_argument("--worker", metavar="I/N", help=argparse.SUPPRESS)
+    run.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
 
     demo = sub.add_parser("demo", parents=[common], help="run the shipped config with an embedded lab core and customer",
                           description="Create the lab PKI if needed, start an embedded lab core, run siptap on the "
@@ -126,6 +129,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except ExceptionGroup as group:
+        # trio nurseries wrap what a task raised (a listen address in use at start-up...).
+        leaves = _leaves(group)
+        if not all(isinstance(leaf, SiptapError) for leaf in leaves):
+            if args.debug:
+                raise
+            _error(f"unexpected {type(group).__name__}: {'; '.join(f'{type(e).__name__}: {e}' for e in leaves)}",
+                   "run again with --debug for the traceback, and report it")
+            return EXIT_FAILURE
+        first = leaves[0]
+        _error(str(first), getattr(first, "hint", None))
+        if args.debug:
+            traceback.print_exc()
+        return EXIT_FAILURE
     except Exception as exc:  # noqa: BLE001 - the last line of defence before a traceback
         if args.debug:
             raise
@@ -133,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     parser.error(f"unknown command {args.command!r}")
     return EXIT_USAGE
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 def _error(message: str, hint: str | None = None) -> None:
@@ -188,7 +212,8 @@ def _check(args: argparse.Namespace) -> int:
     App(config)  # builds every context: opens and checks every file the config names
     routes = ", ".join(f"{r.name} ({', '.join(map(str, r.listen))} -> {', '.join(str(u.address) for u in r.cores)})"
                        for r in config.routes)
-    print(f"{args.config}: OK: {routes}")
+    workers = f"; {config.worker_count} workers" if config.worker_count > 1 else ""
+    print(f"{args.config}: OK: {routes}{workers}")
     return EXIT_OK
 
 
@@ -200,15 +225,35 @@ def _run(args: argparse.Namespace) -> int:
     from proxy.app import App
     from proxy.config import load_config
     from proxy.log import configure
+    from proxy.supervisor import Supervisor, parse_worker, run_worker
 
+    worker = None
+    if args.worker is not None:
+        try:
+            worker = parse_worker(args.worker)
+        except ValueError as exc:
+            _error(str(exc))
+            return EXIT_USAGE
     config = load_config(args.config)
     overrides = {k: v for k, v in (("format", args.log_format), ("level", args.log_level)) if v}
     if overrides:
         config = dataclasses.replace(config, log=dataclasses.replace(config.log, **overrides))
     writer = configure(config.log)
     try:
-        app = App(config)  # every start-up check; a failure is one line on stderr, exit 1
-        trio.run(app.run)
+        if worker is not None:
+            import structlog
+
+            structlog.contextvars.bind_contextvars(worker=worker[0])
+        app = App(config, worker=worker)  # every start-up check; a failure is one line on stderr, exit 1
+        if worker is None and config.worker_count > 1:
+            # The checks above ran once, here; the workers bind, the supervisor does not.
+            del app
+            passed = [f"--{name}={value}" for name, value in (("log-format", args.log_format),
+                                                              ("log-level", args.log_level)) if value]
+            passed += ["--debug"] if args.debug else []
+            supervisor = Supervisor(config, config.worker_count, writer.msg, worker_args=tuple(passed))
+            return trio.run(supervisor.run)
+        trio.run(run_worker, app, args.control_fd if worker is not None else None)
     finally:
         writer.close()
     return EXIT_OK

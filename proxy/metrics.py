@@ -4,11 +4,23 @@ Hot-path cost is kept to a dict lookup and an increment: label children are crea
 and cached. Mirror counters are not pushed at all: a collector reads the Fanout's own
 counters when Prometheus scrapes. The HTTP endpoint is prometheus-client's server thread,
 so a scrape never runs on the trio loop; it binds loopback unless configured otherwise.
+
+With ``workers`` > 1 one scrape must see every worker: the workers run in
+prometheus-client's multiprocess mode (the supervisor sets ``PROMETHEUS_MULTIPROC_DIR``
+for them, so every value lives in a per-process mmap file) and serve nothing; the
+supervisor serves the endpoint and sums the files at scrape time
+(:func:`serve_workers`). Counters of a worker that died stay in its file, so sums never go
+backwards across a restart; the connection gauge is ``livesum`` (the supervisor marks a dead
+worker's gauges dead). The mirror's counters cannot be read at scrape time from another
+process: in this mode each worker copies them into real metrics once a second
+(:meth:`Metrics.sync_mirror`). Cost: an increment writes the mmap too (about 0.6 µs more
+per increment, measured here), which only multi-worker runs with metrics on pay.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -19,11 +31,14 @@ LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """``multiprocess``: this process is a worker whose values the supervisor serves."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, multiprocess: bool = False) -> None:
         self.registry = registry or CollectorRegistry()
+        self.multiprocess = multiprocess
         r = self.registry
         self.connections_active = Gauge("siptap_connections_active", "Proxied connections now open",
-                                        ["route", "leg"], registry=r)
+                                        ["route", "leg"], registry=r, multiprocess_mode="livesum")
         self.connections_total = Counter("siptap_connections", "Connections accepted", ["route", "leg"], registry=r)
         self.connections_refused = Counter("siptap_connections_refused", "Connections refused",
                                            ["route", "reason"], registry=r)
@@ -47,12 +62,74 @@ class Metrics:
         return found
 
     def watch_mirror(self, stats: Callable[[], dict[str, dict[str, Any]]]) -> None:
-        self.registry.register(_MirrorCollector(stats))
+        if not self.multiprocess:
+            self.registry.register(_MirrorCollector(stats))
+            return
+        r = self.registry
+        self._mirror_stats = stats
+        self._mirror_seen: dict[tuple[str, str], float] = {}
+        self._mirror_sent = Counter("siptap_mirror_sent", "Events a mirror sink delivered", ["sink"], registry=r)
+        self._mirror_dropped = Counter("siptap_mirror_dropped", "Events a mirror sink dropped", ["sink"], registry=r)
+        self._mirror_queued = Gauge("siptap_mirror_queued", "Events waiting in a sink's queue", ["sink"],
+                                    registry=r, multiprocess_mode="livesum")
+
+    def sync_mirror(self) -> None:
+        """Multiprocess mode: add what the sinks counted since the last call to the shared
+        counters, and set the queue gauges."""
+        stats = getattr(self, "_mirror_stats", None)
+        if stats is None:
+            return
+        seen = self._mirror_seen
+        for name, s in stats().items():
+            for field, counter in (("sent", self._mirror_sent), ("dropped", self._mirror_dropped)):
+                now = s[field]
+                delta = now - seen.get((name, field), 0)
+                if delta > 0:
+                    self.child(counter, name).inc(delta)
+                seen[(name, field)] = now
+            self.child(self._mirror_queued, name).set(s["queued"])
 
     def serve(self, host: str, port: int) -> tuple[str, int]:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         address = server.server_address
         return str(address[0]), int(address[1])
+
+
+def serve_workers(host: str, port: int, directory: Path,
+                  status: Callable[[], dict[str, float]]) -> tuple[str, int]:
+    """The supervisor's endpoint: every worker's values summed from ``directory`` (the
+    workers' ``PROMETHEUS_MULTIPROC_DIR``), plus the supervisor's own ``status`` gauges and
+    counters (``siptap_workers`` and ``siptap_worker_restarts``)."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(directory))
+    registry.register(_SupervisorCollector(status))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    address = server.server_address
+    return str(address[0]), int(address[1])
+
+
+def mark_worker_dead(directory: Path, pid: int) -> None:
+    """Drop a dead worker's ``livesum`` gauges (its counters stay: sums never go back)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, str(directory))
+
+
+class _SupervisorCollector:
+    def __init__(self, status: Callable[[], dict[str, float]]) -> None:
+        self._status = status
+
+    def collect(self) -> Iterator[Any]:
+        s = self._status()
+        yield GaugeMetricFamily("siptap_workers", "Worker processes running", value=s["running"])
+        yield GaugeMetricFamily("siptap_workers_configured", "Worker processes configured", value=s["configured"])
+        yield CounterMetricFamily("siptap_worker_restarts", "Workers restarted after an unexpected exit",
+                                  value=s["restarts"])
+
+    def describe(self) -> list[Any]:
+        return []
 
 
 class _MirrorCollector:

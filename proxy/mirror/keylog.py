@@ -15,8 +15,12 @@ way to decrypt it.
 File handling: opened with ``O_APPEND | O_CREAT``, mode 0600 (and an existing regular file
 is narrowed to 0600: it holds secrets); a missing parent folder is created 0700. Each
 event is written with one ``os.write`` of a few hundred bytes straight to the descriptor:
-no user-space buffer, so a live Wireshark sees the lines at once, and appends from one
-process are never interleaved. The write is synchronous on the trio thread on purpose: a
+no user-space buffer, so a live Wireshark sees the lines at once, and appends are never
+interleaved: not from one process, and not from several (``workers`` > 1 share this one
+file): with O_APPEND each ``write`` of a regular file lands whole at the end of the file
+(Linux takes the file's lock for the whole write), and each event is one write of whole
+lines (``write_all`` only loops on a short write, which a local file returns only when the
+disk is full). tests/relay/test_workers.py parses every line after two workers wrote it. The write is synchronous on the trio thread on purpose: a
 small append to a local file lands in the page cache in microseconds, much less than
 handing it to a worker thread would cost. A failure (ENOSPC, EACCES, a folder that is a
 file...) is logged, counted and the event dropped; the file is reopened on a later event

@@ -11,6 +11,12 @@ Sequence numbers continue across segments, so Wireshark and sngrep open the file
 over TCP without any key (tshark: ``-d tcp.port==<server port>,sip`` for ports it would
 otherwise take for TLS, such as 5061).
 
+A pcap stream cannot be shared by processes (each file has one header, and each flow's
+sequence numbers live in one process): with ``workers`` > 1 each worker writes its own
+series, its prefix extended with ``-w<I>`` by :func:`proxy.app.worker_config`
+(``siptap-w2-...``; ``keep`` then counts per worker), and ``siptap export`` merges the series
+by time. ``mergecap -w all.pcap captures/siptap-w*-*.pcap`` does the same for Wireshark.
+
 Files are ``<prefix>-YYYYmmdd-HHMMSS-N.pcap`` (or ``.pcapng``) in ``directory``, named by
 the UTC time of their first event and a counter, created 0600 (the folder 0700 if missing)
 with ``O_EXCL`` so nothing is overwritten. A file is rotated before a write that would take
