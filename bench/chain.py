@@ -216,8 +216,19 @@ class UdpCounter:
             if n and view[:n] == magic:
                 self.matching += 1
 
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped at this socket (receive buffer full), from /proc/net/udp."""
+        with contextlib.suppress(OSError), open("/proc/net/udp") as table:
+            next(table, None)
+            for line in table:
+                fields = line.split()
+                if len(fields) > 12 and int(fields[1].rsplit(":", 1)[1], 16) == self.port:
+                    return int(fields[12])
+        return 0
+
     def snapshot(self) -> dict[str, int]:
-        return {"datagrams": self.datagrams, "matching": self.matching, "octets": self.octets}
+        return {"datagrams": self.datagrams, "matching": self.matching, "octets": self.octets,
+                "sink_drops": self.kernel_drops()}
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -744,8 +755,8 @@ class Window:
             return None
         return self.end.cpu - self.start.cpu
 
-    def sink_delta(self) -> dict[str, int]:
-        return {name: self.sinks_end[name]["matching"] - self.sinks_start[name]["matching"] for name in self.sinks_end}
+    def sink_delta(self, key: str = "matching") -> dict[str, int]:
+        return {name: self.sinks_end[name][key] - self.sinks_start[name][key] for name in self.sinks_end}
 
 
 async def measure(uac: SippUac, mid: Middle, *, warmup: float, duration: float) -> Window:
