@@ -22,9 +22,11 @@ a read, and a read produces output only for TLS 1.3 post-handshake messages.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 from OpenSSL import SSL
@@ -47,16 +49,106 @@ _CLOSE_NOTIFY_TIMEOUT = 2.0
 _RECORD_SIZE = 16384  # one TLS record's plaintext at most: no bigger buffer is useful per recv
 
 
-def _bio_pending(conn: SSL.Connection, *, outgoing: bool) -> int:
-    """Bytes waiting in a memory BIO, or -1 when it cannot be asked. pyOpenSSL has no public
-    accessor; BIO_get_mem_data is in cryptography's bindings and saves an exception per call."""
+class _Records:
+    """The four OpenSSL calls of the data path, without pyOpenSSL's per-call overhead.
+
+    pyOpenSSL allocates a fresh buffer per read and turns every "want more input" into a
+    raised WantReadError; on a relay that reads one record per SIP message that is a
+    large share of the per-message cost. This calls the same OpenSSL functions through
+    the cffi bindings pyOpenSSL itself uses, reports "want read" as ``None``, and hands
+    every other failure to pyOpenSSL's own ``_raise_ssl_error``, so errors are exactly the
+    exceptions pyOpenSSL raises. :class:`_PortableRecords` is the public-API fallback.
+    """
+
+    __slots__ = ("_conn", "_ssl", "_into", "_from", "_buf", "_raise")
+
+    def __init__(self, conn: SSL.Connection) -> None:
+        self._conn = conn
+        self._ssl = conn._ssl  # noqa: SLF001
+        self._into = conn._into_ssl  # noqa: SLF001
+        self._from = conn._from_ssl  # noqa: SLF001
+        self._raise = conn._raise_ssl_error  # noqa: SLF001
+        self._buf = _ffi.new("char[]", _BIO_READ_SIZE)
+
+    def read(self, size: int) -> bytes | None:
+        """Plaintext (at most ``size`` bytes), or None when OpenSSL needs more input."""
+        result = _lib.SSL_read(self._ssl, self._buf, min(size, _BIO_READ_SIZE))
+        if result > 0:
+            return _ffi.buffer(self._buf, result)[:]
+        if _lib.SSL_get_error(self._ssl, result) == _lib.SSL_ERROR_WANT_READ:
+            return None
+        self._raise(self._ssl, result)
+        raise SSL.Error("SSL_read failed without an error")  # pragma: no cover
+
+    def write(self, data: memoryview) -> int | None:
+        """Bytes of ``data`` taken (one record at most), or None when OpenSSL needs input."""
+        with _ffi.from_buffer(data) as buf:
+            result = _lib.SSL_write(self._ssl, buf, len(data))
+        if result > 0:
+            return result
+        if _lib.SSL_get_error(self._ssl, result) == _lib.SSL_ERROR_WANT_READ:
+            return None
+        self._raise(self._ssl, result)
+        raise SSL.Error("SSL_write failed without an error")  # pragma: no cover
+
+    def take_output(self) -> bytes:
+        """Everything OpenSSL wrote to the outgoing BIO (whole records), or b""."""
+        pending = _lib.BIO_get_mem_data(self._from, _ffi.NULL)
+        if pending <= 0:
+            return b""
+        chunks = []
+        while pending > 0:
+            n = _lib.BIO_read(self._from, self._buf, min(pending, _BIO_READ_SIZE))
+            if n <= 0:
+                break
+            chunks.append(_ffi.buffer(self._buf, n)[:])
+            pending -= n
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def give_input(self, data: bytes) -> None:
+        self._conn.bio_write(data)
+
+
+class _PortableRecords:
+    """The same four operations through pyOpenSSL's public API only."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: SSL.Connection) -> None:
+        self._conn = conn
+
+    def read(self, size: int) -> bytes | None:
+        try:
+            return self._conn.recv(size)
+        except SSL.WantReadError:
+            return None
+
+    def write(self, data: memoryview) -> int | None:
+        try:
+            return self._conn.send(data)
+        except SSL.WantReadError:
+            return None
+
+    def take_output(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunks.append(self._conn.bio_read(_BIO_READ_SIZE))
+            except SSL.WantReadError:
+                break
+        return b"".join(chunks)
+
+    def give_input(self, data: bytes) -> None:
+        self._conn.bio_write(data)
+
+
+def _records(conn: SSL.Connection) -> _Records | _PortableRecords:
     if _lib is None:
-        return -1
+        return _PortableRecords(conn)
     try:
-        bio = conn._from_ssl if outgoing else conn._into_ssl  # noqa: SLF001
-        return int(_lib.BIO_get_mem_data(bio, _ffi.NULL))
-    except AttributeError:
-        return -1
+        return _Records(conn)
+    except AttributeError:  # pragma: no cover - private names moved
+        return _PortableRecords(conn)
 
 
 class _Guard:
@@ -108,7 +200,10 @@ class OpenSSLStream(trio.abc.Stream):
             if check_hostname and server_hostname:
                 self.observer.expected_hostname = server_hostname
         self._conn = conn
-        self._outbox = bytearray()
+        self._records = _records(conn)
+        # A trio SocketStream is driven through its file descriptor (see _transport_receive).
+        self._socket = transport_stream.socket if type(transport_stream) is trio.SocketStream else None
+        self._outbox: list[bytes] = []
         self._send_lock = trio.Lock()
         self._recv_lock = trio.Lock()
         self._handshake_lock = trio.Lock()
@@ -125,20 +220,62 @@ class OpenSSLStream(trio.abc.Stream):
         self.close_notify_received = False
         self.eof_without_close_notify = False
 
-    # -- the only code that touches the transport -------------------------------------------
+    # -- the transport -----------------------------------------------------------------------
+    #
+    # For a trio SocketStream, reads and writes go straight to the non-blocking descriptor
+    # and wait (wait_readable / wait_writable) only when it would block. trio's own socket
+    # methods add a scheduling point after every call that did not wait; on a relay that
+    # is a full pass of the event loop per forwarded message for nothing, since the pump's
+    # next receive waits anyway. Fairness is kept by receive_some: a receive that did not
+    # wait still ends in a checkpoint. Any other transport goes through its Stream methods.
 
-    def _drain_bio(self) -> None:
-        # OpenSSL writes whole records into the outgoing BIO, so its length says it all.
-        pending = _bio_pending(self._conn, outgoing=True)
-        while pending != 0:
+    async def _transport_receive(self) -> bytes:
+        sock = self._socket
+        if sock is None:
+            data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
+            self._yielded = True
+            return data
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket was closed")
             try:
-                self._outbox += self._conn.bio_read(pending if pending > 0 else _BIO_READ_SIZE)
-            except SSL.WantReadError:
-                return
-            pending = _bio_pending(self._conn, outgoing=True)
+                return os.read(fd, _RECEIVE_SIZE)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise _transport_error(exc) from exc
+            await trio.lowlevel.wait_readable(sock)
+            self._yielded = True
+
+    async def _transport_send(self, data: bytes) -> None:
+        sock = self._socket
+        if sock is None:
+            await self.transport_stream.send_all(data)
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                fd = sock.fileno()
+                if fd < 0:
+                    raise trio.ClosedResourceError("the socket was closed")
+                try:
+                    view = view[os.write(fd, view):]
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                except OSError as exc:
+                    raise _transport_error(exc) from exc
+        finally:
+            view.release()
+
+    # -- moving bytes between OpenSSL's BIOs and the transport --------------------------------
 
     async def _flush(self) -> None:
-        self._drain_bio()
+        # OpenSSL writes whole records into the outgoing BIO: take them synchronously, so
+        # records keep OpenSSL's order even when the two pumps use this stream at once.
+        output = self._records.take_output()
+        if output:
+            self._outbox.append(output)
         if not self._outbox:
             return
         # Uncontended (the common case): take the lock without a scheduling point.
@@ -147,10 +284,11 @@ class OpenSSLStream(trio.abc.Stream):
         except trio.WouldBlock:
             await self._send_lock.acquire()
         try:
-            while self._outbox:
-                data = bytes(self._outbox)
-                self._outbox.clear()
-                await self.transport_stream.send_all(data)
+            outbox = self._outbox
+            while outbox:
+                data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+                outbox.clear()
+                await self._transport_send(data)
         finally:
             self._send_lock.release()
 
@@ -171,16 +309,12 @@ class OpenSSLStream(trio.abc.Stream):
         try:
             if count != self._fill_count:
                 return
-            if self._transport_eof:
-                data = b""
-            else:
-                data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
-                self._yielded = True
+            data = b"" if self._transport_eof else await self._transport_receive()
             sniffer = self.observer.sniffer
             if sniffer is not None and not sniffer.done:
                 sniffer.feed(data)
             if data:
-                self._conn.bio_write(data)
+                self._records.give_input(data)
             else:
                 self._transport_eof = True
                 self._conn.bio_shutdown()
@@ -189,6 +323,7 @@ class OpenSSLStream(trio.abc.Stream):
             self._recv_lock.release()
 
     async def _retry(self, fn: Callable[..., T], *args: object) -> T:
+        """``fn`` (handshake, shutdown) until it stops raising WantReadError."""
         while True:
             want_read = False
             try:
@@ -200,6 +335,19 @@ class OpenSSLStream(trio.abc.Stream):
                 raise
             await self._flush()
             if not want_read:
+                return result
+            await self._fill()
+
+    async def _retry_records(self, fn: Callable[[Any], T | None], arg: Any) -> T:
+        """The data-path twin of :meth:`_retry`: ``fn`` says "want read" by returning None."""
+        while True:
+            try:
+                result = fn(arg)
+            except SSL.Error:
+                await self._flush_quietly()
+                raise
+            await self._flush()
+            if result is not None:
                 return result
             await self._fill()
 
@@ -273,7 +421,7 @@ class OpenSSLStream(trio.abc.Stream):
             offset = 0
             try:
                 while offset < total:
-                    offset += await self._retry(self._conn.send, view[offset:])
+                    offset += await self._retry_records(self._records.write, view[offset:])
             except SSL.Error as exc:
                 raise trio.BrokenResourceError(f"TLS send failed: {exc}") from exc
             finally:
@@ -298,7 +446,7 @@ class OpenSSLStream(trio.abc.Stream):
             # No "read the transport first when the BIO is empty" shortcut: OpenSSL's record
             # layer may hold bytes it already took from the BIO, which only recv() can tell.
             try:
-                data = await self._retry(self._conn.recv, min(size, _RECORD_SIZE))
+                data = await self._retry_records(self._records.read, min(size, _RECORD_SIZE))
             except SSL.ZeroReturnError:
                 self.close_notify_received = True
                 return b""
@@ -354,6 +502,12 @@ class OpenSSLStream(trio.abc.Stream):
     @property
     def peer_closed(self) -> bool:
         return self.close_notify_received or self.eof_without_close_notify
+
+
+def _transport_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    if exc.errno == errno.EBADF:
+        return trio.ClosedResourceError("the socket was closed")
+    return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
 
 def _is_ip(name: str) -> bool:
