@@ -156,8 +156,15 @@ class SipFramer:
             return []
         if self._state == _GAVE_UP:
             return [Unframeable(bytes(data), _NOT_OBSERVING)]
-        self._buf += data
         events: list[Event] = []
+        if self._state == _IDLE and not self._buf:
+            # The common case on a relay: the chunk starts at a message boundary.
+            data = bytes(data)
+            taken = self._complete_messages(data, events)
+            if taken == len(data):
+                return events
+            data = data[taken:]
+        self._buf += data
         self._process(events)
         return events
 
@@ -180,6 +187,42 @@ class SipFramer:
             events.append(Unframeable(bytes(buf), _TRUNCATED))
         buf.clear()
         return events
+
+    # -- the fast path ----------------------------------------------------------------------
+
+    def _complete_messages(self, data: bytes, events: list[Event]) -> int:
+        """Frame the plain, complete messages at the front of ``data`` without buffering.
+
+        Takes only what the state machine would frame the same way: a valid start line, the
+        header end within the limit, one unambiguous Content-Length, the whole body present.
+        At anything else (a keepalive, garbage, an incomplete message, a folded or repeated
+        Content-Length) it stops and returns how far it got; the state machine goes on from
+        there. A chunk holding exactly one message is reported without a copy.
+        """
+        pos = 0
+        n = len(data)
+        max_header = self._max_header
+        while pos < n:
+            if data[pos] == _CR:
+                return pos
+            limit = pos + max_header
+            crlf = data.find(b"\r\n", pos, limit)
+            if crlf < 0 or not _START_LINE.fullmatch(data, pos, crlf):
+                return pos
+            end = data.find(b"\r\n\r\n", crlf, limit)
+            if end < 0:
+                return pos
+            header_end = end + 4
+            length = _simple_content_length(data, crlf, header_end)
+            if length is None or length > self._max_message:
+                return pos
+            total = header_end + length
+            if total > n:
+                return pos
+            message = data if pos == 0 and total == n else data[pos:total]
+            events.append(SipMessage(message, header_end - pos, length))
+            pos = total
+        return pos
 
     # -- the state machine ------------------------------------------------------------------
 
@@ -362,6 +405,41 @@ def _looks_like_tls(buf: bytearray) -> bool:
     Worth its own reason: it means a peer speaks TLS to a cleartext port, or a leg is mis-wired.
     """
     return len(buf) >= 2 and 0x14 <= buf[0] <= 0x17 and buf[1] == 0x03
+
+
+_SIMPLE_VALUE = re.compile(rb"[ \t]*([0-9]{1,18})[ \t]*\r\n(?![ \t])")
+
+
+def _simple_content_length(data: bytes, start: int, header_end: int) -> int | None:
+    """Content-Length of the header block ``data[start:header_end]`` (``start`` at the start
+    line's CRLF) when it is the simple case: absent (0), or one header with a plain number on
+    an unfolded line. None means "not simple": :func:`_content_length`, the reference,
+    decides. Simple also means no byte that the reference's ``bytes.strip()`` or line split
+    would treat differently from this search (VT, FF, a bare CR or LF), so a line start is
+    exactly a position after CRLF; the scans are str-method speed (no per-line Python)."""
+    block = data[start:header_end]
+    if b"\x0b" in block or b"\x0c" in block:
+        return None
+    lines = block.count(b"\r\n")
+    if block.count(b"\r") != lines or block.count(b"\n") != lines:
+        return None
+    lower = block.lower()
+    value_at = -1
+    for name in (b"\r\ncontent-length", b"\r\nl"):
+        at = lower.find(name)
+        while at >= 0:
+            colon = at + len(name)
+            while lower[colon] in b" \t":  # the block ends in CRLFCRLF: never out of range
+                colon += 1
+            if lower[colon] == 0x3A:  # ":" - this line is a Content-Length header
+                if value_at >= 0:
+                    return None  # repeated: the reference checks that they agree
+                value_at = colon + 1
+            at = lower.find(name, at + 1)
+    if value_at < 0:
+        return 0
+    value = _SIMPLE_VALUE.match(block, value_at)
+    return int(value.group(1)) if value is not None else None
 
 
 def _content_length(buf: bytearray, header_end: int) -> tuple[int, str | None]:
