@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 __all__ = ["SipMessageView", "SipParseError", "body_of", "parse_message", "split_values"]
 
@@ -56,25 +55,44 @@ _CSEQ = re.compile(rf"\s*([0-9]{{1,10}})\s+({_TOKEN})\s*")
 _LINE_BREAK = re.compile(r"\r?\n")
 
 
-@dataclass(frozen=True, slots=True)
-class SipMessageView:
-    """What the mirror needs to know about one message, decoded once."""
+_FIELDS = ("is_request", "method", "request_uri", "status_code", "reason", "call_id", "cseq_number",
+           "cseq_method", "from_tag", "to_tag", "via_branch", "content_type", "body_length")
 
-    is_request: bool
-    method: str | None
-    request_uri: str | None
-    status_code: int | None
-    reason: str | None
-    call_id: str | None
-    cseq_number: int | None
-    cseq_method: str | None
-    from_tag: str | None
-    to_tag: str | None
-    via_branch: str | None
-    content_type: str | None
-    body_length: int
-    # (lower-case full name, value) in message order; kept for header() and for rare headers.
-    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+class SipMessageView:
+    """What the mirror needs to know about one message, decoded on demand.
+
+    The start line is parsed at once (it decides whether this is SIP at all); each header
+    field is looked up the first time it is read. The relay reads three of them per message
+    (Call-ID, CSeq, and the start line), so it should not pay for unfolding every header.
+    Lookups take a fast path when the header block is plain (every line a ``name: value``
+    or a continuation, CRLF line ends, no whitespace other than SP/HTAB): a regular
+    expression finds the first header of that name, which is exactly what the full parse
+    would find; anything else goes through the full parse (:attr:`headers`), the reference.
+    """
+
+    __slots__ = ("is_request", "method", "request_uri", "status_code", "reason", "body_length",
+                 "_text", "_plain", "_headers", "_values")
+
+    def __init__(self, *, is_request: bool, method: str | None, request_uri: str | None,
+                 status_code: int | None, reason: str | None, body_length: int, text: str) -> None:
+        self.is_request = is_request
+        self.method = method
+        self.request_uri = request_uri
+        self.status_code = status_code
+        self.reason = reason
+        self.body_length = body_length
+        self._text = text  # the header block, start line included, decoded
+        self._plain: bool | None = None
+        self._headers: tuple[tuple[str, str], ...] | None = None
+        self._values: dict[str, str | None] = {}
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """(lower-case full name, value) in message order: the full parse."""
+        if self._headers is None:
+            self._headers = tuple(_unfold(_LINE_BREAK.split(self._text)[1:]))
+        return self._headers
 
     def header(self, name: str) -> list[str]:
         """Every value of a header, one per header line, whichever form (full/compact) it used.
@@ -84,6 +102,112 @@ class SipMessageView:
         """
         key = _canonical(name)
         return [value for hname, value in self.headers if hname == key]
+
+    def first(self, name: str) -> str | None:
+        """The value of the first header called ``name`` (a canonical full name), or None."""
+        values = self._values
+        if name in values:
+            return values[name]
+        if self._plain is None:
+            self._plain = _is_plain(self._text)
+        pattern = _FIRST_HEADER.get(name) if self._plain else None
+        if pattern is not None:
+            match = pattern.search(self._text)
+            value = _joined(match.group(1)) if match is not None else None
+        else:
+            value = next((v for hname, v in self.headers if hname == name), None)
+        values[name] = value
+        return value
+
+    @property
+    def call_id(self) -> str | None:
+        return self.first("call-id") or None
+
+    @property
+    def cseq_number(self) -> int | None:
+        return self._cseq()[0]
+
+    @property
+    def cseq_method(self) -> str | None:
+        return self._cseq()[1]
+
+    def _cseq(self) -> tuple[int | None, str | None]:
+        cseq = self.first("cseq")
+        if cseq is not None and (match := _CSEQ.fullmatch(cseq)):
+            return int(match.group(1)), match.group(2)
+        return None, None
+
+    @property
+    def from_tag(self) -> str | None:
+        value = self.first("from")
+        return _header_param(value, "tag") if value is not None else None
+
+    @property
+    def to_tag(self) -> str | None:
+        value = self.first("to")
+        return _header_param(value, "tag") if value is not None else None
+
+    @property
+    def via_branch(self) -> str | None:
+        via = self.first("via")
+        top_via = split_values(via)[0] if via else None
+        return _header_param(top_via, "branch") if top_via is not None else None
+
+    @property
+    def content_type(self) -> str | None:
+        return self.first("content-type") or None
+
+    def _key(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in _FIELDS) + (self.headers,)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SipMessageView):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)
+        return f"SipMessageView({fields})"
+
+
+def _full_names(name: str) -> str:
+    compact = [short for short, full in COMPACT_FORMS.items() if full == name]
+    return "|".join([re.escape(name), *compact])
+
+
+# For the fields the relay and the mirror read: the first header line of that name and its
+# continuation lines. Only used on plain header blocks (see _is_plain).
+_FIRST_HEADER = {
+    name: re.compile(rf"\r\n(?:{_full_names(name)})[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.ASCII)
+    for name in ("call-id", "cseq", "via", "from", "to", "content-type")
+}
+# Whitespace str.strip() removes besides SP/HTAB/CR/LF (bare CR or LF: see _is_plain).
+_ODD = re.compile(r"[\x0b\x0c\x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+_ODD_ASCII = re.compile(r"[\x0b\x0c\x1c-\x1f]")
+# After the start line: header lines (a name that does not start with whitespace, a colon)
+# or continuation lines, each ending in CRLF, then the empty line.
+_PLAIN_BLOCK = re.compile(r"\r\n(?:(?:[^ \t\r\n:][^\r\n:]*:|[ \t])[^\r\n]*\r\n)*\r\n")
+
+
+def _is_plain(text: str) -> bool:
+    start = text.find("\r\n")
+    if start < 0 or (_ODD_ASCII if text.isascii() else _ODD).search(text) is not None:
+        return False
+    lines = text.count("\r\n")
+    if text.count("\r") != lines or text.count("\n") != lines:
+        return False  # a bare CR or LF: the full parse splits lines at a bare LF
+    return _PLAIN_BLOCK.fullmatch(text, start) is not None
+
+
+def _joined(raw: str) -> str:
+    """A header value with its continuation lines, as :func:`_unfold` joins them."""
+    lines = raw.split("\r\n")
+    value = lines[0].strip()
+    for line in lines[1:]:
+        value = f"{value} {line.strip()}".strip()
+    return value
 
 
 def parse_message(data: bytes, header_end: int | None = None) -> SipMessageView:
@@ -96,47 +220,21 @@ def parse_message(data: bytes, header_end: int | None = None) -> SipMessageView:
         end = data.find(b"\r\n\r\n")
         header_end = len(data) if end < 0 else end + 4
     text = data[:header_end].decode("utf-8", errors="replace")
-    lines = _LINE_BREAK.split(text)
-    start_line = lines[0].rstrip("\r\n")
-    headers = tuple(_unfold(lines[1:]))
+    match = _LINE_BREAK.search(text)
+    start_line = (text[: match.start()] if match else text).rstrip("\r\n")
 
     request = _REQUEST_LINE.fullmatch(start_line)
     status = None if request else _STATUS_LINE.fullmatch(start_line)
     if request is None and status is None:
         raise SipParseError(f"not a SIP start line: {start_line[:80]!r}")
-
-    def first(name: str) -> str | None:
-        for hname, value in headers:
-            if hname == name:
-                return value
-        return None
-
-    cseq_number = cseq_method = None
-    cseq = first("cseq")
-    if cseq is not None and (match := _CSEQ.fullmatch(cseq)):
-        cseq_number, cseq_method = int(match.group(1)), match.group(2)
-
-    via = first("via")
-    top_via = split_values(via)[0] if via else None
-    from_value, to_value = first("from"), first("to")
-    call_id = first("call-id")
-    content_type = first("content-type")
-
     return SipMessageView(
         is_request=request is not None,
         method=request.group(1) if request else None,
         request_uri=request.group(2) if request else None,
         status_code=int(status.group(1)) if status else None,
         reason=(status.group(2) or "") if status else None,
-        call_id=call_id or None,
-        cseq_number=cseq_number,
-        cseq_method=cseq_method,
-        from_tag=_header_param(from_value, "tag") if from_value is not None else None,
-        to_tag=_header_param(to_value, "tag") if to_value is not None else None,
-        via_branch=_header_param(top_via, "branch") if top_via is not None else None,
-        content_type=content_type or None,
         body_length=max(0, len(data) - header_end),
-        headers=headers,
+        text=text,
     )
 
 
