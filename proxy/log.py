@@ -8,12 +8,14 @@ the count is reported once the writer catches up.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
-import collections
 import sys
 import threading
 import time
+from collections.abc import Callable
+from json.encoder import encode_basestring_ascii as _encode_str  # what json.dumps uses for str
 from typing import IO, Any
 
 import structlog
@@ -82,16 +84,23 @@ class QueueWriter:
         self._thread.join(timeout)
 
 
-def _timestamper() -> Any:
+def _clock() -> Callable[[], str]:
     """ISO 8601 UTC with microseconds; the seconds part is formatted once per second."""
     cache: list[Any] = [None, ""]
 
-    def stamp(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    def now() -> str:
         now = time.time()
         second = int(now)
         if second != cache[0]:
             cache[0], cache[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        event_dict["timestamp"] = f"{cache[1]}.{int((now - second) * 1e6):06d}Z"
+        return f"{cache[1]}.{int((now - second) * 1e6):06d}Z"
+
+    return now
+
+
+def _timestamper(clock: Callable[[], str]) -> Any:
+    def stamp(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        event_dict["timestamp"] = clock()
         return event_dict
 
     return stamp
@@ -105,9 +114,57 @@ def _json_default(value: object) -> object:
     return str(value)
 
 
+_configured: dict[str, Any] = {}  # what configure() set up, for event_writer()
+
+
+def event_writer(logger: Any, event: str) -> Callable[[dict[str, Any]], None] | None:
+    """A cheaper ``logger.info(event, **fields)`` for an event logged per relayed message.
+
+    structlog's processor chain (bind, merge, level, timestamp, render) costs about 10 µs a
+    call, a large share of siptap's per-message CPU. This renders the same JSON line, same
+    keys in the same order (the logger's bound context, the fields, ``event``, the context
+    variables, ``level``, ``timestamp``), from a prefix and suffix computed once per logger,
+    and queues it on the same writer. None when it cannot (console format, info filtered
+    out, structlog not configured by :func:`configure`): then log the usual way. Fields must
+    not repeat a bound key.
+    """
+    writer = _configured.get("writer")
+    if writer is None or _configured.get("format") != "json" or _LEVELS[_configured["level"]] > logging.INFO:
+        return None
+    context = dict(structlog.get_context(logger))
+    prefix = json.dumps(context, default=_json_default)[:-1] + (", " if context else "")
+    suffix = f'"event": {json.dumps(event)}'
+    for key, value in structlog.contextvars.get_contextvars().items():
+        suffix += f", {json.dumps(key)}: {json.dumps(value, default=_json_default)}"
+    suffix += ', "level": "info", "timestamp": "'
+    stamp = _configured["stamp"]
+    append = writer.msg
+    encode = _encode_str
+
+    def write(fields: dict[str, Any]) -> None:
+        parts = [prefix]
+        for key, value in fields.items():
+            kind = type(value)
+            if kind is str:
+                rendered = encode(value)
+            elif kind is int:
+                rendered = str(value)
+            else:
+                rendered = json.dumps(value, default=_json_default)
+            parts.append(f'"{key}": {rendered}, ')
+        parts.append(suffix)
+        parts.append(stamp())
+        parts.append('"}')
+        append("".join(parts))
+
+    return write
+
+
 def configure(settings: LogSettings, stream: IO[str] | None = None) -> QueueWriter:
     """Configure structlog once, in main; returns the writer to close at exit."""
     writer = QueueWriter(stream or sys.stdout, settings.queue_size)
+    clock = _clock()
+    _configured.update(writer=writer, format=settings.format, level=settings.level, stamp=clock)
     renderer: Any
     if settings.format == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=False)
@@ -117,7 +174,7 @@ def configure(settings: LogSettings, stream: IO[str] | None = None) -> QueueWrit
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            _timestamper(),
+            _timestamper(clock),
             structlog.processors.dict_tracebacks if settings.format == "json" else structlog.processors.format_exc_info,
             renderer,
         ],

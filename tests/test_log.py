@@ -45,3 +45,38 @@ def test_json_lines_with_utc_timestamp_and_bytes() -> None:
     assert event["event"] == "sip" and event["level"] == "info"
     assert event["payload"] == "OPTIONS \\xff"
     assert event["timestamp"].endswith("Z") and len(event["timestamp"]) == len("2026-01-01T00:00:00.000000Z")
+
+
+def test_event_writer_renders_what_structlog_renders() -> None:
+    import structlog
+
+    from proxy.log import event_writer
+
+    stream = io.StringIO()
+    writer = configure(LogSettings(format="json", level="info"), stream)
+    structlog.contextvars.bind_contextvars(worker=2)
+    try:
+        log = get_logger().bind(conn="ab-1", route="lab", peer="127.0.0.1:5555")
+        fields = {"direction": "customer->core", "size": 12, "method": "INVITE", "call_id": 'a"\u00e9\\b',
+                  "cseq": "1 INVITE", "status": None, "payload": b"\xffSIP"}
+        write = event_writer(log, "sip")
+        assert write is not None
+        write(dict(fields))
+        log.info("sip", **fields)
+    finally:
+        structlog.contextvars.unbind_contextvars("worker")
+        writer.close()
+    fast, slow = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert abs(len(fast.pop("timestamp")) - len(slow.pop("timestamp"))) == 0
+    assert list(fast.items()) == list(slow.items())
+
+
+def test_event_writer_declines_console_and_filtered_levels() -> None:
+    from proxy.log import event_writer
+
+    for settings in (LogSettings(format="console"), LogSettings(level="warning")):
+        writer = configure(settings, io.StringIO())
+        try:
+            assert event_writer(get_logger(), "sip") is None
+        finally:
+            writer.close()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from proxy.log import event_writer
 from proxy.mirror.events import LegInfo, MirrorEvent, SipEvent, SrtpKeyEvent
 from proxy.sansio.sdp_crypto import parse_sdp_crypto
 from proxy.sansio.sip_framer import KeepAlive, SipFramer, SipMessage, Unframeable
@@ -43,6 +44,7 @@ class DirectionObserver:
         self._log = log
         self._framer = SipFramer(max_message_size=max_message_size)
         self._log_messages = log_messages
+        self._sip_line = event_writer(log, "sip") if log_messages else None
         self._log_payloads = log_payloads
         self._log_key_material = log_key_material
         self._count_message = count_message
@@ -107,10 +109,14 @@ class DirectionObserver:
                 else:
                     fields["status"] = view.status_code
                     fields["reason"] = view.reason
-                fields.update(call_id=view.call_id, cseq=f"{view.cseq_number} {view.cseq_method}")
+                fields["call_id"] = view.call_id
+                fields["cseq"] = f"{view.cseq_number} {view.cseq_method}"
             if self._log_payloads:
                 fields["payload"] = data
-            self._log.info("sip", **fields)
+            if self._sip_line is not None:
+                self._sip_line(fields)
+            else:
+                self._log.info("sip", **fields)
         if view is not None and data.find(b"a=crypto", message.header_end) >= 0:  # no body copy per message
             self._srtp(data[message.header_end :], view, now)
 
