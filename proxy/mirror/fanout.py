@@ -61,6 +61,7 @@ class Fanout:
         drain_timeout: float = 2.0,
         warn_interval: float = 10.0,
         restart_backoff: tuple[float, float] = (0.5, 30.0),
+        batch_interval: float = 0.0,
     ) -> None:
         if legs not in LEG_SETS:
             raise ValueError(f"legs must be one of {', '.join(LEG_SETS)}, not {legs!r}")
@@ -72,6 +73,7 @@ class Fanout:
         self.drain_timeout = drain_timeout
         self.warn_interval = warn_interval
         self.restart_backoff = restart_backoff
+        self.batch_interval = batch_interval
         self._slots = [_Slot(sink, queue_size) for sink in sinks]
         for sink in sinks:
             sink.reporter.interval = warn_interval
@@ -88,6 +90,7 @@ class Fanout:
             queue_size=settings.queue_size,
             drain_timeout=settings.drain_timeout,
             warn_interval=settings.warn_interval,
+            batch_interval=settings.batch_interval,
         )
 
     @property
@@ -163,7 +166,7 @@ class Fanout:
         delay, cap = self.restart_backoff
         while True:
             try:
-                await sink.run(slot.receive)
+                await sink.run(slot.receive, self.batch_interval)
                 return  # queue closed and drained
             except Exception as exc:
                 sink.errors += 1

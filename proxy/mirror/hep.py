@@ -117,10 +117,10 @@ class HepSink(LinkSink):
             return self.settings.log_key_material
         return False  # ConnectionClosed: HEP has no place for it
 
-    async def run(self, receive: Any) -> None:
+    async def run(self, receive: Any, batch_interval: float = 0.0) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.link.run, name=f"{self.name} link")
-            await super().run(receive)
+            await super().run(receive, batch_interval)
             nursery.cancel_scope.cancel()
 
     def encode_unit(self, event: MirrorEvent) -> bytes | None:

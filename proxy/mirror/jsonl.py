@@ -299,12 +299,12 @@ class JsonlSink(LinkSink):
             line = to_json(event_to_dict(event, payload=self.settings.payload))
         return (line + "\n").encode("utf-8") if self.link.stream else line.encode("utf-8")
 
-    async def run(self, receive: Any) -> None:
+    async def run(self, receive: Any, batch_interval: float = 0.0) -> None:
         import trio
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.link.run, name=f"{self.name} link")
-            await super().run(receive)
+            await super().run(receive, batch_interval)
             nursery.cancel_scope.cancel()
 
     def encode_unit(self, event: MirrorEvent) -> bytes | None:

@@ -140,6 +140,7 @@ class MirrorSettings:
     queue_size: int = 10000  # events held per sink before dropping (never block the relay)
     drain_timeout: float = 2.0  # at shutdown, how long sinks may take to flush their queues
     warn_interval: float = 10.0  # at most one "dropped" warning per sink per interval
+    batch_interval: float = 0.01  # a sink woken by an event waits this long for more (0: deliver at once)
     hep: tuple[HepSinkSettings, ...] = ()
     jsonl: tuple[JsonlSinkSettings, ...] = ()
     keylog: KeylogFileSettings | None = None
@@ -158,4 +159,6 @@ class MirrorSettings:
     def problems(self) -> list[tuple[str, str]]:
         if self.queue_size < 1:
             return [("queue_size", "must be at least 1")]
+        if not 0 <= self.batch_interval <= 1:
+            return [("batch_interval", "must be between 0 and 1 (seconds)")]
         return []
