@@ -331,6 +331,7 @@ def test_negative_top_level_and_mirror_numbers() -> None:
     assert_error(config_text(top="drain_timeout = -0.5"), "drain_timeout", "must not be negative, got -0.5")
     assert_error(config_text(extra="[mirror]\nqueue_size = -3"), "mirror.queue_size", "must not be negative")
     assert_error(config_text(extra="[mirror]\nqueue_size = 0"), "mirror.queue_size", "must be at least 1")
+    assert_error(config_text(extra="[mirror]\nbatch_interval = 5"), "mirror.batch_interval", "between 0 and 1")
 
 
 @pytest.mark.parametrize("name", ["handshake_timeout", "connect_timeout"])

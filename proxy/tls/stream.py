@@ -2,20 +2,24 @@
 
 Theory of operation (after trio/_ssl.py). OpenSSL never touches the socket: bytes from the
 transport are written into the connection's incoming BIO, and whatever OpenSSL wants to send
-appears in its outgoing BIO. Every OpenSSL call goes through :meth:`_retry`, the only code
-that moves bytes between the BIOs and the transport:
+appears in its outgoing BIO. Every OpenSSL call goes through :meth:`_retry` (handshake,
+shutdown) or its data-path twin :meth:`_retry_records` (read, write), the only code that
+moves bytes between the BIOs and the transport:
 
 * after each call, new outgoing bytes are moved synchronously (no await in between) from the
   BIO into ``_outbox``, so records keep the order in which OpenSSL produced them even when two
   tasks (the relay's two pumps) use the stream at once; whoever holds ``_send_lock`` sends the
   whole outbox, and a caller returns only once its own bytes were handed to the transport;
-* on WantReadError, one task reads the transport into the incoming BIO (``_recv_lock``); a task
+* when OpenSSL wants input, one task reads the transport into the incoming BIO (``_recv_lock``); a task
   that waited for that lock while another task did the read just retries, since the other
   task's bytes may be what it needed (``_fill_count``);
 * errors flush first, so the peer gets OpenSSL's alert rather than a bare EOF.
 
-pyOpenSSL enables partial writes: ``send`` writes at most one 16 KiB record, so send_all loops
-and retries a WantReadError with the same buffer. With memory BIOs WantWriteError does not
+The data path calls OpenSSL through the cffi bindings pyOpenSSL uses (:class:`_Records`) and
+a trio SocketStream through its non-blocking descriptor: both save per-message costs that
+dominated a relayed SIP message (see the classes' docstrings). Partial writes are enabled:
+a write takes at most one 16 KiB record, so send_all loops and retries "want read" with the
+same buffer. With memory BIOs WantWriteError does not
 occur. Renegotiation is disabled by the contexts, so after the handshake a send never needs
 a read, and a read produces output only for TLS 1.3 post-handshake messages.
 """

@@ -154,3 +154,31 @@ def test_drop_reporter_rate_limits() -> None:
     assert [(e["event"], e["dropped"]) for e in logs] == [("mirror_events_dropped", 1), ("mirror_events_dropped", 6)]
     assert logs[1]["reasons"] == {"queue full": 5, "peer down": 1}
     assert logs[1]["total_dropped"] == 7
+
+
+class BatchRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    async def handle_batch(self, batch: list) -> None:  # type: ignore[type-arg]
+        self.batches.append(len(batch))
+        await super().handle_batch(batch)
+
+
+async def test_batch_interval_gathers_events_published_one_by_one(autojump_clock: trio.abc.Clock) -> None:
+    """Events published 1 ms apart reach a sink with a 10 ms batch interval in one batch;
+    with no interval each one is its own wake-up."""
+    for interval, expected in ((0.01, [5]), (0.0, [1, 1, 1, 1, 1])):
+        sink = BatchRecorder()
+        fanout = Fanout([sink], batch_interval=interval)
+        events = dialog_events()[:5]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fanout.run)
+            for event in events:
+                fanout.publish(event)
+                await trio.sleep(0.001)
+            await sink.wait_handled(len(events))
+            await fanout.aclose()
+        assert sink.events == events
+        assert sink.batches == expected
