@@ -24,22 +24,8 @@ from proxy.lab.core import start_lab_core  # noqa: E402
 from proxy.lab.customer import CustomerSession, customer_context  # noqa: E402
 from proxy.lab.sip import request  # noqa: E402
 from tests.relay.harness import SiptapProcess, write_config  # noqa: E402
+from bench.chain import SIPTAP_SINKS  # noqa: E402
 
-SINKS = """
-[mirror]
-legs = "customer"
-[[mirror.hep]]
-address = "127.0.0.1:{hep}"
-[[mirror.jsonl]]
-transport = "udp"
-address = "127.0.0.1:{jsonl}"
-[mirror.keylog]
-path = "{tmp}/keys.log"
-[mirror.pcap]
-directory = "{tmp}/pcap"
-[mirror.srtp_keys]
-path = "{tmp}/srtp.log"
-"""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -58,7 +44,7 @@ async def main(messages: int, sinks: bool, window: int, log_level: str) -> None:
             s = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
             await s.bind(("127.0.0.1", 0))
             sink_sockets.append(s)
-        top = SINKS.format(hep=sink_sockets[0].getsockname()[1], jsonl=sink_sockets[1].getsockname()[1], tmp=tmp)
+        top = SIPTAP_SINKS.format(legs="customer", hep=sink_sockets[0].getsockname()[1], jsonl=sink_sockets[1].getsockname()[1], tmp=tmp)
 
     async def drain(sock: trio.socket.SocketType) -> None:
         while True:
