@@ -670,6 +670,9 @@ class SippUac:
         self.workdir = _workdir(tmp, name)
         self.stats = self.workdir / "stats.csv"
         self.argv = [which("sipp"), "-sf", str(SCENARIOS / "uac.xml"), "-t", transport, "-i", "127.0.0.1",
+                     # Its own local port: SIPp's default (5060, then upwards) would take 5061,
+                     # the shipped config's customer port.
+                     "-p", str(free_port()),
                      f"127.0.0.1:{target_port}", "-r", str(rate), "-l", str(limit), "-max_socket", str(max_socket),
                      "-nostdin", "-trace_stat", "-stf", str(self.stats), "-fd", "1",
                      "-trace_err", "-error_file", str(self.workdir / "errors.log")]
