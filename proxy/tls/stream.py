@@ -53,6 +53,18 @@ _CLOSE_NOTIFY_TIMEOUT = 2.0
 _RECORD_SIZE = 16384  # one TLS record's plaintext at most: no bigger buffer is useful per recv
 
 
+_SHARED: list[Any] = []
+
+
+def _shared_buffer() -> Any:
+    """One read buffer for every stream of the process: each call copies what it read out
+    before returning, and trio runs one task at a time, so no two calls use it at once. A
+    buffer per stream would cost 64 KiB per leg of every idle connection."""
+    if not _SHARED:
+        _SHARED.append(_ffi.new("char[]", _BIO_READ_SIZE))
+    return _SHARED[0]
+
+
 class _Records:
     """The four OpenSSL calls of the data path, without pyOpenSSL's per-call overhead.
 
@@ -72,7 +84,7 @@ class _Records:
         self._into = conn._into_ssl  # noqa: SLF001
         self._from = conn._from_ssl  # noqa: SLF001
         self._raise = conn._raise_ssl_error  # noqa: SLF001
-        self._buf = _ffi.new("char[]", _BIO_READ_SIZE)
+        self._buf = _shared_buffer()
 
     def read(self, size: int) -> bytes | None:
         """Plaintext (at most ``size`` bytes), or None when OpenSSL needs more input."""
