@@ -207,6 +207,8 @@ def _tsresol(options: bytes, order: str) -> tuple[int, int]:
         value = options[pos + 4 : pos + 4 + size]
         if code == 0:
             break
+        if len(value) < size:
+            raise PcapFormatError(f"interface option {code}: {size} octets do not fit in the block")
         if code == _OPT_IF_TSRESOL and size >= 1:
             raw = value[0]
             units = 2 ** (raw & 0x7F) if raw & 0x80 else 10 ** raw
