@@ -215,6 +215,10 @@ class UdpCounter:
             self.octets += size
             if n and view[:n] == magic:
                 self.matching += 1
+            self.classify(view, size)
+
+    def classify(self, view: memoryview, size: int) -> None:
+        """Per-datagram hook for subclasses (bench/soak.py counts by record type)."""
 
     def kernel_drops(self) -> int:
         """Datagrams the kernel dropped at this socket (receive buffer full), from /proc/net/udp."""

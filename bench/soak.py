@@ -52,28 +52,16 @@ class TypedUdpCounter(c.UdpCounter):
         self.types: dict[str, int] = {}
         super().__init__(magic)
 
-    def _run(self) -> None:
-        buffer = bytearray(65536)
-        view = memoryview(buffer)
-        magic, n = self.magic, len(self.magic)
-        prefix = b'{"type":"'
+    def classify(self, view: memoryview, size: int) -> None:
         types = self.types
-        while True:
-            try:
-                size = self.sock.recv_into(buffer)
-            except OSError:
-                return
-            self.datagrams += 1
-            self.octets += size
-            if n and view[:n] == magic:
-                self.matching += 1
-            if size >= 6 and view[:4] == b"HEP3":
-                types_name = self._hep_type(view, size)
-                types[types_name] = types.get(types_name, 0) + 1
-            elif view[:9] == prefix:
-                end = buffer.find(b'"', 9, min(size, 64))
-                name = bytes(view[9:end]).decode("ascii", "replace") if end > 0 else "?"
-                types[name] = types.get(name, 0) + 1
+        if size >= 6 and view[:4] == b"HEP3":
+            name = self._hep_type(view, size)
+        elif view[:9] == b'{"type":"':
+            end = bytes(view[9:min(size, 64)]).find(b'"')
+            name = bytes(view[9:9 + end]).decode("ascii", "replace") if end >= 0 else "?"
+        else:
+            return
+        types[name] = types.get(name, 0) + 1
 
     @staticmethod
     def _hep_type(view: memoryview, size: int) -> str:

@@ -131,7 +131,10 @@ def event_writer(logger: Any, event: str) -> Callable[[dict[str, Any]], None] | 
     writer = _configured.get("writer")
     if writer is None or _configured.get("format") != "json" or _LEVELS[_configured["level"]] > logging.INFO:
         return None
-    context = dict(structlog.get_context(logger))
+    try:
+        context = dict(structlog.get_context(logger))
+    except Exception:  # not a bound structlog logger (e.g. a lazy proxy): log the usual way
+        return None
     prefix = json.dumps(context, default=_json_default)[:-1] + (", " if context else "")
     suffix = f'"event": {json.dumps(event)}'
     for key, value in structlog.contextvars.get_contextvars().items():

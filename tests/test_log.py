@@ -80,3 +80,13 @@ def test_event_writer_declines_console_and_filtered_levels() -> None:
             assert event_writer(get_logger(), "sip") is None
         finally:
             writer.close()
+
+
+def test_event_writer_declines_a_logger_without_bound_context() -> None:
+    from proxy.log import event_writer
+
+    writer = configure(LogSettings(format="json", level="info"), io.StringIO())
+    try:
+        assert event_writer(object(), "sip") is None
+    finally:
+        writer.close()
