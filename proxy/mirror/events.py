@@ -7,7 +7,8 @@ the TLS client's side of that TCP connection, ``server`` the TLS server's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from proxy.sansio.sdp_crypto import SdesKey
 from proxy.sansio.sip_message import SipMessageView
@@ -25,6 +26,10 @@ class LegInfo:
     leg: str  # "customer" or "core"
     client: Address
     server: Address
+    # What sinks render once per connection (JSON members, HEP address chunks), kept here so
+    # it lives exactly as long as the connection's events: no process-wide cache that fills
+    # up with the addresses of connections long closed.
+    cache: dict[Any, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,7 +69,11 @@ class HepEncoder:
             call_id = view.call_id if view is not None else None
             leg = event.leg
             src, dst = (leg.client, leg.server) if event.from_client else (leg.server, leg.client)
-            return self._sip.encode(event.ts, src, dst, event.data, call_id.encode("utf-8") if call_id else None)
+            pairs = leg.cache.get(self._sip)
+            if pairs is None:
+                pairs = leg.cache[self._sip] = {}
+            return self._sip.encode(event.ts, src, dst, event.data, call_id.encode("utf-8") if call_id else None,
+                                    pair_cache=pairs)
         if isinstance(event, SipEvent):
             call_id = event.view.call_id if event.view is not None else None
             return self._packet(event.ts, event.src, event.dst, event.data, hep.PROTO_SIP, call_id)

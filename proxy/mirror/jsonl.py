@@ -203,25 +203,18 @@ else:  # pragma: no cover - CPython always has the C accelerator
     _json_dict = to_json
 
 
-_LEG_FRAGMENTS: dict[int, tuple[LegInfo, str, str]] = {}
-_LEG_FRAGMENTS_MAX = 4096
-
-
-def _leg_fragments(leg: LegInfo) -> tuple[LegInfo, str, str]:
+def _leg_fragments(leg: LegInfo) -> tuple[str, str]:
     """The JSON members fixed for a leg (``conn_id`` .. ``server``, then ``src``, ``dst``,
-    ``direction``), for each direction, rendered once per leg. Keyed by identity; the
-    entry holds the leg, so its id cannot be reused while cached."""
-    entry = _LEG_FRAGMENTS.get(id(leg))
-    if entry is None or entry[0] is not leg:
+    ``direction``), for each direction, rendered once per leg and kept in the leg's cache."""
+    entry = leg.cache.get("jsonl")
+    if entry is None:
         fragments = []
         for from_client in (True, False):
             members = _common("sip", 0.0, leg)
             del members["type"], members["ts"], members["epoch"]
             members.update(_direction(leg, from_client))
             fragments.append(to_json(members)[1:-1])
-        if len(_LEG_FRAGMENTS) >= _LEG_FRAGMENTS_MAX:
-            _LEG_FRAGMENTS.clear()
-        entry = _LEG_FRAGMENTS[id(leg)] = (leg, fragments[0], fragments[1])
+        entry = leg.cache["jsonl"] = (fragments[0], fragments[1])
     return entry
 
 
@@ -235,7 +228,7 @@ def sip_event_json(event: SipEvent, *, payload: bool = True) -> str:
     """``to_json(event_to_dict(event, payload=payload))`` for a SIP event, the same
     characters, built from the leg's pre-rendered members: no per-event dicts for the
     addresses, no datetime object per event."""
-    _, from_client_members, from_server_members = _leg_fragments(event.leg)
+    from_client_members, from_server_members = _leg_fragments(event.leg)
     ts = event.ts
     data = event.data
     view = event.view

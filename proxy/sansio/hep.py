@@ -30,6 +30,7 @@ import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 MAGIC = b"HEP3"
 MAX_PACKET = 0xFFFF
@@ -229,9 +230,12 @@ class Encoder:
         self._middle = b""  # proto type, capture id, auth key: built with the first pair
         self._tail = b"" if node_name is None else _chunk(CHUNK_NODE_NAME, node_name)
 
-    def _address_chunks(self, src: tuple[str, int], dst: tuple[str, int], sec: int, usec: int) -> bytes:
+    def _address_chunks(self, src: tuple[str, int], dst: tuple[str, int], sec: int, usec: int,
+                        cache: dict[Any, bytes] | None) -> bytes:
         key = (src, dst)
-        chunks = self._addresses.get(key)
+        if cache is None:
+            cache = self._addresses
+        chunks = cache.get(key)
         if chunks is None:
             # Validated (and laid out) by the reference path, with this packet's time, so
             # errors are the same, in the same order.
@@ -244,16 +248,20 @@ class Encoder:
             end = _HEADER.size + 7 + 7 + 2 * (6 + (16 if packet.is_ipv6 else 4)) + 8 + 8
             chunks = full[_HEADER.size : end]
             self._middle = full[end + 20 : len(full) - _CHUNK_HEADER.size]
-            if len(self._addresses) >= _ADDRESS_CACHE_MAX:
-                self._addresses.clear()
-            self._addresses[key] = chunks
+            if cache is self._addresses and len(cache) >= _ADDRESS_CACHE_MAX:
+                cache.clear()
+            cache[key] = chunks
         return chunks
 
     def encode(
-        self, t: float, src: tuple[str, int], dst: tuple[str, int], payload: bytes, correlation_id: bytes | None = None
+        self, t: float, src: tuple[str, int], dst: tuple[str, int], payload: bytes, correlation_id: bytes | None = None,
+        *, pair_cache: dict[Any, bytes] | None = None,
     ) -> bytes:
+        """``pair_cache``: where to keep the chunks of this address pair, when the caller
+        has a home for them that dies with the connection (the mirror: its LegInfo);
+        by default a bounded cache of the encoder's own."""
         sec, usec = split_timestamp(t)
-        chunks = self._address_chunks(src, dst, sec, usec)
+        chunks = self._address_chunks(src, dst, sec, usec, pair_cache)
         if not 0 <= sec <= 0xFFFFFFFF:  # a cached pair was validated with another time
             raise ValueError(f"HEP ts_sec out of range 0..{0xFFFFFFFF}: {sec}")
         middle, tail = self._middle, self._tail

@@ -199,3 +199,21 @@ def test_sip_event_json_matches_event_to_dict(pair, ts, from_client, data, conn_
 def test_ipaddress_cache_keeps_normalising() -> None:
     assert str(hep._canonical_ip("::ffff:192.0.2.1")) == "192.0.2.1"
     assert hep._canonical_ip("2001:db8::1") == ipaddress.ip_address("2001:db8::1")
+
+
+def test_per_connection_renderings_live_on_the_leg_not_in_the_process() -> None:
+    """Churned connections (a new port pair each) leave nothing behind in the sinks' encoders:
+    what HEP and JSON lines render once per connection is kept in that connection's LegInfo,
+    so it is freed with it (the soak's RSS grew while process-wide caches filled up)."""
+    encoder = HepEncoder(HepSinkSettings(address=None))  # type: ignore[arg-type]
+    _, message = dialog()[0]
+    legs = [LegInfo(f"c{i}", "lab", "customer", ("192.0.2.10", 10000 + i), ("192.0.2.1", 5061)) for i in range(500)]
+    for leg in legs:
+        for from_client in (True, False):
+            event = SipEvent(TS, leg, from_client, message, parse_message(message, message.index(b"\r\n\r\n") + 4))
+            assert encoder.encode(event) is not None
+            sip_event_json(event)
+    assert all(encoder._encoders[p]._addresses == {} for p in encoder._encoders)  # noqa: SLF001
+    for leg in legs:
+        assert "jsonl" in leg.cache and len(leg.cache[encoder._sip]) == 2  # noqa: SLF001
+    assert legs[0] == LegInfo("c0", "lab", "customer", ("192.0.2.10", 10000), ("192.0.2.1", 5061))  # cache not compared
