@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from proxy.mirror.base import Link, LinkSink
-from proxy.mirror.events import ConnectionClosed, KeyEvent, MirrorEvent, SipEvent, SrtpKeyEvent
+from proxy.mirror.events import ConnectionClosed, KeyEvent, LegInfo, MirrorEvent, SipEvent, SrtpKeyEvent
 from proxy.mirror.jsonl import event_to_dict, to_json
 from proxy.mirror.settings import HepSinkSettings
 from proxy.sansio import hep
@@ -56,11 +56,11 @@ class HepEncoder:
         }
         self._sip = self._encoders[hep.PROTO_SIP]
 
-    def _packet(self, ts: float, src: tuple[str, int], dst: tuple[str, int], payload: bytes,
+    def _packet(self, ts: float, leg: LegInfo, src: tuple[str, int], dst: tuple[str, int], payload: bytes,
                 proto_type: int, correlation: str | None) -> bytes:
-        return self._encoders[proto_type].encode(
-            ts, src, dst, payload, correlation.encode("utf-8") if correlation else None
-        )
+        encoder = self._encoders[proto_type]
+        return encoder.encode(ts, src, dst, payload, correlation.encode("utf-8") if correlation else None,
+                              pair_cache=_pairs(leg, encoder))
 
     def encode(self, event: MirrorEvent) -> bytes | None:
         """The packet for an event, or None for events HEP does not carry (closes)."""
@@ -69,25 +69,30 @@ class HepEncoder:
             call_id = view.call_id if view is not None else None
             leg = event.leg
             src, dst = (leg.client, leg.server) if event.from_client else (leg.server, leg.client)
-            pairs = leg.cache.get(self._sip)
-            if pairs is None:
-                pairs = leg.cache[self._sip] = {}
             return self._sip.encode(event.ts, src, dst, event.data, call_id.encode("utf-8") if call_id else None,
-                                    pair_cache=pairs)
+                                    pair_cache=_pairs(leg, self._sip))
         if isinstance(event, SipEvent):
             call_id = event.view.call_id if event.view is not None else None
-            return self._packet(event.ts, event.src, event.dst, event.data, hep.PROTO_SIP, call_id)
+            return self._packet(event.ts, event.leg, event.src, event.dst, event.data, hep.PROTO_SIP, call_id)
         if isinstance(event, KeyEvent):
             info = event_to_dict(event)
             info["tls"].pop("keylog", None)  # the lines above the JSON already say it
             text = "".join(line + "\n" for line in event.facts.keylog_lines) + to_json(info)
-            return self._packet(event.ts, event.leg.client, event.leg.server, text.encode("utf-8"),
+            return self._packet(event.ts, event.leg, event.leg.client, event.leg.server, text.encode("utf-8"),
                                 hep.PROTO_LOG, event.leg.conn_id)
         if isinstance(event, SrtpKeyEvent):
             src, dst = (event.leg.client, event.leg.server) if event.from_client else (event.leg.server, event.leg.client)
             text = to_json(event_to_dict(event))
-            return self._packet(event.ts, src, dst, text.encode("utf-8"), hep.PROTO_LOG, event.call_id)
+            return self._packet(event.ts, event.leg, src, dst, text.encode("utf-8"), hep.PROTO_LOG, event.call_id)
         return None
+
+
+def _pairs(leg: LegInfo, encoder: hep.Encoder) -> dict[Any, bytes]:
+    """The encoder's address chunks for this connection, kept with the connection."""
+    pairs = leg.cache.get(encoder)
+    if pairs is None:
+        pairs = leg.cache[encoder] = {}
+    return pairs
 
 
 class HepSink(LinkSink):

@@ -18,7 +18,7 @@ from proxy.mirror.settings import HepSinkSettings
 from proxy.sansio import hep, pcap
 from proxy.sansio.sip_message import SipParseError, parse_message
 
-from .helpers import TS, dialog
+from .helpers import TS, dialog, key_event, srtp_event
 
 
 def rfc1071_loop(data: bytes) -> int:
@@ -209,6 +209,8 @@ def test_per_connection_renderings_live_on_the_leg_not_in_the_process() -> None:
     _, message = dialog()[0]
     legs = [LegInfo(f"c{i}", "lab", "customer", ("192.0.2.10", 10000 + i), ("192.0.2.1", 5061)) for i in range(500)]
     for leg in legs:
+        assert encoder.encode(key_event(leg)) is not None  # a HEP log packet, like SRTP keys
+        assert encoder.encode(srtp_event(leg)) is not None
         for from_client in (True, False):
             event = SipEvent(TS, leg, from_client, message, parse_message(message, message.index(b"\r\n\r\n") + 4))
             assert encoder.encode(event) is not None
