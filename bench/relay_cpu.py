@@ -3,6 +3,10 @@
 Runs `siptap run` as a process in front of the lab core, pushes OPTIONS transactions through
 one TLS connection with a window of requests in flight, and reads siptap's utime+stime from
 /proc. Usage: python bench/relay_cpu.py [--messages 20000] [--sinks on|off] [--window 50]
+[--rate R]. With ``--rate`` the transactions are paced one at a time (R per second, so 2R
+relayed messages/s), as S3 of bench/run.py paces calls: every message then costs a full
+wake-up of siptap, which is what a lab trunk at moderate load looks like; without it the
+window keeps siptap busy and messages coalesce.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def main(messages: int, sinks: bool, window: int, log_level: str) -> None:
+async def main(messages: int, sinks: bool, window: int, log_level: str, rate: float = 0.0) -> None:
     tmp = Path(tempfile.mkdtemp())
     init_lab_pki(tmp / "pki")
     pki = tmp / "pki"
@@ -68,6 +72,12 @@ async def main(messages: int, sinks: bool, window: int, log_level: str) -> None:
         sent = 0
         received = 0
         batch = []
+        while rate and received < transactions:
+            await trio.sleep_until(start + received / rate)
+            await session.stream.send_all(
+                request("OPTIONS", call_id=f"{uuid.uuid4()}@b", cseq=1, from_tag="t", branch=f"z9hG4bK{received}"))
+            await session.next_message()
+            received += 1
         while received < transactions:
             while sent < transactions and sent - received < window:
                 batch.append(request("OPTIONS", call_id=f"{uuid.uuid4()}@b", cseq=1, from_tag="t", branch=f"z9hG4bK{sent}"))
@@ -93,5 +103,6 @@ if __name__ == "__main__":
     parser.add_argument("--sinks", choices=("on", "off"), default="on")
     parser.add_argument("--window", type=int, default=50)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--rate", type=float, default=0.0, help="paced transactions/s, one at a time (0: windowed)")
     args = parser.parse_args()
-    trio.run(functools.partial(main, args.messages, args.sinks == "on", args.window, args.log_level))
+    trio.run(functools.partial(main, args.messages, args.sinks == "on", args.window, args.log_level, args.rate))
