@@ -214,12 +214,16 @@ class _Relay:
                 if self.plan.limits.idle_timeout > 0:
                     nursery.start_soon(self._idle_watchdog)
         finally:
-            self.up.close()
-            self.down.close()
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(5):
-                    await self.accepted.aclose()
-                    await self.dialled.aclose()
+            try:
+                self.up.close()
+                self.down.close()
+            finally:
+                # Each leg on its own bound: a close that stalls or fails on one leg must not
+                # leave the other leg's socket open.
+                with trio.CancelScope(shield=True):
+                    for stream in (self.accepted, self.dialled):
+                        with trio.move_on_after(5):
+                            await stream.aclose()
             self.ending.set("siptap", "shutdown")
 
     async def _pump(self, src: OpenSSLStream, dst: OpenSSLStream, observer: DirectionObserver, up: bool) -> None:
