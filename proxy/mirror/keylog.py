@@ -126,6 +126,22 @@ class FileSink(Sink):
         raise NotImplementedError
 
     async def handle(self, event: MirrorEvent) -> None:
+        self._handle(event)
+
+    @property
+    def delivers_nowait(self) -> bool:
+        return True  # appends to a local file: one os.write, never waits for a peer
+
+    def handle_batch_nowait(self, batch: list[MirrorEvent]) -> int:
+        for i, event in enumerate(batch):
+            try:
+                self._handle(event)
+            except BaseException:
+                self._unfinished = batch[i:]
+                raise
+        return len(batch)
+
+    def _handle(self, event: MirrorEvent) -> None:
         data = self.render(event).encode("utf-8")
         was_failing = self.file.failing
         try:

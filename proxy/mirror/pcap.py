@@ -218,6 +218,13 @@ class PcapSink(Sink):
         await self.handle_batch([event])
 
     async def handle_batch(self, batch: list[MirrorEvent]) -> None:
+        self.handle_batch_nowait(batch)
+
+    @property
+    def delivers_nowait(self) -> bool:
+        return True  # page-cache appends: never waits for a peer
+
+    def handle_batch_nowait(self, batch: list[MirrorEvent]) -> int:
         for i, event in enumerate(batch):
             try:
                 self._one(event)
@@ -226,6 +233,7 @@ class PcapSink(Sink):
                 self._flush()
                 raise
         self._flush()
+        return len(batch)
 
     def _one(self, event: MirrorEvent) -> None:
         key = (event.leg.conn_id, event.leg.leg)

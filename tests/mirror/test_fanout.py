@@ -8,6 +8,7 @@ import structlog.testing
 import trio
 
 from proxy.mirror.base import DropReporter
+from proxy.mirror.events import MirrorEvent
 from proxy.mirror.fanout import Fanout
 
 from .helpers import CORE, CUSTOMER, Recorder, closed, dialog_events, key_event, sip_event
@@ -182,3 +183,131 @@ async def test_batch_interval_gathers_events_published_one_by_one(autojump_clock
             await fanout.aclose()
         assert sink.events == events
         assert sink.batches == expected
+
+
+class DirectRecorder(Recorder):
+    """A sink that delivers without waiting (like a file or a datagram socket), until told
+    that its "socket buffer" is full for the next ``full_after`` events."""
+
+    def __init__(self, name: str = "direct", *, full_after: int | None = None, crash_on: int | None = None) -> None:
+        super().__init__(name)
+        self.full_after = full_after
+        self.crash_on = crash_on  # index (in arrival order) of an event whose direct delivery raises
+        self.by_task: list[MirrorEvent] = []
+        self.direct_batches: list[int] = []
+        self._seen = 0
+
+    @property
+    def delivers_nowait(self) -> bool:
+        return True
+
+    def handle_batch_nowait(self, batch: list) -> int:  # type: ignore[type-arg]
+        self.direct_batches.append(len(batch))
+        for i, event in enumerate(batch):
+            if self.crash_on == self._seen:
+                self.crash_on = None
+                self._seen += 1
+                self._unfinished = batch[i:]
+                raise RuntimeError("sink bug")
+            if self.full_after is not None:
+                if self.full_after == 0:
+                    self.full_after = None
+                    return i
+                self.full_after -= 1
+            self._seen += 1
+            self.events.append(event)
+            self.sent_one()
+        return len(batch)
+
+    async def handle(self, event: MirrorEvent) -> None:
+        self._seen += 1
+        self.by_task.append(event)
+        await super().handle(event)
+
+
+async def test_direct_sinks_share_one_dispatch_per_batch(autojump_clock: trio.abc.Clock) -> None:
+    """Two direct sinks and a task sink: events published 1 ms apart reach each direct sink
+    in one synchronous batch (no task of their own involved), the task sink as before."""
+    a, b, slow = DirectRecorder("a"), DirectRecorder("b"), BatchRecorder()
+    fanout = Fanout([a, b, slow], batch_interval=0.01)
+    events = dialog_events()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        for event in events:
+            assert fanout.publish(event) is True
+            await trio.sleep(0.001)
+        await a.wait_handled(len(events))
+        await b.wait_handled(len(events))
+        await slow.wait_handled(len(events))
+        await fanout.aclose()
+    assert a.events == b.events == slow.events == events
+    assert a.direct_batches == b.direct_batches == [len(events)]
+    assert a.by_task == b.by_task == []
+    assert slow.batches == [len(events)]
+
+
+async def test_direct_sink_that_would_wait_moves_to_its_task_in_order(autojump_clock: trio.abc.Clock) -> None:
+    """A full "socket buffer" after two events: the rest of the batch and what follows go
+    through the sink's own task, in order; once it caught up, delivery is direct again."""
+    sink = DirectRecorder(full_after=2)
+    fanout = Fanout([sink], batch_interval=0.01)
+    first, second = dialog_events(call_id="one"), dialog_events(call_id="two")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        for event in first:
+            fanout.publish(event)
+        await sink.wait_handled(len(first))
+        for event in second:
+            fanout.publish(event)
+        await sink.wait_handled(len(first) + len(second))
+        await fanout.aclose()
+    assert sink.events == first + second
+    assert sink.by_task == first[2:]
+    assert sink.direct_batches == [len(first), len(second)]
+    assert fanout.stats()["direct"]["sent"] == len(first) + len(second)
+
+
+async def test_direct_sink_crash_costs_the_event_at_hand_only(autojump_clock: trio.abc.Clock) -> None:
+    sink = DirectRecorder(crash_on=3)
+    fanout = Fanout([sink], batch_interval=0.01)
+    events = dialog_events()
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fanout.run)
+            for event in events:
+                fanout.publish(event)
+            await sink.wait_handled(len(events))
+            await fanout.aclose()
+    assert sink.events == events[:3] + events[4:]
+    assert sink.by_task == events[4:]
+    stats = fanout.stats()["direct"]
+    assert (stats["sent"], stats["dropped"], stats["errors"]) == (len(events) - 1, 1, 1)
+    assert stats["drop_reasons"] == {"sink crashed": 1}
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["mirror_sink_crashed"]
+
+
+async def test_aclose_delivers_what_direct_sinks_have_queued(autojump_clock: trio.abc.Clock) -> None:
+    """At once: the dispatcher stops gathering rather than finishing its batch interval."""
+    sink = DirectRecorder()
+    fanout = Fanout([sink], batch_interval=30.0, drain_timeout=5.0)
+    events = dialog_events()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        for event in events:
+            fanout.publish(event)
+        await trio.sleep(1.0)  # (virtual time) the dispatcher is gathering
+        assert sink.events == []
+        started = trio.current_time()
+        await fanout.aclose()
+        assert trio.current_time() == started  # neither the 30 s interval nor the 5 s drain bound
+    assert sink.events == events
+    assert fanout.publish(events[0]) is False
+    assert fanout.stats()["direct"]["drop_reasons"] == {"mirror shut down": 1}
+
+
+def test_direct_queue_is_bounded_without_a_running_fanout() -> None:
+    sink = DirectRecorder()
+    fanout = Fanout([sink], queue_size=2)
+    assert [fanout.publish(e) for e in dialog_events()[:4]] == [True, True, False, False]
+    assert fanout.stats()["direct"]["queued"] == 2
+    assert fanout.stats()["direct"]["drop_reasons"] == {"queue full": 2}
