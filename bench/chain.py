@@ -4,7 +4,8 @@
         -> MIDDLE -> stunnel core (TLS server, requires + verifies the client cert) -> sipp UAS (TCP)
 
 MIDDLE is one of ``MIDDLES``: ``none`` (customer stunnel straight to the core stunnel),
-``stunnel-pair``, ``sslsplit``, ``kamailio``, ``siptap-sinks-on``, ``siptap-sinks-off``,
+``stunnel-pair``, ``sslsplit``, ``kamailio``, ``trio-floor`` (siptap's TLS shell alone, bench/floor_relay.py),
+``siptap-sinks-on``, ``siptap-sinks-off``,
 ``siptap-2-workers``. Everything runs on 127.0.0.1 on free ports, from a lab PKI generated at run
 time into a temporary folder (``make_pki``): no key is ever written into the repository.
 
@@ -53,7 +54,8 @@ from tests.relay.harness import write_config  # noqa: E402
 SCENARIOS = ROOT / "bench" / "scenarios"
 #: OpenSSL names of the six TLS_RSA_WITH_AES_* suites (RSA key exchange only), design.md section 3.
 RSA_SUITES = "AES256-GCM-SHA384:AES128-GCM-SHA256:AES256-SHA256:AES128-SHA256:AES256-SHA:AES128-SHA"
-MIDDLES = ("none", "stunnel-pair", "sslsplit", "kamailio", "siptap-sinks-on", "siptap-sinks-off", "siptap-2-workers")
+MIDDLES = ("none", "stunnel-pair", "sslsplit", "kamailio", "trio-floor", "siptap-sinks-on", "siptap-sinks-off",
+           "siptap-2-workers")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -586,6 +588,14 @@ async def middle(kind: str, tmp: Path, pki: Pki, *, core_port: int, legs: str = 
                     "tls verifies both ways; tm t_relay of everything to the core; siptrace trace_mode=1 "
                     "(HEPv3, every received and sent message) to a counting UDP sink; tcp_children=1; "
                     "one shared upstream TLS connection for all customer connections"])
+        elif kind == "trio-floor":
+            workdir = _workdir(tmp, kind)
+            config = siptap_config(workdir, pki, listen_port=port, core_port=core_port)
+            argv = [sys.executable, str(ROOT / "bench" / "floor_relay.py"), "--config", str(config)]
+            async with running(kind, argv, workdir, [port]) as peer:
+                yield Middle(kind, port, peer, notes=[
+                    "bench/floor_relay.py: siptap's contexts, handshakes, upstream dial and OpenSSLStream with "
+                    "two bare pumps; no framing, logging, mirror or metrics: the trio + pyOpenSSL shell alone"])
         elif kind.startswith("siptap"):
             workdir = _workdir(tmp, kind)
             workers = 2 if kind == "siptap-2-workers" else None
