@@ -34,6 +34,7 @@ of either leg can be decrypted.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -46,6 +47,15 @@ from proxy.mirror.events import MirrorEvent
 from proxy.mirror.settings import MirrorSettings
 
 log = structlog.get_logger("siptap.mirror")
+
+# Longest the dispatcher delivers before it lets other tasks (the relay's pumps) run: a
+# message that arrives while the mirror writes a large batch waits at most about this long.
+DISPATCH_SLICE = 0.0002
+
+
+async def _let_others_run() -> None:
+    """The relay's tasks may be waiting for the CPU: a checkpoint lets them run first."""
+    await trio.lowlevel.checkpoint()
 
 LEG_SETS = {
     "customer": frozenset({"customer"}),
@@ -219,34 +229,40 @@ class Fanout:
                     self._gathering = None
                 self._wake = trio.Event()
                 self._armed = False
-                self._dispatch()
+                slice_end = time.perf_counter() + DISPATCH_SLICE
+                for slot in self._slots:
+                    while slot.direct and slot.is_direct:
+                        self._deliver_direct(slot)
+                        if time.perf_counter() > slice_end:
+                            await _let_others_run()
+                            slice_end = time.perf_counter() + DISPATCH_SLICE
         finally:
-            self._dispatch()
+            for slot in self._slots:
+                while slot.direct and slot.is_direct:
+                    self._deliver_direct(slot)
             self._dispatcher_done.set()
 
-    def _dispatch(self) -> None:
-        for slot in self._slots:
-            queue = slot.direct
-            sink = slot.sink
-            while queue and slot.is_direct:
-                batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
-                sink._unfinished = batch  # noqa: SLF001 - in case it raises without saying
-                try:
-                    done = sink.handle_batch_nowait(batch)
-                except Exception as exc:
-                    rest = sink._unfinished  # noqa: SLF001 - the event at hand first
-                    sink.errors += 1
-                    sink.last_error = f"crashed: {type(exc).__name__}: {exc}"
-                    log.exception("mirror_sink_crashed", sink=sink.name, restart_in=0, restarts=sink.restarts)
-                    if rest:
-                        sink.drop("sink crashed")
-                    sink._note_handled(len(batch) - len(rest) + (1 if rest else 0))  # noqa: SLF001
-                    self._to_task(slot, rest[1:])
-                    break
-                if done:
-                    sink._note_handled(done)  # noqa: SLF001
-                if done < len(batch):
-                    self._to_task(slot, batch[done:])
+    def _deliver_direct(self, slot: _Slot) -> None:
+        """One batch (at most MAX_BATCH) of a direct sink's queue, synchronously."""
+        queue, sink = slot.direct, slot.sink
+        batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+        sink._unfinished = batch  # noqa: SLF001 - in case it raises without saying
+        try:
+            done = sink.handle_batch_nowait(batch)
+        except Exception as exc:
+            rest = sink._unfinished  # noqa: SLF001 - the event at hand first
+            sink.errors += 1
+            sink.last_error = f"crashed: {type(exc).__name__}: {exc}"
+            log.exception("mirror_sink_crashed", sink=sink.name, restart_in=0, restarts=sink.restarts)
+            if rest:
+                sink.drop("sink crashed")
+            sink._note_handled(len(batch) - len(rest) + (1 if rest else 0))  # noqa: SLF001
+            self._to_task(slot, rest[1:])
+            return
+        if done:
+            sink._note_handled(done)  # noqa: SLF001
+        if done < len(batch):
+            self._to_task(slot, batch[done:])
 
     def _to_task(self, slot: _Slot, first: list[MirrorEvent]) -> None:
         """Hand a direct sink's undelivered events, in order, to its own task."""

@@ -311,3 +311,30 @@ def test_direct_queue_is_bounded_without_a_running_fanout() -> None:
     assert [fanout.publish(e) for e in dialog_events()[:4]] == [True, True, False, False]
     assert fanout.stats()["direct"]["queued"] == 2
     assert fanout.stats()["direct"]["drop_reasons"] == {"queue full": 2}
+
+
+async def test_long_dispatch_lets_the_relay_run(monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock) -> None:
+    """Delivering to the direct sinks yields to other tasks once it has taken DISPATCH_SLICE
+    (here: at once), between batches, not only when everything is delivered."""
+    import proxy.mirror.fanout as fanout_module
+
+    yields: list[list[int]] = []
+    sinks = [DirectRecorder("a"), DirectRecorder("b"), DirectRecorder("c")]
+
+    async def counting_yield() -> None:
+        yields.append([len(s.events) for s in sinks])
+        await trio.lowlevel.checkpoint()
+
+    monkeypatch.setattr(fanout_module, "DISPATCH_SLICE", 0.0)
+    monkeypatch.setattr(fanout_module, "_let_others_run", counting_yield)
+    fanout = Fanout(sinks, batch_interval=0.01)
+    events = dialog_events()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        for event in events:
+            fanout.publish(event)
+        for sink in sinks:
+            await sink.wait_handled(len(events))
+        await fanout.aclose()
+    assert all(s.events == events for s in sinks)
+    assert yields == [[7, 0, 0], [7, 7, 0], [7, 7, 7]]  # after each sink's batch
