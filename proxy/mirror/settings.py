@@ -140,7 +140,7 @@ class MirrorSettings:
     queue_size: int = 10000  # events held per sink before dropping (never block the relay)
     drain_timeout: float = 2.0  # at shutdown, how long sinks may take to flush their queues
     warn_interval: float = 10.0  # at most one "dropped" warning per sink per interval
-    batch_interval: float = 0.01  # a sink woken by an event waits this long for more (0: deliver at once)
+    batch_interval: float = 0.01  # the mirror, woken by an event, waits this long for more (0: deliver at once)
     hep: tuple[HepSinkSettings, ...] = ()
     jsonl: tuple[JsonlSinkSettings, ...] = ()
     keylog: KeylogFileSettings | None = None
