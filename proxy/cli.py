@@ -7,6 +7,7 @@ shows the traceback for the ones we did not foresee.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import traceback
 from pathlib import Path
@@ -159,6 +160,15 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     return out
 
 
+def settle_heap() -> None:
+    """Collect, then freeze what start-up built (modules, config, TLS contexts: alive as long
+    as the process) out of the cyclic garbage collector's sight. Otherwise every older-
+    generation pass re-examines those tens of thousands of objects while the relay waits:
+    measured here, gen-1 passes of up to 13 ms in the first seconds of relaying."""
+    gc.collect()
+    gc.freeze()
+
+
 def _error(message: str, hint: str | None = None) -> None:
     print(f"siptap: error: {message}", file=sys.stderr)
     if hint:
@@ -253,6 +263,7 @@ def _run(args: argparse.Namespace) -> int:
             passed += ["--debug"] if args.debug else []
             supervisor = Supervisor(config, config.worker_count, writer.msg, worker_args=tuple(passed))
             return trio.run(supervisor.run)
+        settle_heap()
         trio.run(run_worker, app, args.control_fd if worker is not None else None)
     finally:
         writer.close()
