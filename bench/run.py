@@ -33,6 +33,7 @@ from tests.integration.capture import LoopbackCapture  # noqa: E402
 MESSAGES_PER_CALL = 7  # INVITE, 100, 180, 200, ACK, BYE, 200: each crosses the middle once
 SCENARIO_NAMES = ("S1", "S2", "S3", "S4")
 PAIR, KAM, ON, OFF, TWO = "stunnel-pair", "kamailio", "siptap-sinks-on", "siptap-sinks-off", "siptap-2-workers"
+FLOOR = "trio-floor"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,6 +291,14 @@ def render_markdown(results: dict[str, Any]) -> str:
             verdict = "met" if (value >= limit if higher_is_better else value <= limit) else "NOT met"
         out.append(f"| {label} | {fmt(value) if value is not None else '–'} | {verdict} |")
     out.append("")
+    floor, pair = _get(results, FLOOR, "S3", "cpu_us_per_msg"), _get(results, PAIR, "S3", "cpu_us_per_msg")
+    on, off = _get(results, ON, "S3", "cpu_us_per_msg"), _get(results, OFF, "S3", "cpu_us_per_msg")
+    if all(isinstance(v, (int, float)) for v in (floor, pair, on, off)):
+        out += ["Where siptap's S3 CPU per message goes, from this run: the TLS shell alone (`trio-floor`: "
+                f"siptap's OpenSSLStream and two bare pumps) {floor:.0f} µs = {floor / pair:.2f}× the stunnel pair's "
+                f"{pair:.0f} µs; siptap's observation (framing, header view, log line, metrics) adds "
+                f"{off - floor:.0f} µs (sinks off {off:.0f}); the mirror sinks add {on - off:.0f} µs (sinks on "
+                f"{on:.0f}). No change above the shell can take siptap below the `trio-floor` row.", ""]
 
     out += ["## Middles", ""]
     for kind in kinds:
