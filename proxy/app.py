@@ -4,7 +4,8 @@ Lifecycle: start listeners (reporting bound addresses), then wait for signals. S
 re-reads the config file and rebuilds every TLS context (certificates, CA bundles, CRLs,
 allow-lists); if anything fails the old contexts stay and the error is logged. SIGTERM or
 SIGINT stops the listeners, lets live connections finish for ``drain_timeout``, cancels the
-rest, then flushes the mirror.
+rest, then flushes the mirror. While it runs, a watch logs ``crl_expiring``/``crl_expired``
+for the CRLs in force (proxy.tls.crl_watch) and keeps their nextUpdate in a gauge.
 
 As one of ``workers`` processes (``worker=(index, count)``, started by
 :mod:`proxy.supervisor`) the app is the same except: its listeners set SO_REUSEPORT, its
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import Any
 
 import trio
@@ -29,10 +31,13 @@ from proxy.mirror.fanout import Fanout
 from proxy.relay.server import RouteListener
 from proxy.relay.session import SessionPlan
 from proxy.tls.contexts import build_client_context, build_server_context
+from proxy.tls.crl_watch import CrlEntry, CrlWatch, crl_entries
 
 
 # Multiprocess metrics: how often a worker copies its mirror counters into the shared files.
 MIRROR_METRICS_INTERVAL = 1.0
+# Longest the CRL watch sleeps between checks of the wall clock.
+CRL_RECHECK = 60.0
 
 
 def worker_config(config: Config, index: int) -> Config:
@@ -152,6 +157,7 @@ class App:
         self.shutdown_requested = trio.Event()
         self.stopped = trio.Event()
         self._connections_scope: trio.CancelScope | None = None
+        self._use_crls(crl_entries(config))
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED, handle_signals: bool = True) -> None:
         if self.config.log.key_material:
@@ -172,6 +178,7 @@ class App:
                 mirror.start_soon(self._signals)
             if self.metrics.multiprocess:
                 mirror.start_soon(self._sync_metrics)
+            mirror.start_soon(self._watch_crls)
             await self._serve(task_status)
             await self.fanout.aclose()
             self.metrics.sync_mirror()
@@ -194,6 +201,28 @@ class App:
             self.log.info("draining", connections=live, drain_timeout=self.config.drain_timeout)
             self._connections_scope = connections.cancel_scope
             connections.cancel_scope.deadline = trio.current_time() + self.config.drain_timeout
+
+    def _use_crls(self, entries: list[CrlEntry]) -> None:
+        self.crl_watch = CrlWatch(entries)
+        self.metrics.set_crls(entries)
+        changed = getattr(self, "_crls_changed", None)
+        if changed is not None:
+            changed.set()
+        self._crls_changed = trio.Event()
+
+    async def _watch_crls(self) -> None:
+        """Log ``crl_expiring``/``crl_expired`` (see proxy.tls.crl_watch) when they fall due."""
+        while True:
+            watch, changed = self.crl_watch, self._crls_changed
+            now = datetime.now(timezone.utc)
+            for alarm in watch.due(now):
+                emit = self.log.error if alarm.event == "crl_expired" else self.log.warning
+                emit(alarm.event, **alarm.fields())
+            due = watch.next_check(now)
+            # The wall clock may jump; a long sleep is re-checked at least once a minute.
+            delay = CRL_RECHECK if due is None else min(CRL_RECHECK, max(0.0, (due - now).total_seconds()))
+            with trio.move_on_after(delay):
+                await changed.wait()
 
     async def _sync_metrics(self) -> None:
         while True:
@@ -243,6 +272,7 @@ class App:
         added = sorted(set(new_plans) - unchanged)
         if added:
             self.log.warning("reload_routes_added", routes=added, detail="new routes and listen addresses need a restart")
+        self._use_crls(crl_entries(config))
         self.log.info("reloaded", routes=sorted(new_plans))
         return True
 

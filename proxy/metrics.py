@@ -19,7 +19,7 @@ per increment, measured here), which only multi-worker runs with metrics on pay.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,9 @@ class Metrics:
                                  ["route", "leg"], registry=r)
         self.latency = Histogram("siptap_relay_latency_seconds", "Chunk arrival to forward", ["route", "direction"],
                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.crl_next_update = Gauge("siptap_crl_next_update_timestamp_seconds",
+                                     "nextUpdate of each CRL in force (Unix time): alert well before it passes",
+                                     ["key", "issuer"], registry=r, multiprocess_mode="livemin")
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:
@@ -60,6 +63,13 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    def set_crls(self, entries: Iterable[Any]) -> None:
+        """The CRLs now in force (start-up, reload): one gauge value each."""
+        self.crl_next_update.clear()
+        for entry in entries:
+            if entry.next_update is not None:
+                self.crl_next_update.labels(entry.key, entry.issuer).set(entry.next_update.timestamp())
 
     def watch_mirror(self, stats: Callable[[], dict[str, dict[str, Any]]]) -> None:
         if not self.multiprocess:

@@ -150,3 +150,45 @@ async def test_sighup_with_an_expired_crl_keeps_the_previous_one(crl_pki: Path, 
         await session.aclose()
         assert await siptap.stop() == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_crl_running_out_is_announced_then_refuses_clients(crl_pki: Path, tmp_path: Path) -> None:
+    """A CRL near its nextUpdate is logged as crl_expiring at start-up (and its nextUpdate is a
+    metric); one that runs out while siptap runs is logged as crl_expired when it does, after
+    which clients are refused as crl_unusable, as the log line said they would be."""
+    import urllib.request
+    from datetime import datetime, timedelta, timezone
+
+    pki = tmp_path / "pki"
+    shutil.copytree(crl_pki, pki)
+    now = datetime.now(timezone.utc)
+    write_crl(pki, [], now=now - timedelta(hours=23), next_update=now + timedelta(hours=1))  # daily CRL, 1 h left
+    async with trio.open_nursery() as nursery:
+        _, core_port = await start_lab_core(nursery, pki)
+        config = security_config(tmp_path, pki, core_port, pki / "crl.pem")
+        config.write_text(config.read_text() + '\n[metrics]\nenabled = true\naddress = "127.0.0.1:0"\n')
+        siptap = SiptapProcess(config)
+        await siptap.start(nursery)
+        port = await siptap.port()
+        expiring = (await siptap.wait_for("crl_expiring"))[0]
+        assert expiring["level"] == "warning" and expiring["key"] == "route[0].customer.crl", expiring
+        assert 3000 < expiring["seconds_left"] <= 3600 and expiring["path"] == str(pki / "crl.pem")
+        metrics_port = (await siptap.wait_for("metrics_up"))[0]["port"]
+        scrape = await trio.to_thread.run_sync(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode())
+        gauge = [line for line in scrape.splitlines() if line.startswith("siptap_crl_next_update_timestamp_seconds{")]
+        assert len(gauge) == 1 and 'key="route[0].customer.crl"' in gauge[0], gauge
+        assert abs(float(gauge[0].split()[-1]) - (now + timedelta(hours=1)).timestamp()) < 1
+
+        soon = (datetime.now(timezone.utc) + timedelta(seconds=5)).replace(microsecond=0)  # what a CRL can say
+        write_crl(pki, [], next_update=soon)
+        siptap.signal(signal.SIGHUP)
+        await siptap.wait_for("reloaded")
+        expired = (await siptap.wait_for("crl_expired", timeout=30))[0]
+        assert expired["level"] == "error" and "crl_unusable" in expired["detail"], expired
+        assert datetime.now(timezone.utc) >= soon + timedelta(seconds=1)  # when OpenSSL starts refusing
+        event = await attempt(siptap, port, pki, "customer")
+        assert event["reason"] == "crl_unusable", event
+        assert await siptap.stop() == 0
+        nursery.cancel_scope.cancel()
+    assert siptap.find("reload_failed") == []
