@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import select
 import shutil
 import signal
@@ -33,11 +34,14 @@ class LoopbackCapture:
 
     def __init__(self, path: Path, ports: list[int]) -> None:
         self.path = path
+        self.kernel_drops = 0
         expr = " or ".join(f"tcp port {p}" for p in ports)
         self.proc = subprocess.Popen(
             # --immediate-mode: no TPACKET_V3 block timeout holding packets back; -Z root: keep
-            # the right to write into pytest's 0700 temporary folders.
-            ["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-Z", "root", "-s", "0", "-w", str(path), expr],
+            # the right to write into pytest's 0700 temporary folders; -B: a 32 MiB kernel
+            # buffer, so a loaded machine does not make tcpdump drop packets.
+            ["tcpdump", "-i", "lo", "--immediate-mode", "-U", "-B", "32768", "-Z", "root", "-s", "0",
+             "-w", str(path), expr],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         assert self.proc.stderr is not None
@@ -62,10 +66,15 @@ class LoopbackCapture:
         raise AssertionError(f"capture {self.path} never saw {count} FIN/RST segments")
 
     def stop(self) -> Path:
-        """Stop and return the file; tcpdump flushes on SIGINT."""
+        """Stop and return the file; tcpdump flushes on SIGINT. ``kernel_drops``: the packets
+        tcpdump says the kernel dropped (a capture with drops cannot be compared exactly)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             self.proc.wait(timeout=10)
+            assert self.proc.stderr is not None
+            summary = self.proc.stderr.read().decode(errors="replace")
+            found = re.search(r"(\d+) packets? dropped by kernel", summary)
+            self.kernel_drops = int(found.group(1)) if found else 0
         return self.path
 
     def __enter__(self) -> "LoopbackCapture":

@@ -167,6 +167,8 @@ async def _trunk_run(pki: Path, tmp_path: Path, mirror: str, hep_port: int, sngr
     expected = sipp_traffic(uac)
     assert sum(expected.values()) == 7 * CALLS  # INVITE 100 180 200 ACK BYE 200, per call
     invite_ids = Counter(uac.call_ids())
+    # An exact comparison needs complete captures: say so plainly if tcpdump lost packets.
+    assert (customer_capture.kernel_drops, core_capture.kernel_drops) == (0, 0), "tcpdump dropped packets"
 
     # Customer leg: siptap's server key and nothing else.
     key = pki / "proxy-server.key"
