@@ -124,6 +124,37 @@ class _Records:
     def give_input(self, data: bytes) -> None:
         self._conn.bio_write(data)
 
+    def renew_bios(self, *, eof: bool) -> None:
+        """Give the connection a fresh, empty pair of memory BIOs.
+
+        A BIO_s_mem never shrinks: after the handshake each of the two holds a buffer the
+        size of the largest flight it carried (certificates, CA names), about 13 KiB per
+        proxied connection over both legs, kept for as long as the connection idles. Input
+        not yet read by OpenSSL moves to the new incoming BIO (a client's first record can
+        arrive with its Finished), and so does the end of input. SSL_set_bio frees the old
+        pair; pyOpenSSL's own references are updated, since bio_write and bio_shutdown use them.
+        """
+        into = _lib.BIO_new(_lib.BIO_s_mem())
+        out = _lib.BIO_new(_lib.BIO_s_mem())
+        if into == _ffi.NULL or out == _ffi.NULL:  # pragma: no cover - out of memory: keep the old pair
+            for bio in (into, out):
+                if bio != _ffi.NULL:
+                    _lib.BIO_free(bio)
+            return
+        for old, new in ((self._into, into), (self._from, out)):
+            pending = _lib.BIO_get_mem_data(old, _ffi.NULL)
+            while pending > 0:
+                n = _lib.BIO_read(old, self._buf, min(pending, _BIO_READ_SIZE))
+                if n <= 0:  # pragma: no cover - a memory BIO hands out what it reports
+                    break
+                _lib.BIO_write(new, self._buf, n)
+                pending -= n
+        if eof:
+            _lib.BIO_set_mem_eof_return(into, 0)
+        _lib.SSL_set_bio(self._ssl, into, out)
+        self._conn._into_ssl = self._into = into  # noqa: SLF001
+        self._conn._from_ssl = self._from = out  # noqa: SLF001
+
 
 class _PortableRecords:
     """The same four operations through pyOpenSSL's public API only."""
@@ -156,6 +187,9 @@ class _PortableRecords:
 
     def give_input(self, data: bytes) -> None:
         self._conn.bio_write(data)
+
+    def renew_bios(self, *, eof: bool) -> None:
+        """Not possible through the public API: the BIOs keep their handshake-sized buffers."""
 
 
 def _records(conn: SSL.Connection) -> _Records | _PortableRecords:
@@ -408,6 +442,7 @@ class OpenSSLStream(trio.abc.Stream):
         self._handshake_done = True
         self.facts = collect_facts(self._conn, self.observer)
         self.observer.sniffer = None
+        self._records.renew_bios(eof=self._transport_eof)
 
     async def _ensure_handshake(self) -> None:
         """Implicit handshake for send/receive: a failure is a broken stream, as trio expects."""

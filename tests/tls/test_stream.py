@@ -94,3 +94,51 @@ async def test_use_after_close_raises(contexts) -> None:
     with pytest.raises(trio.ClosedResourceError):
         await client.receive_some()
     await server.aclose()
+
+
+async def test_record_arriving_with_the_finished_survives_the_fresh_bios(pki: Path) -> None:
+    """After the handshake the stream swaps in empty memory BIOs (an idle connection should
+    not keep handshake-sized buffers). A TLS 1.3 client's first record can arrive in the same
+    read as its Finished, so it is still in the old incoming BIO then: it must not be lost."""
+    from OpenSSL import SSL
+
+    server_ctx = build_server_context(ServerTlsSettings(
+        cert=pki / "proxy-server.pem", key=pki / "proxy-server.key", client_ca=pki / "ca.pem",
+        key_exchange="any", max_version="TLSv1.3",
+    ))
+    client_ctx = build_client_context(ClientTlsSettings(
+        cert=pki / "customer.pem", key=pki / "customer.key", ca=pki / "ca.pem", server_name="localhost",
+    ))
+    near, far = trio.testing.memory_stream_pair()
+    server = OpenSSLStream(far, server_ctx, server_side=True, leg="customer")
+    client = SSL.Connection(client_ctx, None)  # driven by hand, so the write boundaries are ours
+    client.set_connect_state()
+
+    def advance() -> bool:
+        try:
+            client.do_handshake()
+        except SSL.WantReadError:
+            return False
+        return True
+
+    def output() -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunks.append(client.bio_read(65536))
+            except SSL.WantReadError:
+                return b"".join(chunks)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.do_handshake)
+        advance()
+        await near.send_all(output())  # ClientHello
+        while not advance():
+            client.bio_write(await near.receive_some())
+        client.send(b"first record")
+        await near.send_all(output())  # Certificate, CertificateVerify, Finished and the record at once
+    assert server.facts is not None and server.facts.version == "TLSv1.3"
+    await near.send_eof()  # a lost record then reads as EOF instead of waiting forever
+    assert await server.receive_some() == b"first record"
+    assert await server.receive_some() == b"" and server.eof_without_close_notify
+    await server.aclose()
