@@ -95,8 +95,9 @@ async def run_session(tcp: trio.SocketStream, plan: SessionPlan, log: Any) -> No
     except HandshakeFailed as exc:
         if plan.metrics is not None:
             plan.metrics.child(plan.metrics.handshakes, plan.route, plan.accepted_leg, "failed", exc.reason).inc()
+        hello = accepted.observer.client_hello if accepted.observer is not None else None
         log.warning("handshake_failed", leg=plan.accepted_leg, reason=exc.reason, detail=exc.detail,
-                    client_offer=accepted.observer.client_hello.summary() if accepted.observer.client_hello else None)
+                    client_offer=hello.summary() if hello else None)
         await close_early(f"handshake_failed: {exc.reason}")
         return
     except (trio.ClosedResourceError, trio.Cancelled):
@@ -129,6 +130,10 @@ async def run_session(tcp: trio.SocketStream, plan: SessionPlan, log: Any) -> No
         plan.metrics.child(plan.metrics.handshakes, plan.route, plan.dialled_leg, "ok", "").inc()
     _log_handshake(log, plan, dialled.facts, dialled_info, upstream=str(upstream.address))
     plan.publish(KeyEvent(time.time(), dialled_info, dialled.facts))
+    # Logged and published: nothing later needs the facts, and the connection may idle for hours.
+    del facts
+    accepted.discard_facts()
+    dialled.discard_facts()
 
     relay = _Relay(plan, log, accepted, dialled, accepted_info, dialled_info)
     await relay.run()

@@ -220,8 +220,11 @@ class _Guard:
 
 
 class OpenSSLStream(trio.abc.Stream):
-    """TLS over any trio transport stream; ``facts`` holds the handshake's record once done.
+    """TLS over any trio transport stream; ``facts`` holds the handshake's record once done,
+    until the owner calls :meth:`discard_facts`.
 
+    ``observer`` is the handshake's scratchpad (the client's hello, the first verification
+    failure): it is there until the handshake succeeds, and stays after a failure.
     ``close_notify_received`` and ``eof_without_close_notify`` tell the relay how the peer ended.
     """
 
@@ -237,18 +240,19 @@ class OpenSSLStream(trio.abc.Stream):
         send_sni: bool = True,
     ) -> None:
         self.transport_stream = transport_stream
-        self.observer = HandshakeObserver(leg=leg, role="server" if server_side else "client")
+        observer = HandshakeObserver(leg=leg, role="server" if server_side else "client")
+        self.observer: HandshakeObserver | None = observer
         conn = SSL.Connection(context, None)
-        conn.set_app_data(self.observer)
+        conn.set_app_data(observer)
         if server_side:
             conn.set_accept_state()
-            self.observer.sniffer = ClientHelloSniffer()
+            observer.sniffer = ClientHelloSniffer()
         else:
             conn.set_connect_state()
             if server_hostname and send_sni and not _is_ip(server_hostname):
                 conn.set_tlsext_host_name(server_hostname.encode("idna"))
             if check_hostname and server_hostname:
-                self.observer.expected_hostname = server_hostname
+                observer.expected_hostname = server_hostname
         self._conn = conn
         self._records = _records(conn)
         # A trio SocketStream is driven through its file descriptor (see _transport_receive).
@@ -360,9 +364,9 @@ class OpenSSLStream(trio.abc.Stream):
             if count != self._fill_count:
                 return
             data = b"" if self._transport_eof else await self._transport_receive()
-            sniffer = self.observer.sniffer
-            if sniffer is not None and not sniffer.done:
-                sniffer.feed(data)
+            observer = self.observer
+            if observer is not None and observer.sniffer is not None and not observer.sniffer.done:
+                observer.sniffer.feed(data)
             if data:
                 self._records.give_input(data)
             else:
@@ -418,14 +422,24 @@ class OpenSSLStream(trio.abc.Stream):
                         FailureReason.TIMEOUT.value, f"handshake not complete after {timeout:g} s (state: {state})"
                     )
                     raise self._handshake_error
-        assert self.facts is not None
+        if self.facts is None:
+            raise RuntimeError("the handshake's facts were discarded")
         return self.facts
 
+    def discard_facts(self) -> None:
+        """Drop the handshake's record once its owner has logged and published it.
+
+        A proxied connection can idle for hours and nothing after the handshake reads its
+        facts (peer chain summaries, key-log lines, the client's offer): a few KiB per leg."""
+        self.facts = None
+
     async def _handshake_once(self) -> None:
+        observer = self.observer
+        assert observer is not None
         try:
             await self._retry(self._conn.do_handshake)
         except SSL.Error as exc:
-            failure = classify_failure(exc, self.observer)
+            failure = classify_failure(exc, observer)
             if failure.reason == FailureReason.PEER_CLOSED.value:
                 # Where it stopped tells "refused our offer silently" from "went away".
                 state = self._conn.get_state_string().decode("ascii", "replace")
@@ -440,8 +454,11 @@ class OpenSSLStream(trio.abc.Stream):
             )
             raise self._handshake_error from None
         self._handshake_done = True
-        self.facts = collect_facts(self._conn, self.observer)
-        self.observer.sniffer = None
+        self.facts = collect_facts(self._conn, observer)
+        # The observer's work is done: no callback that writes to it runs after the handshake
+        # (renegotiation is off; TLS 1.3 tickets and key updates neither verify nor log keys).
+        self._conn.set_app_data(None)
+        self.observer = None
         self._records.renew_bios(eof=self._transport_eof)
 
     async def _ensure_handshake(self) -> None:

@@ -142,3 +142,23 @@ async def test_record_arriving_with_the_finished_survives_the_fresh_bios(pki: Pa
     assert await server.receive_some() == b"first record"
     assert await server.receive_some() == b"" and server.eof_without_close_notify
     await server.aclose()
+
+
+async def test_handshake_records_are_let_go(contexts) -> None:
+    """The observer goes with the handshake; the facts stay until the owner discards them."""
+    client, server = pair(contexts, trio.testing.memory_stream_pair)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        nursery.start_soon(server.do_handshake)
+    assert client.observer is None and server.observer is None
+    assert client._conn.get_app_data() is None  # noqa: SLF001 - the callbacks' view of it
+    facts = await server.do_handshake()
+    assert facts is server.facts and facts.peer_chain[0].common_name == "customer"
+    server.discard_facts()
+    assert server.facts is None
+    with pytest.raises(RuntimeError):
+        await server.do_handshake()
+    await client.send_all(b"still relays")
+    assert await server.receive_some() == b"still relays"
+    await client.aclose()
+    await server.aclose()
