@@ -219,6 +219,36 @@ class _Guard:
         self._held = False
 
 
+class _Mutex:
+    """A FIFO lock for the tasks of one trio run, taken without a scheduling point when free.
+
+    trio.Lock costs about 0.4 KiB (the lock, its ParkingLot and the lot's OrderedDict), and a
+    proxied connection has two streams with two locks each that are contended only when both
+    pumps use one stream at the same moment. This one is two slots; its ParkingLot is made on
+    the first contention. As in trio.Lock, release hands the lock straight to the first waiter.
+    """
+
+    __slots__ = ("_held", "_waiters")
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters: trio.lowlevel.ParkingLot | None = None
+
+    async def acquire(self) -> None:
+        if not self._held:
+            self._held = True
+            return
+        if self._waiters is None:
+            self._waiters = trio.lowlevel.ParkingLot()
+        await self._waiters.park()  # woken by release() as the new holder
+
+    def release(self) -> None:
+        if self._waiters:
+            self._waiters.unpark()
+        else:
+            self._held = False
+
+
 class OpenSSLStream(trio.abc.Stream):
     """TLS over any trio transport stream; ``facts`` holds the handshake's record once done,
     until the owner calls :meth:`discard_facts`.
@@ -258,9 +288,9 @@ class OpenSSLStream(trio.abc.Stream):
         # A trio SocketStream is driven through its file descriptor (see _transport_receive).
         self._socket = transport_stream.socket if type(transport_stream) is trio.SocketStream else None
         self._outbox: list[bytes] = []
-        self._send_lock = trio.Lock()
-        self._recv_lock = trio.Lock()
-        self._handshake_lock = trio.Lock()
+        self._send_lock = _Mutex()
+        self._recv_lock = _Mutex()
+        self._handshake_lock: trio.Lock | None = trio.Lock()  # dropped once the handshake succeeded
         self._fill_count = 0
         self._yielded = False
         self._transport_eof = False
@@ -332,11 +362,7 @@ class OpenSSLStream(trio.abc.Stream):
             self._outbox.append(output)
         if not self._outbox:
             return
-        # Uncontended (the common case): take the lock without a scheduling point.
-        try:
-            self._send_lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._send_lock.acquire()
+        await self._send_lock.acquire()  # no scheduling point when uncontended (the common case)
         try:
             outbox = self._outbox
             while outbox:
@@ -356,10 +382,7 @@ class OpenSSLStream(trio.abc.Stream):
 
     async def _fill(self) -> None:
         count = self._fill_count
-        try:
-            self._recv_lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._recv_lock.acquire()
+        await self._recv_lock.acquire()
         try:
             if count != self._fill_count:
                 return
@@ -410,7 +433,17 @@ class OpenSSLStream(trio.abc.Stream):
     async def do_handshake(self, timeout: float | None = None) -> HandshakeFacts:
         """Complete the handshake or raise HandshakeFailed with a classified reason."""
         self._check_open()
-        async with self._handshake_lock:
+        lock = self._handshake_lock
+        if lock is None:  # done: what the lock would have done is a checkpoint
+            await trio.lowlevel.checkpoint()
+        else:
+            await self._handshake_under(lock, timeout)
+        if self.facts is None:
+            raise RuntimeError("the handshake's facts were discarded")
+        return self.facts
+
+    async def _handshake_under(self, lock: trio.Lock, timeout: float | None) -> None:
+        async with lock:
             if self._handshake_error is not None:
                 raise self._handshake_error
             if not self._handshake_done:
@@ -422,9 +455,6 @@ class OpenSSLStream(trio.abc.Stream):
                         FailureReason.TIMEOUT.value, f"handshake not complete after {timeout:g} s (state: {state})"
                     )
                     raise self._handshake_error
-        if self.facts is None:
-            raise RuntimeError("the handshake's facts were discarded")
-        return self.facts
 
     def discard_facts(self) -> None:
         """Drop the handshake's record once its owner has logged and published it.
@@ -459,6 +489,7 @@ class OpenSSLStream(trio.abc.Stream):
         # (renegotiation is off; TLS 1.3 tickets and key updates neither verify nor log keys).
         self._conn.set_app_data(None)
         self.observer = None
+        self._handshake_lock = None  # a task waiting on it holds its own reference
         self._records.renew_bios(eof=self._transport_eof)
 
     async def _ensure_handshake(self) -> None:

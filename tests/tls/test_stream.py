@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,34 @@ async def test_handshake_records_are_let_go(contexts) -> None:
     assert await server.receive_some() == b"still relays"
     await client.aclose()
     await server.aclose()
+
+
+async def test_stream_mutex_is_fifo_and_survives_a_cancelled_waiter() -> None:
+    from proxy.tls.stream import _Mutex
+
+    mutex = _Mutex()
+    with trio.testing.assert_no_checkpoints():
+        await mutex.acquire()  # free: taken at once, as the flush path relies on
+    order: list[str] = []
+    cancelled = trio.CancelScope()
+
+    async def take(name: str) -> None:
+        await mutex.acquire()
+        order.append(name)
+        await trio.lowlevel.checkpoint()
+        mutex.release()
+
+    async def give_up() -> None:
+        with cancelled:
+            await take("never")
+
+    async with trio.open_nursery() as nursery:
+        for waiter in (functools.partial(take, "a"), give_up, functools.partial(take, "b")):
+            nursery.start_soon(waiter)  # one at a time: queued in this order
+            await trio.testing.wait_all_tasks_blocked()
+        cancelled.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        mutex.release()
+    assert order == ["a", "b"]
+    with trio.testing.assert_no_checkpoints():
+        await mutex.acquire()  # free again after the last holder let go
