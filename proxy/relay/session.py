@@ -218,9 +218,11 @@ class _Relay:
             async with trio.open_nursery() as nursery:
                 self.scope = nursery.cancel_scope
                 nursery.start_soon(self._pump, self.accepted, self.dialled, self.up, True)
-                nursery.start_soon(self._pump, self.dialled, self.accepted, self.down, False)
                 if self.plan.limits.idle_timeout > 0:
                     nursery.start_soon(self._idle_watchdog)
+                # The other direction runs in this task, inside the nursery's cancel scope like
+                # its children: a task (about 1 KiB) fewer per idle connection.
+                await self._pump(self.dialled, self.accepted, self.down, False)
         finally:
             self.up.close()
             self.down.close()
