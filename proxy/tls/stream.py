@@ -527,15 +527,9 @@ class OpenSSLStream(trio.abc.Stream):
                 view.release()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        # One coroutine, not a wrapper around another: every idle pump sits in here, and each
+        # frame of its await chain is a few hundred bytes per connection.
         self._yielded = False
-        data = await self._receive_some(max_bytes)
-        if not self._yielded:
-            # Served from bytes already buffered (or EOF already seen): still a checkpoint, as
-            # trio streams promise, so a busy relay cannot starve other tasks.
-            await trio.lowlevel.checkpoint()
-        return data
-
-    async def _receive_some(self, max_bytes: int | None) -> bytes:
         with self._recv_guard:
             self._check_open()
             await self._ensure_handshake()
@@ -548,18 +542,22 @@ class OpenSSLStream(trio.abc.Stream):
                 data = await self._retry_records(self._records.read, min(size, _RECORD_SIZE))
             except SSL.ZeroReturnError:
                 self.close_notify_received = True
-                return b""
+                data = b""
             except SSL.SysCallError as exc:
-                if self._transport_eof:
-                    self.eof_without_close_notify = True
-                    return b""
-                raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
+                if not self._transport_eof:
+                    raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
+                self.eof_without_close_notify = True
+                data = b""
             except SSL.Error as exc:
-                if self._transport_eof and "unexpected eof" in str(exc).lower():
-                    self.eof_without_close_notify = True
-                    return b""
-                raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
-            return data
+                if not (self._transport_eof and "unexpected eof" in str(exc).lower()):
+                    raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
+                self.eof_without_close_notify = True
+                data = b""
+        if not self._yielded:
+            # Served from bytes already buffered (or EOF already seen): still a checkpoint, as
+            # trio streams promise, so a busy relay cannot starve other tasks.
+            await trio.lowlevel.checkpoint()
+        return data
 
     async def send_eof(self) -> None:
         """Send close_notify: TLS's 'I am done sending'. The peer may still send to us."""
