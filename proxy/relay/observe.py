@@ -23,7 +23,16 @@ Publish = Callable[[MirrorEvent], object]  # returns False when a sink dropped t
 
 
 class DirectionObserver:
-    """One direction (customer->core or core->customer) of one proxied connection."""
+    """One direction (customer->core or core->customer) of one proxied connection.
+
+    Slotted, and the ``sip`` line writer is made at the first message: a trunk holds mostly
+    idle connections, two observers each."""
+
+    __slots__ = (
+        "direction", "_legs", "_publish", "_log", "_framer", "_log_messages", "_sip_line", "_log_payloads",
+        "_log_key_material", "_count_message", "messages", "mirror_dropped", "keepalives", "unframeable_bytes",
+        "_reported_unframeable",
+    )
 
     def __init__(
         self,
@@ -44,7 +53,7 @@ class DirectionObserver:
         self._log = log
         self._framer = SipFramer(max_message_size=max_message_size)
         self._log_messages = log_messages
-        self._sip_line = event_writer(log, "sip") if log_messages else None
+        self._sip_line: Callable[[dict[str, Any]], None] | None | bool = False  # False: not made yet
         self._log_payloads = log_payloads
         self._log_key_material = log_key_material
         self._count_message = count_message
@@ -113,8 +122,11 @@ class DirectionObserver:
                 fields["cseq"] = f"{view.cseq_number} {view.cseq_method}"
             if self._log_payloads:
                 fields["payload"] = data
-            if self._sip_line is not None:
-                self._sip_line(fields)
+            sip_line = self._sip_line
+            if sip_line is False:
+                sip_line = self._sip_line = event_writer(self._log, "sip")
+            if sip_line is not None:
+                sip_line(fields)  # type: ignore[operator]
             else:
                 self._log.info("sip", **fields)
         if view is not None and data.find(b"a=crypto", message.header_end) >= 0:  # no body copy per message

@@ -124,6 +124,37 @@ class _Records:
     def give_input(self, data: bytes) -> None:
         self._conn.bio_write(data)
 
+    def renew_bios(self, *, eof: bool) -> None:
+        """Give the connection a fresh, empty pair of memory BIOs.
+
+        A BIO_s_mem never shrinks: after the handshake each of the two holds a buffer the
+        size of the largest flight it carried (certificates, CA names), about 13 KiB per
+        proxied connection over both legs, kept for as long as the connection idles. Input
+        not yet read by OpenSSL moves to the new incoming BIO (a client's first record can
+        arrive with its Finished), and so does the end of input. SSL_set_bio frees the old
+        pair; pyOpenSSL's own references are updated, since bio_write and bio_shutdown use them.
+        """
+        into = _lib.BIO_new(_lib.BIO_s_mem())
+        out = _lib.BIO_new(_lib.BIO_s_mem())
+        if into == _ffi.NULL or out == _ffi.NULL:  # pragma: no cover - out of memory: keep the old pair
+            for bio in (into, out):
+                if bio != _ffi.NULL:
+                    _lib.BIO_free(bio)
+            return
+        for old, new in ((self._into, into), (self._from, out)):
+            pending = _lib.BIO_get_mem_data(old, _ffi.NULL)
+            while pending > 0:
+                n = _lib.BIO_read(old, self._buf, min(pending, _BIO_READ_SIZE))
+                if n <= 0:  # pragma: no cover - a memory BIO hands out what it reports
+                    break
+                _lib.BIO_write(new, self._buf, n)
+                pending -= n
+        if eof:
+            _lib.BIO_set_mem_eof_return(into, 0)
+        _lib.SSL_set_bio(self._ssl, into, out)
+        self._conn._into_ssl = self._into = into  # noqa: SLF001
+        self._conn._from_ssl = self._from = out  # noqa: SLF001
+
 
 class _PortableRecords:
     """The same four operations through pyOpenSSL's public API only."""
@@ -157,6 +188,9 @@ class _PortableRecords:
     def give_input(self, data: bytes) -> None:
         self._conn.bio_write(data)
 
+    def renew_bios(self, *, eof: bool) -> None:
+        """Not possible through the public API: the BIOs keep their handshake-sized buffers."""
+
 
 def _records(conn: SSL.Connection) -> _Records | _PortableRecords:
     if _lib is None:
@@ -185,9 +219,42 @@ class _Guard:
         self._held = False
 
 
-class OpenSSLStream(trio.abc.Stream):
-    """TLS over any trio transport stream; ``facts`` holds the handshake's record once done.
+class _Mutex:
+    """A FIFO lock for the tasks of one trio run, taken without a scheduling point when free.
 
+    trio.Lock costs about 0.4 KiB (the lock, its ParkingLot and the lot's OrderedDict), and a
+    proxied connection has two streams with two locks each that are contended only when both
+    pumps use one stream at the same moment. This one is two slots; its ParkingLot is made on
+    the first contention. As in trio.Lock, release hands the lock straight to the first waiter.
+    """
+
+    __slots__ = ("_held", "_waiters")
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters: trio.lowlevel.ParkingLot | None = None
+
+    async def acquire(self) -> None:
+        if not self._held:
+            self._held = True
+            return
+        if self._waiters is None:
+            self._waiters = trio.lowlevel.ParkingLot()
+        await self._waiters.park()  # woken by release() as the new holder
+
+    def release(self) -> None:
+        if self._waiters:
+            self._waiters.unpark()
+        else:
+            self._held = False
+
+
+class OpenSSLStream(trio.abc.Stream):
+    """TLS over any trio transport stream; ``facts`` holds the handshake's record once done,
+    until the owner calls :meth:`discard_facts`.
+
+    ``observer`` is the handshake's scratchpad (the client's hello, the first verification
+    failure): it is there until the handshake succeeds, and stays after a failure.
     ``close_notify_received`` and ``eof_without_close_notify`` tell the relay how the peer ended.
     """
 
@@ -203,26 +270,27 @@ class OpenSSLStream(trio.abc.Stream):
         send_sni: bool = True,
     ) -> None:
         self.transport_stream = transport_stream
-        self.observer = HandshakeObserver(leg=leg, role="server" if server_side else "client")
+        observer = HandshakeObserver(leg=leg, role="server" if server_side else "client")
+        self.observer: HandshakeObserver | None = observer
         conn = SSL.Connection(context, None)
-        conn.set_app_data(self.observer)
+        conn.set_app_data(observer)
         if server_side:
             conn.set_accept_state()
-            self.observer.sniffer = ClientHelloSniffer()
+            observer.sniffer = ClientHelloSniffer()
         else:
             conn.set_connect_state()
             if server_hostname and send_sni and not _is_ip(server_hostname):
                 conn.set_tlsext_host_name(server_hostname.encode("idna"))
             if check_hostname and server_hostname:
-                self.observer.expected_hostname = server_hostname
+                observer.expected_hostname = server_hostname
         self._conn = conn
         self._records = _records(conn)
         # A trio SocketStream is driven through its file descriptor (see _transport_receive).
         self._socket = transport_stream.socket if type(transport_stream) is trio.SocketStream else None
         self._outbox: list[bytes] = []
-        self._send_lock = trio.Lock()
-        self._recv_lock = trio.Lock()
-        self._handshake_lock = trio.Lock()
+        self._send_lock = _Mutex()
+        self._recv_lock = _Mutex()
+        self._handshake_lock: trio.Lock | None = trio.Lock()  # dropped once the handshake succeeded
         self._fill_count = 0
         self._yielded = False
         self._transport_eof = False
@@ -294,11 +362,7 @@ class OpenSSLStream(trio.abc.Stream):
             self._outbox.append(output)
         if not self._outbox:
             return
-        # Uncontended (the common case): take the lock without a scheduling point.
-        try:
-            self._send_lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._send_lock.acquire()
+        await self._send_lock.acquire()  # no scheduling point when uncontended (the common case)
         try:
             outbox = self._outbox
             while outbox:
@@ -318,17 +382,14 @@ class OpenSSLStream(trio.abc.Stream):
 
     async def _fill(self) -> None:
         count = self._fill_count
-        try:
-            self._recv_lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._recv_lock.acquire()
+        await self._recv_lock.acquire()
         try:
             if count != self._fill_count:
                 return
             data = b"" if self._transport_eof else await self._transport_receive()
-            sniffer = self.observer.sniffer
-            if sniffer is not None and not sniffer.done:
-                sniffer.feed(data)
+            observer = self.observer
+            if observer is not None and observer.sniffer is not None and not observer.sniffer.done:
+                observer.sniffer.feed(data)
             if data:
                 self._records.give_input(data)
             else:
@@ -372,7 +433,17 @@ class OpenSSLStream(trio.abc.Stream):
     async def do_handshake(self, timeout: float | None = None) -> HandshakeFacts:
         """Complete the handshake or raise HandshakeFailed with a classified reason."""
         self._check_open()
-        async with self._handshake_lock:
+        lock = self._handshake_lock
+        if lock is None:  # done: what the lock would have done is a checkpoint
+            await trio.lowlevel.checkpoint()
+        else:
+            await self._handshake_under(lock, timeout)
+        if self.facts is None:
+            raise RuntimeError("the handshake's facts were discarded")
+        return self.facts
+
+    async def _handshake_under(self, lock: trio.Lock, timeout: float | None) -> None:
+        async with lock:
             if self._handshake_error is not None:
                 raise self._handshake_error
             if not self._handshake_done:
@@ -384,14 +455,21 @@ class OpenSSLStream(trio.abc.Stream):
                         FailureReason.TIMEOUT.value, f"handshake not complete after {timeout:g} s (state: {state})"
                     )
                     raise self._handshake_error
-        assert self.facts is not None
-        return self.facts
+
+    def discard_facts(self) -> None:
+        """Drop the handshake's record once its owner has logged and published it.
+
+        A proxied connection can idle for hours and nothing after the handshake reads its
+        facts (peer chain summaries, key-log lines, the client's offer): a few KiB per leg."""
+        self.facts = None
 
     async def _handshake_once(self) -> None:
+        observer = self.observer
+        assert observer is not None
         try:
             await self._retry(self._conn.do_handshake)
         except SSL.Error as exc:
-            failure = classify_failure(exc, self.observer)
+            failure = classify_failure(exc, observer)
             if failure.reason == FailureReason.PEER_CLOSED.value:
                 # Where it stopped tells "refused our offer silently" from "went away".
                 state = self._conn.get_state_string().decode("ascii", "replace")
@@ -406,8 +484,13 @@ class OpenSSLStream(trio.abc.Stream):
             )
             raise self._handshake_error from None
         self._handshake_done = True
-        self.facts = collect_facts(self._conn, self.observer)
-        self.observer.sniffer = None
+        self.facts = collect_facts(self._conn, observer)
+        # The observer's work is done: no callback that writes to it runs after the handshake
+        # (renegotiation is off; TLS 1.3 tickets and key updates neither verify nor log keys).
+        self._conn.set_app_data(None)
+        self.observer = None
+        self._handshake_lock = None  # a task waiting on it holds its own reference
+        self._records.renew_bios(eof=self._transport_eof)
 
     async def _ensure_handshake(self) -> None:
         """Implicit handshake for send/receive: a failure is a broken stream, as trio expects."""
@@ -444,15 +527,9 @@ class OpenSSLStream(trio.abc.Stream):
                 view.release()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        # One coroutine, not a wrapper around another: every idle pump sits in here, and each
+        # frame of its await chain is a few hundred bytes per connection.
         self._yielded = False
-        data = await self._receive_some(max_bytes)
-        if not self._yielded:
-            # Served from bytes already buffered (or EOF already seen): still a checkpoint, as
-            # trio streams promise, so a busy relay cannot starve other tasks.
-            await trio.lowlevel.checkpoint()
-        return data
-
-    async def _receive_some(self, max_bytes: int | None) -> bytes:
         with self._recv_guard:
             self._check_open()
             await self._ensure_handshake()
@@ -465,18 +542,22 @@ class OpenSSLStream(trio.abc.Stream):
                 data = await self._retry_records(self._records.read, min(size, _RECORD_SIZE))
             except SSL.ZeroReturnError:
                 self.close_notify_received = True
-                return b""
+                data = b""
             except SSL.SysCallError as exc:
-                if self._transport_eof:
-                    self.eof_without_close_notify = True
-                    return b""
-                raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
+                if not self._transport_eof:
+                    raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
+                self.eof_without_close_notify = True
+                data = b""
             except SSL.Error as exc:
-                if self._transport_eof and "unexpected eof" in str(exc).lower():
-                    self.eof_without_close_notify = True
-                    return b""
-                raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
-            return data
+                if not (self._transport_eof and "unexpected eof" in str(exc).lower()):
+                    raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
+                self.eof_without_close_notify = True
+                data = b""
+        if not self._yielded:
+            # Served from bytes already buffered (or EOF already seen): still a checkpoint, as
+            # trio streams promise, so a busy relay cannot starve other tasks.
+            await trio.lowlevel.checkpoint()
+        return data
 
     async def send_eof(self) -> None:
         """Send close_notify: TLS's 'I am done sending'. The peer may still send to us."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,102 @@ async def test_use_after_close_raises(contexts) -> None:
     with pytest.raises(trio.ClosedResourceError):
         await client.receive_some()
     await server.aclose()
+
+
+async def test_record_arriving_with_the_finished_survives_the_fresh_bios(pki: Path) -> None:
+    """After the handshake the stream swaps in empty memory BIOs (an idle connection should
+    not keep handshake-sized buffers). A TLS 1.3 client's first record can arrive in the same
+    read as its Finished, so it is still in the old incoming BIO then: it must not be lost."""
+    from OpenSSL import SSL
+
+    server_ctx = build_server_context(ServerTlsSettings(
+        cert=pki / "proxy-server.pem", key=pki / "proxy-server.key", client_ca=pki / "ca.pem",
+        key_exchange="any", max_version="TLSv1.3",
+    ))
+    client_ctx = build_client_context(ClientTlsSettings(
+        cert=pki / "customer.pem", key=pki / "customer.key", ca=pki / "ca.pem", server_name="localhost",
+    ))
+    near, far = trio.testing.memory_stream_pair()
+    server = OpenSSLStream(far, server_ctx, server_side=True, leg="customer")
+    client = SSL.Connection(client_ctx, None)  # driven by hand, so the write boundaries are ours
+    client.set_connect_state()
+
+    def advance() -> bool:
+        try:
+            client.do_handshake()
+        except SSL.WantReadError:
+            return False
+        return True
+
+    def output() -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunks.append(client.bio_read(65536))
+            except SSL.WantReadError:
+                return b"".join(chunks)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.do_handshake)
+        advance()
+        await near.send_all(output())  # ClientHello
+        while not advance():
+            client.bio_write(await near.receive_some())
+        client.send(b"first record")
+        await near.send_all(output())  # Certificate, CertificateVerify, Finished and the record at once
+    assert server.facts is not None and server.facts.version == "TLSv1.3"
+    await near.send_eof()  # a lost record then reads as EOF instead of waiting forever
+    assert await server.receive_some() == b"first record"
+    assert await server.receive_some() == b"" and server.eof_without_close_notify
+    await server.aclose()
+
+
+async def test_handshake_records_are_let_go(contexts) -> None:
+    """The observer goes with the handshake; the facts stay until the owner discards them."""
+    client, server = pair(contexts, trio.testing.memory_stream_pair)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.do_handshake)
+        nursery.start_soon(server.do_handshake)
+    assert client.observer is None and server.observer is None
+    assert client._conn.get_app_data() is None  # noqa: SLF001 - the callbacks' view of it
+    facts = await server.do_handshake()
+    assert facts is server.facts and facts.peer_chain[0].common_name == "customer"
+    server.discard_facts()
+    assert server.facts is None
+    with pytest.raises(RuntimeError):
+        await server.do_handshake()
+    await client.send_all(b"still relays")
+    assert await server.receive_some() == b"still relays"
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_stream_mutex_is_fifo_and_survives_a_cancelled_waiter() -> None:
+    from proxy.tls.stream import _Mutex
+
+    mutex = _Mutex()
+    with trio.testing.assert_no_checkpoints():
+        await mutex.acquire()  # free: taken at once, as the flush path relies on
+    order: list[str] = []
+    cancelled = trio.CancelScope()
+
+    async def take(name: str) -> None:
+        await mutex.acquire()
+        order.append(name)
+        await trio.lowlevel.checkpoint()
+        mutex.release()
+
+    async def give_up() -> None:
+        with cancelled:
+            await take("never")
+
+    async with trio.open_nursery() as nursery:
+        for waiter in (functools.partial(take, "a"), give_up, functools.partial(take, "b")):
+            nursery.start_soon(waiter)  # one at a time: queued in this order
+            await trio.testing.wait_all_tasks_blocked()
+        cancelled.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        mutex.release()
+    assert order == ["a", "b"]
+    with trio.testing.assert_no_checkpoints():
+        await mutex.acquire()  # free again after the last holder let go

@@ -1,0 +1,51 @@
+"""What an established, idle proxied connection keeps (run in-process, so the heap can be
+inspected): the handshake's records reach the log and the mirror complete, and are then let go."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+import trio
+
+from proxy.app import build_plans
+from proxy.config import load_config
+from proxy.lab.core import start_lab_core
+from proxy.lab.customer import CustomerSession, customer_context
+from proxy.log import get_logger
+from proxy.mirror.events import KeyEvent
+from proxy.relay.session import run_session
+from proxy.tls.facts import HandshakeFacts, HandshakeObserver
+from tests.relay.harness import write_config
+
+
+def alive(kind: type) -> list[object]:
+    gc.collect()
+    return [o for o in gc.get_objects() if type(o) is kind]
+
+
+async def test_idle_session_keeps_no_handshake_records(pki: Path, tmp_path: Path) -> None:
+    events: list[object] = []
+    async with trio.open_nursery() as nursery:
+        core, core_port = await start_lab_core(nursery, pki)
+        config = load_config(write_config(tmp_path, pki, cores=[core_port]))
+        plan = build_plans(config, config.routes[0], publish=events.append).forward
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, lambda tcp: run_session(tcp, plan, get_logger()), listeners)
+        session = await CustomerSession.connect("127.0.0.1", port, customer_context(pki))
+        assert (await session.options()).status_code == 200  # both legs are up and relaying
+
+        keys = [e for e in events if isinstance(e, KeyEvent)]
+        assert [k.leg.leg for k in keys] == ["customer", "core"]
+        customer, core_leg = (k.facts for k in keys)
+        assert customer.peer_chain[0].common_name == "customer" and customer.keylog_lines
+        assert customer.client_offer is not None
+        assert core_leg.peer_chain[0].common_name == "core" and core_leg.keylog_lines
+        # Only the published copies are left (held here, by `events`); the observers are gone.
+        assert {id(f) for f in alive(HandshakeFacts)} == {id(customer), id(core_leg)}
+        assert alive(HandshakeObserver) == []
+
+        assert (await session.options()).status_code == 200  # and it still relays
+        await session.aclose()
+        nursery.cancel_scope.cancel()
