@@ -142,16 +142,19 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
-def pss_kib(pid: int) -> int:
+def pss_kib(pid: int, field: str = "Pss") -> int:
     """Sum of Pss (KiB) over ``pid``'s process tree, from /proc/PID/smaps_rollup (shared pages are
-    divided between the processes that map them, so the sum counts each page once)."""
+    divided between the processes that map them, so the sum counts each page once). With
+    ``field="Anonymous"``: the process-private heap and stacks only, which do not move when
+    other processes map or unmap the same libraries (PSS does, by a few KiB per connection
+    over an S4 run)."""
     total = 0
     for member in process_tree(pid):
         try:
             text = Path(f"/proc/{member}/smaps_rollup").read_text()
         except OSError:
             continue
-        match = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
+        match = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
         if match:
             total += int(match.group(1))
     return total

@@ -129,6 +129,7 @@ async def scenario_s4(args, tmp, pki, kind):
         await c.wait_until(lambda: downstream() == 0 and (not relays or upstream() == 0), 30,
                            "warm-up connections to close")
         before = await c.settle_pss(mid.pid)
+        anon_before = c.pss_kib(mid.pid, "Anonymous")
         started = time.monotonic()
         streams = await c.open_idle_connections(mid.port, pki, n, concurrency=args.idle_concurrency)
         try:
@@ -137,7 +138,9 @@ async def scenario_s4(args, tmp, pki, kind):
                 await c.wait_until(lambda: upstream() >= n, 120, f"{n} upstream connections to the core")
             ready_s = time.monotonic() - started
             after = await c.settle_pss(mid.pid)
+            anon_after = c.pss_kib(mid.pid, "Anonymous")
             result = {
+                "anon_kib_per_connection": (anon_after - anon_before) / n,
                 "connections": n, "downstream_established": downstream(), "upstream_established": upstream(),
                 "open_s": round(ready_s, 2), "pss_before_kib": before, "pss_after_kib": after,
                 "kib_per_connection": (after - before) / n, "middle_processes": len(c.process_tree(mid.pid)),
@@ -273,14 +276,16 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "middle and leaves them silent; once the middle holds them all (and, for connection relays, as many "
                 "ESTABLISHED upstream sockets toward the core stunnel) and its PSS is stable: "
                 "(PSS after − PSS before) / connections, PSS summed over all the middle's processes from "
-                "/proc/PID/smaps_rollup. Target: siptap ≤ 64 KiB per connection (both legs).", ""]
+                "/proc/PID/smaps_rollup. Target: siptap ≤ 64 KiB per connection (both legs). *anon KiB/conn*: the same "
+                "from the Anonymous line (private heap and stacks), steadier than PSS, which moves by a few KiB per "
+                "connection when other processes map or unmap the same libraries during the run.", ""]
         out += rows_for("S4", lambda k: (
             f"| {k} | {_f(g(k,'S4','connections'))} | {_f(g(k,'S4','upstream_established'))} | "
             f"{_f(_div(g(k,'S4','pss_before_kib'), 1024), 1)} | {_f(_div(g(k,'S4','pss_after_kib'), 1024), 1)} | "
-            f"{_f(g(k,'S4','kib_per_connection'))} | "
+            f"{_f(g(k,'S4','kib_per_connection'))} | {_f(g(k,'S4','anon_kib_per_connection'))} | "
             f"{_x(_ratio(g(k,'S4','kib_per_connection'), g(PAIR,'S4','kib_per_connection')))} | "
             f"{_x(_ratio(g(k,'S4','kib_per_connection'), g(KAM,'S4','kib_per_connection')))} |"),
-            "| middle | connections | upstream sockets | PSS before MiB | PSS after MiB | KiB/conn | × pair | × kamailio |")
+            "| middle | connections | upstream sockets | PSS before MiB | PSS after MiB | KiB/conn | anon KiB/conn | × pair | × kamailio |")
         out.append("")
 
     out += ["## Targets (issue 7)", "", "| target | measured | verdict |", "|---|---|---|"]
