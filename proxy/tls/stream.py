@@ -43,7 +43,14 @@ except ImportError:  # pragma: no cover - a pyOpenSSL without the private bindin
 
 from proxy.errors import HandshakeFailed
 from proxy.sansio.tls_hello import ClientHelloSniffer
-from proxy.tls.facts import FailureReason, HandshakeFacts, HandshakeObserver, classify_failure, collect_facts
+from proxy.tls.facts import (
+    CertificateCache,
+    FailureReason,
+    HandshakeFacts,
+    HandshakeObserver,
+    classify_failure,
+    collect_facts,
+)
 
 T = TypeVar("T")
 
@@ -216,6 +223,8 @@ class OpenSSLStream(trio.abc.Stream):
             if check_hostname and server_hostname:
                 self.observer.expected_hostname = server_hostname
         self._conn = conn
+        certificates = context.get_app_data()  # see proxy.tls.contexts: the context's cache
+        self._certificates = certificates if isinstance(certificates, CertificateCache) else None
         self._records = _records(conn)
         # A trio SocketStream is driven through its file descriptor (see _transport_receive).
         self._socket = transport_stream.socket if type(transport_stream) is trio.SocketStream else None
@@ -406,7 +415,7 @@ class OpenSSLStream(trio.abc.Stream):
             )
             raise self._handshake_error from None
         self._handshake_done = True
-        self.facts = collect_facts(self._conn, self.observer)
+        self.facts = collect_facts(self._conn, self.observer, self._certificates)
         self.observer.sniffer = None
 
     async def _ensure_handshake(self) -> None:
