@@ -316,20 +316,20 @@ def _extended_master_secret(conn: SSL.Connection, version: str) -> bool | None:
     """pyOpenSSL has no public accessor; SSL_get_extms_support is in cryptography's bindings."""
     if version == "TLSv1.3":
         return None
+    if _lib is None:
+        return None
     try:
-        from OpenSSL._util import lib
-
-        return bool(lib.SSL_get_extms_support(conn._ssl))  # noqa: SLF001
-    except (AttributeError, ImportError):
+        return bool(_lib.SSL_get_extms_support(conn._ssl))  # noqa: SLF001
+    except AttributeError:
         return None
 
 
 def _session_reused(conn: SSL.Connection) -> bool:
+    if _lib is None:
+        return False
     try:
-        from OpenSSL._util import lib
-
-        return bool(lib.SSL_session_reused(conn._ssl))  # noqa: SLF001
-    except (AttributeError, ImportError):
+        return bool(_lib.SSL_session_reused(conn._ssl))  # noqa: SLF001
+    except AttributeError:
         return False
 
 

@@ -27,6 +27,7 @@ a read, and a read produces output only for TLS 1.3 post-handshake messages.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 from collections.abc import Callable
@@ -535,6 +536,7 @@ def _transport_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedReso
     return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
 
+@functools.lru_cache(maxsize=64)  # configured server names: a handful; a miss raises inside
 def _is_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name.strip("[]"))
