@@ -52,15 +52,18 @@ async def main(connections: int, warmup: int, sinks: bool, concurrency: int, log
         top = SIPTAP_SINKS.format(legs="customer", hep=sink_sockets[0].getsockname()[1],
                                   jsonl=sink_sockets[1].getsockname()[1], tmp=tmp)
 
-    async def drain(sock: trio.socket.SocketType) -> None:
+    received = [0] * len(sink_sockets)
+
+    async def drain(index: int, sock: trio.socket.SocketType) -> None:
         while True:
             await sock.recv(65536)
+            received[index] += 1
 
     context = customer_context(pki)
 
     async with trio.open_nursery() as nursery:
-        for s in sink_sockets:
-            nursery.start_soon(drain, s)
+        for index, s in enumerate(sink_sockets):
+            nursery.start_soon(drain, index, s)
         core, core_port = await start_lab_core(nursery, pki)
         config = write_config(tmp, pki, cores=[core_port], top=top)
         config.write_text(config.read_text().replace('level = "debug"', f'level = "{log_level}"'))
@@ -110,6 +113,10 @@ async def main(connections: int, warmup: int, sinks: bool, concurrency: int, log
     print(f"sinks={'on' if sinks else 'off'} log={log_level} connections={connections} wall={elapsed:.2f}s "
           f"siptap_cpu={cpu:.2f}s cpu_per_connection={cpu / connections * 1e3:.2f}ms "
           f"rate={connections / elapsed:.0f} conn/s")
+    if sinks:
+        total = connections + warmup
+        print(f"datagrams per connection (warm-up included): hep {received[0] / total:.3f}, "
+              f"jsonl {received[1] / total:.3f}")
 
 
 if __name__ == "__main__":
