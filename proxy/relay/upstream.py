@@ -7,6 +7,9 @@ every attempt and why it failed.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +38,7 @@ async def connect_first(
         address = str(upstream.address)
         try:
             with trio.fail_after(connect_timeout):
-                tcp = await trio.open_tcp_stream(upstream.address.host, upstream.address.port)
+                tcp = await open_tcp(upstream.address.host, upstream.address.port)
         except trio.TooSlowError:
             why = f"TCP connect timed out after {connect_timeout:g} s"
             attempts.append((address, why))
@@ -74,6 +77,46 @@ async def connect_first(
             continue
         return stream, upstream
     raise UpstreamError(attempts)
+
+
+async def open_tcp(host: str, port: int) -> trio.SocketStream:
+    """``trio.open_tcp_stream(host, port)``, without its machinery when ``host`` is an IP
+    literal, as upstreams usually are.
+
+    For a literal, trio resolves the host to that one address and runs the one connect
+    attempt as a task in a happy-eyeballs nursery of its own; there is nothing to race, and
+    per new proxied connection the lookup, nursery and task cost more Python than the
+    connect itself. This makes the same socket (the address's family, SOCK_STREAM,
+    IPPROTO_TCP), connects it the same way, and fails with the same error (trio's message,
+    the cause in an ExceptionGroup), closing the socket on any failure or cancellation.
+    A host name goes to trio as before."""
+    family = _literal_family(host)
+    if family is None:
+        return await trio.open_tcp_stream(host, port)
+    sock = trio.socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        await sock.connect((host, port))
+    except OSError as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        msg = f"all attempts to connect to {where} failed"
+        raise OSError(msg) from ExceptionGroup(msg, [exc])
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+@functools.lru_cache(maxsize=64)  # keyed by configured upstream hosts: a handful
+def _literal_family(host: str) -> socket.AddressFamily | None:
+    """AF_INET/AF_INET6 for an IP literal written the way getaddrinfo returns it, else None."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if str(ip) != host or getattr(ip, "scope_id", None):
+        return None  # unusual spellings and scoped addresses: let getaddrinfo decide
+    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
 
 def _next(upstreams: tuple[Upstream, ...], index: int) -> str | None:

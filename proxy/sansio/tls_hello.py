@@ -15,6 +15,7 @@ header's length is satisfied, then the ClientHello body (RFC 5246 §7.4.1.2, RFC
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 # IANA TLS cipher suite registry: the suites E-SBCs, SBCs and OpenSSL offer in practice.
@@ -237,7 +238,7 @@ def _parse_client_hello(body: bytes) -> ClientHello:
     r.take(32)  # random
     session_id = r.vector(1)
     suites_raw = r.vector(2)
-    suites = tuple(int.from_bytes(suites_raw[i : i + 2], "big") for i in range(0, len(suites_raw) - 1, 2))
+    suites = struct.unpack(f">{len(suites_raw) // 2}H", suites_raw[: len(suites_raw) & ~1])  # an odd byte is ignored
     r.vector(1)  # compression methods
     extensions: list[int] = []
     versions: tuple[int, ...] = (legacy_version,)

@@ -5,6 +5,10 @@ ones; everything here is therefore a pure function of the settings and the files
 Files are checked first, so a bad key or certificate stops start-up with the file and the
 problem named, not with an OpenSSL error stack.
 
+Each context owns a :class:`~proxy.tls.facts.CertificateCache` (its app data): the verify
+callback and the handshake facts parse and summarise each distinct peer certificate once,
+not once per connection, and a reload's new contexts start with fresh caches.
+
 Key material leaves through the per-connection :class:`~proxy.tls.facts.HandshakeObserver`
 (the connection's app data): the key-log callback appends NSS lines to it and the verify
 callback records the first verification failure, which OpenSSL's exception alone loses.
@@ -23,7 +27,7 @@ from OpenSSL import SSL, crypto
 from proxy.certs import key_matches_certificate, load_certificate_chain, load_private_key
 from proxy.config import ClientTlsSettings, ServerTlsSettings
 from proxy.errors import CertificateError
-from proxy.tls.facts import FailureReason, HandshakeObserver
+from proxy.tls.facts import CertificateCache, FailureReason, HandshakeObserver
 from proxy.tls.identity import AllowList, common_name, matches_hostname
 
 _VERSIONS = {
@@ -160,7 +164,13 @@ def _subject_of(cert: object) -> str:
         return "?"
 
 
-def _make_verify_callback(allow: AllowList | None):
+def certificate_cache(ctx: SSL.Context) -> CertificateCache | None:
+    """The context's certificate cache (None for a context not built here)."""
+    cache = ctx.get_app_data()
+    return cache if isinstance(cache, CertificateCache) else None
+
+
+def _make_verify_callback(allow: AllowList | None, certificates: CertificateCache | None = None):
     def verify(conn: SSL.Connection, cert, errnum: int, depth: int, ok: int) -> bool:
         observer = conn.get_app_data()
         if not isinstance(observer, HandshakeObserver):
@@ -168,8 +178,10 @@ def _make_verify_callback(allow: AllowList | None):
         if not ok:
             observer.record_verify_error(errnum, depth, _subject_of(cert), _verify_error_text(errnum))
             return False
-        if depth == 0:
-            leaf = cert.to_cryptography()
+        # The leaf is parsed only for a check that reads it (an allow-list, a hostname), and
+        # then once per distinct certificate; with neither, a verified chain is all it takes.
+        if depth == 0 and (allow or observer.expected_hostname):
+            leaf = certificates.certificate_of(cert) if certificates is not None else cert.to_cryptography()
             if allow and not allow.permits(leaf):
                 observer.policy_failure = (
                     FailureReason.NOT_ALLOWED,
@@ -206,6 +218,7 @@ def _new_context(min_version: str, max_version: str, ciphers: str) -> SSL.Contex
         ctx.set_cipher_list(ciphers.encode())
     except SSL.Error:
         raise CertificateError("ciphers", f"OpenSSL accepts none of {ciphers!r}") from None
+    ctx.set_app_data(CertificateCache())
     return ctx
 
 
@@ -219,6 +232,7 @@ def build_server_context(settings: ServerTlsSettings, *, session_id: bytes = b"s
         require_rsa=forced_rsa,
     )
     ctx = _new_context(settings.min_version, settings.effective_max_version, settings.effective_ciphers)
+    certificates = certificate_cache(ctx)
     options = SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
     if settings.resumption:
         ctx.set_session_id(session_id)
@@ -235,7 +249,7 @@ def build_server_context(settings: ServerTlsSettings, *, session_id: bytes = b"s
         ctx.load_client_ca(str(settings.client_ca).encode())
         ctx.set_verify(
             SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
-            _make_verify_callback(AllowList.parse(settings.allow)),
+            _make_verify_callback(AllowList.parse(settings.allow), certificates),
         )
         ctx.set_verify_depth(settings.verify_depth)
         if settings.crl is not None:
@@ -264,7 +278,7 @@ def build_client_context(settings: ClientTlsSettings) -> SSL.Context:
                 _use_crls(ctx, settings.crl, settings.ca, settings.crl_check)
         else:
             ctx.set_default_verify_paths()
-        ctx.set_verify(SSL.VERIFY_PEER, _make_verify_callback(None))
+        ctx.set_verify(SSL.VERIFY_PEER, _make_verify_callback(None, certificate_cache(ctx)))
     else:
         ctx.set_verify(SSL.VERIFY_NONE)
     ctx.set_keylog_callback(_keylog)

@@ -10,11 +10,18 @@ failed") and the client's ClientHello.
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import timezone
 
 from cryptography import x509
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
+
+try:
+    from OpenSSL._util import ffi as _ffi
+    from OpenSSL._util import lib as _lib
+except ImportError:  # pragma: no cover - a pyOpenSSL without the private bindings
+    _ffi = _lib = None
 
 from proxy.errors import HandshakeFailed
 from proxy.sansio.tls_hello import ClientHello, ClientHelloSniffer, NotTls
@@ -139,6 +146,98 @@ def vars_of(summary: CertificateSummary) -> dict[str, object]:
     return {name: getattr(summary, name) for name in summary.__slots__}
 
 
+class _Cached:
+    __slots__ = ("certificate", "summary")
+
+    def __init__(self, certificate: x509.Certificate) -> None:
+        self.certificate = certificate
+        self.summary: CertificateSummary | None = None
+
+
+class CertificateCache:
+    """Parsed peer certificates and their summaries by DER bytes, made once per distinct
+    certificate instead of once per handshake.
+
+    Parsing a certificate with ``cryptography`` and summarising it (two RFC 4514 names, the
+    SANs, the SHA-256 fingerprint, the dates) cost about 0.1 ms per certificate, and every
+    proxied connection summarises three or four (the customer's verified chain, the core's
+    chain), yet a deployment sees few distinct certificates: one per E-SBC, the CAs, the
+    cores. Keyed by the exact DER, so a hit is the same certificate byte for byte and the
+    summary is the one the uncached path would compute. Bounded (the least recently used
+    entry goes first), so a stream of distinct certificates cannot grow memory; the contexts
+    own one each, so a reload starts a fresh cache and the old one goes with its context.
+    """
+
+    def __init__(self, maxsize: int = 128) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be >= 1")
+        self.maxsize = maxsize
+        self._entries: OrderedDict[bytes, _Cached] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _entry(self, der: bytes) -> _Cached:
+        entries = self._entries
+        entry = entries.get(der)
+        if entry is not None:
+            entries.move_to_end(der)
+            self.hits += 1
+            return entry
+        self.misses += 1
+        entry = _Cached(x509.load_der_x509_certificate(der))
+        entries[der] = entry
+        if len(entries) > self.maxsize:
+            entries.popitem(last=False)
+        return entry
+
+    def certificate(self, der: bytes) -> x509.Certificate:
+        return self._entry(der).certificate
+
+    def summary(self, der: bytes) -> CertificateSummary:
+        entry = self._entry(der)
+        if entry.summary is None:
+            entry.summary = CertificateSummary.of(entry.certificate)
+        return entry.summary
+
+    def certificate_of(self, cert: crypto.X509) -> x509.Certificate:
+        """The ``cryptography`` form of a pyOpenSSL certificate (what the verify callback
+        gets), as ``cert.to_cryptography()`` would give, parsed once per distinct DER."""
+        return self.certificate(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
+
+
+def _der_of(x509_ptr: object) -> bytes:
+    bio = _lib.BIO_new(_lib.BIO_s_mem())
+    if bio == _ffi.NULL:  # pragma: no cover - out of memory
+        raise MemoryError("BIO_new failed")
+    try:
+        if _lib.i2d_X509_bio(bio, x509_ptr) != 1:  # pragma: no cover
+            raise SSL.Error("i2d_X509_bio failed")
+        data = _ffi.new("char**")
+        size = _lib.BIO_get_mem_data(bio, data)
+        return _ffi.buffer(data[0], size)[:]
+    finally:
+        _lib.BIO_free(bio)
+
+
+def _peer_chain_der(conn: SSL.Connection, server_side: bool) -> list[bytes] | None:
+    """The DER of each certificate in the chain pyOpenSSL's ``get_verified_chain`` (server)
+    or ``get_peer_cert_chain`` (client) returns, read from OpenSSL's stack without making a
+    pyOpenSSL and a ``cryptography`` object per certificate; None without the bindings."""
+    if _lib is None:
+        return None
+    try:
+        ssl = conn._ssl  # noqa: SLF001
+        stack = _lib.SSL_get0_verified_chain(ssl) if server_side else _lib.SSL_get_peer_cert_chain(ssl)
+        if stack == _ffi.NULL:
+            return []
+        return [_der_of(_lib.sk_X509_value(stack, i)) for i in range(_lib.sk_X509_num(stack))]
+    except AttributeError:  # pragma: no cover - private names moved
+        return None
+
+
 @dataclass(slots=True)
 class HandshakeObserver:
     """Per-connection scratchpad the context callbacks write into (mutable by necessity)."""
@@ -173,7 +272,10 @@ def key_exchange_of(version: str, cipher: str, group: str | None) -> str:
     return "RSA"
 
 
-def collect_facts(conn: SSL.Connection, observer: HandshakeObserver) -> HandshakeFacts:
+def collect_facts(conn: SSL.Connection, observer: HandshakeObserver,
+                  certificates: CertificateCache | None = None) -> HandshakeFacts:
+    """The facts of a completed handshake; with ``certificates``, the peer chain's summaries
+    come from that cache (equal to what the uncached path computes)."""
     version = conn.get_protocol_version_name()
     cipher = conn.get_cipher_name() or ""
     try:
@@ -182,10 +284,15 @@ def collect_facts(conn: SSL.Connection, observer: HandshakeObserver) -> Handshak
         group = None
     client_random = conn.client_random() or b""
     master = conn.master_key() if version != "TLSv1.3" else None
-    if observer.role == "server":
-        chain = conn.get_verified_chain(as_cryptography=True) or []
+    ders = _peer_chain_der(conn, observer.role == "server") if certificates is not None else None
+    if ders is not None:
+        peer_chain = tuple(certificates.summary(der) for der in ders)  # type: ignore[union-attr]
     else:
-        chain = conn.get_peer_cert_chain(as_cryptography=True) or []
+        if observer.role == "server":
+            chain = conn.get_verified_chain(as_cryptography=True) or []
+        else:
+            chain = conn.get_peer_cert_chain(as_cryptography=True) or []
+        peer_chain = tuple(CertificateSummary.of(c) for c in chain)
     sni = conn.get_servername()
     hello = observer.client_hello
     return HandshakeFacts(
@@ -200,7 +307,7 @@ def collect_facts(conn: SSL.Connection, observer: HandshakeObserver) -> Handshak
         client_random=client_random.hex(),
         master_secret=master.hex() if master else None,
         keylog_lines=tuple(observer.keylog_lines),
-        peer_chain=tuple(CertificateSummary.of(c) for c in chain),
+        peer_chain=peer_chain,
         client_offer=hello.summary() if hello else None,
     )
 
@@ -209,20 +316,20 @@ def _extended_master_secret(conn: SSL.Connection, version: str) -> bool | None:
     """pyOpenSSL has no public accessor; SSL_get_extms_support is in cryptography's bindings."""
     if version == "TLSv1.3":
         return None
+    if _lib is None:
+        return None
     try:
-        from OpenSSL._util import lib
-
-        return bool(lib.SSL_get_extms_support(conn._ssl))  # noqa: SLF001
-    except (AttributeError, ImportError):
+        return bool(_lib.SSL_get_extms_support(conn._ssl))  # noqa: SLF001
+    except AttributeError:
         return None
 
 
 def _session_reused(conn: SSL.Connection) -> bool:
+    if _lib is None:
+        return False
     try:
-        from OpenSSL._util import lib
-
-        return bool(lib.SSL_session_reused(conn._ssl))  # noqa: SLF001
-    except (AttributeError, ImportError):
+        return bool(_lib.SSL_session_reused(conn._ssl))  # noqa: SLF001
+    except AttributeError:
         return False
 
 

@@ -27,6 +27,7 @@ a read, and a read produces output only for TLS 1.3 post-handshake messages.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 from collections.abc import Callable
@@ -43,7 +44,14 @@ except ImportError:  # pragma: no cover - a pyOpenSSL without the private bindin
 
 from proxy.errors import HandshakeFailed
 from proxy.sansio.tls_hello import ClientHelloSniffer
-from proxy.tls.facts import FailureReason, HandshakeFacts, HandshakeObserver, classify_failure, collect_facts
+from proxy.tls.facts import (
+    CertificateCache,
+    FailureReason,
+    HandshakeFacts,
+    HandshakeObserver,
+    classify_failure,
+    collect_facts,
+)
 
 T = TypeVar("T")
 
@@ -284,6 +292,8 @@ class OpenSSLStream(trio.abc.Stream):
             if check_hostname and server_hostname:
                 observer.expected_hostname = server_hostname
         self._conn = conn
+        certificates = context.get_app_data()  # see proxy.tls.contexts: the context's cache
+        self._certificates = certificates if isinstance(certificates, CertificateCache) else None
         self._records = _records(conn)
         # A trio SocketStream is driven through its file descriptor (see _transport_receive).
         self._socket = transport_stream.socket if type(transport_stream) is trio.SocketStream else None
@@ -484,7 +494,7 @@ class OpenSSLStream(trio.abc.Stream):
             )
             raise self._handshake_error from None
         self._handshake_done = True
-        self.facts = collect_facts(self._conn, observer)
+        self.facts = collect_facts(self._conn, observer, self._certificates)
         # The observer's work is done: no callback that writes to it runs after the handshake
         # (renegotiation is off; TLS 1.3 tickets and key updates neither verify nor log keys).
         self._conn.set_app_data(None)
@@ -607,6 +617,7 @@ def _transport_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedReso
     return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
 
+@functools.lru_cache(maxsize=64)  # configured server names: a handful; a miss raises inside
 def _is_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name.strip("[]"))

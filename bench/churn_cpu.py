@@ -1,0 +1,134 @@
+"""Quick, by-hand: siptap's CPU per new proxied connection (S2-like churn, no peers).
+
+Runs `siptap run` as a process in front of the lab core, opens one mutual-TLS connection
+per call (TLS 1.2, kRSA suites offered last as an E-SBC does, customer certificate), runs
+INVITE/100/180/200/ACK/BYE/200 through it and closes it, ``--concurrency`` callers at once,
+and reads siptap's utime+stime from /proc over the measured connections (after a warm-up).
+Faster to iterate with than bench/run.py S2, and with ``--py-spy FILE`` it records a
+profile of siptap over the measured window.
+
+Usage: python bench/churn_cpu.py [--connections 1000] [--sinks on|off] [--concurrency 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.chain import SIPTAP_SINKS  # noqa: E402
+from proxy.certs import init_lab_pki  # noqa: E402
+from proxy.lab.core import start_lab_core  # noqa: E402
+from proxy.lab.customer import CustomerSession, customer_context  # noqa: E402
+from tests.relay.harness import SiptapProcess, write_config  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def main(connections: int, warmup: int, sinks: bool, concurrency: int, log_level: str,
+               py_spy: str | None, py_spy_format: str, perf: str | None = None) -> None:
+    tmp = Path(tempfile.mkdtemp())
+    init_lab_pki(tmp / "pki")
+    pki = tmp / "pki"
+    sink_sockets = []
+    top = ""
+    if sinks:
+        (tmp / "pcap").mkdir()
+        for _ in range(2):
+            s = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+            await s.bind(("127.0.0.1", 0))
+            sink_sockets.append(s)
+        top = SIPTAP_SINKS.format(legs="customer", hep=sink_sockets[0].getsockname()[1],
+                                  jsonl=sink_sockets[1].getsockname()[1], tmp=tmp)
+
+    received = [0] * len(sink_sockets)
+
+    async def drain(index: int, sock: trio.socket.SocketType) -> None:
+        while True:
+            await sock.recv(65536)
+            received[index] += 1
+
+    context = customer_context(pki)
+
+    async with trio.open_nursery() as nursery:
+        for index, s in enumerate(sink_sockets):
+            nursery.start_soon(drain, index, s)
+        core, core_port = await start_lab_core(nursery, pki)
+        config = write_config(tmp, pki, cores=[core_port], top=top)
+        config.write_text(config.read_text().replace('level = "debug"', f'level = "{log_level}"'))
+        siptap = SiptapProcess(config)
+        await siptap.start(nursery)
+        port = await siptap.port()
+        pid = siptap.process.pid
+
+        async def calls(count: int) -> None:
+            remaining = [count]
+
+            async def caller() -> None:
+                while remaining[0] > 0:
+                    remaining[0] -= 1
+                    session = await CustomerSession.connect("127.0.0.1", port, context)
+                    codes = await session.call()
+                    assert codes[-1] == "200", codes
+                    await session.aclose()
+
+            async with trio.open_nursery() as callers:
+                for _ in range(concurrency):
+                    callers.start_soon(caller)
+
+        await calls(warmup)
+        core.received.clear()
+        core.peers.clear()
+        spy = None
+        if py_spy:
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "--gil", "-o", py_spy,
+                                    "--format", py_spy_format, "--pid", str(pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            await trio.sleep(1)  # let py-spy attach (bench tool, not a test)
+        if perf:
+            spy = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", perf, "-p", str(pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            await trio.sleep(1)
+        start_cpu = cpu_seconds(pid)
+        start = trio.current_time()
+        await calls(connections)
+        elapsed = trio.current_time() - start
+        cpu = cpu_seconds(pid) - start_cpu
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait()
+        await siptap.stop()
+        nursery.cancel_scope.cancel()
+    print(f"sinks={'on' if sinks else 'off'} log={log_level} connections={connections} wall={elapsed:.2f}s "
+          f"siptap_cpu={cpu:.2f}s cpu_per_connection={cpu / connections * 1e3:.2f}ms "
+          f"rate={connections / elapsed:.0f} conn/s")
+    if sinks:
+        total = connections + warmup
+        print(f"datagrams per connection (warm-up included): hep {received[0] / total:.3f}, "
+              f"jsonl {received[1] / total:.3f}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--sinks", choices=("on", "off"), default="on")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--py-spy", default=None, help="record a py-spy profile of siptap into this file")
+    parser.add_argument("--py-spy-format", default="speedscope")
+    parser.add_argument("--perf", default=None, help="record `perf record -g` of siptap into this file")
+    args = parser.parse_args()
+    trio.run(functools.partial(main, args.connections, args.warmup, args.sinks == "on", args.concurrency,
+                               args.log_level, args.py_spy, args.py_spy_format, args.perf))
