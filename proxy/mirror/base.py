@@ -149,6 +149,16 @@ class Sink:
         :meth:`handle_batch`'s rule about ``_unfinished``."""
         return 0
 
+    def _each_now(self, batch: list[MirrorEvent], handle_one: Callable[[MirrorEvent], None]) -> int:
+        """:meth:`handle_batch_nowait` for sinks whose every delivery is synchronous."""
+        for i, event in enumerate(batch):
+            try:
+                handle_one(event)
+            except BaseException:
+                self._unfinished = batch[i:]
+                raise
+        return len(batch)
+
     async def aclose(self) -> None:
         """Release sockets and files; called when :meth:`run` ends for any reason."""
 
@@ -516,6 +526,11 @@ class LinkSink(Sink):
     def handle_batch_nowait(self, batch: list[MirrorEvent]) -> int:
         if self.link.stream:
             return 0
+        return self._datagrams_nowait(batch)[0]
+
+    def _datagrams_nowait(self, batch: list[MirrorEvent]) -> tuple[int, bytes | None]:
+        """Send each event's datagram until one would have to wait for room in the socket
+        buffer: (its index, its encoded bytes); (len(batch), None) when all went."""
         link = self.link
         encode = self.encode_unit
         for i, event in enumerate(batch):
@@ -527,35 +542,34 @@ class LinkSink(Sink):
             except BaseException:
                 self._unfinished = batch[i:]
                 raise
-            if reason is False:  # socket buffer full: the sink's task waits for room
-                return i
+            if reason is False:
+                return i, data
             if reason is None:
                 self.sent += 1
             else:
                 self.drop(reason)  # type: ignore[arg-type]
-        return len(batch)
+        return len(batch), None
 
     async def handle_batch(self, batch: list[MirrorEvent]) -> None:
         if self.link.stream:
             await self._stream_batch(batch)
             return
-        link = self.link
-        encode = self.encode_unit
-        for i, event in enumerate(batch):
-            try:
-                data = encode(event)
-                if data is None:
-                    continue
-                reason = link.send_datagram_nowait(data)
-                if reason is False:  # socket buffer full: wait for room, as long as allowed
-                    reason = await link.send(data)
+        start = 0
+        while start < len(batch):
+            done, blocked = self._datagrams_nowait(batch[start:] if start else batch)
+            start += done
+            if blocked is None:
+                return
+            try:  # socket buffer full: wait for room, as long as allowed
+                reason = await self.link.send(blocked)
             except BaseException:
-                self._unfinished = batch[i:]
+                self._unfinished = batch[start:]
                 raise
             if reason is None:
                 self.sent += 1
             else:
-                self.drop(reason)  # type: ignore[arg-type]
+                self.drop(reason)
+            start += 1
 
     async def _stream_batch(self, batch: list[MirrorEvent]) -> None:
         units: list[bytes] = []

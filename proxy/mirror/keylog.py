@@ -133,13 +133,7 @@ class FileSink(Sink):
         return True  # appends to a local file: one os.write, never waits for a peer
 
     def handle_batch_nowait(self, batch: list[MirrorEvent]) -> int:
-        for i, event in enumerate(batch):
-            try:
-                self._handle(event)
-            except BaseException:
-                self._unfinished = batch[i:]
-                raise
-        return len(batch)
+        return self._each_now(batch, self._handle)
 
     def _handle(self, event: MirrorEvent) -> None:
         data = self.render(event).encode("utf-8")

@@ -225,15 +225,10 @@ class PcapSink(Sink):
         return True  # page-cache appends: never waits for a peer
 
     def handle_batch_nowait(self, batch: list[MirrorEvent]) -> int:
-        for i, event in enumerate(batch):
-            try:
-                self._one(event)
-            except BaseException:
-                self._unfinished = batch[i:]
-                self._flush()
-                raise
-        self._flush()
-        return len(batch)
+        try:
+            return self._each_now(batch, self._one)
+        finally:
+            self._flush()  # what was framed, also when a frame failed half-way
 
     def _one(self, event: MirrorEvent) -> None:
         key = (event.leg.conn_id, event.leg.leg)

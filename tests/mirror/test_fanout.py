@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import structlog.testing
 import trio
+import trio.testing
 
 from proxy.mirror.base import DropReporter
 from proxy.mirror.events import MirrorEvent
@@ -44,6 +45,8 @@ async def test_full_queue_drops_only_for_the_slow_sink() -> None:
         for i, event in enumerate(events):
             fanout.publish(event)
             await fast.wait_handled(i + 1)
+            if i == 0:  # the slow sink has taken the first event in hand before more arrive
+                await trio.testing.wait_all_tasks_blocked()
         assert fast.events == events
         # slow: one in hand, three queued, the other three dropped.
         assert fanout.stats()["slow"]["dropped"] == 3
