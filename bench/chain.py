@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
 
 from proxy.certs import init_lab_pki  # noqa: E402
 from tests.integration.peers import Peer, free_port, running  # noqa: E402
-from tests.relay.harness import write_config  # noqa: E402
+from tests.relay.harness import SiptapProcess, write_config  # noqa: E402
 
 SCENARIOS = ROOT / "bench" / "scenarios"
 #: OpenSSL names of the six TLS_RSA_WITH_AES_* suites (RSA key exchange only), design.md section 3.
@@ -462,6 +462,36 @@ directory = "{tmp}/pcap"
 [mirror.srtp_keys]
 path = "{tmp}/srtp.log"
 """
+
+
+async def lab_sink_sockets(tmp: Path, legs: str = "customer") -> tuple[list[trio.socket.SocketType], str]:
+    """For the quick probes against the lab core: two UDP sockets bound on loopback (HEP,
+    JSON lines; the caller drains them) and the ``[mirror]`` TOML that turns every sink on
+    toward them, with the files under ``tmp``."""
+    (tmp / "pcap").mkdir(exist_ok=True)
+    sockets = []
+    for _ in range(2):
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+    top = SIPTAP_SINKS.format(legs=legs, hep=sockets[0].getsockname()[1], jsonl=sockets[1].getsockname()[1], tmp=tmp)
+    return sockets, top
+
+
+async def start_lab_siptap(nursery: trio.Nursery, tmp: Path, pki: Path, top: str = "",
+                           log_level: str = "info") -> tuple[Any, SiptapProcess, int]:
+    """For the quick probes: the lab core (in this process) and ``siptap run`` in front of it
+    with ``top`` (e.g. :func:`lab_sink_sockets`'s mirror) at ``log_level``: the core, siptap
+    and siptap's customer port."""
+    from proxy.lab.core import start_lab_core
+
+    core, core_port = await start_lab_core(nursery, pki)
+    config = write_config(tmp, pki, cores=[core_port], top=top)
+    config.write_text(config.read_text().replace('level = "debug"', f'level = "{log_level}"'))
+    siptap = SiptapProcess(config)
+    await siptap.start(nursery)
+    return core, siptap, await siptap.port()
+
 
 
 def siptap_config(workdir: Path, pki: Pki, *, listen_port: int, core_port: int, hep_port: int | None = None,

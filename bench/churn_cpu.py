@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,16 +23,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.chain import SIPTAP_SINKS  # noqa: E402
+from bench.chain import cpu_seconds, lab_sink_sockets, start_lab_siptap  # noqa: E402
 from proxy.certs import init_lab_pki  # noqa: E402
-from proxy.lab.core import start_lab_core  # noqa: E402
 from proxy.lab.customer import CustomerSession, customer_context  # noqa: E402
-from tests.relay.harness import SiptapProcess, write_config  # noqa: E402
 
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def main(connections: int, warmup: int, sinks: bool, concurrency: int, log_level: str,
@@ -41,16 +34,7 @@ async def main(connections: int, warmup: int, sinks: bool, concurrency: int, log
     tmp = Path(tempfile.mkdtemp())
     init_lab_pki(tmp / "pki")
     pki = tmp / "pki"
-    sink_sockets = []
-    top = ""
-    if sinks:
-        (tmp / "pcap").mkdir()
-        for _ in range(2):
-            s = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-            await s.bind(("127.0.0.1", 0))
-            sink_sockets.append(s)
-        top = SIPTAP_SINKS.format(legs="customer", hep=sink_sockets[0].getsockname()[1],
-                                  jsonl=sink_sockets[1].getsockname()[1], tmp=tmp)
+    sink_sockets, top = await lab_sink_sockets(tmp) if sinks else ([], "")
 
     received = [0] * len(sink_sockets)
 
@@ -64,12 +48,7 @@ async def main(connections: int, warmup: int, sinks: bool, concurrency: int, log
     async with trio.open_nursery() as nursery:
         for index, s in enumerate(sink_sockets):
             nursery.start_soon(drain, index, s)
-        core, core_port = await start_lab_core(nursery, pki)
-        config = write_config(tmp, pki, cores=[core_port], top=top)
-        config.write_text(config.read_text().replace('level = "debug"', f'level = "{log_level}"'))
-        siptap = SiptapProcess(config)
-        await siptap.start(nursery)
-        port = await siptap.port()
+        core, siptap, port = await start_lab_siptap(nursery, tmp, pki, top, log_level)
         pid = siptap.process.pid
 
         async def calls(count: int) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 import tempfile
 import uuid
@@ -24,31 +23,18 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proxy.certs import init_lab_pki  # noqa: E402
-from proxy.lab.core import start_lab_core  # noqa: E402
 from proxy.lab.customer import CustomerSession, customer_context  # noqa: E402
 from proxy.lab.sip import request  # noqa: E402
-from tests.relay.harness import SiptapProcess, write_config  # noqa: E402
-from bench.chain import SIPTAP_SINKS  # noqa: E402
+from bench.chain import cpu_seconds, lab_sink_sockets, start_lab_siptap  # noqa: E402
 
 
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def main(messages: int, sinks: bool, window: int, log_level: str, rate: float = 0.0) -> None:
     tmp = Path(tempfile.mkdtemp())
     init_lab_pki(tmp / "pki")
     pki = tmp / "pki"
-    sink_sockets = []
-    top = ""
-    if sinks:
-        for _ in range(2):
-            s = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-            await s.bind(("127.0.0.1", 0))
-            sink_sockets.append(s)
-        top = SIPTAP_SINKS.format(legs="customer", hep=sink_sockets[0].getsockname()[1], jsonl=sink_sockets[1].getsockname()[1], tmp=tmp)
+    sink_sockets, top = await lab_sink_sockets(tmp) if sinks else ([], "")
 
     async def drain(sock: trio.socket.SocketType) -> None:
         while True:
@@ -57,12 +43,7 @@ async def main(messages: int, sinks: bool, window: int, log_level: str, rate: fl
     async with trio.open_nursery() as nursery:
         for s in sink_sockets:
             nursery.start_soon(drain, s)
-        core, core_port = await start_lab_core(nursery, pki)
-        config = write_config(tmp, pki, cores=[core_port], top=top)
-        config.write_text(config.read_text().replace('level = "debug"', f'level = "{log_level}"'))
-        siptap = SiptapProcess(config)
-        await siptap.start(nursery)
-        port = await siptap.port()
+        core, siptap, port = await start_lab_siptap(nursery, tmp, pki, top, log_level)
         session = await CustomerSession.connect("127.0.0.1", port, customer_context(pki))
         await session.options()  # warm-up
         pid = siptap.process.pid
