@@ -11,7 +11,7 @@ time into a temporary folder (``make_pki``): no key is ever written into the rep
 
 Process plumbing reuses the integration tests' helpers (tests/integration/peers.py: free ports,
 ``running`` = start, wait until the port listens, SIGTERM/SIGKILL on exit; tests/relay/harness.py:
-``write_config`` for siptap; proxy.export: the pcap -> SIP reader used for wire latency).
+``write_config`` for siptap; siptap.export: the pcap -> SIP reader used for wire latency).
 
 Measurements come from /proc: ``cpu_seconds`` (utime+stime of a process tree, reaped children
 included), ``pss_kib`` (sum of Pss over the tree from smaps_rollup), ``tcp_established``
@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from proxy.certs import init_lab_pki  # noqa: E402
+from siptap.certs import init_lab_pki  # noqa: E402
 from tests.integration.peers import Peer, free_port, running  # noqa: E402
 from tests.relay.harness import SiptapProcess, write_config  # noqa: E402
 
@@ -483,7 +483,7 @@ async def start_lab_siptap(nursery: trio.Nursery, tmp: Path, pki: Path, top: str
     """For the quick probes: the lab core (in this process) and ``siptap run`` in front of it
     with ``top`` (e.g. :func:`lab_sink_sockets`'s mirror) at ``log_level``: the core, siptap
     and siptap's customer port."""
-    from proxy.lab.core import start_lab_core
+    from siptap.lab.core import start_lab_core
 
     core, core_port = await start_lab_core(nursery, pki)
     config = write_config(tmp, pki, cores=[core_port], top=top)
@@ -515,7 +515,7 @@ def siptap_config(workdir: Path, pki: Pki, *, listen_port: int, core_port: int, 
 
 def siptap_accepts(config: Path) -> tuple[bool, str]:
     """``siptap check --config`` verdict (exit 0 = usable) and its output."""
-    result = subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(config)],
+    result = subprocess.run([sys.executable, "-m", "siptap", "check", "--config", str(config)],
                             capture_output=True, text=True, timeout=60, cwd=str(ROOT))
     return result.returncode == 0, (result.stdout + result.stderr).strip()
 
@@ -644,7 +644,7 @@ async def middle(kind: str, tmp: Path, pki: Pki, *, core_port: int, legs: str = 
                 ok, output = siptap_accepts(config)
                 if not ok:
                     raise Unsupported(f"siptap check rejects `workers = {workers}`: {output.splitlines()[-1] if output else '?'}")
-            argv = [sys.executable, "-m", "proxy", "run", "--config", str(config)]
+            argv = [sys.executable, "-m", "siptap", "run", "--config", str(config)]
             async with running(kind, argv, workdir, [port]) as peer:
                 notes = [f"log level {siptap_log_level} to a file"]
                 notes.append(f"sinks: HEP/UDP, JSON lines/UDP, key log, pcap, SRTP keys; legs={legs}" if sinks_on else "no mirror sinks")
@@ -836,8 +836,8 @@ async def measure(uac: SippUac, mid: Middle, *, warmup: float, duration: float) 
 def invite_latencies_ms(capture: Path, since: float, until: float) -> list[float]:
     """INVITE -> 200 (CSeq INVITE) times in ms, per Call-ID, from the cleartext TCP between SIPp
     and the customer stunnel (each message timed by the frame carrying its first byte), for
-    INVITEs sent in [since, until] (epoch seconds). Reuses proxy.export's reassembling reader."""
-    from proxy.export import read_messages
+    INVITEs sent in [since, until] (epoch seconds). Reuses siptap.export's reassembling reader."""
+    from siptap.export import read_messages
 
     sent: dict[str, int] = {}
     latencies: list[float] = []

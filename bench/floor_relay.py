@@ -1,7 +1,7 @@
 """The floor under siptap's per-message cost: siptap's own TLS shell with nothing on top.
 
 Reads a siptap config, builds the first route's contexts exactly as ``siptap run`` does
-(``proxy.app.build_plans``), accepts on its listen address, completes the customer
+(``siptap.app.build_plans``), accepts on its listen address, completes the customer
 handshake, dials the first core with siptap's upstream code, and relays with two pumps of
 ``receive_some`` / ``send_all`` on siptap's ``OpenSSLStream``. No SIP framing, no logging
 per message, no mirror, no metrics, no drain or reload. As a middle in bench/run.py
@@ -21,10 +21,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy.app import build_plans  # noqa: E402
-from proxy.config import load_config  # noqa: E402
-from proxy.relay.upstream import connect_first  # noqa: E402
-from proxy.tls.stream import OpenSSLStream  # noqa: E402
+from siptap.app import build_plans  # noqa: E402
+from siptap.config import load_config  # noqa: E402
+from siptap.relay.upstream import connect_first  # noqa: E402
+from siptap.tls.stream import OpenSSLStream  # noqa: E402
 
 
 class _NoLog:

@@ -22,9 +22,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy.certs import init_lab_pki  # noqa: E402
-from proxy.lab.customer import CustomerSession, customer_context  # noqa: E402
-from proxy.lab.sip import request  # noqa: E402
+from siptap.certs import init_lab_pki  # noqa: E402
+from siptap.lab.customer import CustomerSession, customer_context  # noqa: E402
+from siptap.lab.sip import request  # noqa: E402
 from bench.chain import cpu_seconds, lab_sink_sockets, start_lab_siptap  # noqa: E402
 
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from proxy.certs import (
+from siptap.certs import (
     DEFAULT_SANS,
     LAB_FILES,
     init_ca,
@@ -26,7 +26,7 @@ from proxy.certs import (
     load_certificate_chain,
     load_private_key,
 )
-from proxy.errors import CertificateError
+from siptap.errors import CertificateError
 
 OPENSSL = shutil.which("openssl")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl command not on PATH")

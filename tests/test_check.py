@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from proxy.certs import load_certificate_chain, load_private_key
+from siptap.certs import load_certificate_chain, load_private_key
 
 ROOT = Path(__file__).resolve().parent.parent
 CERTS_HINT = "siptap: hint: for the lab PKI run `siptap certs init --dir certs` next to the config file"
 
 
 def siptap(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
+    return subprocess.run([sys.executable, "-m", "siptap", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
 
 
 def write_config(directory: Path, pki: Path, *, cert: Path | None = None, key: Path | None = None,
@@ -176,9 +176,9 @@ def test_run_refuses_bad_config_like_check(tmp_path: Path, pki: Path, problem: s
 def test_problem_is_blamed_on_the_block_that_failed(tmp_path: Path, pki: Path) -> None:
     """The customer does not verify clients, so only core_tls opens the (missing) CA bundle that
     both blocks name: the error must point at core_tls.ca, not at customer.client_ca."""
-    from proxy.app import build_plans
-    from proxy.config import load_config
-    from proxy.errors import ConfigError
+    from siptap.app import build_plans
+    from siptap.config import load_config
+    from siptap.errors import ConfigError
 
     missing = tmp_path / "gone-ca.pem"
     config_path = write_config(tmp_path, pki, customer="verify_client = false")

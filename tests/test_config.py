@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import (
+from siptap.config import (
     DEFAULT_SIP_TLS_PORT,
     HEP_COLLECTOR_PORT,
     RSA_KEX_CIPHERS,
@@ -21,8 +21,8 @@ from proxy.config import (
     load_config,
     parse_config,
 )
-from proxy.addresses import Endpoint
-from proxy.errors import ConfigError
+from siptap.addresses import Endpoint
+from siptap.errors import ConfigError
 
 SHIPPED = Path(__file__).resolve().parent.parent / "config.toml"
 FILE = Path("/etc/siptap/lab.toml")

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from proxy.certs import issue_leaf, load_certificate_chain, load_crls, revoke, write_crl
-from proxy.config import parse_config
-from proxy.errors import CertificateError, ConfigError
+from siptap.certs import issue_leaf, load_certificate_chain, load_crls, revoke, write_crl
+from siptap.config import parse_config
+from siptap.errors import CertificateError, ConfigError
 from tests.test_check import assert_refused, siptap, write_config
 
 CRL_HINT = "siptap: hint: for the lab PKI, `siptap certs revoke --dir certs` (re)writes certs/crl.pem (fresh nextUpdate)"
@@ -106,7 +106,7 @@ def test_certs_revoke_cli_is_cumulative_and_refreshes(own_pki: Path, tmp_path: P
     issue_leaf(own_pki, "bob", usage="client")
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "proxy", "certs", "revoke", "--dir", str(own_pki), *args],
+        return subprocess.run([sys.executable, "-m", "siptap", "certs", "revoke", "--dir", str(own_pki), *args],
                               capture_output=True, text=True, timeout=20)
 
     first = run("--name", "alice")

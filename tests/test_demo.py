@@ -22,7 +22,7 @@ def test_demo_on_the_shipped_config(tmp_path: Path) -> None:
     text = text.replace("127.0.0.1:9060", f"127.0.0.1:{hep_port}").replace("127.0.0.1:9464", "127.0.0.1:0")
     (tmp_path / "config.toml").write_text(text)
     result = subprocess.run(
-        [sys.executable, "-m", "proxy", "demo", "--calls", "2"], cwd=tmp_path,
+        [sys.executable, "-m", "siptap", "demo", "--calls", "2"], cwd=tmp_path,
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import load_config
+from siptap.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -68,7 +68,7 @@ def _siptap_executable(tmp_path: Path) -> Path:
     if real.exists():
         return real
     stub = tmp_path / "siptap"  # not installed as a script (python -m use): an executable stand-in
-    stub.write_text(f"#!/bin/sh\nexec {sys.executable} -m proxy \"$@\"\n")
+    stub.write_text(f"#!/bin/sh\nexec {sys.executable} -m siptap \"$@\"\n")
     stub.chmod(0o755)
     return stub
 
@@ -185,7 +185,7 @@ def test_dockerfile() -> None:
                 assert (ROOT / source).exists(), source
     # The entry point is the console script the package installs.
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["siptap"] == "proxy.cli:main"
+    assert scripts["siptap"] == "siptap.cli:main"
 
 
 def test_deploy_readme_names_the_files() -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from proxy import cli
-from proxy.export import (
+from siptap import cli
+from siptap.export import (
     ExportError,
     KeyEntry,
     LogFacts,
@@ -35,11 +35,11 @@ from proxy.export import (
     read_messages,
     select_srtp_lines,
 )
-from proxy.lab.core import start_lab_core
-from proxy.lab.customer import CustomerSession, customer_context
-from proxy.sansio import pcap
-from proxy.sansio.pcap_reader import PcapFormatError, decode_tcp, read_capture
-from proxy.sansio.sip_message import parse_message
+from siptap.lab.core import start_lab_core
+from siptap.lab.customer import CustomerSession, customer_context
+from siptap.sansio import pcap
+from siptap.sansio.pcap_reader import PcapFormatError, decode_tcp, read_capture
+from siptap.sansio.sip_message import parse_message
 from tests.integration.capture import require, tshark_fields
 from tests.relay.harness import SiptapProcess, write_config
 

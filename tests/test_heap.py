@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from proxy.cli import settle_heap
+from siptap.cli import settle_heap
 
 
 def test_settle_heap_freezes_what_exists_now() -> None:

@@ -6,8 +6,8 @@ import io
 import json
 import threading
 
-from proxy.config import LogSettings
-from proxy.log import QueueWriter, configure, get_logger
+from siptap.config import LogSettings
+from siptap.log import QueueWriter, configure, get_logger
 
 
 class BlockedStream(io.StringIO):
@@ -50,7 +50,7 @@ def test_json_lines_with_utc_timestamp_and_bytes() -> None:
 def test_event_writer_renders_what_structlog_renders() -> None:
     import structlog
 
-    from proxy.log import event_writer
+    from siptap.log import event_writer
 
     stream = io.StringIO()
     writer = configure(LogSettings(format="json", level="info"), stream)
@@ -72,7 +72,7 @@ def test_event_writer_renders_what_structlog_renders() -> None:
 
 
 def test_event_writer_declines_console_and_filtered_levels() -> None:
-    from proxy.log import event_writer
+    from siptap.log import event_writer
 
     for settings in (LogSettings(format="console"), LogSettings(level="warning")):
         writer = configure(settings, io.StringIO())
@@ -83,7 +83,7 @@ def test_event_writer_declines_console_and_filtered_levels() -> None:
 
 
 def test_event_writer_declines_a_logger_without_bound_context() -> None:
-    from proxy.log import event_writer
+    from siptap.log import event_writer
 
     writer = configure(LogSettings(format="json", level="info"), io.StringIO())
     try:

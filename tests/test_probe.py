@@ -17,11 +17,11 @@ import pytest
 import trio
 from cryptography import x509
 
-from proxy import probe as probe_mod
-from proxy.certs import issue_leaf
-from proxy.lab.core import LabCore, core_context
-from proxy.probe import ACCEPTED, NOT_TESTABLE, REJECTED, SKIPPED, ProbeError, format_table, parse_target, probe
-from proxy.sansio.tls_hello import RSA_KEX_AES_SUITES, suite_name
+from siptap import probe as probe_mod
+from siptap.certs import issue_leaf
+from siptap.lab.core import LabCore, core_context
+from siptap.probe import ACCEPTED, NOT_TESTABLE, REJECTED, SKIPPED, ProbeError, format_table, parse_target, probe
+from siptap.sansio.tls_hello import RSA_KEX_AES_SUITES, suite_name
 from tests.tls.helpers import OpenSSLServer
 
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command not installed")
@@ -229,8 +229,8 @@ def test_parse_target() -> None:
 
 
 def test_options_request_frames_as_sip() -> None:
-    from proxy.sansio.sip_framer import SipFramer, SipMessage
-    from proxy.sansio.sip_message import parse_message
+    from siptap.sansio.sip_framer import SipFramer, SipMessage
+    from siptap.sansio.sip_message import parse_message
 
     data = probe_mod.options_request("sbc.example.net", 5061, ("::1", 40000), call_id="abc@probe")
     (event,) = SipFramer().feed(data)

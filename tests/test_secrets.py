@@ -29,11 +29,11 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from proxy.addresses import Endpoint
-from proxy.certs import load_private_key
-from proxy.config import MetricsSettings, parse_config
-from proxy.lab.core import start_lab_core
-from proxy.lab.customer import CustomerSession, customer_context
+from siptap.addresses import Endpoint
+from siptap.certs import load_private_key
+from siptap.config import MetricsSettings, parse_config
+from siptap.lab.core import start_lab_core
+from siptap.lab.customer import CustomerSession, customer_context
 from tests.relay.harness import SiptapProcess
 from tests.relay.harness import write_config as write_run_config
 from tests.test_check import assert_refused, siptap, write_config

@@ -18,8 +18,8 @@ import ssl
 import struct
 from pathlib import Path
 
-from proxy.lab.customer import IMG2020_CIPHERS
-from proxy.sansio import hep, pcap
+from siptap.lab.customer import IMG2020_CIPHERS
+from siptap.sansio import hep, pcap
 
 CORPUS = Path(__file__).parent / "corpus"
 

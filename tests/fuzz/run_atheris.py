@@ -11,7 +11,7 @@ it, so the committed seed corpus only grows by hand. A crash stops the run with 
 ``<-artifact_prefix>crash-<sha1>``; copy it into ``tests/fuzz/corpus/<target>/`` (named after
 what it found) so the replay test keeps it as a regression input.
 
-Only ``proxy.sansio`` (and the harnesses) are instrumented for coverage: the code under test.
+Only ``siptap.sansio`` (and the harnesses) are instrumented for coverage: the code under test.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 
 import atheris
 
-with atheris.instrument_imports(include=["proxy.sansio", "tests.fuzz"]):
+with atheris.instrument_imports(include=["siptap.sansio", "tests.fuzz"]):
     from tests.fuzz.targets import TARGETS
 
 

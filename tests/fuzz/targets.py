@@ -1,7 +1,7 @@
 """Fuzz harnesses: one function per target, ``bytes -> None``; a harness raises (an
 AssertionError or the offending exception) only when the code under test broke its contract.
 
-Pure (standard library and proxy.sansio only), so the same functions serve three callers:
+Pure (standard library and siptap.sansio only), so the same functions serve three callers:
 atheris (``run_atheris.py``, coverage-guided, in a subprocess), the corpus replay in
 ``test_fuzz.py`` (every corpus file through every harness, as regression tests), and a
 developer reproducing a crash file (``python -m tests.fuzz.run_atheris TARGET crash-file``).
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from proxy.sansio import hep, pcap, pcap_reader, sdp_crypto, sip_framer, sip_message, tls_hello
+from siptap.sansio import hep, pcap, pcap_reader, sdp_crypto, sip_framer, sip_message, tls_hello
 
 
 class _Input:

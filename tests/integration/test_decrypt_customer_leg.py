@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from proxy.config import ServerTlsSettings
-from proxy.tls.contexts import build_server_context
-from proxy.tls.stream import OpenSSLStream
+from siptap.config import ServerTlsSettings
+from siptap.tls.contexts import build_server_context
+from siptap.tls.stream import OpenSSLStream
 from tests.integration.capture import LoopbackCapture, require, tshark_fields
 from tests.tls.helpers import IMG2020_CIPHERS, customer_client_context
 

@@ -29,11 +29,11 @@ from typing import Any
 
 import trio
 
-from proxy.lab.core import core_context
-from proxy.lab.customer import CustomerSession, customer_context
-from proxy.lab.sip import LabUas
-from proxy.sansio.sip_framer import KeepAlive, SipFramer, SipMessage
-from proxy.sansio.sip_message import parse_message
+from siptap.lab.core import core_context
+from siptap.lab.customer import CustomerSession, customer_context
+from siptap.lab.sip import LabUas
+from siptap.sansio.sip_framer import KeepAlive, SipFramer, SipMessage
+from siptap.sansio.sip_message import parse_message
 from tests.relay.harness import SiptapProcess, write_config
 
 MiB = 1 << 20
@@ -248,9 +248,9 @@ def crashes(siptap: SiptapProcess) -> list[str]:
     out = []
     for event in siptap.find("session_crashed"):
         exc = (event.get("exception") or [{}])[0]
-        frames = [f for f in exc.get("frames", []) if "/proxy/" in f["filename"]]
-        where = f'{frames[-1]["filename"].split("/proxy/")[-1]}:{frames[-1]["lineno"]}' if frames else "?"
-        out.append(f'{exc.get("exc_type")}: {exc.get("exc_value")} at proxy/{where}')
+        frames = [f for f in exc.get("frames", []) if "/siptap/" in f["filename"]]
+        where = f'{frames[-1]["filename"].split("/siptap/")[-1]}:{frames[-1]["lineno"]}' if frames else "?"
+        out.append(f'{exc.get("exc_type")}: {exc.get("exc_value")} at siptap/{where}')
     return out
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from proxy.certs import issue_leaf, revoke, write_crl
-from proxy.lab.core import start_lab_core
-from proxy.lab.customer import CustomerSession, customer_context
+from siptap.certs import issue_leaf, revoke, write_crl
+from siptap.lab.core import start_lab_core
+from siptap.lab.customer import CustomerSession, customer_context
 from tests.relay.harness import SiptapProcess, write_config
 
 # Every refused identity is on the allow-list except `other-customer`: each refusal below is

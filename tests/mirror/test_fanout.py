@@ -8,9 +8,9 @@ import structlog.testing
 import trio
 import trio.testing
 
-from proxy.mirror.base import DropReporter
-from proxy.mirror.events import MirrorEvent
-from proxy.mirror.fanout import Fanout
+from siptap.mirror.base import DropReporter
+from siptap.mirror.events import MirrorEvent
+from siptap.mirror.fanout import Fanout
 
 from .helpers import CORE, CUSTOMER, Recorder, closed, dialog_events, key_event, sip_event
 
@@ -319,7 +319,7 @@ def test_direct_queue_is_bounded_without_a_running_fanout() -> None:
 async def test_long_dispatch_lets_the_relay_run(monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock) -> None:
     """Delivering to the direct sinks yields to other tasks once it has taken DISPATCH_SLICE
     (here: at once), between batches, not only when everything is delivered."""
-    import proxy.mirror.fanout as fanout_module
+    import siptap.mirror.fanout as fanout_module
 
     yields: list[list[int]] = []
     sinks = [DirectRecorder("a"), DirectRecorder("b"), DirectRecorder("c")]

@@ -11,12 +11,12 @@ import struct
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from proxy.mirror.events import LegInfo, SipEvent
-from proxy.mirror.hep import HepEncoder
-from proxy.mirror.jsonl import event_to_dict, iso_utc, iso_utc_reference, sip_event_json, to_json
-from proxy.mirror.settings import HepSinkSettings
-from proxy.sansio import hep, pcap
-from proxy.sansio.sip_message import SipParseError, parse_message
+from siptap.mirror.events import LegInfo, SipEvent
+from siptap.mirror.hep import HepEncoder
+from siptap.mirror.jsonl import event_to_dict, iso_utc, iso_utc_reference, sip_event_json, to_json
+from siptap.mirror.settings import HepSinkSettings
+from siptap.sansio import hep, pcap
+from siptap.sansio.sip_message import SipParseError, parse_message
 
 from .helpers import TS, dialog, key_event, srtp_event
 

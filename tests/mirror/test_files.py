@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from proxy.mirror.fanout import Fanout
-from proxy.mirror.keylog import KeylogSink
-from proxy.mirror.srtp import SrtpKeysSink, rtp_decoder_args, srtp_key_line
-from proxy.sansio.keylog import parse_line
-from proxy.sansio.sdp_crypto import parse_sdp_crypto
+from siptap.mirror.fanout import Fanout
+from siptap.mirror.keylog import KeylogSink
+from siptap.mirror.srtp import SrtpKeysSink, rtp_decoder_args, srtp_key_line
+from siptap.sansio.keylog import parse_line
+from siptap.sansio.sdp_crypto import parse_sdp_crypto
 
 from .helpers import CALL_ID, CORE, CUSTOMER, SDP, closed, dialog_events, key_event, srtp_event
 

@@ -15,12 +15,12 @@ import pytest
 import trio
 import trio.testing
 
-from proxy.config import Endpoint
-from proxy.mirror.fanout import Fanout
-from proxy.mirror.hep import HepSink
-from proxy.mirror.settings import HepSinkSettings
-from proxy.sansio import hep
-from proxy.sansio.keylog import parse_line
+from siptap.config import Endpoint
+from siptap.mirror.fanout import Fanout
+from siptap.mirror.hep import HepSink
+from siptap.mirror.settings import HepSinkSettings
+from siptap.sansio import hep
+from siptap.sansio.keylog import parse_line
 
 from .helpers import (
     CALL_ID,

@@ -12,10 +12,10 @@ import pytest
 import trio
 import trio.testing
 
-from proxy.config import Endpoint
-from proxy.mirror.fanout import Fanout
-from proxy.mirror.jsonl import JsonlSink, event_to_dict
-from proxy.mirror.settings import JsonlSinkSettings
+from siptap.config import Endpoint
+from siptap.mirror.fanout import Fanout
+from siptap.mirror.jsonl import JsonlSink, event_to_dict
+from siptap.mirror.settings import JsonlSinkSettings
 
 from .helpers import (
     CALL_ID,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import Endpoint, _Loader
-from proxy.mirror.fanout import Fanout, build_sinks
-from proxy.mirror.settings import HepSinkSettings, JsonlSinkSettings, MirrorSettings, PcapSettings
+from siptap.config import Endpoint, _Loader
+from siptap.mirror.fanout import Fanout, build_sinks
+from siptap.mirror.settings import HepSinkSettings, JsonlSinkSettings, MirrorSettings, PcapSettings
 
 SHIPPED = """
 [mirror]
@@ -58,7 +58,7 @@ def test_shipped_section_loads_with_paths_relative_to_the_config(tmp_path: Path)
 
 
 def test_loader_rejects_bad_choices(tmp_path: Path) -> None:
-    from proxy.errors import ConfigError
+    from siptap.errors import ConfigError
 
     with pytest.raises(ConfigError, match="legs"):
         load('[mirror]\nlegs = "all"\n', tmp_path)

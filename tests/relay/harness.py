@@ -72,7 +72,7 @@ class SiptapProcess:
     async def start(self, nursery: trio.Nursery) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "proxy", "run", "--config", str(self.config)],
+            [sys.executable, "-m", "siptap", "run", "--config", str(self.config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
         )
         nursery.start_soon(self._read_stdout)

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import trio
 
-from proxy.app import build_plans
-from proxy.config import load_config
-from proxy.lab.core import start_lab_core
-from proxy.lab.customer import CustomerSession, customer_context
-from proxy.log import get_logger
-from proxy.mirror.events import KeyEvent
-from proxy.relay.session import run_session
-from proxy.tls.facts import HandshakeFacts, HandshakeObserver
+from siptap.app import build_plans
+from siptap.config import load_config
+from siptap.lab.core import start_lab_core
+from siptap.lab.customer import CustomerSession, customer_context
+from siptap.log import get_logger
+from siptap.mirror.events import KeyEvent
+from siptap.relay.session import run_session
+from siptap.tls.facts import HandshakeFacts, HandshakeObserver
 from tests.relay.harness import write_config
 
 

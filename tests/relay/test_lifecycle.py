@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from proxy.certs import issue_leaf
-from proxy.lab.core import LabCore, core_context, start_lab_core
-from proxy.lab.customer import IMG2020_CIPHERS, CustomerSession, customer_context
+from siptap.certs import issue_leaf
+from siptap.lab.core import LabCore, core_context, start_lab_core
+from siptap.lab.customer import IMG2020_CIPHERS, CustomerSession, customer_context
 from tests.relay.harness import SiptapProcess, write_config
 
 

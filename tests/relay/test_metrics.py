@@ -9,8 +9,8 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.lab.core import start_lab_core
-from proxy.lab.customer import CustomerSession, customer_context
+from siptap.lab.core import start_lab_core
+from siptap.lab.customer import CustomerSession, customer_context
 from tests.relay.harness import SiptapProcess, write_config
 
 

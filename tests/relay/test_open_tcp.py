@@ -9,7 +9,7 @@ import socket
 import pytest
 import trio
 
-from proxy.relay.upstream import _literal_family, open_tcp
+from siptap.relay.upstream import _literal_family, open_tcp
 
 
 async def _refused_port() -> tuple[trio.socket.SocketType, int]:

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from proxy.config import load_config
-from proxy.export import capture_files
-from proxy.lab.core import start_lab_core
-from proxy.lab.customer import CustomerSession, _branch, customer_context
-from proxy.lab.sip import request
-from proxy.supervisor import Supervisor
+from siptap.config import load_config
+from siptap.export import capture_files
+from siptap.lab.core import start_lab_core
+from siptap.lab.customer import CustomerSession, _branch, customer_context
+from siptap.lab.sip import request
+from siptap.supervisor import Supervisor
 from tests.relay.harness import SiptapProcess, write_config
 from tests.relay.test_metrics import scrape, value
 
@@ -161,7 +161,7 @@ async def test_two_workers_share_the_port_and_their_outputs(pki: Path, tmp_path:
             by_worker.setdefault(event["worker"], event["call_id"])
     assert set(by_worker) == {1, 2}
     out = tmp_path / "bundle"
-    result = subprocess.run([sys.executable, "-m", "proxy", "export", "--config", str(config),
+    result = subprocess.run([sys.executable, "-m", "siptap", "export", "--config", str(config),
                              *(a for c in by_worker.values() for a in ("--call-id", c)), "--out", str(out)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -233,7 +233,7 @@ async def test_a_port_in_use_fails_the_run_with_one_clear_line(pki: Path, tmp_pa
         config = workers_config(tmp_path, pki, 9, port, metrics=False)
         config.write_text(config.read_text().replace("workers = 2", f"workers = {workers}"))
         with trio.fail_after(30):
-            result = await trio.run_process([sys.executable, "-m", "proxy", "run", "--config", str(config)],
+            result = await trio.run_process([sys.executable, "-m", "siptap", "run", "--config", str(config)],
                                             capture_stdout=True, capture_stderr=True, check=False)
     assert result.returncode == 1
     stderr = result.stderr.decode()
@@ -277,13 +277,13 @@ def test_check_and_run_refuse_a_bad_workers_value(pki: Path, tmp_path: Path) -> 
     config = workers_config(tmp_path, pki, 9, 5061, metrics=False)
     config.write_text(config.read_text().replace("workers = 2", "workers = 0"))
     for command in ("check", "run"):
-        result = subprocess.run([sys.executable, "-m", "proxy", command, "--config", str(config)],
+        result = subprocess.run([sys.executable, "-m", "siptap", command, "--config", str(config)],
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == 1
         assert result.stderr.splitlines() == [f"siptap: error: {config}: workers: must be between 1 and 256 "
                                               f"(or \"auto\"), got 0"], result.stderr
     config.write_text(config.read_text().replace("workers = 0", "workers = 2"))
-    result = subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(config)],
+    result = subprocess.run([sys.executable, "-m", "siptap", "check", "--config", str(config)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stdout.endswith("; 2 workers\n"), result
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.sansio.sip_framer import _content_length, _simple_content_length
+from siptap.sansio.sip_framer import _content_length, _simple_content_length
 
 NAMES = st.sampled_from([b"Content-Length", b"l", b"L", b"content-length ", b"X-Content-Length", b"tel", b" l",
                          b"\tl", b"\x0bl", b"Via", b"To", b"l\x0b", b"CONTENT-LENGTH"])

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.sansio import hep
-from proxy.sansio.hep import HepPacket, decode, encode, frame_length, max_payload_len, split_timestamp
+from siptap.sansio import hep
+from siptap.sansio.hep import HepPacket, decode, encode, frame_length, max_payload_len, split_timestamp
 
 # hep3.md §7: the spec's 113-octet worked example, verbatim.
 SPEC_EXAMPLE = bytes.fromhex(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.sansio.keylog import KeyLogLine, client_random_line, client_random_of, parse_line
+from siptap.sansio.keylog import KeyLogLine, client_random_line, client_random_of, parse_line
 
 CR = bytes(range(32))
 MS = bytes(range(48))

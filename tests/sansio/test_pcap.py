@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.sansio import pcap
-from proxy.sansio.pcap import TcpFlow, ethernet_ip_tcp_frame, internet_checksum
+from siptap.sansio import pcap
+from siptap.sansio.pcap import TcpFlow, ethernet_ip_tcp_frame, internet_checksum
 
 TS = 1700000000
 

@@ -1,8 +1,8 @@
 """Property: what the pcap encoder writes, a real reader reads back byte for byte.
 
-Random SIP-ish payloads go through :class:`proxy.sansio.pcap.TcpFlow` (both directions,
+Random SIP-ish payloads go through :class:`siptap.sansio.pcap.TcpFlow` (both directions,
 random MSS, IPv4 or IPv6, sequence numbers that may wrap) into pcap records or pcapng
-enhanced packet blocks; they are read back with :mod:`proxy.sansio.pcap_reader` (always) and
+enhanced packet blocks; they are read back with :mod:`siptap.sansio.pcap_reader` (always) and
 with tshark (a reader we did not write; a ``peers`` test): every frame carries exactly the
 payload segment written, in order, from the right side, at the right sequence number, with a
 good checksum. The framer's split-invariance and the HEP round trip have their own properties
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.sansio import pcap
-from proxy.sansio.pcap_reader import decode_tcp, read_capture
+from siptap.sansio import pcap
+from siptap.sansio.pcap_reader import decode_tcp, read_capture
 from tests.integration.capture import require
 
 TS = 1700000000

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.sansio.sdp_crypto import SdesKey, key_salt_lengths, parse_sdp_crypto
+from siptap.sansio.sdp_crypto import SdesKey, key_salt_lengths, parse_sdp_crypto
 
 KEY16 = bytes(range(16))
 SALT14 = bytes(range(100, 114))
@@ -239,7 +239,7 @@ def test_never_raises_on_shuffled_lines(lines: list[str]) -> None:
 @pytest.mark.peers
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 def test_wireshark_agrees_on_key_and_salt(tmp_path: Path) -> None:
-    from proxy.sansio import pcap
+    from siptap.sansio import pcap
 
     sdp_body = sdp(*BASIC)
     invite = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.sansio.sip_framer import KeepAlive, SipFramer, SipMessage, Unframeable
+from siptap.sansio.sip_framer import KeepAlive, SipFramer, SipMessage, Unframeable
 
 
 def sip(start: str, headers: list[str], body: bytes = b"", *, length: bool = True) -> bytes:

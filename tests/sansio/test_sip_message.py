@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.sansio.sip_message import SipParseError, body_of, parse_message, split_values
+from siptap.sansio.sip_message import SipParseError, body_of, parse_message, split_values
 
 SDP = (
     b"v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from proxy.sansio.sip_message import parse_message
+from siptap.sansio.sip_message import parse_message
 
 NAMES = ["Call-ID", "i", "I", "CSeq", "cseq", "Via", "v", "From", "f", "To", "t", "T", "Content-Type", "c",
          "X-Call-ID", "Call-ID ", " Call-ID", "Call-ID\x0b", "\x0bv", "Tó", "Subject", "", "CALL-id"]

@@ -6,7 +6,7 @@ import ssl
 
 import pytest
 
-from proxy.sansio.tls_hello import (
+from siptap.sansio.tls_hello import (
     TLS12,
     TLS13,
     ClientHello,

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from proxy.config import ClientTlsSettings
-from proxy.errors import HandshakeFailed
-from proxy.sansio.keylog import parse_line
-from proxy.tls.contexts import build_client_context
-from proxy.tls.stream import OpenSSLStream
+from siptap.config import ClientTlsSettings
+from siptap.errors import HandshakeFailed
+from siptap.sansio.keylog import parse_line
+from siptap.tls.contexts import build_client_context
+from siptap.tls.stream import OpenSSLStream
 from tests.tls.helpers import OpenSSLServer, core_server_context
 
 

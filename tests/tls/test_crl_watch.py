@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from proxy.tls.crl_watch import CrlEntry, CrlWatch
+from siptap.tls.crl_watch import CrlEntry, CrlWatch
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 H = timedelta(hours=1)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from proxy.config import ServerTlsSettings
-from proxy.errors import CertificateError, HandshakeFailed
-from proxy.sansio.keylog import parse_line
-from proxy.tls.contexts import build_server_context
-from proxy.tls.stream import OpenSSLStream
+from siptap.config import ServerTlsSettings
+from siptap.errors import CertificateError, HandshakeFailed
+from siptap.sansio.keylog import parse_line
+from siptap.tls.contexts import build_server_context
+from siptap.tls.stream import OpenSSLStream
 from tests.tls.helpers import IMG2020_CIPHERS, customer_client_context
 
 RSA_SUITES = {"AES256-GCM-SHA384", "AES128-GCM-SHA256", "AES256-SHA256", "AES128-SHA256", "AES256-SHA", "AES128-SHA"}

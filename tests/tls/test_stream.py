@@ -9,9 +9,9 @@ import pytest
 import trio
 import trio.testing
 
-from proxy.config import ClientTlsSettings, ServerTlsSettings
-from proxy.tls.contexts import build_client_context, build_server_context
-from proxy.tls.stream import OpenSSLStream
+from siptap.config import ClientTlsSettings, ServerTlsSettings
+from siptap.tls.contexts import build_client_context, build_server_context
+from siptap.tls.stream import OpenSSLStream
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ async def test_handshake_records_are_let_go(contexts) -> None:
 
 
 async def test_stream_mutex_is_fifo_and_survives_a_cancelled_waiter() -> None:
-    from proxy.tls.stream import _Mutex
+    from siptap.tls.stream import _Mutex
 
     mutex = _Mutex()
     with trio.testing.assert_no_checkpoints():

@@ -1,0 +1,3 @@
+from siptap.cli import main
+
+raise SystemExit(main())

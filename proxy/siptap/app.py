@@ -1,0 +1,278 @@
+"""Composition root: builds contexts, listeners and the mirror from a Config, and runs them.
+
+Lifecycle: start listeners (reporting bound addresses), then wait for signals. SIGHUP
+re-reads the config file and rebuilds every TLS context (certificates, CA bundles, CRLs,
+allow-lists); if anything fails the old contexts stay and the error is logged. SIGTERM or
+SIGINT stops the listeners, lets live connections finish for ``drain_timeout``, cancels the
+rest, then flushes the mirror. While it runs, a watch logs ``crl_expiring``/``crl_expired``
+for the CRLs in force (siptap.tls.crl_watch) and keeps their nextUpdate in a gauge.
+
+As one of ``workers`` processes (``worker=(index, count)``, started by
+:mod:`siptap.supervisor`) the app is the same except: its listeners set SO_REUSEPORT, its
+pcap files carry ``-w<index>`` after the prefix (one pcap stream per process; ``siptap
+export`` merges them), and its metrics go to the supervisor's multiprocess directory
+instead of an endpoint of its own.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import trio
+
+from siptap.config import Config, Route, load_config
+from siptap.errors import CertificateError, ConfigError, ListenError, SiptapError
+from siptap.log import get_logger
+from siptap.metrics import Metrics
+from siptap.mirror.fanout import Fanout
+from siptap.relay.server import RouteListener
+from siptap.relay.session import SessionPlan
+from siptap.tls.contexts import build_client_context, build_server_context
+from siptap.tls.crl_watch import CrlEntry, CrlWatch, crl_entries
+
+
+# Multiprocess metrics: how often a worker copies its mirror counters into the shared files.
+MIRROR_METRICS_INTERVAL = 1.0
+# Longest the CRL watch sleeps between checks of the wall clock.
+CRL_RECHECK = 60.0
+
+
+def worker_config(config: Config, index: int) -> Config:
+    """The config as worker ``index`` runs it: its pcap files are its own (``<prefix>-w<index>``)."""
+    pcap = config.mirror.pcap
+    if pcap is None:
+        return config
+    return replace(config, mirror=replace(config.mirror, pcap=replace(pcap, prefix=f"{pcap.prefix}-w{index}")))
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlans:
+    forward: SessionPlan
+    reverse: SessionPlan | None
+
+
+def build_plans(config: Config, route: Route, publish: Any = None, mirror_legs: frozenset[str] | None = None,
+                metrics: Metrics | None = None) -> RoutePlans:
+    """Build every TLS context of a route; a bad file is reported as a ConfigError naming the
+    config file, the key that names the file, and the problem."""
+    try:
+        return _build_plans(config, route, publish, mirror_legs, metrics)
+    except CertificateError as exc:
+        raise _locate(config, route, exc) from None
+
+
+def _locate(config: Config, route: Route, exc: CertificateError) -> ConfigError:
+    index = config.routes.index(route)
+    sections: list[tuple[str, object]] = [("customer", route.customer), ("core_tls", route.core_tls)]
+    if route.reverse is not None:
+        sections += [("reverse.core_side", route.reverse.core_side), ("reverse.customer_tls", route.reverse.customer_tls)]
+    failed = getattr(exc, "section", None)  # set by _context: the block whose context failed
+    for section, settings in sections:
+        if failed is not None and section != failed:
+            continue
+        for name in ("cert", "key", "client_ca", "ca", "crl", "ciphers"):
+            value = getattr(settings, name, None)
+            if value is not None and (str(value) == exc.path or name == exc.path):
+                problem = exc.problem if name == exc.path else str(exc)
+                error = ConfigError(str(config.path), f"route[{index}].{section}.{name}", problem)
+                if "No such file" in exc.problem and name in ("cert", "key", "client_ca", "ca"):
+                    error.hint = "for the lab PKI run `siptap certs init --dir certs` next to the config file"
+                elif name == "crl" and ("No such file" in exc.problem or "expired" in exc.problem):
+                    error.hint = "for the lab PKI, `siptap certs revoke --dir certs` (re)writes certs/crl.pem (fresh nextUpdate)"
+                return error
+    return ConfigError(str(config.path), f"route[{index}]", str(exc))
+
+
+def _context(section: str, build: Any, settings: Any, **kwargs: Any) -> Any:
+    """``build(settings)``, recording in a CertificateError which config block it came from."""
+    try:
+        return build(settings, **kwargs)
+    except CertificateError as exc:
+        exc.section = section  # type: ignore[attr-defined]
+        raise
+
+
+def _build_plans(config: Config, route: Route, publish: Any, mirror_legs: frozenset[str] | None,
+                 metrics: Metrics | None) -> RoutePlans:
+    extra: dict[str, Any] = {"metrics": metrics}
+    if publish is not None:
+        extra["publish"] = publish
+    if mirror_legs is not None:
+        extra["mirror_legs"] = mirror_legs
+    session_id = f"siptap:{route.name}".encode()[:32]
+    forward = SessionPlan(
+        route=route.name, accepted_leg="customer", dialled_leg="core",
+        server_context=_context("customer", build_server_context, route.customer, session_id=session_id),
+        client_context=_context("core_tls", build_client_context, route.core_tls), client_settings=route.core_tls,
+        upstreams=route.cores, limits=route.limits, log_settings=config.log, **extra,
+    )
+    reverse = None
+    if route.reverse is not None:
+        rev = route.reverse
+        reverse = SessionPlan(
+            route=route.name, accepted_leg="core", dialled_leg="customer",
+            server_context=_context("reverse.core_side", build_server_context, rev.core_side, session_id=session_id),
+            client_context=_context("reverse.customer_tls", build_client_context, rev.customer_tls),
+            client_settings=rev.customer_tls,
+            upstreams=rev.customers, limits=route.limits, log_settings=config.log, **extra,
+        )
+    return RoutePlans(forward, reverse)
+
+
+class App:
+    """``observer``: an extra synchronous callback for every mirror event (the demo's view)."""
+
+    def __init__(self, config: Config, *, observer: Any = None, worker: tuple[int, int] | None = None) -> None:
+        self.worker = worker
+        if worker is not None:
+            config = worker_config(config, worker[0])
+        self.config = config
+        self.log = get_logger("siptap")
+        self.fanout = Fanout.from_settings(config.mirror)
+        self.metrics = Metrics(multiprocess=worker is not None and config.metrics.enabled)
+        self.metrics.watch_mirror(self.fanout.stats)
+        fanout_publish = self.fanout.publish
+        if observer is not None:
+            def publish(event: Any) -> bool:
+                observer(event)
+                return fanout_publish(event)
+            self._publish = publish
+            self._mirror_legs = config.mirror.mirror_legs | {"customer"}
+        else:
+            self._publish = fanout_publish
+            self._mirror_legs = config.mirror.mirror_legs
+        publish, mirror_legs = self._publish, self._mirror_legs
+        self.listeners: list[RouteListener] = []
+        for route in config.routes:
+            plans = build_plans(config, route, publish, mirror_legs, self.metrics)
+            self.listeners.append(RouteListener(route.name, "customer", route.listen, plans.forward,
+                                                route.limits.max_connections, self.log, reuse_port=worker is not None))
+            if plans.reverse is not None and route.reverse is not None:
+                self.listeners.append(RouteListener(route.name, "core", route.reverse.listen, plans.reverse,
+                                                    route.limits.max_connections, self.log,
+                                                    reuse_port=worker is not None))
+        self.shutdown_requested = trio.Event()
+        self.stopped = trio.Event()
+        self._connections_scope: trio.CancelScope | None = None
+        self._use_crls(crl_entries(config))
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED, handle_signals: bool = True) -> None:
+        if self.config.log.key_material:
+            self.log.warning("key_material_in_logs",
+                             detail="TLS secrets are logged (log.key_material = true): treat these logs as secret")
+        if self.config.metrics.enabled and self.metrics.multiprocess:
+            pass  # the supervisor serves every worker's values
+        elif self.config.metrics.enabled:
+            where = self.config.metrics.address
+            try:
+                host, port = self.metrics.serve(where.host, where.port)
+            except OSError as exc:
+                raise ListenError(f"metrics.address: cannot listen on {where}: {exc.strerror or exc}") from None
+            self.log.info("metrics_up", address=f"{host}:{port}", host=host, port=port)
+        async with trio.open_nursery() as mirror:
+            await mirror.start(self.fanout.run)
+            if handle_signals:
+                mirror.start_soon(self._signals)
+            if self.metrics.multiprocess:
+                mirror.start_soon(self._sync_metrics)
+            mirror.start_soon(self._watch_crls)
+            await self._serve(task_status)
+            await self.fanout.aclose()
+            self.metrics.sync_mirror()
+            self.log.info("mirror_stopped", **self.fanout.totals())
+            mirror.cancel_scope.cancel()  # the signal watcher
+        self.log.info("stopped")
+        self.stopped.set()
+
+    async def _serve(self, task_status: Any) -> None:
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as accepting:
+                bound = {}
+                for listener in self.listeners:
+                    bound[(listener.name, listener.leg)] = await accepting.start(listener.serve, connections)
+                self.log.info("ready", routes=[r.name for r in self.config.routes])
+                task_status.started(bound)
+                await self.shutdown_requested.wait()
+                accepting.cancel_scope.cancel()
+            live = sum(listener.active for listener in self.listeners)
+            self.log.info("draining", connections=live, drain_timeout=self.config.drain_timeout)
+            self._connections_scope = connections.cancel_scope
+            connections.cancel_scope.deadline = trio.current_time() + self.config.drain_timeout
+
+    def _use_crls(self, entries: list[CrlEntry]) -> None:
+        self.crl_watch = CrlWatch(entries)
+        self.metrics.set_crls(entries)
+        changed = getattr(self, "_crls_changed", None)
+        if changed is not None:
+            changed.set()
+        self._crls_changed = trio.Event()
+
+    async def _watch_crls(self) -> None:
+        """Log ``crl_expiring``/``crl_expired`` (see siptap.tls.crl_watch) when they fall due."""
+        while True:
+            watch, changed = self.crl_watch, self._crls_changed
+            now = datetime.now(timezone.utc)
+            for alarm in watch.due(now):
+                emit = self.log.error if alarm.event == "crl_expired" else self.log.warning
+                emit(alarm.event, **alarm.fields())
+            due = watch.next_check(now)
+            # The wall clock may jump; a long sleep is re-checked at least once a minute.
+            delay = CRL_RECHECK if due is None else min(CRL_RECHECK, max(0.0, (due - now).total_seconds()))
+            with trio.move_on_after(delay):
+                await changed.wait()
+
+    async def _sync_metrics(self) -> None:
+        while True:
+            self.metrics.sync_mirror()
+            await trio.sleep(MIRROR_METRICS_INTERVAL)
+
+    def request_shutdown(self) -> None:
+        self.shutdown_requested.set()
+
+    async def _signals(self) -> None:
+        """First SIGTERM/SIGINT: stop accepting and drain. A second one: stop draining now."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    self.reload()
+                elif not self.shutdown_requested.is_set():
+                    self.log.info("shutdown_requested", signal=name)
+                    self.request_shutdown()
+                else:
+                    self.log.warning("drain_aborted", signal=name)
+                    if self._connections_scope is not None:
+                        self._connections_scope.cancel()
+
+    def reload(self) -> bool:
+        """Rebuild every context from the config file; all or nothing."""
+        try:
+            config = load_config(self.config.path)
+            if self.worker is not None:
+                config = worker_config(config, self.worker[0])
+            new_plans: dict[str, RoutePlans] = {}
+            for route in config.routes:
+                new_plans[route.name] = build_plans(config, route, self._publish, self._mirror_legs, self.metrics)
+        except SiptapError as exc:
+            self.log.error("reload_failed", detail=str(exc), kept="previous certificates and settings")
+            return False
+        for listener in self.listeners:
+            plans = new_plans.get(listener.name)
+            if plans is None:
+                self.log.warning("reload_route_missing", route=listener.name, detail="route kept as it was; restart to remove it")
+                continue
+            plan = plans.forward if listener.leg == "customer" else plans.reverse
+            if plan is None:
+                continue
+            listener.plan = replace(plan)
+        unchanged = {r.name for r in self.config.routes}
+        added = sorted(set(new_plans) - unchanged)
+        if added:
+            self.log.warning("reload_routes_added", routes=added, detail="new routes and listen addresses need a restart")
+        self._use_crls(crl_entries(config))
+        self.log.info("reloaded", routes=sorted(new_plans))
+        return True
+

@@ -1,0 +1,61 @@
+"""The error vocabulary: every failure siptap reports to a user is one of these.
+
+Each carries enough to print one clear line (what, where, why) without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class SiptapError(Exception):
+    """Base of every error siptap reports to its user as one line plus a hint."""
+
+    hint: str | None = None
+
+
+class ConfigError(SiptapError):
+    """A configuration problem, always naming the file and the dotted key path."""
+
+    def __init__(self, file: str, key: str | None, problem: str) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        where = f"{file}: {key}" if key else file
+        super().__init__(f"{where}: {problem}")
+
+
+class CertificateError(SiptapError):
+    """A certificate or key file that cannot be used, naming the file and the problem."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class HandshakeFailed(SiptapError):
+    """A TLS handshake that did not complete, with a classified reason.
+
+    ``reason`` is one of :class:`siptap.tls.facts.FailureReason`'s values (a short stable
+    token such as ``no_shared_cipher``) and ``detail`` is the human explanation,
+    including OpenSSL's own words where they help.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class UpstreamError(SiptapError):
+    """No core could be reached; ``attempts`` lists (address, why) for each core tried."""
+
+    def __init__(self, attempts: list[tuple[str, str]]) -> None:
+        self.attempts = attempts
+        tried = "; ".join(f"{addr}: {why}" for addr, why in attempts) or "no upstream configured"
+        super().__init__(f"no core reachable ({tried})")
+
+
+class ListenError(SiptapError):
+    """A listen address that cannot be bound (in use, not local, no permission)."""
+
+    hint = "is another siptap (or the SBC) already on that port? ports below 1024 need root or CAP_NET_BIND_SERVICE"

@@ -1,0 +1,411 @@
+"""The fan-out: one synchronous, non-blocking ``publish`` in front of many slow sinks.
+
+Theory of operation: the relay calls :meth:`Fanout.publish` on its hot path, right after it
+forwarded the bytes the event describes. ``publish`` must never block or raise, so each
+sink gets its own bounded queue; when a sink's queue is full the event is dropped *for that
+sink*, counted, and reported by a rate-limited warning. One slow or dead output therefore
+never delays the relay nor starves the other outputs.
+
+Two ways to a sink. A sink that can usually deliver without waiting (files, datagram
+sockets: :attr:`Sink.delivers_nowait`) is served *directly*: its events go to a plain deque,
+and one dispatcher task, woken by the first event and then waiting ``batch_interval`` for
+more, hands every such sink its batch synchronously. At trunk rates that is one task switch
+per batch for all of them instead of two per sink, which was most of what mirroring cost. A
+sink whose delivery must wait (a stream socket; a datagram socket whose buffer is full; the
+rest of a batch after a sink error) is served by its own task from a trio memory channel;
+the dispatcher moves a direct sink there, queue and all, the moment it would have to wait,
+and the sink's task gives it back (``on_idle``) once it has caught up. Order is kept per
+sink: events only ever move from the deque to the channel, and only while the channel is
+empty of new arrivals.
+
+:meth:`Fanout.run` runs one supervisor task per sink: it runs the sink's task and, if the
+sink crashes, logs it, counts a restart and starts it again after a back-off (0.5 s doubling
+to 30 s), on the same queue: a mirror bug costs events, never the proxy. A crash in a direct
+delivery costs the event at hand and moves the sink to its task, under that supervisor. :meth:`Fanout.aclose`
+drains at shutdown: it closes the queues so each sink finishes what is queued, waits at
+most ``drain_timeout`` seconds, then cancels and counts what was left as dropped.
+
+Leg filter: ``legs`` ("customer", "core" or "both") selects whose events reach the sinks.
+The relay applies the same choice to SIP itself (it need not even build events for an
+unmirrored leg), but publishes key events and closes for both legs: a sink marked
+``all_legs`` (the NSS key-log file) receives those whatever ``legs`` says, so a raw capture
+of either leg can be decrypted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+import trio
+
+from siptap.mirror.base import MAX_BATCH, Sink
+from siptap.mirror.events import MirrorEvent
+from siptap.mirror.settings import MirrorSettings
+
+log = structlog.get_logger("siptap.mirror")
+
+# Longest the dispatcher delivers before it lets other tasks (the relay's pumps) run: a
+# message that arrives while the mirror writes a large batch waits at most about this long.
+DISPATCH_SLICE = 0.0002
+
+
+async def _let_others_run() -> None:
+    """The relay's tasks may be waiting for the CPU: a checkpoint lets them run first."""
+    await trio.lowlevel.checkpoint()
+
+LEG_SETS = {
+    "customer": frozenset({"customer"}),
+    "core": frozenset({"core"}),
+    "both": frozenset({"customer", "core"}),
+}
+
+
+class _Slot:
+    """A sink and its queues: ``direct`` (served by the dispatcher) while ``is_direct``,
+    else the channel to the sink's own task."""
+
+    __slots__ = ("sink", "send", "receive", "direct", "is_direct", "can_be_direct")
+
+    def __init__(self, sink: Sink, queue_size: int) -> None:
+        self.sink = sink
+        self.can_be_direct = sink.delivers_nowait
+        # A direct sink's channel has room for a full queue plus the batch in hand when it
+        # moves over to its task.
+        capacity = queue_size + MAX_BATCH if self.can_be_direct else queue_size
+        self.send, self.receive = trio.open_memory_channel[MirrorEvent](capacity)
+        self.direct: deque[MirrorEvent] = deque()
+        self.is_direct = self.can_be_direct
+        if self.can_be_direct:
+            sink.on_idle = self._task_caught_up
+
+    def _task_caught_up(self) -> None:
+        self.is_direct = True
+
+
+class Fanout:
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        *,
+        legs: str = "customer",
+        queue_size: int = 10000,
+        drain_timeout: float = 2.0,
+        warn_interval: float = 10.0,
+        restart_backoff: tuple[float, float] = (0.5, 30.0),
+        batch_interval: float = 0.0,
+    ) -> None:
+        if legs not in LEG_SETS:
+            raise ValueError(f"legs must be one of {', '.join(LEG_SETS)}, not {legs!r}")
+        names = [s.name for s in sinks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sink names must be unique: {names}")
+        self.legs = LEG_SETS[legs]
+        self.queue_size = queue_size
+        self.drain_timeout = drain_timeout
+        self.warn_interval = warn_interval
+        self.restart_backoff = restart_backoff
+        self.batch_interval = batch_interval
+        self._slots = [_Slot(sink, queue_size) for sink in sinks]
+        for sink in sinks:
+            sink.reporter.interval = warn_interval
+        self._closing = False
+        self._cancel: trio.CancelScope | None = None
+        self._finished = trio.Event()
+        self._running = False
+        self._wake = trio.Event()  # set by the first direct event since the last dispatch
+        self._armed = False
+        self._dispatcher_done = trio.Event()
+        self._gathering: trio.CancelScope | None = None
+
+    @classmethod
+    def from_settings(cls, settings: MirrorSettings, **sink_options: Any) -> Fanout:
+        return cls(
+            build_sinks(settings, **sink_options),
+            legs=settings.legs,
+            queue_size=settings.queue_size,
+            drain_timeout=settings.drain_timeout,
+            warn_interval=settings.warn_interval,
+            batch_interval=settings.batch_interval,
+        )
+
+    @property
+    def sinks(self) -> list[Sink]:
+        return [slot.sink for slot in self._slots]
+
+    def sink(self, name: str) -> Sink:
+        for slot in self._slots:
+            if slot.sink.name == name:
+                return slot.sink
+        raise KeyError(name)
+
+    # -- hot path ------------------------------------------------------------------------
+
+    def publish(self, event: MirrorEvent) -> bool:
+        """Queue ``event`` for every sink that wants it. Synchronous, never blocks, never
+        raises. Returns False when at least one interested sink had to drop it (queue full
+        or shutting down), so the relay can count "mirrored vs observed"."""
+        complete = True
+        try:
+            mirrored_leg = event.leg.leg in self.legs
+            for slot in self._slots:
+                sink = slot.sink
+                if not (mirrored_leg or sink.all_legs):
+                    continue
+                try:
+                    if not sink.accepts(event):
+                        continue
+                    if slot.is_direct:
+                        if self._closing:
+                            sink.drop("mirror shut down")
+                            complete = False
+                        elif len(slot.direct) >= self.queue_size:
+                            sink.drop("queue full")
+                            complete = False
+                        else:
+                            slot.direct.append(event)
+                            if not self._armed:
+                                self._armed = True
+                                self._wake.set()
+                        continue
+                    slot.send.send_nowait(event)
+                except trio.WouldBlock:
+                    sink.drop("queue full")
+                    complete = False
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    sink.drop("mirror shut down")
+                    complete = False
+                except Exception:  # a sink's accepts() bug must not reach the relay
+                    sink.drop("sink rejected the event")
+                    complete = False
+        except Exception:  # not even an event: still never the relay's problem
+            log.exception("mirror_publish_failed", event_type=type(event).__name__)
+            return False
+        return complete
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every sink until cancelled or until :meth:`aclose` drained them."""
+        if self._running:
+            raise RuntimeError("Fanout.run is already running")
+        self._running = True
+        try:
+            with trio.CancelScope() as cancel:
+                self._cancel = cancel
+                async with trio.open_nursery() as nursery:
+                    reporter = trio.CancelScope()
+                    async with trio.open_nursery() as supervisors:
+                        for slot in self._slots:
+                            supervisors.start_soon(self._supervise, slot, name=f"mirror sink {slot.sink.name}")
+                        if any(slot.can_be_direct for slot in self._slots):
+                            supervisors.start_soon(self._dispatch_loop, name="mirror dispatcher")
+                        else:
+                            self._dispatcher_done.set()
+                        nursery.start_soon(self._report_drops, reporter)
+                        if self._slots:
+                            log.info("mirror_started", sinks=[s.sink.name for s in self._slots],
+                                     legs=sorted(self.legs), queue_size=self.queue_size)
+                        task_status.started()
+                    reporter.cancel()  # every sink finished: aclose() drained them
+        finally:
+            self._count_leftovers()
+            for slot in self._slots:
+                slot.sink.reporter.flush(slot.sink.dropped)
+            self._finished.set()
+
+    async def _dispatch_loop(self) -> None:
+        """The direct sinks' one task: wait for an event, gather for ``batch_interval``,
+        deliver everything queued; after :meth:`aclose`, one last pass."""
+        try:
+            while not self._closing:
+                await self._wake.wait()
+                if self.batch_interval > 0 and not self._closing:
+                    with trio.move_on_after(self.batch_interval) as self._gathering:  # aclose ends it early
+                        await trio.sleep_forever()
+                    self._gathering = None
+                self._wake = trio.Event()
+                self._armed = False
+                slice_end = time.perf_counter() + DISPATCH_SLICE
+                for slot in self._slots:
+                    while slot.direct and slot.is_direct:
+                        self._deliver_direct(slot)
+                        if time.perf_counter() > slice_end:
+                            await _let_others_run()
+                            slice_end = time.perf_counter() + DISPATCH_SLICE
+        finally:
+            for slot in self._slots:
+                while slot.direct and slot.is_direct:
+                    self._deliver_direct(slot)
+            self._dispatcher_done.set()
+
+    def _deliver_direct(self, slot: _Slot) -> None:
+        """One batch (at most MAX_BATCH) of a direct sink's queue, synchronously."""
+        queue, sink = slot.direct, slot.sink
+        batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+        sink._unfinished = batch  # noqa: SLF001 - in case it raises without saying
+        try:
+            done = sink.handle_batch_nowait(batch)
+        except Exception as exc:
+            rest = sink._unfinished  # noqa: SLF001 - the event at hand first
+            sink.errors += 1
+            sink.last_error = f"crashed: {type(exc).__name__}: {exc}"
+            log.exception("mirror_sink_crashed", sink=sink.name, restart_in=0, restarts=sink.restarts)
+            if rest:
+                sink.drop("sink crashed")
+            sink._note_handled(len(batch) - len(rest) + (1 if rest else 0))  # noqa: SLF001
+            self._to_task(slot, rest[1:])
+            return
+        if done:
+            sink._note_handled(done)  # noqa: SLF001
+        if done < len(batch):
+            self._to_task(slot, batch[done:])
+
+    def _to_task(self, slot: _Slot, first: list[MirrorEvent]) -> None:
+        """Hand a direct sink's undelivered events, in order, to its own task."""
+        slot.is_direct = False
+        pending = first + list(slot.direct)
+        slot.direct.clear()
+        for i, event in enumerate(pending):
+            try:
+                slot.send.send_nowait(event)
+            except trio.WouldBlock:  # cannot happen: the channel has room for it all
+                slot.sink.drop("queue full", len(pending) - i)
+                break
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                slot.sink.drop("mirror shut down", len(pending) - i)
+                break
+
+    async def _supervise(self, slot: _Slot) -> None:
+        sink = slot.sink
+        delay, cap = self.restart_backoff
+        while True:
+            try:
+                await sink.run(slot.receive, self.batch_interval)
+                return  # queue closed and drained
+            except Exception as exc:
+                sink.errors += 1
+                sink.restarts += 1
+                sink.last_error = f"crashed: {type(exc).__name__}: {exc}"
+                log.exception("mirror_sink_crashed", sink=sink.name, restart_in=delay, restarts=sink.restarts)
+            await trio.sleep(delay)
+            delay = min(delay * 2, cap)
+
+    async def _report_drops(self, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                await trio.sleep(self.warn_interval)
+                for slot in self._slots:
+                    slot.sink.reporter.flush(slot.sink.dropped)
+
+    def _count_leftovers(self) -> None:
+        for slot in self._slots:
+            left = len(slot.sink.backlog) + len(slot.direct)  # queued or taken in a batch, not reached
+            slot.sink.backlog.clear()
+            slot.direct.clear()
+            while True:
+                try:
+                    slot.receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+                left += 1
+            if left:
+                slot.sink.drop("not flushed at shutdown", left)
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Stop accepting events, let the sinks flush their queues for at most ``timeout``
+        seconds (default: ``drain_timeout``), then stop them. Events still queued are
+        counted as dropped. Safe to call whether or not :meth:`run` is running."""
+        deadline = trio.current_time() + (self.drain_timeout if timeout is None else timeout)
+        if not self._closing:
+            self._closing = True
+            self._wake.set()
+            if self._gathering is not None:
+                self._gathering.cancel()
+            if self._running:  # the dispatcher's last pass may still hand events to sink tasks
+                with trio.move_on_at(deadline):
+                    await self._dispatcher_done.wait()
+            for slot in self._slots:
+                slot.send.close()
+        if not self._running:
+            self._count_leftovers()
+            return
+        with trio.move_on_at(deadline):
+            await self._finished.wait()
+        if not self._finished.is_set():
+            if self._cancel is not None:
+                self._cancel.cancel()
+            with trio.CancelScope(shield=True):
+                await self._finished.wait()
+
+    # -- observability -------------------------------------------------------------------
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per sink: ``queued`` (waiting now), ``sent``, ``dropped``, ``errors``,
+        ``restarts``, plus ``drop_reasons`` and ``last_error`` for humans."""
+        out: dict[str, dict[str, Any]] = {}
+        for slot in self._slots:
+            sink = slot.sink
+            try:
+                queued = slot.send.statistics().current_buffer_used + len(sink.backlog) + len(slot.direct)
+            except Exception:  # pragma: no cover - statistics never fails today
+                queued = 0
+            out[sink.name] = {
+                "queued": queued,
+                **sink.counters(),
+                "drop_reasons": dict(sink.drop_reasons),
+                "last_error": sink.last_error,
+            }
+        return out
+
+    def totals(self) -> dict[str, int]:
+        keys = ("queued", "sent", "dropped", "errors", "restarts")
+        totals = dict.fromkeys(keys, 0)
+        for row in self.stats().values():
+            for key in keys:
+                totals[key] += row[key]
+        return totals
+
+
+def build_sinks(settings: MirrorSettings, **options: Any) -> list[Sink]:
+    """The sinks the settings ask for, named for logs and stats (``hep:udp:127.0.0.1:9060``,
+    ``jsonl:unix:/path``, ``keylog``, ``pcap``, ``srtp_keys``; a numeric suffix keeps two
+    identical outputs apart). ``options`` (e.g. ``backoff_initial``) go to the socket sinks.
+    Nothing is opened or connected here: that happens in :meth:`Fanout.run`."""
+    from siptap.mirror.hep import HepSink
+    from siptap.mirror.jsonl import JsonlSink
+    from siptap.mirror.keylog import KeylogSink
+    from siptap.mirror.pcap import PcapSink
+    from siptap.mirror.srtp import SrtpKeysSink
+
+    sinks: list[Sink] = []
+    used: set[str] = set()
+
+    def unique(name: str) -> str:
+        candidate, n = name, 1
+        while candidate in used:
+            n += 1
+            candidate = f"{name}#{n}"
+        used.add(candidate)
+        return candidate
+
+    for hep in settings.hep:
+        sink = HepSink(hep, **options)
+        sink.name = unique(sink.name)
+        sinks.append(sink)
+    for jsonl in settings.jsonl:
+        sink = JsonlSink(jsonl, **options)
+        sink.name = unique(sink.name)
+        sinks.append(sink)
+    if settings.keylog is not None:
+        sinks.append(KeylogSink(settings.keylog.path, name=unique("keylog")))
+    if settings.pcap is not None:
+        sinks.append(PcapSink(settings.pcap, name=unique("pcap")))
+    if settings.srtp_keys is not None:
+        sinks.append(SrtpKeysSink(settings.srtp_keys.path, name=unique("srtp_keys")))
+    for sink in sinks:
+        sink.reporter.sink = sink.name
+    return sinks

@@ -1,0 +1,164 @@
+"""The ``[mirror]`` section of the configuration: which outputs run, and where they write.
+
+Plain frozen dataclasses in the style of :mod:`siptap.config`, whose generic TOML loader
+builds them (``choices`` metadata on string fields, ``Path`` relative to the config file,
+``Endpoint`` from a ``"host:port"`` string, tables of tables for the sink lists). This module
+holds no behaviour beyond :meth:`problems`, the cross-field checks the loader cannot derive
+from the types; :func:`siptap.mirror.fanout.build_sinks` turns it into running sinks.
+
+Example (the shipped configuration)::
+
+    [mirror]
+    legs = "customer"                       # "customer" | "core" | "both"
+
+    [[mirror.hep]]                          # any number of collectors
+    address = "127.0.0.1:9060"
+
+    [[mirror.jsonl]]
+    transport = "unix"                      # "unix" | "unix-dgram" | "tcp" | "udp"
+    path = "captures/mirror.sock"           # unix transports; tcp/udp take `address`
+
+    [mirror.keylog]
+    path = "captures/keys.log"
+
+    [mirror.pcap]
+    directory = "captures"
+
+    [mirror.srtp_keys]
+    path = "captures/srtp-keys.log"
+
+:mod:`siptap.config` includes these in ``Config.mirror`` and loads them with its generic loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from siptap.addresses import Endpoint
+
+MIB = 1024 * 1024
+LEG_CHOICES = ("customer", "core", "both")
+
+
+def _choice(*allowed: str) -> dict[str, object]:
+    return {"choices": allowed}
+
+
+@dataclass(frozen=True, slots=True)
+class HepSinkSettings:
+    """One HEPv3 collector (Homer/heplify-server, sngrep ``-L``). Give the port: the
+    loader's default port for a bare host is SIP's 5061, not HEP's customary 9060."""
+
+    address: Endpoint
+    transport: str = field(default="udp", metadata=_choice("udp", "tcp"))
+    capture_id: int = 2001  # HEP chunk 0x000c, 32-bit
+    auth_key: str | None = None  # chunk 0x000e, sent in clear text
+    node_name: str | None = None  # chunk 0x0013, capture agent name
+    # IP protocol chunk: "tcp" = 6 (what the wire carries); "tls" = 22, Kamailio's marker
+    # for SIP over TLS (some Homer views key on it).
+    ip_proto: str = field(default="tcp", metadata=_choice("tcp", "tls"))
+    log_key_material: bool = True  # TLS keys and SRTP keys as HEP log packets (type 0x64)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.capture_id > 0xFFFFFFFF:
+            out.append(("capture_id", "must fit 32 bits"))
+        if self.address.port == 0:
+            out.append(("address", "needs a port (collectors usually listen on 9060)"))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class JsonlSinkSettings:
+    """A JSON-lines mirror: one JSON object per line (stream transports) or per datagram.
+    ``unix``/``unix-dgram`` connect to ``path`` (a reader's socket, relative to the config
+    folder); ``tcp``/``udp`` connect to ``address``. siptap is the client in every case."""
+
+    transport: str = field(default="unix", metadata=_choice("unix", "unix-dgram", "tcp", "udp"))
+    path: Path | None = None
+    address: Endpoint | None = None
+    payload: bool = True  # include each SIP message's text
+
+    @property
+    def is_unix(self) -> bool:
+        return self.transport.startswith("unix")
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.is_unix:
+            if self.path is None:
+                return [("path", f"transport {self.transport!r} needs a socket path")]
+            if self.address is not None:
+                return [("address", f"transport {self.transport!r} takes a path, not an address")]
+        else:
+            if self.address is None:
+                return [("address", f"transport {self.transport!r} needs \"host:port\"")]
+            if self.path is not None:
+                return [("path", f"transport {self.transport!r} takes an address, not a path")]
+            if self.address.port == 0:
+                return [("address", "needs a port")]
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class KeylogFileSettings:
+    """NSS key-log file (SSLKEYLOGFILE format), appended, created 0600. Always covers both
+    legs, whatever ``mirror.legs`` says: it is what decrypts a raw capture of either leg."""
+
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class PcapSettings:
+    """Cleartext capture files ``<prefix>-YYYYmmdd-HHMMSS-N.<format>`` (UTC) in ``directory``."""
+
+    directory: Path
+    format: str = field(default="pcap", metadata=_choice("pcap", "pcapng"))
+    rotate_bytes: int = 100 * MIB  # 0 = no size limit
+    rotate_seconds: float = 3600.0  # 0 = no time limit
+    keep: int = 0  # newest files kept after a rotation; 0 = keep all
+    prefix: str = "siptap"
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.rotate_bytes and self.rotate_bytes < 64 * 1024:
+            return [("rotate_bytes", "must be 0 (off) or at least 65536")]
+        if not self.prefix or "/" in self.prefix:
+            return [("prefix", "must be a non-empty file name prefix without '/'")]
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class SrtpKeysFileSettings:
+    """One line per SDES key seen in SDP; see :mod:`siptap.mirror.srtp` for the format."""
+
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorSettings:
+    legs: str = field(default="customer", metadata=_choice(*LEG_CHOICES))
+    queue_size: int = 10000  # events held per sink before dropping (never block the relay)
+    drain_timeout: float = 2.0  # at shutdown, how long sinks may take to flush their queues
+    warn_interval: float = 10.0  # at most one "dropped" warning per sink per interval
+    batch_interval: float = 0.01  # the mirror, woken by an event, waits this long for more (0: deliver at once)
+    hep: tuple[HepSinkSettings, ...] = ()
+    jsonl: tuple[JsonlSinkSettings, ...] = ()
+    keylog: KeylogFileSettings | None = None
+    pcap: PcapSettings | None = None
+    srtp_keys: SrtpKeysFileSettings | None = None
+
+    @property
+    def mirror_legs(self) -> frozenset[str]:
+        """The legs whose SIP is mirrored, as the relay wants it."""
+        return frozenset({"customer", "core"}) if self.legs == "both" else frozenset({self.legs})
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.hep or self.jsonl or self.keylog or self.pcap or self.srtp_keys)
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.queue_size < 1:
+            return [("queue_size", "must be at least 1")]
+        if not 0 <= self.batch_interval <= 1:
+            return [("batch_interval", "must be between 0 and 1 (seconds)")]
+        return []

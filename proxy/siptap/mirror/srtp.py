@@ -1,0 +1,108 @@
+"""SRTP keys file sink: one grep-friendly line per SDES key seen in relayed SDP.
+
+Encrypted SIP protects ``a=crypto`` keys on the wire; siptap is where they become
+visible. Each :class:`~siptap.mirror.events.SrtpKeyEvent` appends one line of
+space-separated ``key=value`` fields (values never contain spaces, except the quoted last
+one)::
+
+    2024-05-01T10:00:00.123456Z call-id=a84b4c76e66710 conn=c1 leg=customer dir=client->server
+      sip=INVITE media=audio addr=192.0.2.10:49170 suite=AES_CM_128_HMAC_SHA1_80 tag=1
+      inline=WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz key=59535f... salt=7d0a... key_salt=59535f...7d0a...
+      rtp_decoder="-s AES_CM_128_HMAC_SHA1_80 -k 59535f...7d0a... -f 'src host 192.0.2.10 and udp src port 49170'"
+
+(one line in the file). Meaning:
+
+- ``dir``: direction of the SIP message on that leg; ``sip``: its method or status code.
+- ``addr``: the media address and port from the same SDP (``c=``/``m=``; ``-`` when the SDP
+  had no address). In SDES (RFC 4568) each side announces the key *it* encrypts with, and
+  the address where it *receives*; with symmetric RTP (RFC 4961, near universal behind
+  SBCs) it also sends from there. So this key decrypts the SRTP sent *from* ``addr``.
+- ``inline``: key||salt base64 exactly as in SDP; ``key``/``salt``/``key_salt``: hex.
+- ``rtp_decoder``: arguments for libsrtp's ``test/rtp_decoder``, which reads a pcap on
+  stdin: ``eval rtp_decoder $ARGS < capture.pcap``. Option names from libsrtp
+  (cisco/libsrtp ``test/rtp_decoder.c``): ``-s <suite>`` sets key and tag size by RFC 4568
+  name (it knows AES_CM_128_HMAC_SHA1_80 and _32), ``-k <hex key||salt>`` the master key,
+  ``-e <128|256>`` ``-a`` ``-t <tag octets>`` ``-g`` select AES-256 or GCM by hand, ``-f``
+  a pcap filter. ``unsupported`` for suites it cannot decode (AES-192, F8, unknown).
+
+File: appended, created 0600 (parent folder 0700), one ``os.write`` per line; failures
+are counted and retried as for the key log (:class:`siptap.mirror.keylog.FileSink`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from siptap.mirror.events import MirrorEvent, SrtpKeyEvent
+from siptap.mirror.jsonl import iso_utc
+from siptap.mirror.keylog import FileSink
+from siptap.sansio.sdp_crypto import SdesKey
+
+# suite -> rtp_decoder options selecting cipher, key size and tag length (before -k: the
+# tool's -e/-s allocate the key buffer and would overwrite an earlier -k).
+_RTP_DECODER_SUITE_ARGS = {
+    "AES_CM_128_HMAC_SHA1_80": "-s AES_CM_128_HMAC_SHA1_80",
+    "AES_CM_128_HMAC_SHA1_32": "-s AES_CM_128_HMAC_SHA1_32",
+    "AES_256_CM_HMAC_SHA1_80": "-e 256 -a -t 10",
+    "AES_256_CM_HMAC_SHA1_32": "-e 256 -a -t 4",
+    "AEAD_AES_128_GCM": "-g -e 128 -t 16",
+    "AEAD_AES_256_GCM": "-g -e 256 -t 16",
+}
+
+
+def _token(text: str | None) -> str:
+    if not text:
+        return "-"
+    return "".join("_" if ch.isspace() or ch in "\"'" else ch for ch in text)
+
+
+def rtp_decoder_args(key: SdesKey) -> str | None:
+    """libsrtp ``rtp_decoder`` arguments for this key, or None if it cannot decode it."""
+    suite_args = _RTP_DECODER_SUITE_ARGS.get(key.suite)
+    if suite_args is None:
+        return None
+    pcap_filter = f"udp src port {key.port}"
+    if key.connection_address:
+        pcap_filter = f"src host {key.connection_address} and {pcap_filter}"
+    return f"{suite_args} -k {key.master_key_hex}{key.master_salt_hex} -f '{pcap_filter}'"
+
+
+def srtp_key_line(event: SrtpKeyEvent) -> str:
+    key, leg = event.key, event.leg
+    address = key.connection_address or "-"
+    addr = f"[{address}]:{key.port}" if ":" in address else f"{address}:{key.port}"
+    args = rtp_decoder_args(key)
+    fields = [
+        iso_utc(event.ts),
+        f"call-id={_token(event.call_id)}",
+        f"conn={_token(leg.conn_id)}",
+        f"leg={leg.leg}",
+        f"dir={'client->server' if event.from_client else 'server->client'}",
+        f"sip={_token(event.method_or_status)}",
+        f"media={_token(key.media)}",
+        f"addr={addr}",
+        f"suite={_token(key.suite)}",
+        f"tag={key.tag}",
+        f"inline={_token(key.key_params_b64)}",
+        f"key={key.master_key_hex}",
+        f"salt={key.master_salt_hex or '-'}",
+        f"key_salt={key.master_key_hex}{key.master_salt_hex}",
+    ]
+    if key.lifetime:
+        fields.append(f"lifetime={_token(key.lifetime)}")
+    if key.mki:
+        fields.append(f"mki={_token(key.mki)}")
+    fields.append(f'rtp_decoder="{args}"' if args else "rtp_decoder=unsupported")
+    return " ".join(fields)
+
+
+class SrtpKeysSink(FileSink):
+    def __init__(self, path: Path, *, name: str = "srtp_keys", **retry: float) -> None:
+        super().__init__(name, path, **retry)
+
+    def accepts(self, event: MirrorEvent) -> bool:
+        return isinstance(event, SrtpKeyEvent)
+
+    def render(self, event: MirrorEvent) -> str:
+        assert isinstance(event, SrtpKeyEvent)
+        return srtp_key_line(event) + "\n"

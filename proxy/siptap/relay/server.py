@@ -1,0 +1,119 @@
+"""Listeners and the accept loop for one direction of one route.
+
+Accepting never waits on a session: each connection runs in the connection nursery the app
+owns, so stopping the listeners (shutdown) and draining the sessions are separate steps.
+The session plan is read at accept time, so a reload affects new connections only.
+
+With ``reuse_port`` (``workers`` > 1) every listening socket sets SO_REUSEPORT before it
+binds, so the worker processes each bind the same address and the kernel spreads new
+connections over them (by a hash of the 4-tuple: a connection stays with the worker that
+accepted it; one long-lived trunk is one worker's).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import trio
+
+from siptap.config import Endpoint
+from siptap.errors import ListenError
+from siptap.relay.session import SessionPlan, peer_address, run_session
+from siptap.relay.sockets import tune_socket
+
+
+class RouteListener:
+    def __init__(self, name: str, leg: str, endpoints: tuple[Endpoint, ...], plan: SessionPlan,
+                 max_connections: int, log: Any, *, reuse_port: bool = False) -> None:
+        self.name = name
+        self.leg = leg
+        self.endpoints = endpoints
+        self.plan = plan  # replaced wholesale on reload
+        self.max_connections = max_connections
+        self.log = log.bind(route=name)
+        self.active = 0
+        self.total = 0
+        self.refused = 0
+        self.bound: list[tuple[str, int]] = []
+        self.reuse_port = reuse_port
+
+    async def serve(self, connections: trio.Nursery, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listeners: list[trio.SocketListener] = []
+        for endpoint in self.endpoints:
+            try:
+                if self.reuse_port:
+                    opened = await open_shared_listeners(endpoint.port, endpoint.host)
+                else:
+                    opened = await trio.open_tcp_listeners(endpoint.port, host=endpoint.host)
+            except OSError as exc:
+                for listener in listeners:
+                    await listener.aclose()
+                raise ListenError(f"route {self.name!r}: cannot listen on {endpoint}: {exc.strerror or exc}") from None
+            listeners.extend(opened)
+        self.bound = [_addr(listener.socket.getsockname()) for listener in listeners]
+        for host, port in self.bound:
+            self.log.info("listener_up", leg=self.leg, address=f"{host}:{port}", host=host, port=port)
+        task_status.started(self.bound)
+        try:
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=connections)
+        finally:
+            self.log.info("listener_down", leg=self.leg)
+
+    async def _handle(self, tcp: trio.SocketStream) -> None:
+        if self.active >= self.max_connections:
+            self.refused += 1
+            peer = peer_address(tcp.socket)
+            metrics = self.plan.metrics
+            if metrics is not None:
+                metrics.child(metrics.connections_refused, self.name, "max_connections").inc()
+            self.log.warning("connection_refused", leg=self.leg, reason="max_connections",
+                             limit=self.max_connections, peer=f"{peer[0]}:{peer[1]}")
+            await tcp.aclose()
+            return
+        self.active += 1
+        self.total += 1
+        metrics = self.plan.metrics
+        if metrics is not None:
+            metrics.child(metrics.connections_total, self.name, self.leg).inc()
+            metrics.child(metrics.connections_active, self.name, self.leg).inc()
+        try:
+            tune_socket(tcp.socket)
+            await run_session(tcp, self.plan, self.log)
+        except Exception:  # a bug in one session must not take the route down
+            self.log.exception("session_crashed", leg=self.leg)
+            await tcp.aclose()
+        finally:
+            self.active -= 1
+            if metrics is not None:
+                metrics.child(metrics.connections_active, self.name, self.leg).dec()
+
+
+async def open_shared_listeners(port: int, host: str | None) -> list[trio.SocketListener]:
+    """:func:`trio.open_tcp_listeners` with SO_REUSEPORT set before bind (same addresses,
+    SO_REUSEADDR, IPV6_V6ONLY and backlog), so that several processes share the address."""
+    addresses = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners: list[trio.SocketListener] = []
+    try:
+        for family, type_, proto, _name, sockaddr in addresses:
+            sock = trio.socket.socket(family, type_, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                await sock.bind(sockaddr)
+                sock.listen(0xFFFF)  # as trio: the kernel caps it at net.core.somaxconn
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
+def _addr(sockaddr: tuple) -> tuple[str, int]:
+    return (str(sockaddr[0]), int(sockaddr[1]))

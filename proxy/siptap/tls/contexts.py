@@ -1,0 +1,285 @@
+"""Builds the pyOpenSSL contexts for both legs from validated settings.
+
+A ``Context`` cannot change once a ``Connection`` exists, so reload means building new
+ones; everything here is therefore a pure function of the settings and the files they name.
+Files are checked first, so a bad key or certificate stops start-up with the file and the
+problem named, not with an OpenSSL error stack.
+
+Each context owns a :class:`~siptap.tls.facts.CertificateCache` (its app data): the verify
+callback and the handshake facts parse and summarise each distinct peer certificate once,
+not once per connection, and a reload's new contexts start with fresh caches.
+
+Key material leaves through the per-connection :class:`~siptap.tls.facts.HandshakeObserver`
+(the connection's app data): the key-log callback appends NSS lines to it and the verify
+callback records the first verification failure, which OpenSSL's exception alone loses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from OpenSSL import SSL, crypto
+
+from siptap.certs import key_matches_certificate, load_certificate_chain, load_private_key
+from siptap.config import ClientTlsSettings, ServerTlsSettings
+from siptap.errors import CertificateError
+from siptap.tls.facts import CertificateCache, FailureReason, HandshakeObserver
+from siptap.tls.identity import AllowList, common_name, matches_hostname
+
+_VERSIONS = {
+    "TLSv1": SSL.TLS1_VERSION,
+    "TLSv1.1": SSL.TLS1_1_VERSION,
+    "TLSv1.2": SSL.TLS1_2_VERSION,
+    "TLSv1.3": SSL.TLS1_3_VERSION,
+}
+
+# Raw OpenSSL 3 option bits that pyOpenSSL does not name (openssl/ssl.h SSL_OP_BIT(n)).
+OP_NO_EXTENDED_MASTER_SECRET = 1 << 0
+OP_NO_ENCRYPT_THEN_MAC = 1 << 19
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A certificate chain and its private key, loaded and checked."""
+
+    chain: tuple[x509.Certificate, ...]
+    key: object
+    cert_path: Path
+    key_path: Path
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+
+def load_identity(cert_path: Path, key_path: Path, *, allow_insecure_key: bool = False,
+                  require_rsa: bool = False, now: datetime | None = None) -> Identity:
+    """Load a certificate chain and key, refusing what would fail later in a confusing way."""
+    chain = load_certificate_chain(cert_path)
+    key = load_private_key(key_path, allow_insecure_permissions=allow_insecure_key)
+    leaf = chain[0]
+    if not key_matches_certificate(key, leaf):
+        raise CertificateError(str(key_path), f"private key does not match the certificate in {cert_path}")
+    now = now or datetime.now(timezone.utc)
+    if leaf.not_valid_after_utc < now:
+        raise CertificateError(str(cert_path), f"certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    if leaf.not_valid_before_utc > now:
+        raise CertificateError(str(cert_path), f"certificate not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    if require_rsa:
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise CertificateError(
+                str(key_path),
+                f"key is {type(key).__name__.removeprefix('_')}, but RSA key exchange needs an RSA server key "
+                "(use an RSA certificate, or key_exchange = \"any\")",
+            )
+        try:
+            usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            usage = None
+        if usage is not None and not usage.key_encipherment:
+            raise CertificateError(
+                str(cert_path), "certificate's key usage lacks keyEncipherment, which RSA key exchange requires"
+            )
+    return Identity(tuple(chain), key, Path(cert_path), Path(key_path))
+
+
+def _use_identity(ctx: SSL.Context, identity: Identity) -> None:
+    ctx.use_certificate(identity.leaf)
+    for extra in identity.chain[1:]:
+        ctx.add_extra_chain_cert(extra)
+    ctx.use_privatekey(identity.key)  # type: ignore[arg-type]
+    ctx.check_privatekey()
+
+
+def _load_ca(ctx: SSL.Context, path: Path) -> None:
+    load_certificate_chain(path)  # clear error for a missing/empty/non-PEM bundle
+    try:
+        ctx.load_verify_locations(str(path))
+    except SSL.Error as exc:
+        raise CertificateError(str(path), f"cannot load CA bundle: {exc}") from None
+
+
+def load_crls_for(crl_path: Path, ca_path: Path, *, now: datetime | None = None) -> list[x509.CertificateRevocationList]:
+    """The CRLs in ``crl_path``, refusing what would make OpenSSL fail every handshake later.
+
+    Each CRL must be signed by a CA in ``ca_path`` (else it is never consulted, and with CRL
+    checking on, that CA's clients all fail with "unable to get certificate CRL"), and must be
+    current: OpenSSL refuses every certificate with "CRL has expired" once nextUpdate passes,
+    and "CRL is not yet valid" before thisUpdate. Refused here, at start-up or reload, with the
+    file named, instead of as a handshake failure on every connection.
+    """
+    from siptap.certs import load_crls
+
+    crls = load_crls(crl_path)
+    cas = load_certificate_chain(ca_path)
+    now = now or datetime.now(timezone.utc)
+    for index, crl in enumerate(crls, 1):
+        which = f"CRL #{index} (issuer {crl.issuer.rfc4514_string()})" if len(crls) > 1 else \
+            f"CRL (issuer {crl.issuer.rfc4514_string()})"
+        if not any(ca.subject == crl.issuer and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+                   for ca in cas):
+            raise CertificateError(str(crl_path), f"{which} is not signed by any CA in {ca_path}")
+        next_update = crl.next_update_utc
+        if next_update is not None and next_update < now:
+            raise CertificateError(
+                str(crl_path),
+                f"{which} expired on {next_update:%Y-%m-%d %H:%M} UTC (nextUpdate): OpenSSL would refuse every "
+                "client certificate; publish a fresh CRL, then reload (SIGHUP)",
+            )
+        if crl.last_update_utc > now:
+            raise CertificateError(
+                str(crl_path), f"{which} is not valid before {crl.last_update_utc:%Y-%m-%d %H:%M} UTC (thisUpdate)"
+            )
+    return crls
+
+
+def _use_crls(ctx: SSL.Context, crl_path: Path, ca_path: Path, crl_check: str) -> None:
+    store = ctx.get_cert_store()
+    assert store is not None
+    for crl in load_crls_for(crl_path, ca_path):
+        store.add_crl(crl)
+    flags = crypto.X509StoreFlags.CRL_CHECK
+    if crl_check == "chain":
+        flags |= crypto.X509StoreFlags.CRL_CHECK_ALL
+    store.set_flags(flags)
+
+
+def _verify_error_text(errnum: int) -> str:
+    try:
+        from OpenSSL._util import ffi, lib
+
+        return ffi.string(lib.X509_verify_cert_error_string(errnum)).decode()
+    except (ImportError, AttributeError):
+        return f"X509 verify error {errnum}"
+
+
+def _subject_of(cert: object) -> str:
+    try:
+        return cert.to_cryptography().subject.rfc4514_string()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - best effort for a log line
+        return "?"
+
+
+def certificate_cache(ctx: SSL.Context) -> CertificateCache | None:
+    """The context's certificate cache (None for a context not built here)."""
+    cache = ctx.get_app_data()
+    return cache if isinstance(cache, CertificateCache) else None
+
+
+def _make_verify_callback(allow: AllowList | None, certificates: CertificateCache | None = None):
+    def verify(conn: SSL.Connection, cert, errnum: int, depth: int, ok: int) -> bool:
+        observer = conn.get_app_data()
+        if not isinstance(observer, HandshakeObserver):
+            return bool(ok)
+        if not ok:
+            observer.record_verify_error(errnum, depth, _subject_of(cert), _verify_error_text(errnum))
+            return False
+        # The leaf is parsed only for a check that reads it (an allow-list, a hostname), and
+        # then once per distinct certificate; with neither, a verified chain is all it takes.
+        if depth == 0 and (allow or observer.expected_hostname):
+            leaf = certificates.certificate_of(cert) if certificates is not None else cert.to_cryptography()
+            if allow and not allow.permits(leaf):
+                observer.policy_failure = (
+                    FailureReason.NOT_ALLOWED,
+                    f"client certificate {leaf.subject.rfc4514_string()} (CN={common_name(leaf)}) "
+                    "verified but is not on the route's allow-list",
+                )
+                return False
+            name = observer.expected_hostname
+            if name and not matches_hostname(leaf, name):
+                observer.policy_failure = (
+                    FailureReason.HOSTNAME_MISMATCH,
+                    f"server certificate {leaf.subject.rfc4514_string()} does not match {name!r}",
+                )
+                return False
+        return True
+
+    return verify
+
+
+def _keylog(conn: SSL.Connection, line: bytes) -> None:
+    observer = conn.get_app_data()
+    if isinstance(observer, HandshakeObserver):
+        observer.keylog_lines.append(line.decode("ascii", "replace").strip())
+
+
+def _new_context(min_version: str, max_version: str, ciphers: str) -> SSL.Context:
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    # An idle connection gives its ~34 KiB record buffers back to OpenSSL's allocator: a
+    # trunk of mostly idle TLS connections (both legs) is what siptap holds most of.
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    ctx.set_min_proto_version(_VERSIONS[min_version])
+    ctx.set_max_proto_version(_VERSIONS[max_version])
+    try:
+        ctx.set_cipher_list(ciphers.encode())
+    except SSL.Error:
+        raise CertificateError("ciphers", f"OpenSSL accepts none of {ciphers!r}") from None
+    ctx.set_app_data(CertificateCache())
+    return ctx
+
+
+def build_server_context(settings: ServerTlsSettings, *, session_id: bytes = b"siptap") -> SSL.Context:
+    """The customer-facing server: by default TLS 1.2, kRSA AES suites, mutual TLS, no resumption."""
+    forced_rsa = settings.key_exchange == "rsa"
+    identity = load_identity(
+        settings.cert,
+        settings.key,
+        allow_insecure_key=settings.allow_insecure_key_permissions,
+        require_rsa=forced_rsa,
+    )
+    ctx = _new_context(settings.min_version, settings.effective_max_version, settings.effective_ciphers)
+    certificates = certificate_cache(ctx)
+    options = SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
+    if settings.resumption:
+        ctx.set_session_id(session_id)
+    else:
+        options |= SSL.OP_NO_TICKET
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    if settings.sngrep_compatible:
+        options |= OP_NO_EXTENDED_MASTER_SECRET | OP_NO_ENCRYPT_THEN_MAC
+    ctx.set_options(options)
+    _use_identity(ctx, identity)
+    if settings.verify_client:
+        _load_ca(ctx, settings.client_ca)
+        # Advertise the acceptable CAs: E-SBCs holding several certificates pick by this list.
+        ctx.load_client_ca(str(settings.client_ca).encode())
+        ctx.set_verify(
+            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+            _make_verify_callback(AllowList.parse(settings.allow), certificates),
+        )
+        ctx.set_verify_depth(settings.verify_depth)
+        if settings.crl is not None:
+            _use_crls(ctx, settings.crl, settings.client_ca, settings.crl_check)
+    else:
+        ctx.set_verify(SSL.VERIFY_NONE)
+    ctx.set_keylog_callback(_keylog)
+    return ctx
+
+
+def build_client_context(settings: ClientTlsSettings) -> SSL.Context:
+    """The core-facing client: verifies the core, presents siptap's client certificate."""
+    ctx = _new_context(settings.min_version, settings.max_version, settings.ciphers)
+    if settings.tls13_ciphersuites:
+        ctx.set_tls13_ciphersuites(settings.tls13_ciphersuites.encode())
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    if settings.cert is not None and settings.key is not None:
+        _use_identity(
+            ctx,
+            load_identity(settings.cert, settings.key, allow_insecure_key=settings.allow_insecure_key_permissions),
+        )
+    if settings.verify:
+        if settings.ca is not None:
+            _load_ca(ctx, settings.ca)
+            if settings.crl is not None:
+                _use_crls(ctx, settings.crl, settings.ca, settings.crl_check)
+        else:
+            ctx.set_default_verify_paths()
+        ctx.set_verify(SSL.VERIFY_PEER, _make_verify_callback(None, certificate_cache(ctx)))
+    else:
+        ctx.set_verify(SSL.VERIFY_NONE)
+    ctx.set_keylog_callback(_keylog)
+    return ctx

@@ -1,0 +1,403 @@
+"""What a handshake established, or why it failed, as plain immutable records.
+
+The relay logs these and the mirror publishes them; neither touches pyOpenSSL. A
+:class:`HandshakeObserver` rides on each ``SSL.Connection`` (its app data) so that the
+context's callbacks can record what OpenSSL's exception alone would lose: the key-log lines,
+the first certificate-verification failure (the exception only says "certificate verify
+failed") and the client's ClientHello.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import timezone
+
+from cryptography import x509
+from OpenSSL import SSL, crypto
+
+try:
+    from OpenSSL._util import ffi as _ffi
+    from OpenSSL._util import lib as _lib
+except ImportError:  # pragma: no cover - a pyOpenSSL without the private bindings
+    _ffi = _lib = None
+
+from siptap.errors import HandshakeFailed
+from siptap.sansio.tls_hello import ClientHello, ClientHelloSniffer, NotTls
+from siptap.tls.identity import common_name, sha256_fingerprint, subject_alt_names
+
+
+class FailureReason(str, enum.Enum):
+    """Stable tokens for why a handshake failed: logs, metrics and tests key on these."""
+
+    NO_SHARED_CIPHER = "no_shared_cipher"
+    ECDHE_ONLY_CLIENT = "ecdhe_only_client"
+    TLS13_ONLY_CLIENT = "tls13_only_client"
+    PROTOCOL_VERSION = "protocol_version"
+    NO_CLIENT_CERTIFICATE = "no_client_certificate"
+    UNKNOWN_CA = "unknown_ca"
+    CERTIFICATE_EXPIRED = "certificate_expired"
+    CERTIFICATE_NOT_YET_VALID = "certificate_not_yet_valid"
+    WRONG_KEY_USAGE = "wrong_key_usage"
+    BAD_SIGNATURE = "bad_signature"
+    CERTIFICATE_REVOKED = "certificate_revoked"
+    CHAIN_TOO_LONG = "chain_too_long"
+    CRL_UNUSABLE = "crl_unusable"  # our side: no CRL for the issuer, or it expired while running
+    CERTIFICATE_INVALID = "certificate_invalid"
+    HOSTNAME_MISMATCH = "hostname_mismatch"
+    NOT_ALLOWED = "not_allowed"
+    PEER_ALERT = "peer_alert"
+    NOT_TLS = "not_tls"
+    PROTOCOL_ERROR = "protocol_error"
+    PEER_CLOSED = "peer_closed"
+    TIMEOUT = "timeout"
+
+
+# X509_V_ERR_* codes (openssl/x509_vfy.h) mapped to reasons.
+_VERIFY_ERRORS: dict[int, FailureReason] = {
+    2: FailureReason.UNKNOWN_CA,  # unable to get issuer certificate
+    7: FailureReason.BAD_SIGNATURE,  # certificate signature failure
+    9: FailureReason.CERTIFICATE_NOT_YET_VALID,
+    10: FailureReason.CERTIFICATE_EXPIRED,
+    18: FailureReason.UNKNOWN_CA,  # self-signed leaf
+    19: FailureReason.UNKNOWN_CA,  # self-signed certificate in chain
+    20: FailureReason.UNKNOWN_CA,  # unable to get local issuer certificate
+    21: FailureReason.UNKNOWN_CA,  # unable to verify the first certificate
+    22: FailureReason.CHAIN_TOO_LONG,
+    23: FailureReason.CERTIFICATE_REVOKED,
+    26: FailureReason.WRONG_KEY_USAGE,  # unsuitable certificate purpose
+    32: FailureReason.WRONG_KEY_USAGE,  # key usage does not include certificate signing
+    62: FailureReason.HOSTNAME_MISMATCH,
+}
+# CRL problems (CRL checking on): the configured CRL, not the peer, is at fault.
+_VERIFY_ERRORS.update(dict.fromkeys((3, 5, 8, 11, 12, 15, 16, 33, 35, 44, 54), FailureReason.CRL_UNUSABLE))
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateSummary:
+    subject: str
+    issuer: str
+    serial: str
+    not_before: str
+    not_after: str
+    sha256: str
+    sans: tuple[str, ...]
+    common_name: str | None
+
+    @classmethod
+    def of(cls, cert: x509.Certificate) -> CertificateSummary:
+        return cls(
+            subject=cert.subject.rfc4514_string(),
+            issuer=cert.issuer.rfc4514_string(),
+            serial=f"{cert.serial_number:X}",
+            not_before=cert.not_valid_before_utc.astimezone(timezone.utc).isoformat(),
+            not_after=cert.not_valid_after_utc.astimezone(timezone.utc).isoformat(),
+            sha256=sha256_fingerprint(cert),
+            sans=subject_alt_names(cert),
+            common_name=common_name(cert),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFacts:
+    """One completed handshake on one leg. Secrets included by design: they are the product."""
+
+    leg: str  # "customer" or "core"
+    role: str  # our role: "server" or "client"
+    version: str  # "TLSv1.2"
+    cipher: str  # OpenSSL name, e.g. "AES256-GCM-SHA384"
+    key_exchange: str  # "RSA", "ECDHE", "DHE", or "TLSv1.3 (x25519)"
+    extended_master_secret: bool | None
+    session_reused: bool
+    sni: str | None
+    client_random: str  # hex
+    master_secret: str | None  # hex; TLS 1.2 only
+    keylog_lines: tuple[str, ...]
+    peer_chain: tuple[CertificateSummary, ...]
+    client_offer: dict[str, object] | None = None  # server side: what the client's hello offered
+
+    @property
+    def rsa_key_exchange(self) -> bool:
+        return self.key_exchange == "RSA"
+
+    def as_dict(self, *, secrets: bool = True) -> dict[str, object]:
+        out: dict[str, object] = {
+            "leg": self.leg,
+            "role": self.role,
+            "version": self.version,
+            "cipher": self.cipher,
+            "key_exchange": self.key_exchange,
+            "extended_master_secret": self.extended_master_secret,
+            "session_reused": self.session_reused,
+            "sni": self.sni,
+            "client_random": self.client_random,
+            "peer_chain": [vars_of(c) for c in self.peer_chain],
+        }
+        if secrets:
+            out["master_secret"] = self.master_secret
+            out["keylog"] = list(self.keylog_lines)
+        if self.client_offer is not None:
+            out["client_offer"] = self.client_offer
+        return out
+
+
+def vars_of(summary: CertificateSummary) -> dict[str, object]:
+    return {name: getattr(summary, name) for name in summary.__slots__}
+
+
+class _Cached:
+    __slots__ = ("certificate", "summary")
+
+    def __init__(self, certificate: x509.Certificate) -> None:
+        self.certificate = certificate
+        self.summary: CertificateSummary | None = None
+
+
+class CertificateCache:
+    """Parsed peer certificates and their summaries by DER bytes, made once per distinct
+    certificate instead of once per handshake.
+
+    Parsing a certificate with ``cryptography`` and summarising it (two RFC 4514 names, the
+    SANs, the SHA-256 fingerprint, the dates) cost about 0.1 ms per certificate, and every
+    proxied connection summarises three or four (the customer's verified chain, the core's
+    chain), yet a deployment sees few distinct certificates: one per E-SBC, the CAs, the
+    cores. Keyed by the exact DER, so a hit is the same certificate byte for byte and the
+    summary is the one the uncached path would compute. Bounded (the least recently used
+    entry goes first), so a stream of distinct certificates cannot grow memory; the contexts
+    own one each, so a reload starts a fresh cache and the old one goes with its context.
+    """
+
+    def __init__(self, maxsize: int = 128) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be >= 1")
+        self.maxsize = maxsize
+        self._entries: OrderedDict[bytes, _Cached] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _entry(self, der: bytes) -> _Cached:
+        entries = self._entries
+        entry = entries.get(der)
+        if entry is not None:
+            entries.move_to_end(der)
+            self.hits += 1
+            return entry
+        self.misses += 1
+        entry = _Cached(x509.load_der_x509_certificate(der))
+        entries[der] = entry
+        if len(entries) > self.maxsize:
+            entries.popitem(last=False)
+        return entry
+
+    def certificate(self, der: bytes) -> x509.Certificate:
+        return self._entry(der).certificate
+
+    def summary(self, der: bytes) -> CertificateSummary:
+        entry = self._entry(der)
+        if entry.summary is None:
+            entry.summary = CertificateSummary.of(entry.certificate)
+        return entry.summary
+
+    def certificate_of(self, cert: crypto.X509) -> x509.Certificate:
+        """The ``cryptography`` form of a pyOpenSSL certificate (what the verify callback
+        gets), as ``cert.to_cryptography()`` would give, parsed once per distinct DER."""
+        return self.certificate(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
+
+
+def _der_of(x509_ptr: object) -> bytes:
+    bio = _lib.BIO_new(_lib.BIO_s_mem())
+    if bio == _ffi.NULL:  # pragma: no cover - out of memory
+        raise MemoryError("BIO_new failed")
+    try:
+        if _lib.i2d_X509_bio(bio, x509_ptr) != 1:  # pragma: no cover
+            raise SSL.Error("i2d_X509_bio failed")
+        data = _ffi.new("char**")
+        size = _lib.BIO_get_mem_data(bio, data)
+        return _ffi.buffer(data[0], size)[:]
+    finally:
+        _lib.BIO_free(bio)
+
+
+def _peer_chain_der(conn: SSL.Connection, server_side: bool) -> list[bytes] | None:
+    """The DER of each certificate in the chain pyOpenSSL's ``get_verified_chain`` (server)
+    or ``get_peer_cert_chain`` (client) returns, read from OpenSSL's stack without making a
+    pyOpenSSL and a ``cryptography`` object per certificate; None without the bindings."""
+    if _lib is None:
+        return None
+    try:
+        ssl = conn._ssl  # noqa: SLF001
+        stack = _lib.SSL_get0_verified_chain(ssl) if server_side else _lib.SSL_get_peer_cert_chain(ssl)
+        if stack == _ffi.NULL:
+            return []
+        return [_der_of(_lib.sk_X509_value(stack, i)) for i in range(_lib.sk_X509_num(stack))]
+    except AttributeError:  # pragma: no cover - private names moved
+        return None
+
+
+@dataclass(slots=True)
+class HandshakeObserver:
+    """Per-connection scratchpad the context callbacks write into (mutable by necessity)."""
+
+    leg: str
+    role: str
+    expected_hostname: str | None = None
+    keylog_lines: list[str] = field(default_factory=list)
+    verify_error: tuple[int, int, str, str] | None = None  # (errnum, depth, subject, OpenSSL text)
+    policy_failure: tuple[FailureReason, str] | None = None
+    sniffer: ClientHelloSniffer | None = None
+
+    def record_verify_error(self, errnum: int, depth: int, subject: str, text: str) -> None:
+        if self.verify_error is None:
+            self.verify_error = (errnum, depth, subject, text)
+
+    @property
+    def client_hello(self) -> ClientHello | None:
+        result = self.sniffer.result if self.sniffer else None
+        return result if isinstance(result, ClientHello) else None
+
+
+def key_exchange_of(version: str, cipher: str, group: str | None) -> str:
+    if version == "TLSv1.3":
+        return f"TLSv1.3 ({group})" if group else "TLSv1.3"
+    if cipher.startswith(("ECDHE-", "ECDH-")):
+        return "ECDHE"
+    if cipher.startswith(("DHE-", "EDH-")):
+        return "DHE"
+    if cipher.startswith(("PSK-", "RSA-PSK", "SRP-")):
+        return cipher.split("-", 1)[0]
+    return "RSA"
+
+
+def collect_facts(conn: SSL.Connection, observer: HandshakeObserver,
+                  certificates: CertificateCache | None = None) -> HandshakeFacts:
+    """The facts of a completed handshake; with ``certificates``, the peer chain's summaries
+    come from that cache (equal to what the uncached path computes)."""
+    version = conn.get_protocol_version_name()
+    cipher = conn.get_cipher_name() or ""
+    try:
+        group = conn.get_group_name()
+    except (AttributeError, SSL.Error):
+        group = None
+    client_random = conn.client_random() or b""
+    master = conn.master_key() if version != "TLSv1.3" else None
+    ders = _peer_chain_der(conn, observer.role == "server") if certificates is not None else None
+    if ders is not None:
+        peer_chain = tuple(certificates.summary(der) for der in ders)  # type: ignore[union-attr]
+    else:
+        if observer.role == "server":
+            chain = conn.get_verified_chain(as_cryptography=True) or []
+        else:
+            chain = conn.get_peer_cert_chain(as_cryptography=True) or []
+        peer_chain = tuple(CertificateSummary.of(c) for c in chain)
+    sni = conn.get_servername()
+    hello = observer.client_hello
+    return HandshakeFacts(
+        leg=observer.leg,
+        role=observer.role,
+        version=version,
+        cipher=cipher,
+        key_exchange=key_exchange_of(version, cipher, group),
+        extended_master_secret=_extended_master_secret(conn, version),
+        session_reused=_session_reused(conn),
+        sni=sni.decode("ascii", "replace") if isinstance(sni, bytes) else sni or observer.expected_hostname,
+        client_random=client_random.hex(),
+        master_secret=master.hex() if master else None,
+        keylog_lines=tuple(observer.keylog_lines),
+        peer_chain=peer_chain,
+        client_offer=hello.summary() if hello else None,
+    )
+
+
+def _extended_master_secret(conn: SSL.Connection, version: str) -> bool | None:
+    """pyOpenSSL has no public accessor; SSL_get_extms_support is in cryptography's bindings."""
+    if version == "TLSv1.3":
+        return None
+    if _lib is None:
+        return None
+    try:
+        return bool(_lib.SSL_get_extms_support(conn._ssl))  # noqa: SLF001
+    except AttributeError:
+        return None
+
+
+def _session_reused(conn: SSL.Connection) -> bool:
+    if _lib is None:
+        return False
+    try:
+        return bool(_lib.SSL_session_reused(conn._ssl))  # noqa: SLF001
+    except AttributeError:
+        return False
+
+
+def _openssl_reasons(exc: BaseException) -> list[str]:
+    """The reason strings of an SSL.Error (its args hold (lib, func, reason) tuples)."""
+    reasons: list[str] = []
+    if exc.args and isinstance(exc.args[0], list):
+        for item in exc.args[0]:
+            if isinstance(item, tuple) and item:
+                reasons.append(str(item[-1]))
+    elif exc.args:
+        reasons.append(str(exc.args[0]) if len(exc.args) == 1 else " ".join(map(str, exc.args)))
+    return reasons
+
+
+def classify_failure(exc: BaseException | None, observer: HandshakeObserver) -> HandshakeFailed:
+    """Turn an OpenSSL error plus what the callbacks saw into one precise reason."""
+    reasons = _openssl_reasons(exc) if exc is not None else []
+    text = "; ".join(reasons) or (type(exc).__name__ if exc else "unknown")
+    hello = observer.client_hello
+    sniffed = observer.sniffer.result if observer.sniffer else None
+
+    if observer.policy_failure is not None:
+        reason, detail = observer.policy_failure
+        return HandshakeFailed(reason.value, detail)
+    if observer.verify_error is not None:
+        errnum, depth, subject, verify_text = observer.verify_error
+        reason = _VERIFY_ERRORS.get(errnum, FailureReason.CERTIFICATE_INVALID)
+        whose = "client" if observer.role == "server" else "server"
+        return HandshakeFailed(
+            reason.value, f"{whose} certificate {subject} (depth {depth}): {verify_text} (X509 error {errnum})"
+        )
+    if isinstance(sniffed, NotTls):
+        first = sniffed.first_line[:80].decode("ascii", "backslashreplace")
+        return HandshakeFailed(FailureReason.NOT_TLS.value, f"peer sent {sniffed.looks_like}: {first!r}")
+    if "no shared cipher" in text:
+        if hello is not None and hello.only_forward_secret:
+            return HandshakeFailed(
+                FailureReason.ECDHE_ONLY_CLIENT.value,
+                "client offered only (EC)DHE suites, RSA key exchange is forced: "
+                + ", ".join(hello.summary()["cipher_suites"][:12]),  # type: ignore[index]
+            )
+        offered = ", ".join(hello.summary()["cipher_suites"][:12]) if hello else "unknown"  # type: ignore[index]
+        return HandshakeFailed(FailureReason.NO_SHARED_CIPHER.value, f"no shared cipher; client offered: {offered}")
+    if "unsupported protocol" in text or "protocol version" in text or "wrong ssl version" in text:
+        if hello is not None and hello.tls13_only:
+            return HandshakeFailed(
+                FailureReason.TLS13_ONLY_CLIENT.value,
+                "client offered only TLS 1.3; this leg allows TLS 1.2 only (RSA key exchange)",
+            )
+        offered = ", ".join(hello.summary()["versions"]) if hello else "unknown"  # type: ignore[arg-type]
+        return HandshakeFailed(FailureReason.PROTOCOL_VERSION.value, f"{text}; peer offered {offered}")
+    if "peer did not return a certificate" in text or "certificate required" in text:
+        return HandshakeFailed(
+            FailureReason.NO_CLIENT_CERTIFICATE.value, "client sent no certificate; mutual TLS is required"
+        )
+    for needle, reason in (
+        ("alert unknown ca", FailureReason.UNKNOWN_CA),
+        ("alert certificate expired", FailureReason.CERTIFICATE_EXPIRED),
+        ("alert bad certificate", FailureReason.CERTIFICATE_INVALID),
+        ("alert unsupported certificate", FailureReason.WRONG_KEY_USAGE),
+        ("alert handshake failure", FailureReason.PEER_ALERT),
+        ("alert", FailureReason.PEER_ALERT),
+    ):
+        if needle in text:
+            return HandshakeFailed(reason.value, f"peer sent {text}")
+    if isinstance(exc, SSL.SysCallError) or isinstance(exc, SSL.ZeroReturnError) or "unexpected eof" in text.lower():
+        return HandshakeFailed(FailureReason.PEER_CLOSED.value, "peer closed the connection during the handshake")
+    if any(k in text for k in ("wrong version number", "http request", "packet length too long", "record layer")):
+        return HandshakeFailed(FailureReason.NOT_TLS.value, f"peer is not speaking TLS ({text})")
+    return HandshakeFailed(FailureReason.PROTOCOL_ERROR.value, text)
