@@ -675,7 +675,7 @@ async def chain(tmp: Path, pki: Pki, kind: str, **middle_options: Any) -> AsyncI
     tmp = Path(tmp)
     async with sipp_uas(tmp) as uas:
         core_port = free_port()
-        async with stunnel(tmp, "stunnel-core", stunnel_core_conf(pki, core_port, uas.ports[0]), [core_port]) as core:
+        async with stunnel(tmp, "stunnel-core", stunnel_core_conf(pki, core_port, uas.ports[0]), [core_port]) as core:  # noqa: SIM117 - each level needs the one above it
             async with middle(kind, tmp, pki, core_port=core_port, **middle_options) as mid:
                 customer_port = free_port()
                 async with stunnel(tmp, "stunnel-customer", stunnel_customer_conf(pki, customer_port, mid.port),
@@ -736,7 +736,7 @@ class SippUac:
 
     def _rows(self) -> list[list[str]]:
         try:
-            lines = [line for line in self.stats.read_text(errors="replace").split("\n")]
+            lines = self.stats.read_text(errors="replace").split("\n")
         except FileNotFoundError:
             return []
         complete = [line.split(";") for line in lines[:-1] if line.strip()]  # the last line may be partial

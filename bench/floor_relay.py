@@ -21,14 +21,14 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from siptap.app import build_plans  # noqa: E402
-from siptap.config import load_config  # noqa: E402
-from siptap.relay.upstream import connect_first  # noqa: E402
-from siptap.tls.stream import OpenSSLStream  # noqa: E402
+from siptap.app import build_plans
+from siptap.config import load_config
+from siptap.relay.upstream import connect_first
+from siptap.tls.stream import OpenSSLStream
 
 
 class _NoLog:
-    def __getattr__(self, name: str):  # noqa: ANN204 - any log call is a no-op
+    def __getattr__(self, name: str):
         return lambda *args, **kwargs: self
 
     def bind(self, **kwargs: object) -> _NoLog:
@@ -60,7 +60,7 @@ async def main(config_path: Path) -> None:
                 connect_timeout=plan.limits.connect_timeout, handshake_timeout=plan.limits.handshake_timeout,
                 log=_NoLog(),
             )
-        except Exception:  # noqa: BLE001 - a floor relay just drops what fails
+        except Exception:
             await accepted.aclose()
             return
         async with trio.open_nursery() as nursery:

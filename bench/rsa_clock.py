@@ -33,7 +33,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import chain as c  # noqa: E402
+from bench import chain as c
 
 BIGNUM = re.compile(r"bn_|mulx|sqrx|__bn|BN_|bin2bn|mont")
 

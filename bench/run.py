@@ -27,8 +27,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import chain as c  # noqa: E402
-from tests.integration.capture import LoopbackCapture  # noqa: E402
+from bench import chain as c
+from tests.integration.capture import LoopbackCapture
 
 MESSAGES_PER_CALL = 7  # INVITE, 100, 180, 200, ACK, BYE, 200: each crosses the middle once
 SCENARIO_NAMES = ("S1", "S2", "S3", "S4")
@@ -364,7 +364,7 @@ def targets(results):
 def _git(*argv: str) -> str:
     try:
         return subprocess.run(["git", *argv], capture_output=True, text=True, cwd=c.ROOT, timeout=10).stdout.strip()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return ""
 
 
@@ -397,7 +397,7 @@ async def main(args) -> Path:
                 row = await SCENARIOS[scenario](args, tmp / kind / scenario, pki, kind)
             except c.Unsupported as exc:
                 row = {"skipped": str(exc)}
-            except Exception as exc:  # noqa: BLE001 - record and go on with the matrix
+            except Exception as exc:
                 row = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
             row["elapsed_s"] = round(time.monotonic() - started, 1)
             results["rows"].setdefault(kind, {})[scenario] = row

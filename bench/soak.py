@@ -141,7 +141,7 @@ def _git(*argv: str) -> str:
     try:
         return subprocess.run(["git", *argv], capture_output=True, text=True, cwd=c.ROOT, timeout=10,
                               check=False).stdout.strip()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return ""
 
 
@@ -391,7 +391,7 @@ async def main(args) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="siptap-soak-"))
     pki = c.make_pki(tmp)
     now = dt.datetime.now()
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,  # noqa: ASYNC221
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                             text=True, cwd=c.ROOT, timeout=10, check=False).stdout
     dirty = [line[3:] for line in status.splitlines() if line.strip()]
     meta = {

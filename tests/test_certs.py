@@ -7,7 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -140,7 +140,7 @@ def test_lab_leaves_are_rsa_sha256_signed_by_the_ca_with_one_eku(
 
 
 def test_lab_leaves_are_valid_now_with_clock_skew_allowance(lab: Path) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for name in LAB_NAMES:
         c = cert(lab / f"{name}.pem")
         assert now - timedelta(hours=2) < c.not_valid_before_utc <= now - timedelta(minutes=59)
@@ -270,7 +270,7 @@ def test_issue_leaf_both_passes_either_purpose(ca_dir: Path) -> None:
 
 def test_issue_leaf_expired(ca_dir: Path) -> None:
     leaf = cert(issue_leaf(ca_dir, "old", usage="client", expired=True)[0])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert leaf.not_valid_before_utc < leaf.not_valid_after_utc < now
     leaf.verify_directly_issued_by(cert(ca_dir / "ca.pem"))
     if OPENSSL:
@@ -280,7 +280,7 @@ def test_issue_leaf_expired(ca_dir: Path) -> None:
 
 def test_issue_leaf_not_yet_valid(ca_dir: Path) -> None:
     leaf = cert(issue_leaf(ca_dir, "future", usage="server", not_yet_valid=True, days=10)[0])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert now < leaf.not_valid_before_utc < leaf.not_valid_after_utc
     assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(days=10)
     if OPENSSL:

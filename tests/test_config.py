@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from siptap.addresses import Endpoint
 from siptap.config import (
     DEFAULT_SIP_TLS_PORT,
     HEP_COLLECTOR_PORT,
@@ -21,7 +22,6 @@ from siptap.config import (
     load_config,
     parse_config,
 )
-from siptap.addresses import Endpoint
 from siptap.errors import ConfigError
 
 SHIPPED = Path(__file__).resolve().parent.parent / "config.toml"

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -69,7 +69,7 @@ def test_check_refuses_unusable_crl_files_naming_key_and_file(own_pki: Path, tmp
     assert_refused(siptap("check", "--config", str(config), cwd=tmp_path),
                    f"{prefix}: no PEM CRL found (expected -----BEGIN X509 CRL-----)")
 
-    past = datetime.now(timezone.utc) - timedelta(days=40)
+    past = datetime.now(UTC) - timedelta(days=40)
     write_crl(own_pki, [], now=past, next_update=past + timedelta(days=30))
     result = siptap("check", "--config", str(config), cwd=tmp_path)
     expired = load_crls(crl)[0].next_update_utc
@@ -114,7 +114,7 @@ def test_certs_revoke_cli_is_cumulative_and_refreshes(own_pki: Path, tmp_path: P
     assert first.stdout == f"wrote {own_pki / 'crl.pem'} (1 revoked: {serial(own_pki, 'alice'):X}; next update in 30 days)\n"
     crl = load_crls(own_pki / "crl.pem")[0]
     assert [e.serial_number for e in crl] == [serial(own_pki, "alice")]
-    assert timedelta(days=29) < crl.next_update_utc - datetime.now(timezone.utc) <= timedelta(days=30)
+    assert timedelta(days=29) < crl.next_update_utc - datetime.now(UTC) <= timedelta(days=30)
     assert (own_pki / "crl.pem").stat().st_mode & 0o777 == 0o644
     alice_date = crl.get_revoked_certificate_by_serial_number(serial(own_pki, "alice")).revocation_date_utc
 
@@ -122,13 +122,13 @@ def test_certs_revoke_cli_is_cumulative_and_refreshes(own_pki: Path, tmp_path: P
     crl = load_crls(own_pki / "crl.pem")[0]
     assert sorted(e.serial_number for e in crl) == sorted([serial(own_pki, "alice"), serial(own_pki, "bob")])
     assert crl.get_revoked_certificate_by_serial_number(serial(own_pki, "alice")).revocation_date_utc == alice_date
-    assert crl.next_update_utc - datetime.now(timezone.utc) <= timedelta(days=7)
+    assert crl.next_update_utc - datetime.now(UTC) <= timedelta(days=7)
     number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
 
     refreshed = run()  # no --name: re-sign, same list, later nextUpdate, next CRL number
     assert refreshed.returncode == 0 and "(2 revoked:" in refreshed.stdout
     crl = load_crls(own_pki / "crl.pem")[0]
-    assert len(list(crl)) == 2 and crl.next_update_utc - datetime.now(timezone.utc) > timedelta(days=29)
+    assert len(list(crl)) == 2 and crl.next_update_utc - datetime.now(UTC) > timedelta(days=29)
     assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == number + 1
 
     refused = run("--name", "foreign")  # issued by another CA

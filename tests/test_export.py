@@ -14,7 +14,7 @@ import struct
 import tarfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -27,8 +27,8 @@ from siptap.export import (
     LogFacts,
     Selection,
     Sources,
-    build_bundle,
     _pick_entry,
+    build_bundle,
     capture_files,
     parse_keylog,
     parse_time,
@@ -146,7 +146,7 @@ def bundle_bytes(out: Path) -> dict[str, bytes]:
 
 
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 # -- end to end ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import trio
@@ -32,7 +32,6 @@ from siptap.relay.server import RouteListener
 from siptap.relay.session import SessionPlan
 from siptap.tls.contexts import build_client_context, build_server_context
 from siptap.tls.crl_watch import CrlEntry, CrlWatch, crl_entries
-
 
 # Multiprocess metrics: how often a worker copies its mirror counters into the shared files.
 MIRROR_METRICS_INTERVAL = 1.0
@@ -214,7 +213,7 @@ class App:
         """Log ``crl_expiring``/``crl_expired`` (see siptap.tls.crl_watch) when they fall due."""
         while True:
             watch, changed = self.crl_watch, self._crls_changed
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             for alarm in watch.due(now):
                 emit = self.log.error if alarm.event == "crl_expired" else self.log.warning
                 emit(alarm.event, **alarm.fields())

@@ -20,7 +20,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -114,7 +114,7 @@ def init_lab_pki(
     ca_key = _new_key("rsa")
     ca_cert = _build_ca(ca_key, CA_COMMON_NAME, _CA_DAYS)
     pems: list[tuple[Path, bytes, bytes]] = [(directory / "ca", _cert_pem(ca_cert), _key_pem(ca_key))]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for name, usage in _LAB_ROLES.items():
         leaf_key = _new_key("rsa")
         names = san_names if usage == "server" else [x509.DNSName(name)]
@@ -214,7 +214,7 @@ def issue_leaf(
     else:
         ca_cert, ca_key = _load_ca(*ca_paths)
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if expired:
         not_before, not_after = now - timedelta(days=30), now - timedelta(days=1)
     elif not_yet_valid:
@@ -307,14 +307,14 @@ def write_crl(
     directory = Path(directory)
     _check_name(directory, ca_name)
     ca_cert, ca_key = _load_ca(*_pair(directory, ca_name))
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if next_update is None:
         _check_days(days)
         next_update = now + timedelta(days=days)
     dates = (
         dict(revoked_serials)
         if isinstance(revoked_serials, Mapping)
-        else {serial: now for serial in revoked_serials}
+        else dict.fromkeys(revoked_serials, now)
     )
     path = directory / CRL_FILE
     number = 1
@@ -361,7 +361,7 @@ def revoke(directory: Path, name: str | None = None, *, days: int = CRL_DAYS) ->
         cert = load_certificate_chain(cert_path)[0]
         if cert.issuer != ca_cert.subject or not _signed_by(cert, ca_cert):
             raise CertificateError(str(cert_path), f"not issued by the lab CA {directory / 'ca.pem'}: cannot revoke it here")
-        dates.setdefault(cert.serial_number, datetime.now(timezone.utc))
+        dates.setdefault(cert.serial_number, datetime.now(UTC))
     write_crl(directory, dates, days=days)
     return path, sorted(dates)
 
@@ -426,7 +426,7 @@ def _hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.SHA256 | None:
 
 
 def _build_ca(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, common_name: str, days: int) -> x509.Certificate:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     subject = _name(common_name)
     return (
         x509.CertificateBuilder()

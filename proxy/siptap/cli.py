@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         return EXIT_FAILURE
-    except Exception as exc:  # noqa: BLE001 - the last line of defence before a traceback
+    except Exception as exc:
         if args.debug:
             raise
         _error(f"unexpected {type(exc).__name__}: {exc}", "run again with --debug for the traceback, and report it")

@@ -153,7 +153,7 @@ class MetricsSettings:
     """Prometheus endpoint; loopback by default, because it tells who talks to whom."""
 
     enabled: bool = False
-    address: Endpoint = Endpoint("127.0.0.1", 9464)
+    address: Endpoint = Endpoint("127.0.0.1", 9464)  # noqa: RUF009 - frozen, shared safely
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +161,7 @@ class Config:
     path: Path
     routes: tuple[Route, ...]
     log: LogSettings = LogSettings()
-    mirror: MirrorSettings = MirrorSettings()
+    mirror: MirrorSettings = MirrorSettings()  # noqa: RUF009 - frozen, shared safely
     metrics: MetricsSettings = MetricsSettings()
     drain_timeout: float = 30.0  # on SIGTERM/SIGINT: how long live connections may finish
     # Processes sharing each listen address (SO_REUSEPORT), each its own trio loop: a positive
@@ -292,7 +292,7 @@ class _Loader:
         args = typing.get_args(hint)
         if origin in (typing.Union, types.UnionType):
             non_none = [a for a in args if a is not type(None)]
-            if raw is None or raw == "" and type(None) in args and non_none[0] is not str:
+            if raw is None or (raw == "" and type(None) in args and non_none[0] is not str):
                 return None
             return self.value(non_none[0], raw, key, f, owner)
         if hint is Path:
@@ -387,7 +387,7 @@ class _Loader:
         return Endpoint(host, port)
 
     def validate(self, obj: object, where: str) -> None:
-        for key, problem in getattr(obj, "problems", lambda: [])():
+        for key, problem in getattr(obj, "problems", list)():
             self.fail(_join(where, key), problem)
         if isinstance(obj, ServerTlsSettings):
             if obj.key_exchange == "rsa" and obj.min_version == "TLSv1.3":

@@ -54,7 +54,7 @@ async def run_demo(config: Config, certs: Path, *, calls: int, forever: bool, ou
             core_address = dataclasses.replace(core_address, port=core_port)
             upstream = dataclasses.replace(route.cores[0], address=core_address)
             route = dataclasses.replace(route, cores=(upstream,))
-            config = dataclasses.replace(config, routes=(route,) + config.routes[1:])
+            config = dataclasses.replace(config, routes=(route, *config.routes[1:]))
         app = App(config, observer=seen.append)
         bound = await nursery.start(functools.partial(app.run, handle_signals=forever))
         host, port = bound[(route.name, "customer")][0]

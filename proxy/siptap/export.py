@@ -61,7 +61,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from siptap import __version__
@@ -144,12 +144,12 @@ def parse_time(text: str) -> int:
         raise ExportError(f"not an ISO 8601 time: {text!r}",
                           "e.g. 2024-05-01T10:00:00Z, 2024-05-01 12:00:00+02:00 (no zone = UTC), or epoch seconds") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return round(moment.timestamp() * 1_000_000)
 
 
 def iso(ts_us: int) -> str:
-    return datetime.fromtimestamp(ts_us // 1_000_000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + \
+    return datetime.fromtimestamp(ts_us // 1_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + \
         f".{ts_us % 1_000_000:06d}Z"
 
 
@@ -279,9 +279,8 @@ def read_messages(files: Iterable[Path]) -> CaptureScan:
                 orientation[pair] = (src, dst) if src[1] >= dst[1] else (dst, src)
             client, server = orientation[pair]
             key = (client, server)
-            if syn and key in closed:
-                if closed.pop(key) >= {True, False}:  # the last connection closed: a new one
-                    generation[key] = generation.get(key, 0) + 1
+            if syn and key in closed and closed.pop(key) >= {True, False}:  # the last connection closed: a new one
+                generation[key] = generation.get(key, 0) + 1
             gen = generation.setdefault(key, 0)
             from_client = src == client
             scan.first_us = packet.ts_us if scan.first_us is None else min(scan.first_us, packet.ts_us)
@@ -701,7 +700,7 @@ def _summary(sources: Sources, selection: Selection, scan: CaptureScan, chosen: 
         })
     return {
         "siptap_export": 1,
-        "created": iso(round(datetime.now(timezone.utc).timestamp() * 1_000_000)),
+        "created": iso(round(datetime.now(UTC).timestamp() * 1_000_000)),
         "siptap_version": __version__,
         "selection": selection.describe(),
         "sources": {

@@ -165,7 +165,7 @@ def corpus() -> dict[str, dict[str, bytes]]:
         "small-limits.bin": b"\x03\x40\x10" + invite(),
     }
     return {
-        "sip_framer": {k: v for k, v in sip.items()},
+        "sip_framer": dict(sip),
         "sip_message": {k: v for k, v in sip.items() if k.endswith(".sip")},
         "sdp_crypto": {"offer.sdp": SDP, "two-media-v6-lf.sdp": SDP_TWO_MEDIA},
         "hep": hep_packets(),

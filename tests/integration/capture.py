@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+
 def _which(name: str) -> str | None:
     # Kamailio and tcpdump live in /usr/sbin, which a non-root PATH may lack.
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
@@ -77,7 +78,7 @@ class LoopbackCapture:
             self.kernel_drops = int(found.group(1)) if found else 0
         return self.path
 
-    def __enter__(self) -> "LoopbackCapture":
+    def __enter__(self) -> LoopbackCapture:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -283,7 +283,7 @@ async def test_garbage_http_and_plain_sip_on_the_tls_port_are_not_tls(pki: Path,
             await read_until_eof(tcp)  # siptap hangs up on its own
             await tcp.aclose()
         await a.siptap.wait_for("connection_closed", count=1 + len(NOT_TLS))
-    for peer, (payload, detail) in zip(peers, NOT_TLS):
+    for peer, (_payload, detail) in zip(peers, NOT_TLS):
         failed = a.peer_events("handshake_failed", peer)
         assert len(failed) == 1, (peer, a.siptap.events[-10:])
         assert failed[0]["reason"] == "not_tls", failed[0]

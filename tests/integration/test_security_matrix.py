@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import signal
 import ssl
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -129,7 +130,7 @@ async def test_sighup_reloads_the_crl_and_keeps_the_live_connection(crl_pki: Pat
 
 async def test_sighup_with_an_expired_crl_keeps_the_previous_one(crl_pki: Path, tmp_path: Path) -> None:
     """A stale CRL on reload is refused (logged, with the file and nextUpdate), the old one stays."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     pki = tmp_path / "pki"
     shutil.copytree(crl_pki, pki)
@@ -138,7 +139,7 @@ async def test_sighup_with_an_expired_crl_keeps_the_previous_one(crl_pki: Path, 
         siptap = SiptapProcess(security_config(tmp_path, pki, core_port, pki / "crl.pem"))
         await siptap.start(nursery)
         port = await siptap.port()
-        past = datetime.now(timezone.utc) - timedelta(days=40)
+        past = datetime.now(UTC) - timedelta(days=40)
         write_crl(pki, [], now=past, next_update=past + timedelta(days=30))
         siptap.signal(signal.SIGHUP)
         failed = (await siptap.wait_for("reload_failed"))[0]
@@ -157,11 +158,11 @@ async def test_crl_running_out_is_announced_then_refuses_clients(crl_pki: Path, 
     metric); one that runs out while siptap runs is logged as crl_expired when it does, after
     which clients are refused as crl_unusable, as the log line said they would be."""
     import urllib.request
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     pki = tmp_path / "pki"
     shutil.copytree(crl_pki, pki)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     write_crl(pki, [], now=now - timedelta(hours=23), next_update=now + timedelta(hours=1))  # daily CRL, 1 h left
     async with trio.open_nursery() as nursery:
         _, core_port = await start_lab_core(nursery, pki)
@@ -180,13 +181,13 @@ async def test_crl_running_out_is_announced_then_refuses_clients(crl_pki: Path, 
         assert len(gauge) == 1 and 'key="route[0].customer.crl"' in gauge[0], gauge
         assert abs(float(gauge[0].split()[-1]) - (now + timedelta(hours=1)).timestamp()) < 1
 
-        soon = (datetime.now(timezone.utc) + timedelta(seconds=5)).replace(microsecond=0)  # what a CRL can say
+        soon = (datetime.now(UTC) + timedelta(seconds=5)).replace(microsecond=0)  # what a CRL can say
         write_crl(pki, [], next_update=soon)
         siptap.signal(signal.SIGHUP)
         await siptap.wait_for("reloaded")
         expired = (await siptap.wait_for("crl_expired", timeout=30))[0]
         assert expired["level"] == "error" and "crl_unusable" in expired["detail"], expired
-        assert datetime.now(timezone.utc) >= soon + timedelta(seconds=1)  # when OpenSSL starts refusing
+        assert datetime.now(UTC) >= soon + timedelta(seconds=1)  # when OpenSSL starts refusing
         event = await attempt(siptap, port, pki, "customer")
         assert event["reason"] == "crl_unusable", event
         assert await siptap.stop() == 0

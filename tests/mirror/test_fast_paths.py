@@ -215,7 +215,7 @@ def test_per_connection_renderings_live_on_the_leg_not_in_the_process() -> None:
             event = SipEvent(TS, leg, from_client, message, parse_message(message, message.index(b"\r\n\r\n") + 4))
             assert encoder.encode(event) is not None
             sip_event_json(event)
-    assert all(encoder._encoders[p]._addresses == {} for p in encoder._encoders)  # noqa: SLF001
+    assert all(encoder._encoders[p]._addresses == {} for p in encoder._encoders)
     for leg in legs:
-        assert "jsonl" in leg.cache and len(leg.cache[encoder._sip]) == 2  # noqa: SLF001
+        assert "jsonl" in leg.cache and len(leg.cache[encoder._sip]) == 2
     assert legs[0] == LegInfo("c0", "lab", "customer", ("192.0.2.10", 10000), ("192.0.2.1", 5061))  # cache not compared

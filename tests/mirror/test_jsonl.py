@@ -19,7 +19,6 @@ from siptap.mirror.settings import JsonlSinkSettings
 
 from .helpers import (
     CALL_ID,
-
     closed,
     dialog_events,
     key_event,

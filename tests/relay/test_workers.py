@@ -146,7 +146,7 @@ async def test_two_workers_share_the_port_and_their_outputs(pki: Path, tmp_path:
     # Mirror metrics are synchronised from each worker at its exit at the latest: the key log
     # saw one handshake per leg per connection, and every line of it parses.
     lines = (tmp_path / "captures" / "keys.log").read_text().splitlines()
-    assert lines and all(KEYLOG_LINE.match(line) for line in lines), [l for l in lines if not KEYLOG_LINE.match(l)][:3]
+    assert lines and all(KEYLOG_LINE.match(line) for line in lines), [line for line in lines if not KEYLOG_LINE.match(line)][:3]
     comments = [line for line in lines if line.startswith("#")]
     assert len(comments) == 2 * connections
     conns = {line.split()[1] for line in comments}

@@ -328,7 +328,7 @@ def test_tshark_reads_cleartext_sip(tmp_path: Path, client_ip: str, fmt: str, ha
     rows = tshark_rows(path)
     assert len(rows) == len(frames)
     v4 = client_ip == "127.0.0.1"
-    for method, status, call_id, ip_src, ip6_src, sport, analysis, tcp_sum, ip_sum in rows:
+    for _method, _status, _call_id, ip_src, ip6_src, sport, analysis, tcp_sum, ip_sum in rows:
         assert analysis == ""  # no retransmission / out-of-order / lost-segment complaints
         assert tcp_sum == "1"  # 1 = good
         assert ip_sum == ("1" if v4 else "")

@@ -95,7 +95,7 @@ class OpenSSLServer:
         self.proc.kill()
         self.proc.wait()
 
-    def __enter__(self) -> "OpenSSLServer":
+    def __enter__(self) -> OpenSSLServer:
         return self
 
     def __exit__(self, *exc: object) -> None:

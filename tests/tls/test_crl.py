@@ -5,7 +5,7 @@ refusals (bad, foreign-signed, expired CRL files) are in tests/test_crl.py."""
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -91,12 +91,12 @@ def test_crl_checks_at_load(revoking_pki: Path, tmp_path: Path) -> None:
     assert len(load_crls_for(crl, pki / "ca.pem")) == 1
     with pytest.raises(CertificateError, match=r"is not signed by any CA in .*foreign-ca\.pem"):
         load_crls_for(crl, pki / "foreign-ca.pem")
-    past = datetime.now(timezone.utc) - timedelta(days=40)
+    past = datetime.now(UTC) - timedelta(days=40)
     write_crl(pki, [], now=past, next_update=past + timedelta(days=30))
     with pytest.raises(CertificateError, match=r"expired on .* UTC \(nextUpdate\)") as info:
         build_server_context(server_settings(pki, crl=crl))
     assert info.value.path == str(crl)
-    future = datetime.now(timezone.utc) + timedelta(days=2)
+    future = datetime.now(UTC) + timedelta(days=2)
     write_crl(pki, [], now=future)
     with pytest.raises(CertificateError, match=r"not valid before .*\(thisUpdate\)"):
         load_crls_for(crl, pki / "ca.pem")

@@ -3,11 +3,11 @@ when, and what the next check is. Pure: the clock is passed in."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from siptap.tls.crl_watch import CrlEntry, CrlWatch
 
-T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
 H = timedelta(hours=1)
 
 

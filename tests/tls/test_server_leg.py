@@ -103,14 +103,14 @@ async def test_every_connection_is_a_full_handshake(pki: Path) -> None:
         first = trio.SSLStream(tcp, ctx, server_hostname="localhost")
         await first.send_all(b"x")
         await first.receive_some()
-        session = first._ssl_object.session  # noqa: SLF001 - stdlib exposes it only here
+        session = first._ssl_object.session
         await first.aclose()
         tcp = await trio.open_tcp_stream("127.0.0.1", port)
         second = trio.SSLStream(tcp, ctx, server_hostname="localhost")
-        second._ssl_object.session = session  # noqa: SLF001
+        second._ssl_object.session = session
         await second.send_all(b"y")
         await second.receive_some()
-        reused = second._ssl_object.session_reused  # noqa: SLF001
+        reused = second._ssl_object.session_reused
         await second.aclose()
         facts = [await server.receive.receive(), await server.receive.receive()]
         nursery.cancel_scope.cancel()
@@ -304,11 +304,11 @@ async def test_resumption_when_enabled(pki: Path) -> None:
             tcp = await trio.open_tcp_stream("127.0.0.1", port)
             client = trio.SSLStream(tcp, ctx, server_hostname="localhost")
             if session is not None:
-                client._ssl_object.session = session  # noqa: SLF001 - before the lazy handshake
+                client._ssl_object.session = session
             await client.send_all(payload)
             await client.receive_some()
-            reused.append(client._ssl_object.session_reused)  # noqa: SLF001
-            session = client._ssl_object.session  # noqa: SLF001
+            reused.append(client._ssl_object.session_reused)
+            session = client._ssl_object.session
             await client.aclose()
         facts = [await server.receive.receive(), await server.receive.receive()]
         nursery.cancel_scope.cancel()

@@ -152,7 +152,7 @@ async def test_handshake_records_are_let_go(contexts) -> None:
         nursery.start_soon(client.do_handshake)
         nursery.start_soon(server.do_handshake)
     assert client.observer is None and server.observer is None
-    assert client._conn.get_app_data() is None  # noqa: SLF001 - the callbacks' view of it
+    assert client._conn.get_app_data() is None
     facts = await server.do_handshake()
     assert facts is server.facts and facts.peer_chain[0].common_name == "customer"
     server.discard_facts()

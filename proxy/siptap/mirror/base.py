@@ -52,7 +52,7 @@ class DropReporter:
     at most once per ``interval`` seconds with the count since the previous line; ``flush``
     (called periodically by the fan-out) reports what is still pending."""
 
-    __slots__ = ("sink", "interval", "pending", "reasons", "_last", "_clock")
+    __slots__ = ("_clock", "_last", "interval", "pending", "reasons", "sink")
 
     def __init__(self, sink: str, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.sink = sink
@@ -436,7 +436,7 @@ class Link:
             return self._send_failed(exc)
         return None
 
-    def send_datagram_nowait(self, data: bytes) -> str | None | bool:
+    def send_datagram_nowait(self, data: bytes) -> str | bool | None:
         """One datagram without waiting: None when sent, a reason when it failed (as
         :meth:`send`), or False when the socket buffer is full (the caller falls back to
         :meth:`send`, which waits up to ``send_timeout``). A datagram send never waits on

@@ -68,7 +68,7 @@ class _Slot:
     """A sink and its queues: ``direct`` (served by the dispatcher) while ``is_direct``,
     else the channel to the sink's own task."""
 
-    __slots__ = ("sink", "send", "receive", "direct", "is_direct", "can_be_direct")
+    __slots__ = ("can_be_direct", "direct", "is_direct", "receive", "send", "sink")
 
     def __init__(self, sink: Sink, queue_size: int) -> None:
         self.sink = sink
@@ -246,21 +246,21 @@ class Fanout:
         """One batch (at most MAX_BATCH) of a direct sink's queue, synchronously."""
         queue, sink = slot.direct, slot.sink
         batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
-        sink._unfinished = batch  # noqa: SLF001 - in case it raises without saying
+        sink._unfinished = batch
         try:
             done = sink.handle_batch_nowait(batch)
         except Exception as exc:
-            rest = sink._unfinished  # noqa: SLF001 - the event at hand first
+            rest = sink._unfinished
             sink.errors += 1
             sink.last_error = f"crashed: {type(exc).__name__}: {exc}"
             log.exception("mirror_sink_crashed", sink=sink.name, restart_in=0, restarts=sink.restarts)
             if rest:
                 sink.drop("sink crashed")
-            sink._note_handled(len(batch) - len(rest) + (1 if rest else 0))  # noqa: SLF001
+            sink._note_handled(len(batch) - len(rest) + (1 if rest else 0))
             self._to_task(slot, rest[1:])
             return
         if done:
-            sink._note_handled(done)  # noqa: SLF001
+            sink._note_handled(done)
         if done < len(batch):
             self._to_task(slot, batch[done:])
 

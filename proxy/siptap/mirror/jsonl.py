@@ -30,7 +30,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from siptap.mirror.base import Link, LinkSink
@@ -50,7 +50,7 @@ from siptap.sansio.sip_message import SipMessageView
 
 def iso_utc_reference(ts: float) -> str:
     """What :func:`iso_utc` returns, the slow obvious way (kept for tests)."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 _last_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
@@ -71,7 +71,7 @@ def iso_utc(ts: float) -> str:
         whole -= 1.0
     cache = _last_second
     if cache[0] != whole:
-        text = datetime.fromtimestamp(int(whole), timezone.utc).replace(tzinfo=None).isoformat()
+        text = datetime.fromtimestamp(int(whole), UTC).replace(tzinfo=None).isoformat()
         cache[0], cache[1] = whole, text
     return f"{cache[1]}.{usec:06d}Z"
 

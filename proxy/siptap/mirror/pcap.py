@@ -43,7 +43,7 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
@@ -54,7 +54,6 @@ from siptap.mirror.keylog import write_all
 from siptap.mirror.settings import PcapSettings
 from siptap.sansio import pcap
 from siptap.sansio.hep import split_timestamp
-
 
 _PCAP_RECORD = struct.Struct("<IIII")
 
@@ -106,7 +105,7 @@ class PcapSink(Sink):
 
     def _open(self, ts: float) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        stamp = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y%m%d-%H%M%S")
+        stamp = datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d-%H%M%S")
         while True:
             self._name_counter += 1
             path = self.directory / f"{self.settings.prefix}-{stamp}-{self._name_counter}.{self.ext}"

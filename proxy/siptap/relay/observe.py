@@ -29,9 +29,21 @@ class DirectionObserver:
     idle connections, two observers each."""
 
     __slots__ = (
-        "direction", "_legs", "_publish", "_log", "_framer", "_log_messages", "_sip_line", "_log_payloads",
-        "_log_key_material", "_count_message", "messages", "mirror_dropped", "keepalives", "unframeable_bytes",
+        "_count_message",
+        "_framer",
+        "_legs",
+        "_log",
+        "_log_key_material",
+        "_log_messages",
+        "_log_payloads",
+        "_publish",
         "_reported_unframeable",
+        "_sip_line",
+        "direction",
+        "keepalives",
+        "messages",
+        "mirror_dropped",
+        "unframeable_bytes",
     )
 
     def __init__(
@@ -53,7 +65,7 @@ class DirectionObserver:
         self._log = log
         self._framer = SipFramer(max_message_size=max_message_size)
         self._log_messages = log_messages
-        self._sip_line: Callable[[dict[str, Any]], None] | None | bool = False  # False: not made yet
+        self._sip_line: Callable[[dict[str, Any]], None] | bool | None = False  # False: not made yet
         self._log_payloads = log_payloads
         self._log_key_material = log_key_material
         self._count_message = count_message

@@ -181,8 +181,21 @@ def _failure_counter(plan: SessionPlan) -> Any:
 
 class _Relay:
     # Slotted, no per-connection closures or dicts: one of these lives as long as the connection.
-    __slots__ = ("plan", "log", "accepted", "dialled", "ending", "bytes_up", "bytes_down", "last_activity",
-                 "up", "down", "_bytes", "_latency", "scope")
+    __slots__ = (
+        "_bytes",
+        "_latency",
+        "accepted",
+        "bytes_down",
+        "bytes_up",
+        "dialled",
+        "down",
+        "ending",
+        "last_activity",
+        "log",
+        "plan",
+        "scope",
+        "up",
+    )
 
     def __init__(self, plan: SessionPlan, log: Any, accepted: OpenSSLStream, dialled: OpenSSLStream,
                  accepted_info: LegInfo, dialled_info: LegInfo) -> None:

@@ -210,7 +210,7 @@ class Encoder:
     ports) are built and validated once and cached, so a packet costs a few struct packs
     and one join. For the mirror's hot path: one per SIP message."""
 
-    __slots__ = ("ip_proto", "proto_type", "capture_id", "auth_key", "node_name", "_addresses", "_middle", "_tail")
+    __slots__ = ("_addresses", "_middle", "_tail", "auth_key", "capture_id", "ip_proto", "node_name", "proto_type")
 
     def __init__(
         self,

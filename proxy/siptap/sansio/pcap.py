@@ -240,7 +240,7 @@ class _Template:
     :func:`ethernet_ip_tcp_frame` (and it raises the same errors, at the same point: the
     first frame)."""
 
-    __slots__ = ("ethernet", "v4", "src", "dst", "src_port", "dst_port", "ip_sum", "tcp_sum")
+    __slots__ = ("dst", "dst_port", "ethernet", "ip_sum", "src", "src_port", "tcp_sum", "v4")
 
     def __init__(self, flow: TcpFlow, from_client: bool) -> None:
         src_addr, dst_addr = (flow.client, flow.server) if from_client else (flow.server, flow.client)
@@ -295,7 +295,7 @@ class TcpFlow:
     number of each direction so every segment continues the stream and acknowledges
     everything the peer has sent so far."""
 
-    __slots__ = ("client", "server", "_next_seq", "_ip_id", "_templates")
+    __slots__ = ("_ip_id", "_next_seq", "_templates", "client", "server")
 
     def __init__(
         self,

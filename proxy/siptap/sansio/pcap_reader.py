@@ -23,10 +23,10 @@ import struct
 from dataclasses import dataclass, field
 
 __all__ = [
+    "SUPPORTED_LINKTYPES",
     "Capture",
     "Packet",
     "PcapFormatError",
-    "SUPPORTED_LINKTYPES",
     "TcpSegment",
     "decode_tcp",
     "read_capture",

@@ -71,8 +71,18 @@ class SipMessageView:
     would find; anything else goes through the full parse (:attr:`headers`), the reference.
     """
 
-    __slots__ = ("is_request", "method", "request_uri", "status_code", "reason", "body_length",
-                 "_text", "_plain", "_headers", "_values")
+    __slots__ = (
+        "_headers",
+        "_plain",
+        "_text",
+        "_values",
+        "body_length",
+        "is_request",
+        "method",
+        "reason",
+        "request_uri",
+        "status_code",
+    )
 
     def __init__(self, *, is_request: bool, method: str | None, request_uri: str | None,
                  status_code: int | None, reason: str | None, body_length: int, text: str) -> None:
@@ -158,7 +168,7 @@ class SipMessageView:
         return self.first("content-type") or None
 
     def _key(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in _FIELDS) + (self.headers,)
+        return (*(getattr(self, name) for name in _FIELDS), self.headers)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SipMessageView):

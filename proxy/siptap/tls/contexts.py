@@ -17,7 +17,7 @@ callback records the first verification failure, which OpenSSL's exception alone
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -64,7 +64,7 @@ def load_identity(cert_path: Path, key_path: Path, *, allow_insecure_key: bool =
     leaf = chain[0]
     if not key_matches_certificate(key, leaf):
         raise CertificateError(str(key_path), f"private key does not match the certificate in {cert_path}")
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if leaf.not_valid_after_utc < now:
         raise CertificateError(str(cert_path), f"certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
     if leaf.not_valid_before_utc > now:
@@ -116,7 +116,7 @@ def load_crls_for(crl_path: Path, ca_path: Path, *, now: datetime | None = None)
 
     crls = load_crls(crl_path)
     cas = load_certificate_chain(ca_path)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     for index, crl in enumerate(crls, 1):
         which = f"CRL #{index} (issuer {crl.issuer.rfc4514_string()})" if len(crls) > 1 else \
             f"CRL (issuer {crl.issuer.rfc4514_string()})"
@@ -160,7 +160,7 @@ def _verify_error_text(errnum: int) -> str:
 def _subject_of(cert: object) -> str:
     try:
         return cert.to_cryptography().subject.rfc4514_string()  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - best effort for a log line
+    except Exception:
         return "?"
 
 

@@ -151,7 +151,7 @@ def crl_entries(config: Config) -> list[CrlEntry]:
                 continue
             try:
                 crls = load_crls(path)
-            except Exception:  # noqa: BLE001 - reported by the context builders, not here
+            except Exception:
                 continue
             for crl in crls:
                 entries.append(CrlEntry(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import UTC
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
@@ -28,7 +28,7 @@ from siptap.sansio.tls_hello import ClientHello, ClientHelloSniffer, NotTls
 from siptap.tls.identity import common_name, sha256_fingerprint, subject_alt_names
 
 
-class FailureReason(str, enum.Enum):
+class FailureReason(str, enum.Enum):  # noqa: UP042 - str() and format() of members are relied on as they are
     """Stable tokens for why a handshake failed: logs, metrics and tests key on these."""
 
     NO_SHARED_CIPHER = "no_shared_cipher"
@@ -91,8 +91,8 @@ class CertificateSummary:
             subject=cert.subject.rfc4514_string(),
             issuer=cert.issuer.rfc4514_string(),
             serial=f"{cert.serial_number:X}",
-            not_before=cert.not_valid_before_utc.astimezone(timezone.utc).isoformat(),
-            not_after=cert.not_valid_after_utc.astimezone(timezone.utc).isoformat(),
+            not_before=cert.not_valid_before_utc.astimezone(UTC).isoformat(),
+            not_after=cert.not_valid_after_utc.astimezone(UTC).isoformat(),
             sha256=sha256_fingerprint(cert),
             sans=subject_alt_names(cert),
             common_name=common_name(cert),
@@ -229,7 +229,7 @@ def _peer_chain_der(conn: SSL.Connection, server_side: bool) -> list[bytes] | No
     if _lib is None:
         return None
     try:
-        ssl = conn._ssl  # noqa: SLF001
+        ssl = conn._ssl
         stack = _lib.SSL_get0_verified_chain(ssl) if server_side else _lib.SSL_get_peer_cert_chain(ssl)
         if stack == _ffi.NULL:
             return []
@@ -319,7 +319,7 @@ def _extended_master_secret(conn: SSL.Connection, version: str) -> bool | None:
     if _lib is None:
         return None
     try:
-        return bool(_lib.SSL_get_extms_support(conn._ssl))  # noqa: SLF001
+        return bool(_lib.SSL_get_extms_support(conn._ssl))
     except AttributeError:
         return None
 
@@ -328,7 +328,7 @@ def _session_reused(conn: SSL.Connection) -> bool:
     if _lib is None:
         return False
     try:
-        return bool(_lib.SSL_session_reused(conn._ssl))  # noqa: SLF001
+        return bool(_lib.SSL_session_reused(conn._ssl))
     except AttributeError:
         return False
 
@@ -396,7 +396,7 @@ def classify_failure(exc: BaseException | None, observer: HandshakeObserver) -> 
     ):
         if needle in text:
             return HandshakeFailed(reason.value, f"peer sent {text}")
-    if isinstance(exc, SSL.SysCallError) or isinstance(exc, SSL.ZeroReturnError) or "unexpected eof" in text.lower():
+    if isinstance(exc, (SSL.SysCallError, SSL.ZeroReturnError)) or "unexpected eof" in text.lower():
         return HandshakeFailed(FailureReason.PEER_CLOSED.value, "peer closed the connection during the handshake")
     if any(k in text for k in ("wrong version number", "http request", "packet length too long", "record layer")):
         return HandshakeFailed(FailureReason.NOT_TLS.value, f"peer is not speaking TLS ({text})")

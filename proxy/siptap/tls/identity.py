@@ -53,10 +53,7 @@ def matches_hostname(cert: x509.Certificate, name: str) -> bool:
     if ip is not None:
         return ip in ext.get_values_for_type(x509.IPAddress)
     wanted = name.rstrip(".").lower()
-    for pattern in ext.get_values_for_type(x509.DNSName):
-        if _dns_match(pattern.rstrip(".").lower(), wanted):
-            return True
-    return False
+    return any(_dns_match(pattern.rstrip(".").lower(), wanted) for pattern in ext.get_values_for_type(x509.DNSName))
 
 
 def _dns_match(pattern: str, name: str) -> bool:

@@ -84,14 +84,14 @@ class _Records:
     exceptions pyOpenSSL raises. :class:`_PortableRecords` is the public-API fallback.
     """
 
-    __slots__ = ("_conn", "_ssl", "_into", "_from", "_buf", "_raise")
+    __slots__ = ("_buf", "_conn", "_from", "_into", "_raise", "_ssl")
 
     def __init__(self, conn: SSL.Connection) -> None:
         self._conn = conn
-        self._ssl = conn._ssl  # noqa: SLF001
-        self._into = conn._into_ssl  # noqa: SLF001
-        self._from = conn._from_ssl  # noqa: SLF001
-        self._raise = conn._raise_ssl_error  # noqa: SLF001
+        self._ssl = conn._ssl
+        self._into = conn._into_ssl
+        self._from = conn._from_ssl
+        self._raise = conn._raise_ssl_error
         self._buf = _shared_buffer()
 
     def read(self, size: int) -> bytes | None:
@@ -160,8 +160,8 @@ class _Records:
         if eof:
             _lib.BIO_set_mem_eof_return(into, 0)
         _lib.SSL_set_bio(self._ssl, into, out)
-        self._conn._into_ssl = self._into = into  # noqa: SLF001
-        self._conn._from_ssl = self._from = out  # noqa: SLF001
+        self._conn._into_ssl = self._into = into
+        self._conn._from_ssl = self._from = out
 
 
 class _PortableRecords:
