@@ -483,7 +483,7 @@ async def start_lab_siptap(nursery: trio.Nursery, tmp: Path, pki: Path, top: str
     """For the quick probes: the lab core (in this process) and ``siptap run`` in front of it
     with ``top`` (e.g. :func:`lab_sink_sockets`'s mirror) at ``log_level``: the core, siptap
     and siptap's customer port."""
-    from siptap.lab.core import start_lab_core
+    from siptap.tools.lab.core import start_lab_core
 
     core, core_port = await start_lab_core(nursery, pki)
     config = write_config(tmp, pki, cores=[core_port], top=top)

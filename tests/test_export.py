@@ -35,11 +35,11 @@ from siptap.export import (
     read_messages,
     select_srtp_lines,
 )
-from siptap.lab.core import start_lab_core
-from siptap.lab.customer import CustomerSession, customer_context
 from siptap.sansio import pcap
 from siptap.sansio.pcap_reader import PcapFormatError, decode_tcp, read_capture
 from siptap.sansio.sip_message import parse_message
+from siptap.tools.lab.core import start_lab_core
+from siptap.tools.lab.customer import CustomerSession, customer_context
 from tests.integration.capture import require, tshark_fields
 from tests.relay.harness import SiptapProcess, write_config
 

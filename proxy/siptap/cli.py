@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_export(args)
         if args.command == "demo":
-            from siptap.demo import main as demo_main
+            from siptap.tools.demo import main as demo_main
 
             return demo_main(args.config, calls=args.calls, forever=args.forever)
         if args.command == "certs":
@@ -149,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error(f"unexpected {type(exc).__name__}: {exc}", "run again with --debug for the traceback, and report it")
         return EXIT_FAILURE
-    parser.error(f"unknown command {args.command!r}")
-    return EXIT_USAGE
+    parser.error(f"unknown command {args.command!r}")  # exits with status 2 (EXIT_USAGE)
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:

@@ -18,8 +18,8 @@ import ssl
 import struct
 from pathlib import Path
 
-from siptap.lab.customer import IMG2020_CIPHERS
 from siptap.sansio import hep, pcap
+from siptap.tools.lab.customer import IMG2020_CIPHERS
 
 CORPUS = Path(__file__).parent / "corpus"
 

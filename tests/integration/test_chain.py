@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from siptap.lab.customer import IMG2020_CIPHERS
+from siptap.tools.lab.customer import IMG2020_CIPHERS
 from tests.integration import peers
 from tests.integration.capture import LoopbackCapture, require, tshark_fields
 from tests.mirror.helpers import free_port

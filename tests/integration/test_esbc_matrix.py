@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from siptap.lab.core import LabCore, core_context, start_lab_core
-from siptap.lab.customer import IMG2020_CIPHERS, CustomerSession, customer_context
-from siptap.lab.sip import request
+from siptap.tools.lab.core import LabCore, core_context, start_lab_core
+from siptap.tools.lab.customer import IMG2020_CIPHERS, CustomerSession, customer_context
+from siptap.tools.lab.sip import request
 from tests.integration.capture import PEERS, LoopbackCapture, require, tshark_fields
 from tests.relay.harness import SiptapProcess, write_config
 

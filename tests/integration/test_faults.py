@@ -30,12 +30,12 @@ from typing import Any
 
 import trio
 
-from siptap.lab.core import core_context
-from siptap.lab.customer import CustomerSession, customer_context
-from siptap.lab.sip import LabUas, request
 from siptap.sansio import hep
 from siptap.sansio.sip_framer import KeepAlive, SipFramer, SipMessage
 from siptap.sansio.sip_message import parse_message
+from siptap.tools.lab.core import core_context
+from siptap.tools.lab.customer import CustomerSession, customer_context
+from siptap.tools.lab.sip import LabUas, request
 from tests.integration.test_hostile import crashes, memory_kib, open_fds, peer_of, reset, reset_peak_rss
 from tests.relay.harness import SiptapProcess, write_config
 
@@ -345,8 +345,8 @@ async def test_core_that_stops_reading_back_pressures_the_customer(pki: Path, tm
 _VANISHING_CUSTOMER = r"""
 import socket, ssl, sys, uuid
 from pathlib import Path
-from siptap.lab.customer import customer_context
-from siptap.lab.sip import request
+from siptap.tools.lab.customer import customer_context
+from siptap.tools.lab.sip import request
 pki, port = Path(sys.argv[1]), int(sys.argv[2])
 tls = customer_context(pki).wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
 tls.sendall(request("INVITE", call_id="vanish@customer.invalid", cseq=1, from_tag="v", branch="z9hG4bKvanish"))

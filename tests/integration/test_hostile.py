@@ -29,11 +29,11 @@ from typing import Any
 
 import trio
 
-from siptap.lab.core import core_context
-from siptap.lab.customer import CustomerSession, customer_context
-from siptap.lab.sip import LabUas
 from siptap.sansio.sip_framer import KeepAlive, SipFramer, SipMessage
 from siptap.sansio.sip_message import parse_message
+from siptap.tools.lab.core import core_context
+from siptap.tools.lab.customer import CustomerSession, customer_context
+from siptap.tools.lab.sip import LabUas
 from tests.relay.harness import SiptapProcess, write_config
 
 MiB = 1 << 20

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import trio
 
-from siptap.lab.core import start_lab_core
-from siptap.lab.customer import CustomerSession, customer_context
+from siptap.tools.lab.core import start_lab_core
+from siptap.tools.lab.customer import CustomerSession, customer_context
 from tests.integration.capture import LoopbackCapture, require, tshark_fields
 from tests.mirror.helpers import free_port
 from tests.mirror.test_hep import udp_socket_state
 from tests.relay.harness import SiptapProcess, write_config
 
-CUSTOMER_SDES_KEY = bytes(range(100, 130))  # what siptap.lab.customer puts in its a=crypto
+CUSTOMER_SDES_KEY = bytes(range(100, 130))  # what siptap.tools.lab.customer puts in its a=crypto
 
 
 def mirror_config(tmp: Path, hep: str, jsonl: str) -> str:

@@ -9,8 +9,8 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from siptap.lab.core import start_lab_core
-from siptap.lab.customer import CustomerSession, customer_context
+from siptap.tools.lab.core import start_lab_core
+from siptap.tools.lab.customer import CustomerSession, customer_context
 from tests.relay.harness import SiptapProcess, write_config
 
 

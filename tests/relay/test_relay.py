@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from siptap.lab.core import start_lab_core
-from siptap.lab.customer import CustomerSession, customer_context
+from siptap.tools.lab.core import start_lab_core
+from siptap.tools.lab.customer import CustomerSession, customer_context
 from tests.relay.harness import SiptapProcess, write_config
 
 

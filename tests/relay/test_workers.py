@@ -20,10 +20,10 @@ import trio
 
 from siptap.config import load_config
 from siptap.export import capture_files
-from siptap.lab.core import start_lab_core
-from siptap.lab.customer import CustomerSession, _branch, customer_context
-from siptap.lab.sip import request
 from siptap.supervisor import Supervisor
+from siptap.tools.lab.core import start_lab_core
+from siptap.tools.lab.customer import CustomerSession, _branch, customer_context
+from siptap.tools.lab.sip import request
 from tests.relay.harness import SiptapProcess, write_config
 from tests.relay.test_metrics import scrape, value
 

@@ -1,6 +1,6 @@
 """A lab core SBC: a TLS server (standard-library ssl, mutual TLS) that answers SIP.
 
-Framed with siptap's own framer; answers from :class:`siptap.lab.sip.LabUas`. Records what it
+Framed with siptap's own framer; answers from :class:`siptap.tools.lab.sip.LabUas`. Records what it
 received so tests can compare both ends. CRLFCRLF pings get a CRLF pong (RFC 5626).
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import trio
 
-from siptap.lab.sip import LabUas
 from siptap.sansio.sip_framer import KeepAlive, SipFramer, SipMessage
 from siptap.sansio.sip_message import parse_message
+from siptap.tools.lab.sip import LabUas
 
 
 def core_context(certs: Path, *, cert: str = "core", require_client_cert: bool = True,
@@ -59,7 +59,7 @@ class LabCore:
             await stream.do_handshake()
             self.peers.append(stream.getpeercert() or {})
             while data := await stream.receive_some(65536):
-                for event in framer.feed(data):
+                for event in framer.feed(bytes(data)):  # trio types it bytes | bytearray; ssl gives bytes
                     if isinstance(event, KeepAlive) and event.kind == "ping":
                         await stream.send_all(b"\r\n")
                     elif isinstance(event, SipMessage):

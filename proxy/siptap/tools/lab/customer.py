@@ -10,9 +10,9 @@ from pathlib import Path
 
 import trio
 
-from siptap.lab.sip import request, sdp
 from siptap.sansio.sip_framer import KeepAlive, SipFramer, SipMessage
 from siptap.sansio.sip_message import SipMessageView, parse_message
+from siptap.tools.lab.sip import request, sdp
 
 # The cipher offer of a Sangoma IMG 2020 E-SBC (design.md): ECDHE/DHE first, RSA last.
 IMG2020_CIPHERS = (
@@ -62,7 +62,7 @@ class CustomerSession:
             data = await self.stream.receive_some(65536)
             if not data:
                 raise EOFError("siptap closed the connection")
-            for event in self.framer.feed(data):
+            for event in self.framer.feed(bytes(data)):  # trio types it bytes | bytearray; ssl gives bytes
                 if isinstance(event, SipMessage):
                     self.received.append(event.data)
                     self.pending.append(parse_message(event.data, event.header_end))
