@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--name", action="append", metavar="NAME", help="file stem of the certificate to revoke; repeat")
     revoke.add_argument("--dir", type=Path, default=Path("certs"), help="folder with ca.pem/ca.key (default: %(default)s)")
     revoke.add_argument("--days", type=int, default=30, help="nextUpdate in days from now (default: %(default)s)")
-    from siptap.probe import add_parser as add_probe_parser
+    from siptap.tools.probe import add_parser as add_probe_parser
 
     add_probe_parser(sub, common)
     from siptap.export import add_parser as add_export_parser
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             return _check(args)
         if args.command == "probe":
-            from siptap.probe import run_from_args
+            from siptap.tools.probe import run_from_args
 
             return run_from_args(args)
         if args.command == "export":

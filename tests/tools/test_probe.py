@@ -17,11 +17,22 @@ import pytest
 import trio
 from cryptography import x509
 
-from siptap import probe as probe_mod
 from siptap.certs import issue_leaf
-from siptap.probe import ACCEPTED, NOT_TESTABLE, REJECTED, SKIPPED, ProbeError, format_table, parse_target, probe
 from siptap.sansio.tls_hello import RSA_KEX_AES_SUITES, suite_name
 from siptap.tools.lab.core import LabCore, core_context
+from siptap.tools.probe import (
+    ACCEPTED,
+    NOT_TESTABLE,
+    REJECTED,
+    SKIPPED,
+    ProbeError,
+    add_parser,
+    format_table,
+    parse_target,
+    probe,
+    run_from_args,
+)
+from siptap.tools.probe.sip_options import options_request
 from tests.tls.helpers import OpenSSLServer
 
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command not installed")
@@ -232,7 +243,7 @@ def test_options_request_frames_as_sip() -> None:
     from siptap.sansio.sip_framer import SipFramer, SipMessage
     from siptap.sansio.sip_message import parse_message
 
-    data = probe_mod.options_request("sbc.example.net", 5061, ("::1", 40000), call_id="abc@probe")
+    data = options_request("sbc.example.net", 5061, ("::1", 40000), call_id="abc@probe")
     (event,) = SipFramer().feed(data)
     assert isinstance(event, SipMessage)
     view = parse_message(event.data, event.header_end)
@@ -247,11 +258,11 @@ def test_command_line_json(pki: Path, capsys: pytest.CaptureFixture[str]) -> Non
     parser = argparse.ArgumentParser(prog="siptap")
     common = argparse.ArgumentParser(add_help=False)
     sub = parser.add_subparsers(dest="command")
-    probe_mod.add_parser(sub, common)
+    add_parser(sub, common)
     with s_server(pki, "-tls1_2", "-cipher", "AES128-SHA256") as server:
         args = parser.parse_args(["probe", f"127.0.0.1:{server.port}", "--server-name", "localhost",
                                   "--no-sip", "--json", "--timeout", str(TIMEOUT)])
-        assert probe_mod.run_from_args(args) == 0
+        assert run_from_args(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["accepted_tls12_suites"] == ["TLS_RSA_WITH_AES_128_CBC_SHA256"]
     assert out["rsa_key_exchange"] is True and out["sip_options"] is None

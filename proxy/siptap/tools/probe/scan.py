@@ -1,0 +1,209 @@
+"""The scan: every attempt against one endpoint, one at a time, gathered into a :class:`ProbeReport`.
+
+Order: the widest offer first (with our certificate, if any: chain, CA names, the
+negotiated suite), SIP OPTIONS over it, the client-certificate verdict, then each TLS
+version and each suite on its own connection. One connection at a time, so a
+single-threaded peer is never flooded; after a few attempts in a row without an answer the
+rest are not tried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Protocol
+
+import trio
+from OpenSSL import SSL
+
+from siptap.certs import key_matches_certificate, load_certificate_chain, load_private_key
+from siptap.errors import CertificateError
+from siptap.sansio.tls_hello import suite_name
+from siptap.tls.facts import FailureReason, key_exchange_of
+from siptap.tools.probe.certificates import chain_problems, describe_certificate
+from siptap.tools.probe.handshake import Outcome, attempt_handshake, failure_text, rejection, settle
+from siptap.tools.probe.offers import TLS12_SUITES, TLS13_SUITES, VERSIONS, ClientIdentity, Offer, untestable
+from siptap.tools.probe.report import (
+    ACCEPTED,
+    ERROR,
+    NOT_TESTABLE,
+    REJECTED,
+    SKIPPED,
+    Attempt,
+    ClientCertInfo,
+    ProbeError,
+    ProbeReport,
+    SipResult,
+)
+from siptap.tools.probe.sip_options import send_options
+
+_MAX_ERRORS_IN_A_ROW = 3
+
+
+class Attempter(Protocol):
+    """``probe``'s one-attempt closure: the target and our identity bound, the errors in a row counted."""
+
+    def __call__(self, offer: Offer, *, with_identity: bool = True, keep: bool = False) -> Awaitable[Outcome]: ...
+
+
+def load_client_identity(cert: Path, key: Path) -> ClientIdentity:
+    chain = load_certificate_chain(cert)
+    private = load_private_key(key, allow_insecure_permissions=True)  # a diagnostic tool: read what it is given
+    if not key_matches_certificate(private, chain[0]):
+        raise CertificateError(str(key), f"private key does not match the certificate in {cert}")
+    return ClientIdentity(tuple(chain), private)
+
+
+async def probe(host: str, port: int, *, server_name: str | None = None, cert: Path | None = None,
+                key: Path | None = None, ca: Path | None = None, timeout: float = 5.0,
+                sip: bool = True) -> ProbeReport:
+    """Probe one endpoint; see the module docstring. Never raises for what the endpoint does;
+    raises ProbeError/CertificateError for unusable arguments."""
+    if (cert is None) != (key is None):
+        raise ProbeError("--cert and --key go together", "pass both the client certificate and its key")
+    identity = load_client_identity(Path(cert), Path(key)) if cert is not None and key is not None else None
+    if ca is not None:
+        load_certificate_chain(ca)  # a clear error for a missing or non-PEM bundle
+    name = server_name or host
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    report = ProbeReport(target=target, server_name=name,
+                         trust_checked_against=str(ca) if ca is not None else None)
+
+    errors_in_a_row = 0
+
+    async def attempt(offer: Offer, *, with_identity: bool = True, keep: bool = False) -> Outcome:
+        nonlocal errors_in_a_row
+        if errors_in_a_row >= _MAX_ERRORS_IN_A_ROW:
+            # An endpoint that stopped answering (rate limit, fail2ban, crash) would otherwise
+            # cost one timeout per remaining attempt.
+            return Outcome(error=f"not tried: the previous {errors_in_a_row} attempts got no answer")
+        outcome = await attempt_handshake(host, port, name, offer, identity=identity if with_identity else None,
+                                 ca=ca, timeout=timeout, keep=keep)
+        errors_in_a_row = errors_in_a_row + 1 if outcome.error is not None else 0
+        return outcome
+
+    # 1. The widest offer, with our certificate if we have one: chain, CA names, negotiated suite.
+    main = await attempt(Offer(SSL.TLS1_VERSION, SSL.TLS1_3_VERSION), keep=True)
+    if main.error is not None:
+        report.error = main.error
+        return report
+    if not main.server_hello and main.failure is not None and main.failure.reason in (
+        FailureReason.NOT_TLS.value, FailureReason.TIMEOUT.value
+    ):
+        report.error = f"no TLS handshake: {main.failure.reason}: {main.failure.detail}"
+        return report
+    if main.server_hello:
+        report.negotiated = {"version": main.version, "cipher": main.cipher, "key_exchange": main.key_exchange,
+                             "completed": main.completed,
+                             "failure": main.failure.detail if main.failure else None}
+
+    # 2. SIP OPTIONS over it (or, without SIP, a short wait for a TLS 1.3 certificate refusal).
+    post_refusal: str | None = None
+    try:
+        if main.stream is not None:
+            if sip:
+                report.sip = await send_options(main.stream, name, port, timeout)
+                if report.sip.status_line is None and report.sip.closed:
+                    post_refusal = report.sip.detail
+            elif main.cert_requested:
+                post_refusal = await settle(main.stream, min(timeout, 1.0))
+        elif sip:
+            why = main.failure.detail if main.failure else "no handshake"
+            report.sip = SipResult(sent=False, detail=f"no TLS connection to send it over ({why})")
+    finally:
+        if main.stream is not None:
+            with trio.move_on_after(2):
+                await main.stream.aclose()
+
+    # 3. Client certificate: asked for? insisted on? ours taken?
+    report.client_cert = await _client_cert_verdict(main, post_refusal, identity, attempt, timeout)
+    if report.sip is not None and report.sip.status_line is None and report.client_cert.required and identity is None:
+        report.sip = SipResult(sent=report.sip.sent, provisional=report.sip.provisional, closed=report.sip.closed,
+                               detail=f"{report.sip.detail}; the endpoint requires a client certificate "
+                               "(pass --cert and --key)")
+
+    # 4. The chain, from the first attempt that received one.
+    chain = main.chain
+    for index, cert_obj in enumerate(chain):
+        report.chain.append(describe_certificate(cert_obj, leaf=index == 0, server_name=name))
+    report.chain_problems = chain_problems(main.verify_errors, ca)
+
+    # 5. Versions, one per connection.
+    for version_name, constant, wire in VERSIONS:
+        offer = Offer(constant, constant)
+        report.versions.append(await _verdict(version_name, offer, attempt, name, version=wire))
+
+    # 6. Suites, one per connection.
+    tls12 = next((a for a in report.versions if a.name == "TLSv1.2"), None)
+    for code, openssl_name in TLS12_SUITES:
+        offer = Offer(SSL.TLS1_2_VERSION, SSL.TLS1_2_VERSION, ciphers=f"{openssl_name}:@SECLEVEL=0".encode())
+        kex = key_exchange_of("TLSv1.2", openssl_name, None)
+        if tls12 is not None and tls12.status == REJECTED:
+            report.tls12_suites.append(Attempt(suite_name(code), SKIPPED, "TLSv1.2 not accepted", code, openssl_name, kex))
+            continue
+        result = await _verdict(suite_name(code), offer, attempt, name, suite=code)
+        report.tls12_suites.append(Attempt(result.name, result.status, result.detail, code, openssl_name, kex))
+    tls13 = next((a for a in report.versions if a.name == "TLSv1.3"), None)
+    for code, openssl_name in TLS13_SUITES:
+        offer = Offer(SSL.TLS1_3_VERSION, SSL.TLS1_3_VERSION, tls13=openssl_name.encode())
+        if tls13 is not None and tls13.status == REJECTED:
+            report.tls13_suites.append(Attempt(openssl_name, SKIPPED, "TLSv1.3 not accepted", code, openssl_name, "TLSv1.3"))
+            continue
+        result = await _verdict(openssl_name, offer, attempt, name, suite=code)
+        report.tls13_suites.append(Attempt(result.name, result.status, result.detail, code, openssl_name, "TLSv1.3"))
+    return report
+
+
+async def _verdict(label: str, offer: Offer, attempt: Attempter, server_name: str, *,
+                   version: int | None = None, suite: int | None = None) -> Attempt:
+    why_not = untestable(offer, server_name, version=version, suite=suite)
+    if why_not is not None:
+        return Attempt(label, NOT_TESTABLE, why_not)
+    outcome = await attempt(offer)
+    if outcome.error is not None:
+        return Attempt(label, ERROR, outcome.error)
+    if outcome.server_hello:
+        detail = f"{outcome.version} {outcome.cipher}" if version is not None else ""
+        if outcome.failure is not None:
+            detail = (detail + "; " if detail else "") + f"handshake then failed: {failure_text(outcome.failure)}"
+        return Attempt(label, ACCEPTED, detail)
+    return Attempt(label, REJECTED, rejection(outcome))
+
+
+async def _client_cert_verdict(main: Outcome, post_refusal: str | None, identity: ClientIdentity | None,
+                               attempt: Attempter, timeout: float) -> ClientCertInfo:
+    if not main.cert_requested:
+        ours = None if identity is None else "not asked for"
+        return ClientCertInfo(requested=False, required=False, ca_names=(), ours=ours)
+    ca_names = main.ca_names
+    if identity is None:
+        # The main attempt itself went without a certificate.
+        if main.failure is not None and main.server_hello:
+            return ClientCertInfo(True, True, ca_names, None,
+                                  f"handshake without a certificate failed: {main.failure.detail}")
+        if post_refusal is not None:
+            return ClientCertInfo(True, True, ca_names, None, f"refused after the handshake: {post_refusal}")
+        if main.completed:
+            return ClientCertInfo(True, False, ca_names, None, "a connection without a certificate was accepted")
+        return ClientCertInfo(True, None, ca_names, None)
+    # We presented ours in the main attempt; was it taken?
+    if main.completed and not (main.failure or post_refusal):
+        ours = "accepted"
+    else:
+        ours = f"rejected: {main.failure.detail if main.failure else post_refusal}"
+    # And without one?
+    bare = await attempt(Offer(SSL.TLS1_VERSION, SSL.TLS1_3_VERSION), with_identity=False, keep=True)
+    try:
+        if bare.error is not None:
+            return ClientCertInfo(True, None, ca_names, ours, f"no verdict without a certificate: {bare.error}")
+        if bare.failure is not None:
+            return ClientCertInfo(True, True, ca_names or bare.ca_names, ours,
+                                  f"handshake without a certificate failed: {bare.failure.detail}")
+        refusal = await settle(bare.stream, min(timeout, 1.0)) if bare.stream is not None else None
+        if refusal is not None:
+            return ClientCertInfo(True, True, ca_names or bare.ca_names, ours, f"refused after the handshake: {refusal}")
+        return ClientCertInfo(True, False, ca_names or bare.ca_names, ours, "a connection without a certificate was accepted")
+    finally:
+        if bare.stream is not None:
+            with trio.move_on_after(2):
+                await bare.stream.aclose()
