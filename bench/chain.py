@@ -11,7 +11,7 @@ time into a temporary folder (``make_pki``): no key is ever written into the rep
 
 Process plumbing reuses the integration tests' helpers (tests/integration/peers.py: free ports,
 ``running`` = start, wait until the port listens, SIGTERM/SIGKILL on exit; tests/relay/harness.py:
-``write_config`` for siptap; siptap.export: the pcap -> SIP reader used for wire latency).
+``write_config`` for siptap; siptap.tools.export: the pcap -> SIP reader used for wire latency).
 
 Measurements come from /proc: ``cpu_seconds`` (utime+stime of a process tree, reaped children
 included), ``pss_kib`` (sum of Pss over the tree from smaps_rollup), ``tcp_established``
@@ -836,8 +836,8 @@ async def measure(uac: SippUac, mid: Middle, *, warmup: float, duration: float) 
 def invite_latencies_ms(capture: Path, since: float, until: float) -> list[float]:
     """INVITE -> 200 (CSeq INVITE) times in ms, per Call-ID, from the cleartext TCP between SIPp
     and the customer stunnel (each message timed by the frame carrying its first byte), for
-    INVITEs sent in [since, until] (epoch seconds). Reuses siptap.export's reassembling reader."""
-    from siptap.export import read_messages
+    INVITEs sent in [since, until] (epoch seconds). Reuses siptap.tools.export's reassembling reader."""
+    from siptap.tools.export import read_messages
 
     sent: dict[str, int] = {}
     latencies: list[float] = []

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     from siptap.tools.probe import add_parser as add_probe_parser
 
     add_probe_parser(sub, common)
-    from siptap.export import add_parser as add_export_parser
+    from siptap.tools.export import add_parser as add_export_parser
 
     add_export_parser(sub, common)
     return parser
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_from_args(args)
         if args.command == "export":
-            from siptap.export import run_from_args as run_export
+            from siptap.tools.export import run_from_args as run_export
 
             return run_export(args)
         if args.command == "demo":

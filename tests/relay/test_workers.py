@@ -19,8 +19,8 @@ import pytest
 import trio
 
 from siptap.config import load_config
-from siptap.export import capture_files
 from siptap.supervisor import Supervisor
+from siptap.tools.export import capture_files
 from siptap.tools.lab.core import start_lab_core
 from siptap.tools.lab.customer import CustomerSession, _branch, customer_context
 from siptap.tools.lab.sip import request

@@ -21,13 +21,15 @@ import pytest
 import trio
 
 from siptap import cli
-from siptap.export import (
+from siptap.sansio import pcap
+from siptap.sansio.pcap_reader import PcapFormatError, decode_tcp, read_capture
+from siptap.sansio.sip_message import parse_message
+from siptap.tools.export import (
     ExportError,
     KeyEntry,
     LogFacts,
     Selection,
     Sources,
-    _pick_entry,
     build_bundle,
     capture_files,
     parse_keylog,
@@ -35,9 +37,7 @@ from siptap.export import (
     read_messages,
     select_srtp_lines,
 )
-from siptap.sansio import pcap
-from siptap.sansio.pcap_reader import PcapFormatError, decode_tcp, read_capture
-from siptap.sansio.sip_message import parse_message
+from siptap.tools.export.keylog import pick_entry
 from siptap.tools.lab.core import start_lab_core
 from siptap.tools.lab.customer import CustomerSession, customer_context
 from tests.integration.capture import require, tshark_fields
@@ -476,10 +476,10 @@ def test_port_reuse_is_decided_by_the_log() -> None:
         {"conn": "old", "leg": "customer", "timestamp": "2023-11-14T22:00:00.000000Z"},
         {"conn": "new", "leg": "customer", "timestamp": "2023-11-14T22:10:00.000000Z"},
     ])
-    assert _pick_entry([old, new], parse_time("2023-11-14T22:05:00Z"), log) == [old]
-    assert _pick_entry([old, new], parse_time("2023-11-14T22:15:00Z"), log) == [new]
-    assert _pick_entry([old, new], parse_time("2023-11-14T22:15:00Z"), LogFacts()) == [old, new]
-    assert _pick_entry([old], 0, LogFacts()) == [old]
+    assert pick_entry([old, new], parse_time("2023-11-14T22:05:00Z"), log) == [old]
+    assert pick_entry([old, new], parse_time("2023-11-14T22:15:00Z"), log) == [new]
+    assert pick_entry([old, new], parse_time("2023-11-14T22:15:00Z"), LogFacts()) == [old, new]
+    assert pick_entry([old], 0, LogFacts()) == [old]
 
 
 def test_synthetic_export_rewrites_sequence_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,91 @@
+"""`siptap export`'s command line: argparse, the sources from the config or the options, the run (wired into siptap.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from siptap.tools.export.archive import write_bundle
+from siptap.tools.export.bundle import build_bundle
+from siptap.tools.export.errors import ExportError
+from siptap.tools.export.selection import Selection, Sources
+from siptap.tools.export.times import parse_time
+
+
+def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "export", parents=[common],
+        help="escalation bundle for a vendor: the selected calls' cleartext pcapng, their key-log and SRTP lines, a summary",
+        description="Select calls by Call-ID and/or time window from siptap's captures (cleartext pcap sink, key log, "
+        "SRTP keys, optionally the JSON log) and write one bundle folder plus a .tar.gz of it: calls.pcapng (just those "
+        "calls' SIP messages, key log embedded), keys.log (only the connections that carried them), srtp-keys.log "
+        "(only those calls), summary.txt/summary.json (call flow, TLS facts). Nothing from other calls is copied.",
+        epilog="Paths default to the config's [mirror] section; --captures/--keylog/--srtp override it. Times are ISO "
+        "8601 (no zone = UTC) or epoch seconds. Note: TLS keys decrypt the whole connection, including other calls it "
+        "carried, for whoever also holds a raw capture of it (--no-keys leaves them out). "
+        "exit status: 0 bundle written, 1 nothing to export or a file problem",
+    )
+    p.add_argument("--call-id", action="append", default=[], metavar="ID", help="a Call-ID to export; repeat for several")
+    p.add_argument("--since", metavar="TIME", help="only messages at or after TIME")
+    p.add_argument("--until", metavar="TIME", help="only messages at or before TIME")
+    p.add_argument("--config", "-c", type=Path, default=None,
+                   help="config whose [mirror] section names the files (default: config.toml)")
+    p.add_argument("--captures", type=Path, metavar="DIR", help="pcap sink folder (or one capture file)")
+    p.add_argument("--keylog", type=Path, metavar="FILE", help="NSS key-log file")
+    p.add_argument("--srtp", type=Path, metavar="FILE", help="SRTP keys file")
+    p.add_argument("--log", type=Path, metavar="FILE", help="siptap's JSON log (stdout of `siptap run`), for TLS facts")
+    p.add_argument("--no-keys", dest="keys", action="store_false", help="leave TLS keys out (keys.log empty, no DSB)")
+    p.add_argument("--out", "-o", type=Path, required=True, metavar="DIR", help="bundle folder to create")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle folder and archive")
+
+
+def sources_from_args(args: argparse.Namespace) -> Sources:
+    config_path: Path | None = args.config
+    need_config = config_path is not None or args.captures is None or args.keylog is None or args.srtp is None
+    mirror = None
+    if need_config:
+        from siptap.config import load_config
+
+        path = config_path or Path("config.toml")
+        if config_path is None and not path.exists():
+            if args.captures is None:
+                raise ExportError(f"{path} not found, and no --captures given",
+                                  "give --config FILE, or --captures DIR [--keylog FILE --srtp FILE]")
+        else:
+            mirror = load_config(path).mirror
+    captures = args.captures or (mirror.pcap.directory if mirror and mirror.pcap else None)
+    if captures is None:
+        raise ExportError("no capture folder: the config has no [mirror.pcap] section", "give --captures DIR")
+    prefix = None if args.captures else (mirror.pcap.prefix if mirror and mirror.pcap else None)
+    keylog = args.keylog or (mirror.keylog.path if mirror and mirror.keylog else None)
+    srtp = args.srtp or (mirror.srtp_keys.path if mirror and mirror.srtp_keys else None)
+    if args.log is not None and not args.log.is_file():
+        raise ExportError(f"{args.log}: JSON log not found")
+    return Sources(captures=captures, prefix=prefix, keylog=keylog, srtp=srtp, log=args.log)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    if not args.call_id and args.since is None and args.until is None:
+        raise ExportError("nothing selected", "give --call-id ID (repeatable) and/or --since/--until TIME")
+    since = parse_time(args.since) if args.since is not None else None
+    until = parse_time(args.until) if args.until is not None else None
+    if since is not None and until is not None and since > until:
+        raise ExportError(f"--since {args.since} is after --until {args.until}")
+    selection = Selection(frozenset(c.strip() for c in args.call_id if c.strip()), since, until)
+    sources = sources_from_args(args)
+    out: Path = args.out
+    if (out.exists() or out.with_name(out.name + ".tar.gz").exists()) and not args.force:
+        # Before reading anything: the cheap refusal first.
+        raise ExportError(f"{out if out.exists() else out.with_name(out.name + '.tar.gz')} already exists",
+                          "choose another --out, or add --force to replace it")
+    bundle = build_bundle(sources, selection, keys=args.keys)
+    write_bundle(bundle, out, force=args.force)
+    for warning in bundle.warnings:
+        print(f"siptap: warning: {warning}", file=sys.stderr)
+    files = bundle.summary["files"]
+    calls = bundle.summary["calls"]
+    print(f"wrote {out}/ and {out}.tar.gz: {len(calls)} call(s), {files['calls.pcapng']['messages']} SIP messages, "
+          f"{files['keys.log']['lines']} key-log lines of {files['keys.log']['connections']} connection(s), "
+          f"{files['srtp-keys.log']['lines']} SRTP key line(s)")
+    return 0
