@@ -7,7 +7,7 @@
   key log tests/mirror/test_files.py::test_keylog_file_both_legs_0600_parseable and
   ::test_keylog_appends_and_narrows_existing_file, SRTP keys ::test_srtp_file_0600_one_line_per_key,
   pcap tests/mirror/test_pcap.py::test_dialog_reads_as_sip and ::test_rotation_by_size_each_file_standalone,
-  end to end tests/integration/test_mirror_e2e.py, the demo's captures tests/test_demo.py, lab
+  end to end tests/integration/test_mirror_e2e.py, the demo's captures tests/tools/test_demo.py, lab
   keys tests/test_certs.py.
 - The metrics endpoint binds loopback unless told otherwise.
 - Logs carry key *material* by design (NSS lines, master secrets) but never a private key: a

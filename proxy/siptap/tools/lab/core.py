@@ -10,7 +10,6 @@ import functools
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -39,13 +38,13 @@ class LabCore:
     context: ssl.SSLContext
     uas: LabUas = field(default_factory=LabUas)
     received: list[bytes] = field(default_factory=list)
-    peers: list[dict[str, Any]] = field(default_factory=list)  # verified client certificates
+    peers: list[dict[str, object]] = field(default_factory=list)  # verified client certificates (getpeercert())
     connections: int = 0
     close_after: int | None = None  # close each connection after this many requests (tests)
     message_received: trio.Event = field(default_factory=trio.Event)
 
     async def serve(self, host: str = "127.0.0.1", port: int = 0, *,
-                    task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host)
         task_status.started(listeners[0].socket.getsockname()[1])
         await trio.serve_listeners(self._handle, listeners)
@@ -80,7 +79,7 @@ class LabCore:
                 await stream.aclose()
 
 
-async def start_lab_core(nursery: trio.Nursery, certs: Path, **kwargs: Any) -> tuple[LabCore, int]:
-    core = LabCore(core_context(certs), **kwargs)
+async def start_lab_core(nursery: trio.Nursery, certs: Path, *, close_after: int | None = None) -> tuple[LabCore, int]:
+    core = LabCore(core_context(certs), close_after=close_after)
     port = await nursery.start(functools.partial(core.serve))
     return core, port
