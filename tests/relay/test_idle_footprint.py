@@ -15,7 +15,8 @@ from siptap.lab.customer import CustomerSession, customer_context
 from siptap.log import get_logger
 from siptap.mirror.events import KeyEvent
 from siptap.relay.session import run_session
-from siptap.tls.facts import HandshakeFacts, HandshakeObserver
+from siptap.sansio.handshake import HandshakeFacts
+from siptap.tls.facts import HandshakeObserver
 from tests.relay.harness import write_config
 
 

@@ -27,7 +27,8 @@ from OpenSSL import SSL, crypto
 from siptap.certs import key_matches_certificate, load_certificate_chain, load_private_key
 from siptap.config import ClientTlsSettings, ServerTlsSettings
 from siptap.errors import CertificateError
-from siptap.tls.facts import CertificateCache, FailureReason, HandshakeObserver
+from siptap.sansio.handshake import FailureReason
+from siptap.tls.facts import CertificateCache, HandshakeObserver
 from siptap.tls.identity import AllowList, common_name, matches_hostname
 
 _VERSIONS = {

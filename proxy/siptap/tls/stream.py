@@ -43,15 +43,9 @@ except ImportError:  # pragma: no cover - a pyOpenSSL without the private bindin
     _ffi = _lib = None
 
 from siptap.errors import HandshakeFailed
+from siptap.sansio.handshake import FailureReason, HandshakeFacts
 from siptap.sansio.tls_hello import ClientHelloSniffer
-from siptap.tls.facts import (
-    CertificateCache,
-    FailureReason,
-    HandshakeFacts,
-    HandshakeObserver,
-    classify_failure,
-    collect_facts,
-)
+from siptap.tls.facts import CertificateCache, HandshakeObserver, classify_failure, collect_facts
 
 T = TypeVar("T")
 
