@@ -18,10 +18,10 @@ import trio
 from cryptography import x509
 
 from siptap import probe as probe_mod
-from siptap.certs import issue_leaf
 from siptap.lab.core import LabCore, core_context
 from siptap.probe import ACCEPTED, NOT_TESTABLE, REJECTED, SKIPPED, ProbeError, format_table, parse_target, probe
 from siptap.sansio.tls_hello import RSA_KEX_AES_SUITES, suite_name
+from siptap.tools.pki import issue_leaf
 from tests.tls.helpers import OpenSSLServer
 
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl command not installed")

@@ -30,10 +30,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from siptap.addresses import Endpoint
-from siptap.certs import load_private_key
 from siptap.config import MetricsSettings, parse_config
 from siptap.lab.core import start_lab_core
 from siptap.lab.customer import CustomerSession, customer_context
+from siptap.tls.pem import load_private_key
 from tests.relay.harness import SiptapProcess
 from tests.relay.harness import write_config as write_run_config
 from tests.test_check import assert_refused, siptap, write_config

@@ -12,10 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import crypto
 
-from siptap.certs import load_certificate_chain
 from siptap.sansio.handshake import HandshakeFacts
 from siptap.tls.contexts import build_client_context, build_server_context, certificate_cache
 from siptap.tls.facts import CertificateCache, certificate_summary
+from siptap.tls.pem import load_certificate_chain
 from siptap.tls.stream import OpenSSLStream
 from tests.tls.helpers import core_server_context, customer_client_context
 from tests.tls.test_client_leg import client_settings, run_core

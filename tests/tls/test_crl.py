@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from siptap.certs import issue_leaf, revoke, write_crl
 from siptap.errors import CertificateError, HandshakeFailed
 from siptap.tls.contexts import build_server_context, load_crls_for
+from siptap.tools.pki import issue_leaf, revoke, write_crl
 from tests.tls.helpers import core_server_context, customer_client_context
 from tests.tls.test_client_leg import client_settings, dial, run_core
 from tests.tls.test_server_leg import (

@@ -24,12 +24,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from OpenSSL import SSL, crypto
 
-from siptap.certs import key_matches_certificate, load_certificate_chain, load_private_key
 from siptap.config import ClientTlsSettings, ServerTlsSettings
 from siptap.errors import CertificateError
 from siptap.sansio.handshake import FailureReason
 from siptap.tls.facts import CertificateCache, HandshakeObserver
 from siptap.tls.identity import AllowList, common_name, matches_hostname
+from siptap.tls.pem import key_matches_certificate, load_certificate_chain, load_crls, load_private_key
 
 _VERSIONS = {
     "TLSv1": SSL.TLS1_VERSION,
@@ -113,8 +113,6 @@ def load_crls_for(crl_path: Path, ca_path: Path, *, now: datetime | None = None)
     and "CRL is not yet valid" before thisUpdate. Refused here, at start-up or reload, with the
     file named, instead of as a handshake failure on every connection.
     """
-    from siptap.certs import load_crls
-
     crls = load_crls(crl_path)
     cas = load_certificate_chain(ca_path)
     now = now or datetime.now(UTC)
