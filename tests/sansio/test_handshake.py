@@ -25,7 +25,7 @@ def facts(**changes: object) -> HandshakeFacts:
         master_secret="11" * 48, keylog_lines=("CLIENT_RANDOM " + "00" * 32 + " " + "11" * 48,),
         peer_chain=(LEAF,),
     )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]  # field overrides are untyped keyword values
 
 
 def test_importing_the_record_pulls_in_no_tls_library() -> None:

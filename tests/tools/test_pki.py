@@ -244,7 +244,7 @@ def test_init_ca_refuses_existing_unless_forced(ca_dir: Path) -> None:
     ],
 )
 def test_issue_leaf_usage(ca_dir: Path, usage: str, expected: set[x509.ObjectIdentifier] | None) -> None:
-    cert_path, key_path = issue_leaf(ca_dir, "leaf", usage=usage)  # type: ignore[arg-type]
+    cert_path, key_path = issue_leaf(ca_dir, "leaf", usage=usage)  # type: ignore[arg-type]  # parametrized str, each a valid Usage
     assert (cert_path, key_path) == (ca_dir / "leaf.pem", ca_dir / "leaf.key")
     leaf = cert(cert_path)
     assert ekus(leaf) == expected

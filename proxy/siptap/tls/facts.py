@@ -30,7 +30,7 @@ from siptap.sansio.handshake import CertificateSummary, HandshakeFacts
 # The two "as" imports: re-exported for the tools until their move lands (probe.py imports them from here).
 from siptap.sansio.handshake import FailureReason as FailureReason
 from siptap.sansio.handshake import key_exchange_of as key_exchange_of
-from siptap.sansio.tls_hello import ClientHello, ClientHelloSniffer, NotTls
+from siptap.sansio.tls_hello import VERSION_NAMES, ClientHello, ClientHelloSniffer, NotTls, suite_name
 from siptap.tls.identity import common_name, sha256_fingerprint, subject_alt_names
 
 # X509_V_ERR_* codes (openssl/x509_vfy.h) mapped to reasons.
@@ -139,7 +139,8 @@ def _der_of(x509_ptr: object) -> bytes:
             raise SSL.Error("i2d_X509_bio failed")
         data = _ffi.new("char**")
         size = _lib.BIO_get_mem_data(bio, data)
-        return _ffi.buffer(data[0], size)[:]
+        der: bytes = _ffi.buffer(data[0], size)[:]  # a copy, made before the BIO is freed
+        return der
     finally:
         _lib.BIO_free(bio)
 
@@ -195,8 +196,8 @@ def collect_facts(conn: SSL.Connection, observer: HandshakeObserver,
     client_random = conn.client_random() or b""
     master = conn.master_key() if version != "TLSv1.3" else None
     ders = _peer_chain_der(conn, observer.role == "server") if certificates is not None else None
-    if ders is not None:
-        peer_chain = tuple(certificates.summary(der) for der in ders)  # type: ignore[union-attr]
+    if certificates is not None and ders is not None:
+        peer_chain = tuple(certificates.summary(der) for der in ders)
     else:
         if observer.role == "server":
             chain = conn.get_verified_chain(as_cryptography=True) or []
@@ -213,7 +214,7 @@ def collect_facts(conn: SSL.Connection, observer: HandshakeObserver,
         key_exchange=key_exchange_of(version, cipher, group),
         extended_master_secret=_extended_master_secret(conn, version),
         session_reused=_session_reused(conn),
-        sni=sni.decode("ascii", "replace") if isinstance(sni, bytes) else sni or observer.expected_hostname,
+        sni=sni.decode("ascii", "replace") if sni is not None else observer.expected_hostname,
         client_random=client_random.hex(),
         master_secret=master.hex() if master else None,
         keylog_lines=tuple(observer.keylog_lines),
@@ -280,9 +281,9 @@ def classify_failure(exc: BaseException | None, observer: HandshakeObserver) -> 
             return HandshakeFailed(
                 FailureReason.ECDHE_ONLY_CLIENT.value,
                 "client offered only (EC)DHE suites, RSA key exchange is forced: "
-                + ", ".join(hello.summary()["cipher_suites"][:12]),  # type: ignore[index]
+                + ", ".join(suite_name(s) for s in hello.cipher_suites[:12]),
             )
-        offered = ", ".join(hello.summary()["cipher_suites"][:12]) if hello else "unknown"  # type: ignore[index]
+        offered = ", ".join(suite_name(s) for s in hello.cipher_suites[:12]) if hello else "unknown"
         return HandshakeFailed(FailureReason.NO_SHARED_CIPHER.value, f"no shared cipher; client offered: {offered}")
     if "unsupported protocol" in text or "protocol version" in text or "wrong ssl version" in text:
         if hello is not None and hello.tls13_only:
@@ -290,7 +291,7 @@ def classify_failure(exc: BaseException | None, observer: HandshakeObserver) -> 
                 FailureReason.TLS13_ONLY_CLIENT.value,
                 "client offered only TLS 1.3; this leg allows TLS 1.2 only (RSA key exchange)",
             )
-        offered = ", ".join(hello.summary()["versions"]) if hello else "unknown"  # type: ignore[arg-type]
+        offered = ", ".join(VERSION_NAMES.get(v, f"0x{v:04X}") for v in hello.versions) if hello else "unknown"
         return HandshakeFailed(FailureReason.PROTOCOL_VERSION.value, f"{text}; peer offered {offered}")
     if "peer did not return a certificate" in text or "certificate required" in text:
         return HandshakeFailed(

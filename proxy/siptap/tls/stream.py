@@ -190,6 +190,9 @@ class OpenSSLStream(trio.abc.Stream):
     # is a full pass of the event loop per forwarded message for nothing, since the pump's
     # next receive waits anyway. Fairness is kept by receive_some: a receive that did not
     # wait still ends in a checkpoint. Any other transport goes through its Stream methods.
+    # The price is one departure from trio's Stream contract: a send_all over a socket that
+    # the kernel takes at once is not a checkpoint (tests/tls/test_stream_transports.py pins
+    # it; the conformance suite there adds the checkpoint in a subclass).
 
     async def _transport_receive(self) -> bytes:
         sock = self._socket
@@ -225,14 +228,19 @@ class OpenSSLStream(trio.abc.Stream):
         view = memoryview(data)
         try:
             while view:
+                # Looked up on every pass: the socket may have been closed (fd -1) while we
+                # waited, and writing to a stale number could hit a reused descriptor.
                 fd = sock.fileno()
                 if fd < 0:
                     raise trio.ClosedResourceError("the socket was closed")
                 try:
                     view = view[os.write(fd, view):]
                 except BlockingIOError:
+                    # The peer is not reading: wait for room. This is where a slow peer
+                    # holds up send_all, and where a cancellation can leave half a record.
                     await trio.lowlevel.wait_writable(sock)
                 except OSError as exc:
+                    # EPIPE/ECONNRESET: broken; EBADF: closed under us (see _transport_error).
                     raise _transport_error(exc) from exc
         finally:
             view.release()  # the slices were views of it; release so ``data`` is not pinned

@@ -117,7 +117,7 @@ def init_lab_pki(
     now = datetime.now(UTC)
     for name, usage in _LAB_ROLES.items():
         leaf_key = _new_key("rsa")
-        names = san_names if usage == "server" else [x509.DNSName(name)]
+        names: list[x509.GeneralName] = san_names if usage == "server" else [x509.DNSName(name)]
         cert = _build_leaf(
             leaf_key, name, usage, names, ca_cert, ca_key, now - _CLOCK_SKEW, now + timedelta(days=days)
         )
@@ -208,8 +208,9 @@ def issue_leaf(
 
     new_ca: tuple[bytes, bytes] | None = None
     if self_ca is not None and not (ca_paths[0].exists() or ca_paths[1].exists()):
-        ca_key: CertificateIssuerPrivateKeyTypes = _new_key("rsa")
-        ca_cert = _build_ca(ca_key, f"siptap foreign CA {self_ca}", _CA_DAYS)
+        foreign_key = _new_key("rsa")
+        ca_cert = _build_ca(foreign_key, f"siptap foreign CA {self_ca}", _CA_DAYS)
+        ca_key: CertificateIssuerPrivateKeyTypes = foreign_key
         new_ca = (_cert_pem(ca_cert), _key_pem(ca_key))
     else:
         ca_cert, ca_key = _load_ca(*ca_paths)
@@ -318,7 +319,7 @@ def _existing_crl(path: Path, ca_cert: x509.Certificate) -> x509.CertificateRevo
     except CertificateError:
         return None
     for crl in crls:
-        if crl.issuer == ca_cert.subject and crl.is_signature_valid(ca_cert.public_key()):  # type: ignore[arg-type]
+        if crl.issuer == ca_cert.subject and crl.is_signature_valid(ca_cert.public_key()):  # type: ignore[arg-type]  # X25519/X448 keys are in the type, never on a CA
             return crl
     return None
 
