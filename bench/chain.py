@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from siptap.certs import init_lab_pki  # noqa: E402
+from siptap.tools.pki import init_lab_pki  # noqa: E402
 from tests.integration.peers import Peer, free_port, running  # noqa: E402
 from tests.relay.harness import SiptapProcess, write_config  # noqa: E402
 

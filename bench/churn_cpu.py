@@ -24,8 +24,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.chain import cpu_seconds, lab_sink_sockets, start_lab_siptap
-from siptap.certs import init_lab_pki
 from siptap.tools.lab.customer import CustomerSession, customer_context
+from siptap.tools.pki import init_lab_pki
 
 
 async def main(connections: int, warmup: int, sinks: bool, concurrency: int, log_level: str,

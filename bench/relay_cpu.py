@@ -23,9 +23,9 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.chain import cpu_seconds, lab_sink_sockets, start_lab_siptap
-from siptap.certs import init_lab_pki
 from siptap.tools.lab.customer import CustomerSession, customer_context
 from siptap.tools.lab.sip import request
+from siptap.tools.pki import init_lab_pki
 
 
 async def main(messages: int, sinks: bool, window: int, log_level: str, rate: float = 0.0) -> None:

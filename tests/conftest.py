@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from siptap.certs import init_lab_pki, issue_leaf
+from siptap.tools.pki import init_lab_pki, issue_leaf
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from siptap.certs import load_certificate_chain, load_private_key
+from siptap.tls.pem import load_certificate_chain, load_private_key
 
 ROOT = Path(__file__).resolve().parent.parent
 CERTS_HINT = "siptap: hint: for the lab PKI run `siptap certs init --dir certs` next to the config file"

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from siptap.certs import issue_leaf, load_certificate_chain, load_crls, revoke, write_crl
 from siptap.config import parse_config
 from siptap.errors import CertificateError, ConfigError
+from siptap.tls.pem import load_certificate_chain, load_crls
+from siptap.tools.pki import issue_leaf, revoke, write_crl
 from tests.test_check import assert_refused, siptap, write_config
 
 CRL_HINT = "siptap: hint: for the lab PKI, `siptap certs revoke --dir certs` (re)writes certs/crl.pem (fresh nextUpdate)"

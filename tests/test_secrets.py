@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from siptap.addresses import Endpoint
-from siptap.certs import load_private_key
 from siptap.config import MetricsSettings, parse_config
+from siptap.tls.pem import load_private_key
 from siptap.tools.lab.core import start_lab_core
 from siptap.tools.lab.customer import CustomerSession, customer_context
 from tests.relay.harness import SiptapProcess

@@ -175,12 +175,12 @@ def _error(message: str, hint: str | None = None) -> None:
 
 
 def _certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from siptap import certs
+    from siptap.tools import pki
 
     if args.certs_command == "init":
-        sans = tuple(args.san) if args.san else certs.DEFAULT_SANS
+        sans = tuple(args.san) if args.san else pki.DEFAULT_SANS
         try:
-            written = certs.init_lab_pki(args.dir, force=args.force, sans=sans, days=args.days)
+            written = pki.init_lab_pki(args.dir, force=args.force, sans=sans, days=args.days)
         except ValueError as exc:
             _error(str(exc))
             return EXIT_USAGE
@@ -189,9 +189,9 @@ def _certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return EXIT_OK
     if args.certs_command == "issue":
         try:
-            cert, key = certs.issue_leaf(
+            cert, key = pki.issue_leaf(
                 args.dir, args.name, usage=args.usage, days=args.days, expired=args.expired,
-                not_yet_valid=args.not_yet_valid, sans=tuple(args.san) if args.san else certs.DEFAULT_SANS,
+                not_yet_valid=args.not_yet_valid, sans=tuple(args.san) if args.san else pki.DEFAULT_SANS,
                 key_type="ec" if args.ec else "rsa", self_ca=args.foreign_ca, force=args.force,
             )
         except ValueError as exc:
@@ -202,7 +202,7 @@ def _certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.certs_command == "revoke":
         try:
             for name in args.name or [None]:
-                path, serials = certs.revoke(args.dir, name, days=args.days)
+                path, serials = pki.revoke(args.dir, name, days=args.days)
         except ValueError as exc:
             _error(str(exc))
             return EXIT_USAGE

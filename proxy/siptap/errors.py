@@ -35,7 +35,7 @@ class CertificateError(SiptapError):
 class HandshakeFailed(SiptapError):
     """A TLS handshake that did not complete, with a classified reason.
 
-    ``reason`` is one of :class:`siptap.tls.facts.FailureReason`'s values (a short stable
+    ``reason`` is one of :class:`siptap.sansio.handshake.FailureReason`'s values (a short stable
     token such as ``no_shared_cipher``) and ``detail`` is the human explanation,
     including OpenSSL's own words where they help.
     """

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from siptap.certs import issue_leaf, revoke, write_crl
 from siptap.tools.lab.core import start_lab_core
 from siptap.tools.lab.customer import CustomerSession, customer_context
+from siptap.tools.pki import issue_leaf, revoke, write_crl
 from tests.relay.harness import SiptapProcess, write_config
 
 # Every refused identity is on the allow-list except `other-customer`: each refusal below is

@@ -10,9 +10,9 @@ import trio
 
 from siptap.mirror.base import Sink
 from siptap.mirror.events import ConnectionClosed, KeyEvent, LegInfo, MirrorEvent, SipEvent, SrtpKeyEvent
+from siptap.sansio.handshake import HandshakeFacts
 from siptap.sansio.sdp_crypto import parse_sdp_crypto
 from siptap.sansio.sip_message import parse_message
-from siptap.tls.facts import HandshakeFacts
 
 TS = 1_700_000_000.25
 CALL_ID = "a84b4c76e66710@pc33.example.com"

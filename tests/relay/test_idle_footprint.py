@@ -13,7 +13,8 @@ from siptap.config import load_config
 from siptap.log import get_logger
 from siptap.mirror.events import KeyEvent
 from siptap.relay.session import run_session
-from siptap.tls.facts import HandshakeFacts, HandshakeObserver
+from siptap.sansio.handshake import HandshakeFacts
+from siptap.tls.facts import HandshakeObserver
 from siptap.tools.lab.core import start_lab_core
 from siptap.tools.lab.customer import CustomerSession, customer_context
 from tests.relay.harness import write_config

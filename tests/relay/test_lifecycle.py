@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from siptap.certs import issue_leaf
 from siptap.tools.lab.core import LabCore, core_context, start_lab_core
 from siptap.tools.lab.customer import IMG2020_CIPHERS, CustomerSession, customer_context
+from siptap.tools.pki import issue_leaf
 from tests.relay.harness import SiptapProcess, write_config
 
 

@@ -12,9 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import crypto
 
-from siptap.certs import load_certificate_chain
+from siptap.sansio.handshake import HandshakeFacts
 from siptap.tls.contexts import build_client_context, build_server_context, certificate_cache
-from siptap.tls.facts import CertificateCache, CertificateSummary, HandshakeFacts
+from siptap.tls.facts import CertificateCache, certificate_summary
+from siptap.tls.pem import load_certificate_chain
 from siptap.tls.stream import OpenSSLStream
 from tests.tls.helpers import core_server_context, customer_client_context
 from tests.tls.test_client_leg import client_settings, run_core
@@ -29,7 +30,7 @@ def test_summary_is_the_uncached_summary(pki: Path) -> None:
     cache = CertificateCache()
     for name in ("customer", "core", "ca"):
         der = _der(pki, name)
-        assert cache.summary(der) == CertificateSummary.of(x509.load_der_x509_certificate(der))
+        assert cache.summary(der) == certificate_summary(x509.load_der_x509_certificate(der))
         assert cache.summary(der) is cache.summary(der)  # computed once
     assert (cache.misses, len(cache)) == (3, 3)
 
@@ -103,7 +104,7 @@ async def test_server_leg_cached_facts_equal_uncached(pki: Path) -> None:
     for facts in cached:
         _same_but_secrets(facts, uncached[0])
     assert [c.common_name for c in cached[0].peer_chain] == ["customer", "siptap lab CA"]
-    assert cached[0].peer_chain[0] == CertificateSummary.of(load_certificate_chain(pki / "customer.pem")[0])
+    assert cached[0].peer_chain[0] == certificate_summary(load_certificate_chain(pki / "customer.pem")[0])
     assert (cache.misses, cache.hits) == (2, 2)  # the second connection parsed nothing
 
 

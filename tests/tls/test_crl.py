@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from siptap.certs import issue_leaf, revoke, write_crl
 from siptap.errors import CertificateError, HandshakeFailed
 from siptap.tls.contexts import build_server_context, load_crls_for
+from siptap.tools.pki import issue_leaf, revoke, write_crl
 from tests.tls.helpers import core_server_context, customer_client_context
 from tests.tls.test_client_leg import client_settings, dial, run_core
 from tests.tls.test_server_leg import (
@@ -36,10 +36,10 @@ def revoking_pki(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def outcome(settings: object, client_ctx: object) -> tuple[str, object]:
-    server = OneShotServer(settings)  # type: ignore[arg-type]
+    server = OneShotServer(settings)  # type: ignore[arg-type]  # outcome() takes either leg's settings
     async with trio.open_nursery() as nursery:
         port = await start(nursery, server)
-        result = await client_attempt(port, client_ctx)  # type: ignore[arg-type]
+        result = await client_attempt(port, client_ctx)  # type: ignore[arg-type]  # an ssl.SSLContext, typed loosely above
         failure = await server.receive.receive()
         nursery.cancel_scope.cancel()
     return result, failure
@@ -54,7 +54,7 @@ async def test_customer_leg_revoked_refused_valid_admitted(revoking_pki: Path, m
     assert "CN=revoked" in failure.detail and "certificate revoked (X509 error 23)" in failure.detail
     result, facts = await outcome(settings, customer_client_context(revoking_pki))
     assert not result.startswith("error"), result
-    assert facts.peer_chain[0].common_name == "customer"  # type: ignore[union-attr]
+    assert facts.peer_chain[0].common_name == "customer"  # type: ignore[union-attr]  # facts or a failure; here facts
 
 
 async def test_a_ca_without_a_crl_refuses_its_clients_as_crl_unusable(revoking_pki: Path, tmp_path: Path) -> None:

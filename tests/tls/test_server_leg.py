@@ -22,7 +22,7 @@ RSA_SUITES = {"AES256-GCM-SHA384", "AES128-GCM-SHA256", "AES256-SHA256", "AES128
 def server_settings(pki: Path, **overrides: object) -> ServerTlsSettings:
     base = dict(cert=pki / "proxy-server.pem", key=pki / "proxy-server.key", client_ca=pki / "ca.pem")
     base.update(overrides)
-    return ServerTlsSettings(**base)  # type: ignore[arg-type]
+    return ServerTlsSettings(**base)  # type: ignore[arg-type]  # overrides are untyped keyword values
 
 
 class OneShotServer:
@@ -139,7 +139,7 @@ async def test_key_exchange_any_lets_tls13_through(pki: Path) -> None:
         nursery.cancel_scope.cancel()
     assert cipher.startswith("TLS_")
     assert facts.version == "TLSv1.3" and facts.key_exchange.startswith("TLSv1.3")
-    labels = {parse_line(line).label for line in facts.keylog_lines}  # type: ignore[union-attr]
+    labels = {parse_line(line).label for line in facts.keylog_lines}  # type: ignore[union-attr]  # the channel carries facts or a failure; here facts
     assert {"CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
             "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0", "EXPORTER_SECRET"} <= labels
     assert facts.master_secret is None

@@ -17,9 +17,9 @@ import pytest
 import trio
 from cryptography import x509
 
-from siptap.certs import issue_leaf
 from siptap.sansio.tls_hello import RSA_KEX_AES_SUITES, suite_name
 from siptap.tools.lab.core import LabCore, core_context
+from siptap.tools.pki import issue_leaf
 from siptap.tools.probe import (
     ACCEPTED,
     NOT_TESTABLE,

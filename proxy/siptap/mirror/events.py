@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from siptap.sansio.handshake import HandshakeFacts
 from siptap.sansio.sdp_crypto import SdesKey
 from siptap.sansio.sip_message import SipMessageView
-from siptap.tls.facts import HandshakeFacts
 
 Address = tuple[str, int]
 

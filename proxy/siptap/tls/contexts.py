@@ -16,19 +16,22 @@ callback records the first verification failure, which OpenSSL's exception alone
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL, crypto
 
-from siptap.certs import key_matches_certificate, load_certificate_chain, load_private_key
 from siptap.config import ClientTlsSettings, ServerTlsSettings
 from siptap.errors import CertificateError
-from siptap.tls.facts import CertificateCache, FailureReason, HandshakeObserver
+from siptap.sansio.handshake import FailureReason
+from siptap.tls.facts import CertificateCache, HandshakeObserver
 from siptap.tls.identity import AllowList, common_name, matches_hostname
+from siptap.tls.pem import key_matches_certificate, load_certificate_chain, load_crls, load_private_key
 
 _VERSIONS = {
     "TLSv1": SSL.TLS1_VERSION,
@@ -47,7 +50,7 @@ class Identity:
     """A certificate chain and its private key, loaded and checked."""
 
     chain: tuple[x509.Certificate, ...]
-    key: object
+    key: PrivateKeyTypes
     cert_path: Path
     key_path: Path
 
@@ -91,7 +94,9 @@ def _use_identity(ctx: SSL.Context, identity: Identity) -> None:
     ctx.use_certificate(identity.leaf)
     for extra in identity.chain[1:]:
         ctx.add_extra_chain_cert(extra)
-    ctx.use_privatekey(identity.key)  # type: ignore[arg-type]
+    # pyOpenSSL accepts RSA, DSA, EC, Ed25519 and Ed448 keys; PrivateKeyTypes also names DH,
+    # X25519/X448 and ML-DSA keys, which no certificate here carries (OpenSSL refuses them).
+    ctx.use_privatekey(identity.key)  # type: ignore[arg-type]  # wider key union than pyOpenSSL's; see above
     ctx.check_privatekey()
 
 
@@ -112,15 +117,15 @@ def load_crls_for(crl_path: Path, ca_path: Path, *, now: datetime | None = None)
     and "CRL is not yet valid" before thisUpdate. Refused here, at start-up or reload, with the
     file named, instead of as a handshake failure on every connection.
     """
-    from siptap.certs import load_crls
-
     crls = load_crls(crl_path)
     cas = load_certificate_chain(ca_path)
     now = now or datetime.now(UTC)
     for index, crl in enumerate(crls, 1):
         which = f"CRL #{index} (issuer {crl.issuer.rfc4514_string()})" if len(crls) > 1 else \
             f"CRL (issuer {crl.issuer.rfc4514_string()})"
-        if not any(ca.subject == crl.issuer and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+        if not any(ca.subject == crl.issuer
+                   # public_key() is typed to include X25519/X448 keys, which cannot sign and no CA carries
+                   and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]  # see the line above
                    for ca in cas):
             raise CertificateError(str(crl_path), f"{which} is not signed by any CA in {ca_path}")
         next_update = crl.next_update_utc
@@ -152,14 +157,15 @@ def _verify_error_text(errnum: int) -> str:
     try:
         from OpenSSL._util import ffi, lib
 
-        return ffi.string(lib.X509_verify_cert_error_string(errnum)).decode()
+        text: str = ffi.string(lib.X509_verify_cert_error_string(errnum)).decode()  # cffi is untyped
+        return text
     except (ImportError, AttributeError):
         return f"X509 verify error {errnum}"
 
 
-def _subject_of(cert: object) -> str:
+def _subject_of(cert: crypto.X509) -> str:
     try:
-        return cert.to_cryptography().subject.rfc4514_string()  # type: ignore[attr-defined]
+        return cert.to_cryptography().subject.rfc4514_string()
     except Exception:
         return "?"
 
@@ -170,8 +176,11 @@ def certificate_cache(ctx: SSL.Context) -> CertificateCache | None:
     return cache if isinstance(cache, CertificateCache) else None
 
 
-def _make_verify_callback(allow: AllowList | None, certificates: CertificateCache | None = None):
-    def verify(conn: SSL.Connection, cert, errnum: int, depth: int, ok: int) -> bool:
+VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
+
+
+def _make_verify_callback(allow: AllowList | None, certificates: CertificateCache | None = None) -> VerifyCallback:
+    def verify(conn: SSL.Connection, cert: crypto.X509, errnum: int, depth: int, ok: int) -> bool:
         observer = conn.get_app_data()
         if not isinstance(observer, HandshakeObserver):
             return bool(ok)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from siptap.tls.pem import load_crls
+
 if TYPE_CHECKING:
     from siptap.config import Config
 
@@ -137,8 +139,6 @@ def crl_entries(config: Config) -> list[CrlEntry]:
     """Every CRL the configuration puts in force, named by its config key. The files were
     checked by the context builders already (start-up, reload); one that fails to load here
     is left out rather than raised."""
-    from siptap.certs import load_crls
-
     entries = []
     for index, route in enumerate(config.routes):
         sections: list[tuple[str, object]] = [("customer", route.customer), ("core_tls", route.core_tls)]

@@ -1,6 +1,8 @@
-"""What a handshake established, or why it failed, as plain immutable records.
+"""Collecting the handshake record from a live connection, and classifying failures.
 
-The relay logs these and the mirror publishes them; neither touches pyOpenSSL. A
+The record itself (:mod:`siptap.sansio.handshake`: failure reasons, certificate summaries,
+handshake facts) is plain data the relay logs and the mirror publishes without touching
+pyOpenSSL; this module is the OpenSSL-bound side that produces it. A
 :class:`HandshakeObserver` rides on each ``SSL.Connection`` (its app data) so that the
 context's callbacks can record what OpenSSL's exception alone would lose: the key-log lines,
 the first certificate-verification failure (the exception only says "certificate verify
@@ -9,7 +11,6 @@ failed") and the client's ClientHello.
 
 from __future__ import annotations
 
-import enum
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -24,35 +25,9 @@ except ImportError:  # pragma: no cover - a pyOpenSSL without the private bindin
     _ffi = _lib = None
 
 from siptap.errors import HandshakeFailed
-from siptap.sansio.tls_hello import ClientHello, ClientHelloSniffer, NotTls
+from siptap.sansio.handshake import CertificateSummary, FailureReason, HandshakeFacts, key_exchange_of
+from siptap.sansio.tls_hello import VERSION_NAMES, ClientHello, ClientHelloSniffer, NotTls, suite_name
 from siptap.tls.identity import common_name, sha256_fingerprint, subject_alt_names
-
-
-class FailureReason(str, enum.Enum):  # noqa: UP042 - str() and format() of members are relied on as they are
-    """Stable tokens for why a handshake failed: logs, metrics and tests key on these."""
-
-    NO_SHARED_CIPHER = "no_shared_cipher"
-    ECDHE_ONLY_CLIENT = "ecdhe_only_client"
-    TLS13_ONLY_CLIENT = "tls13_only_client"
-    PROTOCOL_VERSION = "protocol_version"
-    NO_CLIENT_CERTIFICATE = "no_client_certificate"
-    UNKNOWN_CA = "unknown_ca"
-    CERTIFICATE_EXPIRED = "certificate_expired"
-    CERTIFICATE_NOT_YET_VALID = "certificate_not_yet_valid"
-    WRONG_KEY_USAGE = "wrong_key_usage"
-    BAD_SIGNATURE = "bad_signature"
-    CERTIFICATE_REVOKED = "certificate_revoked"
-    CHAIN_TOO_LONG = "chain_too_long"
-    CRL_UNUSABLE = "crl_unusable"  # our side: no CRL for the issuer, or it expired while running
-    CERTIFICATE_INVALID = "certificate_invalid"
-    HOSTNAME_MISMATCH = "hostname_mismatch"
-    NOT_ALLOWED = "not_allowed"
-    PEER_ALERT = "peer_alert"
-    NOT_TLS = "not_tls"
-    PROTOCOL_ERROR = "protocol_error"
-    PEER_CLOSED = "peer_closed"
-    TIMEOUT = "timeout"
-
 
 # X509_V_ERR_* codes (openssl/x509_vfy.h) mapped to reasons.
 _VERIFY_ERRORS: dict[int, FailureReason] = {
@@ -74,76 +49,19 @@ _VERIFY_ERRORS: dict[int, FailureReason] = {
 _VERIFY_ERRORS.update(dict.fromkeys((3, 5, 8, 11, 12, 15, 16, 33, 35, 44, 54), FailureReason.CRL_UNUSABLE))
 
 
-@dataclass(frozen=True, slots=True)
-class CertificateSummary:
-    subject: str
-    issuer: str
-    serial: str
-    not_before: str
-    not_after: str
-    sha256: str
-    sans: tuple[str, ...]
-    common_name: str | None
-
-    @classmethod
-    def of(cls, cert: x509.Certificate) -> CertificateSummary:
-        return cls(
-            subject=cert.subject.rfc4514_string(),
-            issuer=cert.issuer.rfc4514_string(),
-            serial=f"{cert.serial_number:X}",
-            not_before=cert.not_valid_before_utc.astimezone(UTC).isoformat(),
-            not_after=cert.not_valid_after_utc.astimezone(UTC).isoformat(),
-            sha256=sha256_fingerprint(cert),
-            sans=subject_alt_names(cert),
-            common_name=common_name(cert),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeFacts:
-    """One completed handshake on one leg. Secrets included by design: they are the product."""
-
-    leg: str  # "customer" or "core"
-    role: str  # our role: "server" or "client"
-    version: str  # "TLSv1.2"
-    cipher: str  # OpenSSL name, e.g. "AES256-GCM-SHA384"
-    key_exchange: str  # "RSA", "ECDHE", "DHE", or "TLSv1.3 (x25519)"
-    extended_master_secret: bool | None
-    session_reused: bool
-    sni: str | None
-    client_random: str  # hex
-    master_secret: str | None  # hex; TLS 1.2 only
-    keylog_lines: tuple[str, ...]
-    peer_chain: tuple[CertificateSummary, ...]
-    client_offer: dict[str, object] | None = None  # server side: what the client's hello offered
-
-    @property
-    def rsa_key_exchange(self) -> bool:
-        return self.key_exchange == "RSA"
-
-    def as_dict(self, *, secrets: bool = True) -> dict[str, object]:
-        out: dict[str, object] = {
-            "leg": self.leg,
-            "role": self.role,
-            "version": self.version,
-            "cipher": self.cipher,
-            "key_exchange": self.key_exchange,
-            "extended_master_secret": self.extended_master_secret,
-            "session_reused": self.session_reused,
-            "sni": self.sni,
-            "client_random": self.client_random,
-            "peer_chain": [vars_of(c) for c in self.peer_chain],
-        }
-        if secrets:
-            out["master_secret"] = self.master_secret
-            out["keylog"] = list(self.keylog_lines)
-        if self.client_offer is not None:
-            out["client_offer"] = self.client_offer
-        return out
-
-
-def vars_of(summary: CertificateSummary) -> dict[str, object]:
-    return {name: getattr(summary, name) for name in summary.__slots__}
+def certificate_summary(cert: x509.Certificate) -> CertificateSummary:
+    """The handshake record's view of one parsed certificate (what :class:`CertificateCache`
+    keeps per distinct DER, and what the uncached path computes per handshake)."""
+    return CertificateSummary(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        serial=f"{cert.serial_number:X}",
+        not_before=cert.not_valid_before_utc.astimezone(UTC).isoformat(),
+        not_after=cert.not_valid_after_utc.astimezone(UTC).isoformat(),
+        sha256=sha256_fingerprint(cert),
+        sans=subject_alt_names(cert),
+        common_name=common_name(cert),
+    )
 
 
 class _Cached:
@@ -199,7 +117,7 @@ class CertificateCache:
     def summary(self, der: bytes) -> CertificateSummary:
         entry = self._entry(der)
         if entry.summary is None:
-            entry.summary = CertificateSummary.of(entry.certificate)
+            entry.summary = certificate_summary(entry.certificate)
         return entry.summary
 
     def certificate_of(self, cert: crypto.X509) -> x509.Certificate:
@@ -217,7 +135,8 @@ def _der_of(x509_ptr: object) -> bytes:
             raise SSL.Error("i2d_X509_bio failed")
         data = _ffi.new("char**")
         size = _lib.BIO_get_mem_data(bio, data)
-        return _ffi.buffer(data[0], size)[:]
+        der: bytes = _ffi.buffer(data[0], size)[:]  # a copy, made before the BIO is freed
+        return der
     finally:
         _lib.BIO_free(bio)
 
@@ -260,18 +179,6 @@ class HandshakeObserver:
         return result if isinstance(result, ClientHello) else None
 
 
-def key_exchange_of(version: str, cipher: str, group: str | None) -> str:
-    if version == "TLSv1.3":
-        return f"TLSv1.3 ({group})" if group else "TLSv1.3"
-    if cipher.startswith(("ECDHE-", "ECDH-")):
-        return "ECDHE"
-    if cipher.startswith(("DHE-", "EDH-")):
-        return "DHE"
-    if cipher.startswith(("PSK-", "RSA-PSK", "SRP-")):
-        return cipher.split("-", 1)[0]
-    return "RSA"
-
-
 def collect_facts(conn: SSL.Connection, observer: HandshakeObserver,
                   certificates: CertificateCache | None = None) -> HandshakeFacts:
     """The facts of a completed handshake; with ``certificates``, the peer chain's summaries
@@ -285,14 +192,14 @@ def collect_facts(conn: SSL.Connection, observer: HandshakeObserver,
     client_random = conn.client_random() or b""
     master = conn.master_key() if version != "TLSv1.3" else None
     ders = _peer_chain_der(conn, observer.role == "server") if certificates is not None else None
-    if ders is not None:
-        peer_chain = tuple(certificates.summary(der) for der in ders)  # type: ignore[union-attr]
+    if certificates is not None and ders is not None:
+        peer_chain = tuple(certificates.summary(der) for der in ders)
     else:
         if observer.role == "server":
             chain = conn.get_verified_chain(as_cryptography=True) or []
         else:
             chain = conn.get_peer_cert_chain(as_cryptography=True) or []
-        peer_chain = tuple(CertificateSummary.of(c) for c in chain)
+        peer_chain = tuple(certificate_summary(c) for c in chain)
     sni = conn.get_servername()
     hello = observer.client_hello
     return HandshakeFacts(
@@ -303,7 +210,7 @@ def collect_facts(conn: SSL.Connection, observer: HandshakeObserver,
         key_exchange=key_exchange_of(version, cipher, group),
         extended_master_secret=_extended_master_secret(conn, version),
         session_reused=_session_reused(conn),
-        sni=sni.decode("ascii", "replace") if isinstance(sni, bytes) else sni or observer.expected_hostname,
+        sni=sni.decode("ascii", "replace") if sni is not None else observer.expected_hostname,
         client_random=client_random.hex(),
         master_secret=master.hex() if master else None,
         keylog_lines=tuple(observer.keylog_lines),
@@ -370,9 +277,9 @@ def classify_failure(exc: BaseException | None, observer: HandshakeObserver) -> 
             return HandshakeFailed(
                 FailureReason.ECDHE_ONLY_CLIENT.value,
                 "client offered only (EC)DHE suites, RSA key exchange is forced: "
-                + ", ".join(hello.summary()["cipher_suites"][:12]),  # type: ignore[index]
+                + ", ".join(suite_name(s) for s in hello.cipher_suites[:12]),
             )
-        offered = ", ".join(hello.summary()["cipher_suites"][:12]) if hello else "unknown"  # type: ignore[index]
+        offered = ", ".join(suite_name(s) for s in hello.cipher_suites[:12]) if hello else "unknown"
         return HandshakeFailed(FailureReason.NO_SHARED_CIPHER.value, f"no shared cipher; client offered: {offered}")
     if "unsupported protocol" in text or "protocol version" in text or "wrong ssl version" in text:
         if hello is not None and hello.tls13_only:
@@ -380,7 +287,7 @@ def classify_failure(exc: BaseException | None, observer: HandshakeObserver) -> 
                 FailureReason.TLS13_ONLY_CLIENT.value,
                 "client offered only TLS 1.3; this leg allows TLS 1.2 only (RSA key exchange)",
             )
-        offered = ", ".join(hello.summary()["versions"]) if hello else "unknown"  # type: ignore[arg-type]
+        offered = ", ".join(VERSION_NAMES.get(v, f"0x{v:04X}") for v in hello.versions) if hello else "unknown"
         return HandshakeFailed(FailureReason.PROTOCOL_VERSION.value, f"{text}; peer offered {offered}")
     if "peer did not return a certificate" in text or "certificate required" in text:
         return HandshakeFailed(

@@ -15,13 +15,18 @@ moves bytes between the BIOs and the transport:
   task's bytes may be what it needed (``_fill_count``);
 * errors flush first, so the peer gets OpenSSL's alert rather than a bare EOF.
 
-The data path calls OpenSSL through the cffi bindings pyOpenSSL uses (:class:`_Records`) and
-a trio SocketStream through its non-blocking descriptor: both save per-message costs that
-dominated a relayed SIP message (see the classes' docstrings). Partial writes are enabled:
-a write takes at most one 16 KiB record, so send_all loops and retries "want read" with the
-same buffer. With memory BIOs WantWriteError does not
-occur. Renegotiation is disabled by the contexts, so after the handshake a send never needs
-a read, and a read produces output only for TLS 1.3 post-handshake messages.
+The data path calls OpenSSL through the record layer of :mod:`siptap.tls.records` (the cffi
+fast path, or pyOpenSSL's public API with ``portable_records=True``) and drives a trio
+SocketStream through its non-blocking descriptor: both save per-message costs that dominated
+a relayed SIP message. Partial writes are enabled: a write takes at most one 16 KiB record,
+so send_all loops and retries "want read" with the same buffer. With memory BIOs
+WantWriteError does not occur. Renegotiation is disabled by the contexts, so after the
+handshake a send never needs a read, and a read produces output only for TLS 1.3
+post-handshake messages (session tickets, key updates).
+
+Cancellation: as with trio.SSLStream, a send_all or handshake cancelled while its records are
+half written to the transport leaves the stream broken (the peer would see a truncated
+record), so whoever cancels one should close it rather than use it again.
 """
 
 from __future__ import annotations
@@ -31,186 +36,33 @@ import functools
 import ipaddress
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import trio
 from OpenSSL import SSL
 
-try:
-    from OpenSSL._util import ffi as _ffi
-    from OpenSSL._util import lib as _lib
-except ImportError:  # pragma: no cover - a pyOpenSSL without the private bindings
-    _ffi = _lib = None
-
 from siptap.errors import HandshakeFailed
+from siptap.sansio.handshake import FailureReason, HandshakeFacts
 from siptap.sansio.tls_hello import ClientHelloSniffer
-from siptap.tls.facts import (
-    CertificateCache,
-    FailureReason,
-    HandshakeFacts,
-    HandshakeObserver,
-    classify_failure,
-    collect_facts,
-)
+from siptap.tls.facts import CertificateCache, HandshakeObserver, classify_failure, collect_facts
+from siptap.tls.records import RecordLayer, records_for
 
 T = TypeVar("T")
+A = TypeVar("A")
 
-_RECEIVE_SIZE = 65536
-_BIO_READ_SIZE = 65536
-_CLOSE_NOTIFY_TIMEOUT = 2.0
+_RECEIVE_SIZE = 65536  # one transport read: several records at once when the peer is fast
+_CLOSE_NOTIFY_TIMEOUT = 2.0  # how long an alert or close_notify may take to leave before we give up on it
 _RECORD_SIZE = 16384  # one TLS record's plaintext at most: no bigger buffer is useful per recv
 
 
-_SHARED: list[Any] = []
-
-
-def _shared_buffer() -> Any:
-    """One read buffer for every stream of the process: each call copies what it read out
-    before returning, and trio runs one task at a time, so no two calls use it at once. A
-    buffer per stream would cost 64 KiB per leg of every idle connection."""
-    if not _SHARED:
-        _SHARED.append(_ffi.new("char[]", _BIO_READ_SIZE))
-    return _SHARED[0]
-
-
-class _Records:
-    """The four OpenSSL calls of the data path, without pyOpenSSL's per-call overhead.
-
-    pyOpenSSL allocates a fresh buffer per read and turns every "want more input" into a
-    raised WantReadError; on a relay that reads one record per SIP message that is a
-    large share of the per-message cost. This calls the same OpenSSL functions through
-    the cffi bindings pyOpenSSL itself uses, reports "want read" as ``None``, and hands
-    every other failure to pyOpenSSL's own ``_raise_ssl_error``, so errors are exactly the
-    exceptions pyOpenSSL raises. :class:`_PortableRecords` is the public-API fallback.
-    """
-
-    __slots__ = ("_buf", "_conn", "_from", "_into", "_raise", "_ssl")
-
-    def __init__(self, conn: SSL.Connection) -> None:
-        self._conn = conn
-        self._ssl = conn._ssl
-        self._into = conn._into_ssl
-        self._from = conn._from_ssl
-        self._raise = conn._raise_ssl_error
-        self._buf = _shared_buffer()
-
-    def read(self, size: int) -> bytes | None:
-        """Plaintext (at most ``size`` bytes), or None when OpenSSL needs more input."""
-        result = _lib.SSL_read(self._ssl, self._buf, min(size, _BIO_READ_SIZE))
-        if result > 0:
-            return _ffi.buffer(self._buf, result)[:]
-        if _lib.SSL_get_error(self._ssl, result) == _lib.SSL_ERROR_WANT_READ:
-            return None
-        self._raise(self._ssl, result)
-        raise SSL.Error("SSL_read failed without an error")  # pragma: no cover
-
-    def write(self, data: memoryview) -> int | None:
-        """Bytes of ``data`` taken (one record at most), or None when OpenSSL needs input."""
-        with _ffi.from_buffer(data) as buf:
-            result = _lib.SSL_write(self._ssl, buf, len(data))
-        if result > 0:
-            return result
-        if _lib.SSL_get_error(self._ssl, result) == _lib.SSL_ERROR_WANT_READ:
-            return None
-        self._raise(self._ssl, result)
-        raise SSL.Error("SSL_write failed without an error")  # pragma: no cover
-
-    def take_output(self) -> bytes:
-        """Everything OpenSSL wrote to the outgoing BIO (whole records), or b""."""
-        pending = _lib.BIO_get_mem_data(self._from, _ffi.NULL)
-        if pending <= 0:
-            return b""
-        chunks = []
-        while pending > 0:
-            n = _lib.BIO_read(self._from, self._buf, min(pending, _BIO_READ_SIZE))
-            if n <= 0:
-                break
-            chunks.append(_ffi.buffer(self._buf, n)[:])
-            pending -= n
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    def give_input(self, data: bytes) -> None:
-        self._conn.bio_write(data)
-
-    def renew_bios(self, *, eof: bool) -> None:
-        """Give the connection a fresh, empty pair of memory BIOs.
-
-        A BIO_s_mem never shrinks: after the handshake each of the two holds a buffer the
-        size of the largest flight it carried (certificates, CA names), about 13 KiB per
-        proxied connection over both legs, kept for as long as the connection idles. Input
-        not yet read by OpenSSL moves to the new incoming BIO (a client's first record can
-        arrive with its Finished), and so does the end of input. SSL_set_bio frees the old
-        pair; pyOpenSSL's own references are updated, since bio_write and bio_shutdown use them.
-        """
-        into = _lib.BIO_new(_lib.BIO_s_mem())
-        out = _lib.BIO_new(_lib.BIO_s_mem())
-        if into == _ffi.NULL or out == _ffi.NULL:  # pragma: no cover - out of memory: keep the old pair
-            for bio in (into, out):
-                if bio != _ffi.NULL:
-                    _lib.BIO_free(bio)
-            return
-        for old, new in ((self._into, into), (self._from, out)):
-            pending = _lib.BIO_get_mem_data(old, _ffi.NULL)
-            while pending > 0:
-                n = _lib.BIO_read(old, self._buf, min(pending, _BIO_READ_SIZE))
-                if n <= 0:  # pragma: no cover - a memory BIO hands out what it reports
-                    break
-                _lib.BIO_write(new, self._buf, n)
-                pending -= n
-        if eof:
-            _lib.BIO_set_mem_eof_return(into, 0)
-        _lib.SSL_set_bio(self._ssl, into, out)
-        self._conn._into_ssl = self._into = into
-        self._conn._from_ssl = self._from = out
-
-
-class _PortableRecords:
-    """The same four operations through pyOpenSSL's public API only."""
-
-    __slots__ = ("_conn",)
-
-    def __init__(self, conn: SSL.Connection) -> None:
-        self._conn = conn
-
-    def read(self, size: int) -> bytes | None:
-        try:
-            return self._conn.recv(size)
-        except SSL.WantReadError:
-            return None
-
-    def write(self, data: memoryview) -> int | None:
-        try:
-            return self._conn.send(data)
-        except SSL.WantReadError:
-            return None
-
-    def take_output(self) -> bytes:
-        chunks = []
-        while True:
-            try:
-                chunks.append(self._conn.bio_read(_BIO_READ_SIZE))
-            except SSL.WantReadError:
-                break
-        return b"".join(chunks)
-
-    def give_input(self, data: bytes) -> None:
-        self._conn.bio_write(data)
-
-    def renew_bios(self, *, eof: bool) -> None:
-        """Not possible through the public API: the BIOs keep their handshake-sized buffers."""
-
-
-def _records(conn: SSL.Connection) -> _Records | _PortableRecords:
-    if _lib is None:
-        return _PortableRecords(conn)
-    try:
-        return _Records(conn)
-    except AttributeError:  # pragma: no cover - private names moved
-        return _PortableRecords(conn)
-
-
 class _Guard:
-    """Raises BusyResourceError when two tasks use one direction of the stream at once."""
+    """Raises BusyResourceError when two tasks use one direction of the stream at once.
+
+    trio's Stream contract (what trio's ConflictDetector enforces for its own streams, which is
+    private to trio): two concurrent send_all calls could interleave their records, two
+    concurrent receive_some calls could each get half a message. One task per direction is
+    allowed, which is exactly the relay's shape: one pump receives, the other sends.
+    """
 
     __slots__ = ("_held", "_what")
 
@@ -243,15 +95,22 @@ class _Mutex:
         self._waiters: trio.lowlevel.ParkingLot | None = None
 
     async def acquire(self) -> None:
+        # No checkpoint on the free path, on purpose: _flush takes this lock after every
+        # OpenSSL call, and a scheduling pass there would cost a loop iteration per record.
+        # The callers' own awaits (the transport) provide the checkpoints trio expects.
         if not self._held:
             self._held = True
             return
         if self._waiters is None:
             self._waiters = trio.lowlevel.ParkingLot()
-        await self._waiters.park()  # woken by release() as the new holder
+        # Woken by release() already as the holder: _held never drops to False in between,
+        # so no task arriving meanwhile can barge in (FIFO, as trio.Lock). A waiter cancelled
+        # while parked leaves the lot without ever holding the lock; once unparked it is
+        # rescheduled with the lock and a later cancellation cannot undo that hand-over.
+        await self._waiters.park()
 
     def release(self) -> None:
-        if self._waiters:
+        if self._waiters:  # a ParkingLot is truthy while someone is parked in it
             self._waiters.unpark()
         else:
             self._held = False
@@ -276,10 +135,14 @@ class OpenSSLStream(trio.abc.Stream):
         server_hostname: str | None = None,
         check_hostname: bool = False,
         send_sni: bool = True,
+        portable_records: bool = False,
     ) -> None:
         self.transport_stream = transport_stream
         observer = HandshakeObserver(leg=leg, role="server" if server_side else "client")
         self.observer: HandshakeObserver | None = observer
+        # No socket: pyOpenSSL then gives the connection a pair of memory BIOs, and every byte
+        # goes through _flush/_fill below. The observer rides as app data so the context's
+        # callbacks (verify, key log) can find this connection's scratchpad.
         conn = SSL.Connection(context, None)
         conn.set_app_data(observer)
         if server_side:
@@ -294,16 +157,21 @@ class OpenSSLStream(trio.abc.Stream):
         self._conn = conn
         certificates = context.get_app_data()  # see siptap.tls.contexts: the context's cache
         self._certificates = certificates if isinstance(certificates, CertificateCache) else None
-        self._records = _records(conn)
+        self._records: RecordLayer = records_for(conn, portable=portable_records)
         # A trio SocketStream is driven through its file descriptor (see _transport_receive).
+        # Exactly SocketStream, not a subclass: a subclass may override send_all/receive_some,
+        # and going around them to the descriptor would skip what it added.
         self._socket = transport_stream.socket if type(transport_stream) is trio.SocketStream else None
         self._outbox: list[bytes] = []
         self._send_lock = _Mutex()
         self._recv_lock = _Mutex()
-        self._handshake_lock: trio.Lock | None = trio.Lock()  # dropped once the handshake succeeded
-        self._fill_count = 0
-        self._yielded = False
-        self._transport_eof = False
+        # A trio.Lock (not _Mutex) for the handshake: it is held across the whole handshake,
+        # which both pumps may start at once (send_all and receive_some handshake implicitly).
+        # Dropped once the handshake succeeded, to save its memory on idle connections.
+        self._handshake_lock: trio.Lock | None = trio.Lock()
+        self._fill_count = 0  # transport reads so far; see _fill
+        self._yielded = False  # did this receive_some reach a scheduling point? see receive_some
+        self._transport_eof = False  # latched: the transport said EOF once, it will not say more
         self._send_guard = _Guard("sending on this TLS stream")
         self._recv_guard = _Guard("receiving on this TLS stream")
         self._handshake_done = False
@@ -322,17 +190,26 @@ class OpenSSLStream(trio.abc.Stream):
     # is a full pass of the event loop per forwarded message for nothing, since the pump's
     # next receive waits anyway. Fairness is kept by receive_some: a receive that did not
     # wait still ends in a checkpoint. Any other transport goes through its Stream methods.
+    # The price is one departure from trio's Stream contract: a send_all over a socket that
+    # the kernel takes at once is not a checkpoint (tests/tls/test_stream_transports.py pins
+    # it; the conformance suite there adds the checkpoint in a subclass).
 
     async def _transport_receive(self) -> bytes:
         sock = self._socket
         if sock is None:
             data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
-            self._yielded = True
-            return data
+            self._yielded = True  # a Stream's receive_some is always a checkpoint
+            # A Stream may return a bytearray (trio's memory streams do); the record layer and
+            # the ClientHello sniffer take bytes.
+            return data if type(data) is bytes else bytes(data)
         while True:
+            # trio's socket close() sets the descriptor to -1 (and wakes waiters with
+            # ClosedResourceError); reading a stale number could hit a reused descriptor.
             fd = sock.fileno()
             if fd < 0:
                 raise trio.ClosedResourceError("the socket was closed")
+            # Read first, wait only if nothing is there: under load the next record is usually
+            # already in the kernel buffer, and this costs no trip through the scheduler.
             try:
                 return os.read(fd, _RECEIVE_SIZE)
             except BlockingIOError:
@@ -347,20 +224,26 @@ class OpenSSLStream(trio.abc.Stream):
         if sock is None:
             await self.transport_stream.send_all(data)
             return
+        # os.write may take only part (a full socket buffer): slice the view, no copies.
         view = memoryview(data)
         try:
             while view:
+                # Looked up on every pass: the socket may have been closed (fd -1) while we
+                # waited, and writing to a stale number could hit a reused descriptor.
                 fd = sock.fileno()
                 if fd < 0:
                     raise trio.ClosedResourceError("the socket was closed")
                 try:
                     view = view[os.write(fd, view):]
                 except BlockingIOError:
+                    # The peer is not reading: wait for room. This is where a slow peer
+                    # holds up send_all, and where a cancellation can leave half a record.
                     await trio.lowlevel.wait_writable(sock)
                 except OSError as exc:
+                    # EPIPE/ECONNRESET: broken; EBADF: closed under us (see _transport_error).
                     raise _transport_error(exc) from exc
         finally:
-            view.release()
+            view.release()  # the slices were views of it; release so ``data`` is not pinned
 
     # -- moving bytes between OpenSSL's BIOs and the transport --------------------------------
 
@@ -374,6 +257,10 @@ class OpenSSLStream(trio.abc.Stream):
             return
         await self._send_lock.acquire()  # no scheduling point when uncontended (the common case)
         try:
+            # Whoever holds the lock sends everything queued, including what the other task
+            # appended while we were awaiting the transport (hence the loop). So when a waiter
+            # gets the lock and finds the outbox empty, its bytes already went out in order:
+            # "returned from _flush" always means "my records were handed to the transport".
             outbox = self._outbox
             while outbox:
                 data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
@@ -384,6 +271,8 @@ class OpenSSLStream(trio.abc.Stream):
 
     async def _flush_quietly(self) -> None:
         """Best effort, used on the error path: the alert matters, a dead peer does not."""
+        # Bounded, because the error path often runs against a peer that stopped reading:
+        # an alert stuck behind a full socket buffer must not hold the caller for ever.
         try:
             with trio.move_on_after(_CLOSE_NOTIFY_TIMEOUT):
                 await self._flush()
@@ -391,6 +280,11 @@ class OpenSSLStream(trio.abc.Stream):
             pass
 
     async def _fill(self) -> None:
+        # Both pumps can want input at once (a receive waiting for data, a send whose TLS 1.3
+        # post-handshake message needs the peer's answer). One reads the transport; the other
+        # waits on the lock, and when it gets it, sees the count moved: new bytes went into the
+        # BIO meanwhile, which may be all it needed, so it returns to retry its OpenSSL call
+        # instead of blocking on a second read that might never be answered.
         count = self._fill_count
         await self._recv_lock.acquire()
         try:
@@ -399,10 +293,14 @@ class OpenSSLStream(trio.abc.Stream):
             data = b"" if self._transport_eof else await self._transport_receive()
             observer = self.observer
             if observer is not None and observer.sniffer is not None and not observer.sniffer.done:
+                # During the handshake the server leg keeps a copy of what the client sent,
+                # for failure reasons OpenSSL cannot give (what the client offered).
                 observer.sniffer.feed(data)
             if data:
                 self._records.give_input(data)
             else:
+                # EOF: tell OpenSSL, so its next read fails with "unexpected EOF" or returns the
+                # close_notify it already has, instead of "want read" for ever.
                 self._transport_eof = True
                 self._conn.bio_shutdown()
             self._fill_count += 1
@@ -411,6 +309,10 @@ class OpenSSLStream(trio.abc.Stream):
 
     async def _retry(self, fn: Callable[..., T], *args: object) -> T:
         """``fn`` (handshake, shutdown) until it stops raising WantReadError."""
+        # The loop every OpenSSL call runs in (trio's _retry, minus WantWrite: memory BIOs
+        # never fill). Order matters: call, then flush whatever the call produced (also when
+        # it wants input: a handshake step writes its flight and then waits for the answer,
+        # which will not come before the flight is sent), then read if asked, then call again.
         while True:
             want_read = False
             try:
@@ -418,6 +320,8 @@ class OpenSSLStream(trio.abc.Stream):
             except SSL.WantReadError:
                 want_read = True
             except SSL.Error:
+                # A failed call usually left an alert in the outgoing BIO: send it before
+                # raising, so the peer learns why instead of seeing the connection drop.
                 await self._flush_quietly()
                 raise
             await self._flush()
@@ -425,15 +329,17 @@ class OpenSSLStream(trio.abc.Stream):
                 return result
             await self._fill()
 
-    async def _retry_records(self, fn: Callable[[Any], T | None], arg: Any) -> T:
+    async def _retry_records(self, fn: Callable[[A], T | None], arg: A) -> T:
         """The data-path twin of :meth:`_retry`: ``fn`` says "want read" by returning None."""
+        # A separate loop so the data path raises no exception for "want read" (see
+        # siptap.tls.records); the order of call, flush, fill is the same as in _retry.
         while True:
             try:
                 result = fn(arg)
             except SSL.Error:
                 await self._flush_quietly()
                 raise
-            await self._flush()
+            await self._flush()  # after a read: a TLS 1.3 key update may need an answer
             if result is not None:
                 return result
             await self._fill()
@@ -457,6 +363,8 @@ class OpenSSLStream(trio.abc.Stream):
             if self._handshake_error is not None:
                 raise self._handshake_error
             if not self._handshake_done:
+                # The timeout is taken inside the lock: a second task that waited for the lock
+                # does not start a clock of its own, it finds the outcome (done or the error).
                 with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
                     await self._handshake_once()
                 if scope.cancelled_caught:
@@ -490,7 +398,7 @@ class OpenSSLStream(trio.abc.Stream):
             if self._closed:
                 raise trio.ClosedResourceError("TLS stream was closed during the handshake") from None
             self._handshake_error = HandshakeFailed(
-                FailureReason.PEER_CLOSED.value, f"transport failed during the handshake: {exc or type(exc).__name__}"
+                FailureReason.PEER_CLOSED.value, f"transport failed during the handshake: {exc}"
             )
             raise self._handshake_error from None
         self._handshake_done = True
@@ -500,6 +408,9 @@ class OpenSSLStream(trio.abc.Stream):
         self._conn.set_app_data(None)
         self.observer = None
         self._handshake_lock = None  # a task waiting on it holds its own reference
+        # The handshake's BIO buffers (certificate flights) would otherwise stay allocated for
+        # the life of the connection; see FastRecords.renew_bios. Safe here: no await since the
+        # handshake's last flush, so no other task is between an OpenSSL call and its flush.
         self._records.renew_bios(eof=self._transport_eof)
 
     async def _ensure_handshake(self) -> None:
@@ -551,8 +462,13 @@ class OpenSSLStream(trio.abc.Stream):
             try:
                 data = await self._retry_records(self._records.read, min(size, _RECORD_SIZE))
             except SSL.ZeroReturnError:
+                # The peer's close_notify: a clean end of its direction.
                 self.close_notify_received = True
                 data = b""
+            # The transport ended without close_notify. OpenSSL reports that as a SysCallError
+            # (1.1 style) or an SSL.Error "unexpected eof while reading" (3.x); either is an
+            # orderly EOF for the relay if and only if we saw the transport end. Anything else
+            # is a broken stream.
             except SSL.SysCallError as exc:
                 if not self._transport_eof:
                     raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
@@ -578,6 +494,9 @@ class OpenSSLStream(trio.abc.Stream):
                 await trio.lowlevel.checkpoint()
                 return
             self._sent_close_notify = True
+            # SSL_shutdown writes close_notify into the outgoing BIO and returns without waiting
+            # for the peer's: that is TLS's half-close, and not waiting is what lets the other
+            # direction carry on. Hence no _retry: "want read" does not apply here.
             try:
                 self._conn.shutdown()
             except SSL.Error as exc:
@@ -594,8 +513,10 @@ class OpenSSLStream(trio.abc.Stream):
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
-        self._closed = True
+        self._closed = True  # first: a task still in send_all/receive_some fails from here on
         try:
+            # close_notify only after a completed handshake (before it, there is nothing to
+            # close cleanly), and bounded: closing must not wait on a peer that stopped reading.
             if self._handshake_done and not self._sent_close_notify:
                 self._sent_close_notify = True
                 try:

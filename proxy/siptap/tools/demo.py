@@ -19,13 +19,13 @@ from typing import IO
 import trio
 
 from siptap.app import App
-from siptap.certs import init_lab_pki
 from siptap.config import Config, load_config
 from siptap.errors import SiptapError
 from siptap.log import configure
 from siptap.mirror.events import KeyEvent, MirrorEvent, SipEvent
 from siptap.tools.lab.core import LabCore, core_context
 from siptap.tools.lab.customer import CustomerSession, customer_context
+from siptap.tools.pki import init_lab_pki
 
 
 class DemoFailed(SiptapError):

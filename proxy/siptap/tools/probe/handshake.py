@@ -16,7 +16,7 @@ from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from siptap.errors import HandshakeFailed
-from siptap.tls.facts import FailureReason, key_exchange_of
+from siptap.sansio.handshake import FailureReason, key_exchange_of
 from siptap.tls.stream import OpenSSLStream
 from siptap.tools.probe.offers import ClientIdentity, Offer, Recorder, client_context, ssl_text
 

@@ -16,10 +16,10 @@ from typing import Protocol
 import trio
 from OpenSSL import SSL
 
-from siptap.certs import key_matches_certificate, load_certificate_chain, load_private_key
 from siptap.errors import CertificateError
+from siptap.sansio.handshake import FailureReason, key_exchange_of
 from siptap.sansio.tls_hello import suite_name
-from siptap.tls.facts import FailureReason, key_exchange_of
+from siptap.tls.pem import key_matches_certificate, load_certificate_chain, load_private_key
 from siptap.tools.probe.certificates import chain_problems, describe_certificate
 from siptap.tools.probe.handshake import Outcome, attempt_handshake, failure_text, rejection, settle
 from siptap.tools.probe.offers import TLS12_SUITES, TLS13_SUITES, VERSIONS, ClientIdentity, Offer, untestable

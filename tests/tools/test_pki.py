@@ -16,17 +16,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from siptap.certs import (
-    DEFAULT_SANS,
-    LAB_FILES,
-    init_ca,
-    init_lab_pki,
-    issue_leaf,
-    key_matches_certificate,
-    load_certificate_chain,
-    load_private_key,
-)
 from siptap.errors import CertificateError
+from siptap.tls.pem import key_matches_certificate, load_certificate_chain, load_private_key
+from siptap.tools.pki import DEFAULT_SANS, LAB_FILES, init_ca, init_lab_pki, issue_leaf
 
 OPENSSL = shutil.which("openssl")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl command not on PATH")
@@ -252,7 +244,7 @@ def test_init_ca_refuses_existing_unless_forced(ca_dir: Path) -> None:
     ],
 )
 def test_issue_leaf_usage(ca_dir: Path, usage: str, expected: set[x509.ObjectIdentifier] | None) -> None:
-    cert_path, key_path = issue_leaf(ca_dir, "leaf", usage=usage)  # type: ignore[arg-type]
+    cert_path, key_path = issue_leaf(ca_dir, "leaf", usage=usage)  # type: ignore[arg-type]  # parametrized str, each a valid Usage
     assert (cert_path, key_path) == (ca_dir / "leaf.pem", ca_dir / "leaf.key")
     leaf = cert(cert_path)
     assert ekus(leaf) == expected
@@ -384,80 +376,6 @@ def test_issue_leaf_refuses_a_ca_whose_key_does_not_match(tmp_path: Path) -> Non
     (tmp_path / "ca.key").write_bytes((other / "ca.key").read_bytes())
     with pytest.raises(CertificateError, match="does not match"):
         issue_leaf(tmp_path, "x", usage="client")
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-
-
-def test_load_private_key_refuses_group_or_world_readable(lab: Path, tmp_path: Path) -> None:
-    key_path = tmp_path / "k.key"
-    key_path.write_bytes((lab / "customer.key").read_bytes())
-    key_path.chmod(0o644)
-    with pytest.raises(CertificateError) as info:
-        load_private_key(key_path)
-    assert info.value.path == str(key_path)
-    assert "readable by group/others (mode 0644); chmod 600 it" in str(info.value)
-    key_path.chmod(0o640)
-    with pytest.raises(CertificateError, match="mode 0640"):
-        load_private_key(key_path)
-    assert isinstance(load_private_key(key_path, allow_insecure_permissions=True), rsa.RSAPrivateKey)
-    key_path.chmod(0o600)
-    assert isinstance(load_private_key(key_path), rsa.RSAPrivateKey)
-
-
-def test_load_private_key_errors(lab: Path, tmp_path: Path) -> None:
-    missing = tmp_path / "missing.key"
-    with pytest.raises(CertificateError, match="cannot read") as info:
-        load_private_key(missing)
-    assert info.value.path == str(missing)
-
-    not_key = tmp_path / "cert.key"
-    not_key.write_bytes((lab / "ca.pem").read_bytes())
-    not_key.chmod(0o600)
-    with pytest.raises(CertificateError, match="no PEM private key"):
-        load_private_key(not_key)
-
-    garbage = tmp_path / "garbage.key"
-    garbage.write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot base64 at all\n-----END PRIVATE KEY-----\n")
-    garbage.chmod(0o600)
-    with pytest.raises(CertificateError, match="not a valid PEM private key"):
-        load_private_key(garbage)
-
-
-def test_load_certificate_chain_reads_every_certificate(lab: Path, tmp_path: Path) -> None:
-    bundle = tmp_path / "chain.pem"
-    bundle.write_bytes((lab / "proxy-server.pem").read_bytes() + (lab / "ca.pem").read_bytes())
-    chain = load_certificate_chain(bundle)
-    assert [c.subject.rfc4514_string() for c in chain] == [
-        "O=siptap lab,CN=proxy-server",
-        "O=siptap lab,CN=siptap lab CA",
-    ]
-
-
-@pytest.mark.parametrize(
-    ("content", "problem"),
-    [
-        (None, "cannot read"),
-        (b"", "no PEM certificate"),
-        (b"hello", "no PEM certificate"),
-        (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "not a valid PEM certificate"),
-    ],
-)
-def test_load_certificate_chain_errors(tmp_path: Path, content: bytes | None, problem: str) -> None:
-    path = tmp_path / "c.pem"
-    if content is not None:
-        path.write_bytes(content)
-    with pytest.raises(CertificateError, match=problem) as info:
-        load_certificate_chain(path)
-    assert info.value.path == str(path)
-
-
-def test_key_matches_certificate(lab: Path) -> None:
-    server_key = load_private_key(lab / "proxy-server.key")
-    assert key_matches_certificate(server_key, cert(lab / "proxy-server.pem"))
-    assert not key_matches_certificate(server_key, cert(lab / "core.pem"))
-    assert not key_matches_certificate(ec.generate_private_key(ec.SECP256R1()), cert(lab / "core.pem"))
 
 
 def test_file_modes_do_not_depend_on_the_umask(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Lab PKI: a throw-away CA and the certificates siptap needs to run and be tested.
+"""Lab PKI: a throw-away CA and the certificates siptap needs to run and be tested
+(``siptap certs``).
 
 Everything here is for a lab. ``init_lab_pki`` writes a CA plus four leaves (the proxy's server
 and client identities, a sample customer E-SBC, a sample core); ``issue_leaf`` mints extra leaves
@@ -11,6 +12,9 @@ with mode 0600 from the moment the file exists: a temporary file is created with
 0600, then renamed over the target. Nothing is written until every key and certificate has been
 generated, and ``init_lab_pki`` refuses (without ``force``) before writing anything if any target
 file already exists.
+
+Reading PEM files is the product's job and lives in :mod:`siptap.tls.pem`; this module only
+uses it to load the lab CA back.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
@@ -35,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from siptap.errors import CertificateError
+from siptap.tls.pem import key_matches_certificate, load_certificate_chain, load_crls, load_private_key
 
 __all__ = [
     "DEFAULT_SANS",
@@ -42,10 +47,6 @@ __all__ = [
     "init_ca",
     "init_lab_pki",
     "issue_leaf",
-    "key_matches_certificate",
-    "load_certificate_chain",
-    "load_crls",
-    "load_private_key",
     "revoke",
     "write_crl",
 ]
@@ -81,7 +82,6 @@ _RSA_BITS = 2048
 _CA_DAYS = 3650
 _CLOCK_SKEW = timedelta(hours=1)
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
-_CRL_PEM_RE = re.compile(rb"-----BEGIN X509 CRL-----\r?\n.*?-----END X509 CRL-----", re.DOTALL)
 
 _Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -117,7 +117,7 @@ def init_lab_pki(
     now = datetime.now(UTC)
     for name, usage in _LAB_ROLES.items():
         leaf_key = _new_key("rsa")
-        names = san_names if usage == "server" else [x509.DNSName(name)]
+        names: list[x509.GeneralName] = san_names if usage == "server" else [x509.DNSName(name)]
         cert = _build_leaf(
             leaf_key, name, usage, names, ca_cert, ca_key, now - _CLOCK_SKEW, now + timedelta(days=days)
         )
@@ -208,8 +208,9 @@ def issue_leaf(
 
     new_ca: tuple[bytes, bytes] | None = None
     if self_ca is not None and not (ca_paths[0].exists() or ca_paths[1].exists()):
-        ca_key: CertificateIssuerPrivateKeyTypes = _new_key("rsa")
-        ca_cert = _build_ca(ca_key, f"siptap foreign CA {self_ca}", _CA_DAYS)
+        foreign_key = _new_key("rsa")
+        ca_cert = _build_ca(foreign_key, f"siptap foreign CA {self_ca}", _CA_DAYS)
+        ca_key: CertificateIssuerPrivateKeyTypes = foreign_key
         new_ca = (_cert_pem(ca_cert), _key_pem(ca_key))
     else:
         ca_cert, ca_key = _load_ca(*ca_paths)
@@ -231,63 +232,6 @@ def issue_leaf(
         _write_pair(ca_stem, *new_ca)
     _write_pair(directory / name, _cert_pem(cert), _key_pem(leaf_key))
     return cert_path, key_path
-
-
-def load_certificate_chain(path: Path | str) -> list[x509.Certificate]:
-    """Every PEM certificate in ``path``, in file order; CertificateError if there are none."""
-    data = _read(path)
-    if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise CertificateError(str(path), "no PEM certificate found (expected -----BEGIN CERTIFICATE-----)")
-    try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise CertificateError(str(path), f"not a valid PEM certificate: {exc}") from None
-
-
-def load_private_key(path: Path | str, *, allow_insecure_permissions: bool = False) -> PrivateKeyTypes:
-    """The unencrypted PEM private key in ``path``.
-
-    Refuses (CertificateError) a key file that group or others may access, unless
-    ``allow_insecure_permissions``; also if it is missing, unreadable, encrypted or not a key.
-    """
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise CertificateError(str(path), f"cannot read: {exc.strerror or exc}") from None
-    if mode & 0o077 and not allow_insecure_permissions:
-        what = "readable" if mode & 0o044 else "writable"
-        raise CertificateError(
-            str(path), f"private key is {what} by group/others (mode {mode & 0o777:04o}); chmod 600 it"
-        )
-    data = _read(path)
-    if b"PRIVATE KEY-----" not in data:
-        raise CertificateError(str(path), "no PEM private key found (expected -----BEGIN ... PRIVATE KEY-----)")
-    try:
-        return serialization.load_pem_private_key(data, password=None)
-    except TypeError:
-        raise CertificateError(str(path), "private key is encrypted; siptap needs an unencrypted key") from None
-    except ValueError as exc:
-        raise CertificateError(str(path), f"not a valid PEM private key: {exc}") from None
-    except UnsupportedAlgorithm as exc:
-        raise CertificateError(str(path), f"unsupported private key: {exc}") from None
-
-
-def load_crls(path: Path | str) -> list[x509.CertificateRevocationList]:
-    """Every PEM CRL (``-----BEGIN X509 CRL-----``) in ``path``, in file order.
-
-    CertificateError if the file is unreadable, holds no CRL, or a block does not parse.
-    """
-    data = _read(path)
-    blocks = _CRL_PEM_RE.findall(data)
-    if not blocks:
-        raise CertificateError(str(path), "no PEM CRL found (expected -----BEGIN X509 CRL-----)")
-    crls = []
-    for index, block in enumerate(blocks, 1):
-        try:
-            crls.append(x509.load_pem_x509_crl(block))
-        except ValueError as exc:
-            raise CertificateError(str(path), f"CRL #{index} is not a valid PEM CRL: {exc}") from None
-    return crls
 
 
 def write_crl(
@@ -375,7 +319,7 @@ def _existing_crl(path: Path, ca_cert: x509.Certificate) -> x509.CertificateRevo
     except CertificateError:
         return None
     for crl in crls:
-        if crl.issuer == ca_cert.subject and crl.is_signature_valid(ca_cert.public_key()):  # type: ignore[arg-type]
+        if crl.issuer == ca_cert.subject and crl.is_signature_valid(ca_cert.public_key()):  # type: ignore[arg-type]  # X25519/X448 keys are in the type, never on a CA
             return crl
     return None
 
@@ -386,17 +330,6 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
-
-
-def key_matches_certificate(key: PrivateKeyTypes, cert: x509.Certificate) -> bool:
-    """True if ``key`` is the private half of ``cert``'s public key."""
-    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
-    try:
-        ours = key.public_key().public_bytes(serialization.Encoding.DER, fmt)
-        theirs = cert.public_key().public_bytes(serialization.Encoding.DER, fmt)
-    except Exception:
-        return False
-    return ours == theirs
 
 
 # --------------------------------------------------------------------------------------------
@@ -625,9 +558,3 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def _read(path: Path | str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise CertificateError(str(path), f"cannot read: {exc.strerror or exc}") from None
