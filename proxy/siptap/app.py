@@ -17,17 +17,21 @@ instead of an endpoint of its own.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import trio
+from OpenSSL import SSL
 
-from siptap.config import Config, Route, load_config
+from siptap.config import ClientTlsSettings, Config, Route, ServerTlsSettings, load_config
 from siptap.errors import CertificateError, ConfigError, ListenError, SiptapError
 from siptap.log import get_logger
 from siptap.metrics import Metrics
+from siptap.mirror.events import MirrorEvent
 from siptap.mirror.fanout import Fanout
+from siptap.relay.observe import Publish
 from siptap.relay.server import RouteListener
 from siptap.relay.session import SessionPlan
 from siptap.tls.contexts import build_client_context, build_server_context
@@ -37,6 +41,9 @@ from siptap.tls.crl_watch import CrlEntry, CrlWatch, crl_entries
 MIRROR_METRICS_INTERVAL = 1.0
 # Longest the CRL watch sleeps between checks of the wall clock.
 CRL_RECHECK = 60.0
+
+# What App.run reports once it listens: the addresses bound, by (route name, accepted leg).
+Bound = dict[tuple[str, str], list[tuple[str, int]]]
 
 
 def worker_config(config: Config, index: int) -> Config:
@@ -53,7 +60,7 @@ class RoutePlans:
     reverse: SessionPlan | None
 
 
-def build_plans(config: Config, route: Route, publish: Any = None, mirror_legs: frozenset[str] | None = None,
+def build_plans(config: Config, route: Route, publish: Publish | None = None, mirror_legs: frozenset[str] | None = None,
                 metrics: Metrics | None = None) -> RoutePlans:
     """Build every TLS context of a route; a bad file is reported as a ConfigError naming the
     config file, the key that names the file, and the problem."""
@@ -68,7 +75,7 @@ def _locate(config: Config, route: Route, exc: CertificateError) -> ConfigError:
     sections: list[tuple[str, object]] = [("customer", route.customer), ("core_tls", route.core_tls)]
     if route.reverse is not None:
         sections += [("reverse.core_side", route.reverse.core_side), ("reverse.customer_tls", route.reverse.customer_tls)]
-    failed = getattr(exc, "section", None)  # set by _context: the block whose context failed
+    failed = exc.section  # set by _context: the block whose context failed
     for section, settings in sections:
         if failed is not None and section != failed:
             continue
@@ -85,16 +92,17 @@ def _locate(config: Config, route: Route, exc: CertificateError) -> ConfigError:
     return ConfigError(str(config.path), f"route[{index}]", str(exc))
 
 
-def _context(section: str, build: Any, settings: Any, **kwargs: Any) -> Any:
+def _context(section: str, build: Callable[..., SSL.Context], settings: ServerTlsSettings | ClientTlsSettings,
+             **kwargs: Any) -> SSL.Context:
     """``build(settings)``, recording in a CertificateError which config block it came from."""
     try:
         return build(settings, **kwargs)
     except CertificateError as exc:
-        exc.section = section  # type: ignore[attr-defined]
+        exc.section = section
         raise
 
 
-def _build_plans(config: Config, route: Route, publish: Any, mirror_legs: frozenset[str] | None,
+def _build_plans(config: Config, route: Route, publish: Publish | None, mirror_legs: frozenset[str] | None,
                  metrics: Metrics | None) -> RoutePlans:
     extra: dict[str, Any] = {"metrics": metrics}
     if publish is not None:
@@ -124,7 +132,8 @@ def _build_plans(config: Config, route: Route, publish: Any, mirror_legs: frozen
 class App:
     """``observer``: an extra synchronous callback for every mirror event (the demo's view)."""
 
-    def __init__(self, config: Config, *, observer: Any = None, worker: tuple[int, int] | None = None) -> None:
+    def __init__(self, config: Config, *, observer: Callable[[MirrorEvent], object] | None = None,
+                 worker: tuple[int, int] | None = None) -> None:
         self.worker = worker
         if worker is not None:
             config = worker_config(config, worker[0])
@@ -135,7 +144,7 @@ class App:
         self.metrics.watch_mirror(self.fanout.stats)
         fanout_publish = self.fanout.publish
         if observer is not None:
-            def publish(event: Any) -> bool:
+            def publish(event: MirrorEvent) -> bool:
                 observer(event)
                 return fanout_publish(event)
             self._publish = publish
@@ -158,7 +167,8 @@ class App:
         self._connections_scope: trio.CancelScope | None = None
         self._use_crls(crl_entries(config))
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED, handle_signals: bool = True) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED,
+                  handle_signals: bool = True) -> None:
         if self.config.log.key_material:
             self.log.warning("key_material_in_logs",
                              detail="TLS secrets are logged (log.key_material = true): treat these logs as secret")
@@ -179,6 +189,8 @@ class App:
                 mirror.start_soon(self._sync_metrics)
             mirror.start_soon(self._watch_crls)
             await self._serve(task_status)
+            # Only now, with every session gone (each published its ConnectionClosed on the
+            # way out), is the mirror flushed and closed: nothing can publish after this.
             await self.fanout.aclose()
             self.metrics.sync_mirror()
             self.log.info("mirror_stopped", **self.fanout.totals())
@@ -186,7 +198,15 @@ class App:
         self.log.info("stopped")
         self.stopped.set()
 
-    async def _serve(self, task_status: Any) -> None:
+    async def _serve(self, task_status: trio.TaskStatus[Bound]) -> None:
+        """Listen until a shutdown is requested, then drain.
+
+        Two nurseries, because stopping and draining are separate steps: the listeners run
+        in ``accepting``, every session in ``connections`` (the listeners hand their
+        sessions to it). Shutdown cancels ``accepting`` only, so no new connection is taken
+        while the live ones go on; the connections nursery then gets a deadline
+        (``drain_timeout``), and its exit waits for the last session. A session cancelled
+        by that deadline, or by a second signal, still closes both legs (shielded, bounded)."""
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
                 bound = {}
@@ -198,6 +218,9 @@ class App:
                 accepting.cancel_scope.cancel()
             live = sum(listener.active for listener in self.listeners)
             self.log.info("draining", connections=live, drain_timeout=self.config.drain_timeout)
+            # From here on a second signal cancels the drain at once (see _signals). One that
+            # lands in the scheduler pass before this line is logged as drain_aborted but
+            # finds no scope yet: that drain then runs to its deadline.
             self._connections_scope = connections.cancel_scope
             connections.cancel_scope.deadline = trio.current_time() + self.config.drain_timeout
 
@@ -242,6 +265,8 @@ class App:
                     self.log.info("shutdown_requested", signal=name)
                     self.request_shutdown()
                 else:
+                    # The operator does not want to wait for the drain: cancel the sessions
+                    # now. None until _serve has stopped the listeners and begun draining.
                     self.log.warning("drain_aborted", signal=name)
                     if self._connections_scope is not None:
                         self._connections_scope.cancel()
@@ -266,6 +291,8 @@ class App:
             plan = plans.forward if listener.leg == "customer" else plans.reverse
             if plan is None:
                 continue
+            # A new plan object for new connections; live sessions keep the one they were
+            # accepted with (their contexts, limits), so a reload never disturbs a call.
             listener.plan = replace(plan)
         unchanged = {r.name for r in self.config.routes}
         added = sorted(set(new_plans) - unchanged)

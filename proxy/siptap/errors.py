@@ -26,6 +26,10 @@ class ConfigError(SiptapError):
 class CertificateError(SiptapError):
     """A certificate or key file that cannot be used, naming the file and the problem."""
 
+    # The config block whose TLS context failed ("customer", "core_tls", ...), when known:
+    # set by the app while it builds a route's contexts, so the error can name the exact key.
+    section: str | None = None
+
     def __init__(self, path: str, problem: str) -> None:
         self.path = path
         self.problem = problem

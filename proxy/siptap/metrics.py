@@ -20,11 +20,24 @@ per increment, measured here), which only multi-worker runs with metrics on pay.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+
+class CrlInForce(Protocol):
+    """A CRL the gauge reports (:class:`siptap.tls.crl_watch.CrlEntry`, a layer above)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def issuer(self) -> str: ...
+    @property
+    def next_update(self) -> datetime | None: ...
+
 
 # Relay latency: from a chunk's arrival (receive returned) to its forward (send returned).
 LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 0.25, 1.0)
@@ -64,7 +77,7 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
-    def set_crls(self, entries: Iterable[Any]) -> None:
+    def set_crls(self, entries: Iterable[CrlInForce]) -> None:
         """The CRLs now in force (start-up, reload): one gauge value each."""
         self.crl_next_update.clear()
         for entry in entries:

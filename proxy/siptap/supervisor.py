@@ -42,13 +42,16 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
 
 from siptap.config import Config, load_config
 from siptap.errors import ListenError, SiptapError
 from siptap.log import get_logger
+
+if TYPE_CHECKING:  # the supervisor process never builds an App; only workers import it
+    from siptap.app import App
 
 READY_TIMEOUT = 60.0
 RESTART_INITIAL = 0.5
@@ -112,13 +115,17 @@ class Supervisor:
         self.ready_timeout = ready_timeout
         self.log = get_logger("siptap")
         self.slots = [Slot(i, delay=restart_initial) for i in range(1, count + 1)]
-        self.stopping = False
         self.failure: str | None = None  # why the supervisor will exit 1
         self.restarts = 0
         self.metrics_dir: Path | None = None
-        self._stop = trio.Event()
+        self._stop = trio.Event()  # set once, by the first stop signal or a fatal start failure
         self._all_ready = trio.Event()
         self._started = False  # every worker was ready once: later failures are restarts
+
+    @property
+    def stopping(self) -> bool:
+        """A stop was requested: no worker is (re)started from now on."""
+        return self._stop.is_set()
 
     # -- the whole run -------------------------------------------------------------------------
 
@@ -167,7 +174,6 @@ class Supervisor:
         self.log.info("workers_ready", workers=self.count, pids=[s.pid for s in self.slots])
 
     def _request_stop(self) -> None:
-        self.stopping = True
         self._stop.set()
         self._forward(signal.SIGTERM)
 
@@ -192,10 +198,12 @@ class Supervisor:
                     self.log.info("reload_forwarded", signal=name, workers=self._forward(signum))
                 elif not self.stopping:
                     self.log.info("shutdown_requested", signal=name)
-                    self.stopping = True
                     self._stop.set()
                     self.log.info("shutdown_forwarded", signal=name, workers=self._forward(signum))
                 else:
+                    # The second SIGTERM/SIGINT goes to the workers as it came: each worker's
+                    # App treats its own second signal as "stop draining now". The supervisor
+                    # itself just keeps waiting for them to exit, so it still reports their status.
                     self.log.warning("drain_aborted", signal=name, workers=self._forward(signum))
 
     def _check_reload(self) -> None:
@@ -210,18 +218,27 @@ class Supervisor:
     # -- one worker slot ----------------------------------------------------------------------
 
     async def _run_slot(self, slot: Slot) -> None:
-        while not self.stopping:
+        """Keep worker ``slot.index`` running until a stop: restart it when it dies, with a
+        back-off so a worker that crashes at once cannot spin the CPU or flood the log."""
+        while not self._stop.is_set():
             ready, code = await self._run_once(slot)
             slot.last_code = code
             if self.metrics_dir is not None and slot.pid is not None:
                 from siptap.metrics import mark_worker_dead
 
+                # Its livesum gauges (open connections) would otherwise count a dead process.
                 mark_worker_dead(self.metrics_dir, slot.pid)
-            if self.stopping:
+            # Checked again after the wait: the stop may have come while the worker ran, and
+            # then its exit is the answer to our SIGTERM, not a death to restart. (A call, not
+            # the property: a type checker would carry the loop test's answer across the await.)
+            if self._stop.is_set():
                 slot.stop_code = code
                 self.log.info("worker_exited", worker=slot.index, pid=slot.pid, status=describe_exit(code))
                 return
             detail = " | ".join(slot.stderr_tail)
+            # At start-up, one worker that cannot start fails the whole run (its error is
+            # most likely every worker's: a port in use, a bad file), so `siptap run` exits 1
+            # with that worker's own error line instead of limping along on fewer workers.
             if not self._started and not ready:
                 self.failure = f"worker {slot.index} of {self.count} failed to start ({describe_exit(code)})" + (
                     f": {_why(slot)}" if slot.stderr_tail else "")
@@ -255,11 +272,16 @@ class Supervisor:
             delay = slot.delay
             slot.delay = min(slot.delay * 2, self.restart_max)
             self.log.warning("worker_restarting", worker=slot.index, delay=delay)
+            # The back-off ends early on a stop: the loop condition then ends the slot.
             with trio.move_on_after(delay):
                 await self._stop.wait()
 
     async def _run_once(self, slot: Slot) -> tuple[bool, int]:
         """Start the worker, forward its output until it exits; (was it ready, exit code)."""
+        # The control socket is the worker's lifeline in both directions: it says "ready" on
+        # it, and it sees EOF on it when this process dies, however it dies (even SIGKILL:
+        # the kernel closes our end). Only the child's end is inherited (pass_fds); ours is
+        # close-on-exec, so no other worker holds it open and hides our death from this one.
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             argv = [sys.executable, "-m", "siptap", "run", "--config", str(self.config.path),
@@ -276,6 +298,8 @@ class Supervisor:
                 pass_fds=(theirs.fileno(),), process_group=0,
             )
         finally:
+            # Our copy of the child's end: kept open, it would stop us from seeing the
+            # child's EOF (a crash before "ready") and the child from seeing ours.
             theirs.close()
         slot.process = process
         control = trio.socket.from_stdlib_socket(ours)
@@ -307,7 +331,7 @@ class Supervisor:
         return ready, code
 
     async def _forward_stdout(self, stream: trio.abc.ReceiveStream) -> None:
-        pending = b""
+        pending: bytes | bytearray = b""
         async for chunk in stream:
             cut = chunk.rfind(b"\n")
             if cut < 0:
@@ -319,7 +343,7 @@ class Supervisor:
             self.emit(pending.decode("utf-8", "replace"))
 
     async def _forward_stderr(self, stream: trio.abc.ReceiveStream, slot: Slot) -> None:
-        pending = b""
+        pending: bytes | bytearray = b""
         async for chunk in stream:
             pending += chunk
             cut = pending.rfind(b"\n")
@@ -339,7 +363,7 @@ def _why(slot: Slot) -> str:
     return errors[-1].removeprefix("siptap: error: ") if errors else slot.stderr_tail[-1]
 
 
-async def _read_ready(control: Any) -> bool:
+async def _read_ready(control: trio.socket.SocketType) -> bool:
     data = b""
     while not data.endswith(b"\n"):
         chunk = await control.recv(64)
@@ -349,7 +373,7 @@ async def _read_ready(control: Any) -> bool:
     return data.strip() == b"ready"
 
 
-def _write_stderr(data: bytes) -> None:
+def _write_stderr(data: bytes | bytearray) -> None:
     try:
         sys.stderr.flush()
         view = memoryview(data)
@@ -374,7 +398,7 @@ def parse_worker(text: str) -> tuple[int, int]:
     return index, count
 
 
-async def run_worker(app: Any, control_fd: int | None) -> None:
+async def run_worker(app: App, control_fd: int | None) -> None:
     """A worker's main: run ``app``; once it is ready, tell the supervisor; drain and stop
     when the supervisor goes away (EOF on the control socket)."""
     if control_fd is None:
@@ -383,16 +407,22 @@ async def run_worker(app: Any, control_fd: int | None) -> None:
     control = trio.socket.from_stdlib_socket(socket.socket(fileno=control_fd))
     with control:
         async with trio.open_nursery() as nursery:
-            async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            async def serve(task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
                 await app.run(task_status=task_status)
+                # The app stopped (drained after SIGTERM, or after the lifeline asked it to):
+                # the lifeline task has nothing left to watch.
                 nursery.cancel_scope.cancel()
 
+            # "ready" only once every listener is bound: the supervisor counts a worker that
+            # dies before that as a failed start, not as a death to restart.
             await nursery.start(serve)
             await control.send(b"ready\n")
             nursery.start_soon(_lifeline, app, control)
 
 
-async def _lifeline(app: Any, control: Any) -> None:
+async def _lifeline(app: App, control: trio.socket.SocketType) -> None:
+    """Wait for the supervisor to go away (EOF or an error on the control socket), then drain:
+    a worker left alone would serve on with nobody to forward its logs or restart it."""
     try:
         while await control.recv(64):
             pass

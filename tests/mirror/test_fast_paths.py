@@ -11,10 +11,10 @@ import struct
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from siptap.config.mirror import HepSinkSettings
 from siptap.mirror.events import LegInfo, SipEvent
 from siptap.mirror.hep import HepEncoder
 from siptap.mirror.jsonl import event_to_dict, iso_utc, iso_utc_reference, sip_event_json, to_json
-from siptap.mirror.settings import HepSinkSettings
 from siptap.sansio import hep, pcap
 from siptap.sansio.sip_message import SipParseError, parse_message
 

@@ -16,9 +16,9 @@ import trio
 import trio.testing
 
 from siptap.config import Endpoint
+from siptap.config.mirror import HepSinkSettings
 from siptap.mirror.fanout import Fanout
 from siptap.mirror.hep import HepSink
-from siptap.mirror.settings import HepSinkSettings
 from siptap.sansio import hep
 from siptap.sansio.keylog import parse_line
 

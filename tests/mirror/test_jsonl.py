@@ -13,9 +13,9 @@ import trio
 import trio.testing
 
 from siptap.config import Endpoint
+from siptap.config.mirror import JsonlSinkSettings
 from siptap.mirror.fanout import Fanout
 from siptap.mirror.jsonl import JsonlSink, event_to_dict
-from siptap.mirror.settings import JsonlSinkSettings
 
 from .helpers import (
     CALL_ID,

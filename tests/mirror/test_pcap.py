@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from siptap.config.mirror import PcapSettings
 from siptap.mirror import pcap as pcap_sink
 from siptap.mirror.fanout import Fanout
 from siptap.mirror.pcap import PcapSink
-from siptap.mirror.settings import PcapSettings
 
 from .helpers import CALL_ID, CORE, EXPECTED, TS, closed, dialog_events, sip, sip_event
 

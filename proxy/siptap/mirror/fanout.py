@@ -42,9 +42,9 @@ from typing import Any
 import structlog
 import trio
 
+from siptap.config.mirror import MirrorSettings
 from siptap.mirror.base import MAX_BATCH, Sink
 from siptap.mirror.events import MirrorEvent
-from siptap.mirror.settings import MirrorSettings
 
 log = structlog.get_logger("siptap.mirror")
 

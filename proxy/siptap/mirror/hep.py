@@ -29,10 +29,10 @@ from typing import Any
 
 import trio
 
+from siptap.config.mirror import HepSinkSettings
 from siptap.mirror.base import Link, LinkSink
 from siptap.mirror.events import ConnectionClosed, KeyEvent, LegInfo, MirrorEvent, SipEvent, SrtpKeyEvent
 from siptap.mirror.jsonl import event_to_dict, to_json
-from siptap.mirror.settings import HepSinkSettings
 from siptap.sansio import hep
 
 IP_PROTOS = {"tcp": hep.IPPROTO_TCP, "tls": hep.IPPROTO_IDP_TLS}

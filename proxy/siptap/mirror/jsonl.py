@@ -33,6 +33,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+from siptap.config.mirror import JsonlSinkSettings
 from siptap.mirror.base import Link, LinkSink
 from siptap.mirror.events import (
     Address,
@@ -43,7 +44,6 @@ from siptap.mirror.events import (
     SipEvent,
     SrtpKeyEvent,
 )
-from siptap.mirror.settings import JsonlSinkSettings
 from siptap.sansio.sdp_crypto import SdesKey
 from siptap.sansio.sip_message import SipMessageView
 

@@ -48,10 +48,10 @@ from pathlib import Path
 
 import trio
 
+from siptap.config.mirror import PcapSettings
 from siptap.mirror.base import Sink, log
 from siptap.mirror.events import ConnectionClosed, MirrorEvent, SipEvent
 from siptap.mirror.keylog import write_all
-from siptap.mirror.settings import PcapSettings
 from siptap.sansio import pcap
 from siptap.sansio.hep import split_timestamp
 

@@ -10,10 +10,10 @@ the connection is simply relayed unobserved from then on.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
-from siptap.log import event_writer
+from siptap.log import LogWriter, event_writer
 from siptap.mirror.events import LegInfo, MirrorEvent, SipEvent, SrtpKeyEvent
 from siptap.sansio.sdp_crypto import parse_sdp_crypto
 from siptap.sansio.sip_framer import KeepAlive, SipFramer, SipMessage, Unframeable
@@ -52,7 +52,7 @@ class DirectionObserver:
         direction: str,
         legs: list[tuple[LegInfo, bool]],  # (leg, from_client on that leg) for each mirrored leg
         publish: Publish,
-        log: Any,
+        log: LogWriter,
         max_message_size: int,
         log_messages: bool = True,
         log_payloads: bool = False,
@@ -65,7 +65,8 @@ class DirectionObserver:
         self._log = log
         self._framer = SipFramer(max_message_size=max_message_size)
         self._log_messages = log_messages
-        self._sip_line: Callable[[dict[str, Any]], None] | bool | None = False  # False: not made yet
+        # False: not made yet; None: event_writer cannot render this logger's lines.
+        self._sip_line: Callable[[dict[str, Any]], None] | Literal[False] | None = False
         self._log_payloads = log_payloads
         self._log_key_material = log_key_material
         self._count_message = count_message
@@ -88,7 +89,7 @@ class DirectionObserver:
     def close(self) -> None:
         self._handle(self._framer.close())
 
-    def _handle(self, events: list[object]) -> None:
+    def _handle(self, events: Sequence[object]) -> None:
         if not events:
             return
         now = time.time()
@@ -138,7 +139,7 @@ class DirectionObserver:
             if sip_line is False:
                 sip_line = self._sip_line = event_writer(self._log, "sip")
             if sip_line is not None:
-                sip_line(fields)  # type: ignore[operator]
+                sip_line(fields)
             else:
                 self._log.info("sip", **fields)
         if view is not None and data.find(b"a=crypto", message.header_end) >= 0:  # no body copy per message

@@ -19,13 +19,14 @@ import trio
 
 from siptap.config import Endpoint
 from siptap.errors import ListenError
+from siptap.log import LogWriter
 from siptap.relay.session import SessionPlan, peer_address, run_session
 from siptap.relay.sockets import tune_socket
 
 
 class RouteListener:
     def __init__(self, name: str, leg: str, endpoints: tuple[Endpoint, ...], plan: SessionPlan,
-                 max_connections: int, log: Any, *, reuse_port: bool = False) -> None:
+                 max_connections: int, log: LogWriter, *, reuse_port: bool = False) -> None:
         self.name = name
         self.leg = leg
         self.endpoints = endpoints
@@ -38,7 +39,7 @@ class RouteListener:
         self.bound: list[tuple[str, int]] = []
         self.reuse_port = reuse_port
 
-    async def serve(self, connections: trio.Nursery, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, connections: trio.Nursery, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED) -> None:
         listeners: list[trio.SocketListener] = []
         for endpoint in self.endpoints:
             try:
@@ -115,5 +116,5 @@ async def open_shared_listeners(port: int, host: str | None) -> list[trio.Socket
     return listeners
 
 
-def _addr(sockaddr: tuple) -> tuple[str, int]:
+def _addr(sockaddr: tuple[Any, ...]) -> tuple[str, int]:
     return (str(sockaddr[0]), int(sockaddr[1]))

@@ -11,13 +11,13 @@ import functools
 import ipaddress
 import socket
 from collections.abc import Callable
-from typing import Any
 
 import trio
 from OpenSSL import SSL
 
 from siptap.config import ClientTlsSettings, Upstream
 from siptap.errors import HandshakeFailed, UpstreamError
+from siptap.log import LogWriter
 from siptap.relay.sockets import tune_socket
 from siptap.tls.stream import OpenSSLStream
 
@@ -29,7 +29,7 @@ async def connect_first(
     *,
     connect_timeout: float,
     handshake_timeout: float,
-    log: Any,
+    log: LogWriter,
     leg: str = "core",
     on_failure: Callable[[str], None] | None = None,
 ) -> tuple[OpenSSLStream, Upstream]:

@@ -14,6 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
+from siptap.config.allow import AllowEntries, parse_allow_entries
+
 
 def common_name(cert: x509.Certificate) -> str | None:
     attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
@@ -67,46 +69,28 @@ def _dns_match(pattern: str, name: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class AllowList:
-    """Client identities allowed on the customer leg. Empty means: any certificate the CA
-    bundle verifies. Entries are ``cn:NAME``, ``san:DNS:NAME`` / ``san:IP:ADDR`` (or ``san:NAME``
-    for either) and ``sha256:HEX`` (colons optional, case-insensitive)."""
+    """Client identities allowed on the customer leg, matched against a peer certificate.
+    The entries are parsed (and refused when malformed) by
+    :func:`siptap.config.allow.parse_allow_entries`; empty means: any certificate the CA
+    bundle verifies."""
 
-    common_names: frozenset[str] = frozenset()
-    sans: frozenset[str] = frozenset()
-    fingerprints: frozenset[str] = frozenset()
+    entries: AllowEntries = AllowEntries()  # noqa: RUF009 - frozen, shared safely
 
     @classmethod
     def parse(cls, entries: list[str] | tuple[str, ...]) -> AllowList:
-        cns, sans, fps = set(), set(), set()
-        for entry in entries:
-            kind, sep, value = entry.partition(":")
-            kind = kind.strip().lower()
-            if not sep or not value.strip():
-                raise ValueError(f"allow-list entry {entry!r}: expected cn:NAME, san:NAME or sha256:HEX")
-            value = value.strip()
-            if kind == "cn":
-                cns.add(value)
-            elif kind == "san":
-                sans.add(value.lower())
-            elif kind == "sha256":
-                hexdigits = value.replace(":", "").lower()
-                if len(hexdigits) != 64 or any(c not in "0123456789abcdef" for c in hexdigits):
-                    raise ValueError(f"allow-list entry {entry!r}: SHA-256 fingerprint needs 64 hex digits")
-                fps.add(hexdigits)
-            else:
-                raise ValueError(f"allow-list entry {entry!r}: unknown kind {kind!r} (cn, san, sha256)")
-        return cls(frozenset(cns), frozenset(sans), frozenset(fps))
+        return cls(parse_allow_entries(entries))
 
     def __bool__(self) -> bool:
-        return bool(self.common_names or self.sans or self.fingerprints)
+        return bool(self.entries)
 
     def permits(self, cert: x509.Certificate) -> bool:
-        if not self:
+        allowed = self.entries
+        if not allowed:
             return True
-        if common_name(cert) in self.common_names:
+        if common_name(cert) in allowed.common_names:
             return True
         for san in subject_alt_names(cert):
             lowered = san.lower()
-            if lowered in self.sans or lowered.partition(":")[2] in self.sans:
+            if lowered in allowed.sans or lowered.partition(":")[2] in allowed.sans:
                 return True
-        return cert.fingerprint(hashes.SHA256()).hex() in self.fingerprints
+        return cert.fingerprint(hashes.SHA256()).hex() in allowed.fingerprints

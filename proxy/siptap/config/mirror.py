@@ -1,10 +1,11 @@
 """The ``[mirror]`` section of the configuration: which outputs run, and where they write.
 
-Plain frozen dataclasses in the style of :mod:`siptap.config`, whose generic TOML loader
-builds them (``choices`` metadata on string fields, ``Path`` relative to the config file,
-``Endpoint`` from a ``"host:port"`` string, tables of tables for the sink lists). This module
-holds no behaviour beyond :meth:`problems`, the cross-field checks the loader cannot derive
-from the types; :func:`siptap.mirror.fanout.build_sinks` turns it into running sinks.
+Plain frozen dataclasses that the generic loader (:mod:`siptap.config.loader`) builds
+(``choices`` metadata on string fields, ``Path`` relative to the config file, ``Endpoint``
+from a ``"host:port"`` string, tables of tables for the sink lists). This module holds no
+behaviour beyond :meth:`problems`, the cross-field checks the loader cannot derive from the
+types; :func:`siptap.mirror.fanout.build_sinks` turns it into running sinks. It lives in the
+config layer so that loading a config never imports the mirror.
 
 Example (the shipped configuration)::
 
@@ -27,7 +28,7 @@ Example (the shipped configuration)::
     [mirror.srtp_keys]
     path = "captures/srtp-keys.log"
 
-:mod:`siptap.config` includes these in ``Config.mirror`` and loads them with its generic loader.
+:class:`siptap.config.Config` holds these as ``Config.mirror``.
 """
 
 from __future__ import annotations
@@ -36,28 +37,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from siptap.addresses import Endpoint
+from siptap.config.loader import DEFAULT_PORT, choice
 
 MIB = 1024 * 1024
 LEG_CHOICES = ("customer", "core", "both")
-
-
-def _choice(*allowed: str) -> dict[str, object]:
-    return {"choices": allowed}
+HEP_COLLECTOR_PORT = 9060
 
 
 @dataclass(frozen=True, slots=True)
 class HepSinkSettings:
-    """One HEPv3 collector (Homer/heplify-server, sngrep ``-L``). Give the port: the
-    loader's default port for a bare host is SIP's 5061, not HEP's customary 9060."""
+    """One HEPv3 collector (Homer/heplify-server, sngrep ``-L``). A bare host gets HEP's
+    customary port 9060."""
 
-    address: Endpoint
-    transport: str = field(default="udp", metadata=_choice("udp", "tcp"))
+    address: Endpoint = field(metadata={DEFAULT_PORT: HEP_COLLECTOR_PORT})
+    transport: str = field(default="udp", metadata=choice("udp", "tcp"))
     capture_id: int = 2001  # HEP chunk 0x000c, 32-bit
     auth_key: str | None = None  # chunk 0x000e, sent in clear text
     node_name: str | None = None  # chunk 0x0013, capture agent name
     # IP protocol chunk: "tcp" = 6 (what the wire carries); "tls" = 22, Kamailio's marker
     # for SIP over TLS (some Homer views key on it).
-    ip_proto: str = field(default="tcp", metadata=_choice("tcp", "tls"))
+    ip_proto: str = field(default="tcp", metadata=choice("tcp", "tls"))
     log_key_material: bool = True  # TLS keys and SRTP keys as HEP log packets (type 0x64)
 
     def problems(self) -> list[tuple[str, str]]:
@@ -75,7 +74,7 @@ class JsonlSinkSettings:
     ``unix``/``unix-dgram`` connect to ``path`` (a reader's socket, relative to the config
     folder); ``tcp``/``udp`` connect to ``address``. siptap is the client in every case."""
 
-    transport: str = field(default="unix", metadata=_choice("unix", "unix-dgram", "tcp", "udp"))
+    transport: str = field(default="unix", metadata=choice("unix", "unix-dgram", "tcp", "udp"))
     path: Path | None = None
     address: Endpoint | None = None
     payload: bool = True  # include each SIP message's text
@@ -113,7 +112,7 @@ class PcapSettings:
     """Cleartext capture files ``<prefix>-YYYYmmdd-HHMMSS-N.<format>`` (UTC) in ``directory``."""
 
     directory: Path
-    format: str = field(default="pcap", metadata=_choice("pcap", "pcapng"))
+    format: str = field(default="pcap", metadata=choice("pcap", "pcapng"))
     rotate_bytes: int = 100 * MIB  # 0 = no size limit
     rotate_seconds: float = 3600.0  # 0 = no time limit
     keep: int = 0  # newest files kept after a rotation; 0 = keep all
@@ -136,7 +135,7 @@ class SrtpKeysFileSettings:
 
 @dataclass(frozen=True, slots=True)
 class MirrorSettings:
-    legs: str = field(default="customer", metadata=_choice(*LEG_CHOICES))
+    legs: str = field(default="customer", metadata=choice(*LEG_CHOICES))
     queue_size: int = 10000  # events held per sink before dropping (never block the relay)
     drain_timeout: float = 2.0  # at shutdown, how long sinks may take to flush their queues
     warn_interval: float = 10.0  # at most one "dropped" warning per sink per interval

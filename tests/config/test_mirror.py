@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from siptap.config import Endpoint, _Loader
+from siptap.config import DEFAULT_SIP_TLS_PORT, Endpoint, Loader
+from siptap.config.mirror import HepSinkSettings, JsonlSinkSettings, MirrorSettings, PcapSettings
 from siptap.mirror.fanout import Fanout, build_sinks
-from siptap.mirror.settings import HepSinkSettings, JsonlSinkSettings, MirrorSettings, PcapSettings
 
 SHIPPED = """
 [mirror]
@@ -36,7 +36,7 @@ path = "captures/srtp-keys.log"
 
 def load(text: str, base: Path) -> MirrorSettings:
     data = tomllib.loads(text)
-    return _Loader(base / "config.toml").build(MirrorSettings, data["mirror"], "mirror")  # type: ignore[no-any-return]
+    return Loader(base / "config.toml", default_port=DEFAULT_SIP_TLS_PORT).build(MirrorSettings, data["mirror"], "mirror")  # type: ignore[no-any-return]
 
 
 def test_shipped_section_loads_with_paths_relative_to_the_config(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from siptap.config import (
 )
 from siptap.errors import ConfigError
 
-SHIPPED = Path(__file__).resolve().parent.parent / "config.toml"
+SHIPPED = Path(__file__).resolve().parents[2] / "config.toml"
 FILE = Path("/etc/siptap/lab.toml")
 
 

@@ -1,0 +1,252 @@
+"""The session logic (relay_session) over trio's in-memory streams: no sockets, no TLS.
+
+The customer and the core are the far ends of two memory stream pairs; the session gets the
+near ends as handshaken legs and a dial function that hands over the core's. What the peers
+receive, what the session logs (a list-collecting log writer) and what it publishes are the
+oracles. Time-dependent endings (idle timeout, half-close timeout) run on trio's autojump
+clock, so they take no wall time and nothing waits on a real timer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import trio
+import trio.testing
+
+from siptap.addresses import Endpoint
+from siptap.config import Upstream
+from siptap.errors import UpstreamError
+from siptap.mirror.events import ConnectionClosed, KeyEvent, SipEvent, SrtpKeyEvent
+from siptap.relay.session import Dial, DialledLeg, SessionPlan, relay_session
+from tests.relay.memory import (
+    BYE,
+    INLINE,
+    INVITE,
+    OK,
+    MemoryLeg,
+    Published,
+    RecordingLog,
+    handshake,
+    plan,
+    receive_exactly,
+    receive_until_eof,
+)
+
+PEER = ("192.0.2.10", 40000)  # the customer, as accepted
+LOCAL = ("192.0.2.1", 5061)
+CORE_LOCAL = ("192.0.2.1", 45000)
+CORE = Upstream(Endpoint("198.51.100.7", 5061))
+PairFactory = Callable[[], tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]]
+
+
+@dataclass
+class Chain:
+    customer: trio.abc.HalfCloseableStream  # the E-SBC's end
+    core: trio.abc.HalfCloseableStream  # the core SBC's end
+    accepted: MemoryLeg
+    dialled: MemoryLeg
+    log: RecordingLog
+    done: trio.Event
+
+
+def start(nursery: trio.Nursery, the_plan: SessionPlan, *, pair: PairFactory = trio.testing.memory_stream_pair,
+          dial: Dial | None = None) -> Chain:
+    customer, accepted_end = pair()
+    dialled_end, core = pair()
+    accepted = MemoryLeg(accepted_end, handshake("customer"))
+    dialled = MemoryLeg(dialled_end, handshake("core"))
+    log = RecordingLog()
+    done = trio.Event()
+
+    async def dial_core() -> DialledLeg:
+        await trio.lowlevel.checkpoint()
+        return DialledLeg(dialled, CORE, local=CORE_LOCAL, remote=("198.51.100.7", 5061))
+
+    async def session() -> None:
+        bound = log.bind(conn="m-1", route=the_plan.route, peer=f"{PEER[0]}:{PEER[1]}")
+        await relay_session(accepted, dial or dial_core, the_plan, bound, conn_id="m-1", peer=PEER, local=LOCAL,
+                            started=time.monotonic())
+        done.set()
+
+    nursery.start_soon(session)
+    return Chain(customer, core, accepted, dialled, log, done)
+
+
+async def send_in_chunks(stream: trio.abc.SendStream, data: bytes, sizes: tuple[int, ...] = (1, 7, 300, 4096)) -> None:
+    """``data`` in chunks of uneven sizes, so the relay's reads do not line up with messages."""
+    offset, turn = 0, 0
+    while offset < len(data):
+        size = sizes[turn % len(sizes)]
+        await stream.send_all(data[offset:offset + size])
+        offset += size
+        turn += 1
+
+
+@pytest.mark.parametrize("pair", [trio.testing.memory_stream_pair, trio.testing.lockstep_stream_pair],
+                         ids=["buffered", "lockstep"])
+async def test_bytes_are_relayed_unchanged_both_ways(pair: PairFactory) -> None:
+    up = INVITE + b"\r\n\r\n" + BYE + bytes(range(256)) * 4  # SIP, a keepalive, then not SIP at all
+    down = OK + b"\r\n" + bytes(range(255, -1, -1))
+    async with trio.open_nursery() as nursery:
+        chain = start(nursery, plan(), pair=pair)
+        # Lockstep streams block a sender until its reader reads: send and receive concurrently.
+        nursery.start_soon(send_in_chunks, chain.customer, up)
+        nursery.start_soon(send_in_chunks, chain.core, down)
+        assert await receive_exactly(chain.core, len(up)) == up
+        assert await receive_exactly(chain.customer, len(down)) == down
+        await chain.customer.send_eof()
+        await chain.core.send_eof()
+        await chain.done.wait()
+
+    closed = chain.log.find("connection_closed")[0]
+    assert closed["bytes_customer_to_core"] == len(up) and closed["bytes_core_to_customer"] == len(down)
+    assert closed["messages_customer_to_core"] == 2 and closed["messages_core_to_customer"] == 1
+    assert closed["keepalives"] == 2  # a ping up, a pong down
+    assert closed["unframeable_bytes"] == 4 * 256 + 256  # the garbage tail of each direction
+    assert chain.accepted.closed and chain.dialled.closed
+
+
+async def test_half_close_lets_the_other_direction_finish() -> None:
+    async with trio.open_nursery() as nursery:
+        chain = start(nursery, plan())
+        await chain.customer.send_all(INVITE)
+        await chain.customer.send_eof()  # the E-SBC is done sending, still reading
+        assert await receive_until_eof(chain.core) == INVITE  # passed on as the core's EOF
+        await chain.core.send_all(OK)  # the core's answer still gets through
+        assert await receive_exactly(chain.customer, len(OK)) == OK
+        assert not chain.done.is_set()
+        await chain.core.send_eof()
+        assert await receive_until_eof(chain.customer) == b""
+        await chain.done.wait()
+
+    closed = chain.log.find("connection_closed")[0]
+    assert closed["closed_by"] == "customer" and closed["reason"] == "customer sent close_notify"
+    assert closed["bytes_core_to_customer"] == len(OK)
+
+
+async def test_half_close_gives_the_other_direction_a_bounded_time(autojump_clock: trio.abc.Clock) -> None:
+    async with trio.open_nursery() as nursery:
+        chain = start(nursery, plan(half_close_timeout=5.0))
+        await chain.customer.send_eof()
+        half_closed = trio.current_time()
+        assert await receive_until_eof(chain.core) == b""
+        # The core never closes its side: the session does, half_close_timeout later.
+        assert await receive_until_eof(chain.customer) == b""
+        await chain.done.wait()
+    assert trio.current_time() - half_closed >= 5.0
+    closed = chain.log.find("connection_closed")[0]
+    assert closed["closed_by"] == "customer" and closed["reason"] == "customer sent close_notify"
+    assert chain.accepted.closed and chain.dialled.closed
+
+
+async def test_tcp_close_without_close_notify_closes_both_legs_at_once() -> None:
+    async with trio.open_nursery() as nursery:
+        chain = start(nursery, plan())
+        await chain.core.send_all(OK)
+        assert await receive_exactly(chain.customer, len(OK)) == OK
+        chain.dialled.eof_without_close_notify = True  # what OpenSSLStream reports for a bare FIN
+        await chain.core.send_eof()
+        # Not passed on as a half-close: the customer's leg is closed too.
+        assert await receive_until_eof(chain.customer) == b""
+        await chain.done.wait()
+    closed = chain.log.find("connection_closed")[0]
+    assert closed["closed_by"] == "core" and closed["reason"] == "core closed TCP without TLS close_notify"
+
+
+async def test_core_unreachable_is_logged_and_closes_the_customer() -> None:
+    published = Published()
+
+    async def no_core() -> DialledLeg:
+        await trio.lowlevel.checkpoint()
+        raise UpstreamError([("198.51.100.7:5061", "Connection refused"), ("198.51.100.8:5061", "TCP connect timed out after 5 s")])
+
+    async with trio.open_nursery() as nursery:
+        chain = start(nursery, plan(published), dial=no_core)
+        assert await receive_until_eof(chain.customer) == b""
+        await chain.done.wait()
+
+    assert chain.log.names() == ["handshake_done", "no_upstream", "connection_closed"]
+    failed = chain.log.find("no_upstream")[0]
+    assert failed["level"] == "error" and failed["leg"] == "core" and failed["conn"] == "m-1"
+    assert failed["attempts"] == ["198.51.100.7:5061", "198.51.100.8:5061"]
+    assert "Connection refused" in failed["detail"]
+    closed = chain.log.find("connection_closed")[0]
+    assert closed["closed_by"] == "siptap" and closed["reason"] == "no_upstream"
+    assert chain.accepted.closed
+    assert [type(e) for e in published] == [KeyEvent]  # only the customer's handshake
+
+
+async def test_idle_timeout_closes_both_legs(autojump_clock: trio.abc.Clock) -> None:
+    async with trio.open_nursery() as nursery:
+        chain = start(nursery, plan(idle_timeout=30.0))
+        await chain.customer.send_all(INVITE)
+        assert await receive_exactly(chain.core, len(INVITE)) == INVITE
+        await trio.sleep(20)  # the clock jumps; traffic then restarts the idle period
+        await chain.core.send_all(OK)
+        assert await receive_exactly(chain.customer, len(OK)) == OK
+        last_traffic = trio.current_time()
+        assert await receive_until_eof(chain.customer) == b""
+        assert await receive_until_eof(chain.core) == b""
+        await chain.done.wait()
+    assert trio.current_time() - last_traffic >= 30.0
+    closed = chain.log.find("connection_closed")[0]
+    assert closed["closed_by"] == "siptap" and closed["reason"] == "idle for 30 s"
+
+
+async def test_events_are_published_and_logged_in_order() -> None:
+    published = Published()
+    async with trio.open_nursery() as nursery:
+        chain = start(nursery, plan(published, mirror_legs=frozenset({"customer", "core"})))
+        await published.wait_for(2)  # both handshakes
+        await chain.customer.send_all(INVITE)
+        await published.wait_for(2 + 4)  # INVITE and its SDES key, once per mirrored leg
+        await chain.core.send_all(OK)
+        await published.wait_for(6 + 4)
+        await chain.customer.send_all(BYE)
+        await published.wait_for(10 + 2)
+        await chain.customer.send_eof()
+        await chain.core.send_eof()
+        await chain.done.wait()
+
+    summary = []
+    for event in published:
+        what = type(event).__name__
+        if isinstance(event, SipEvent):
+            summary.append((what, event.leg.leg, event.from_client, event.view.cseq_method if event.view else None))
+        elif isinstance(event, SrtpKeyEvent):
+            summary.append((what, event.leg.leg, event.from_client, event.method_or_status))
+        else:
+            summary.append((what, event.leg.leg, None, None))
+    assert summary == [
+        ("KeyEvent", "customer", None, None), ("KeyEvent", "core", None, None),
+        ("SipEvent", "customer", True, "INVITE"), ("SipEvent", "core", True, "INVITE"),
+        ("SrtpKeyEvent", "customer", True, "INVITE"), ("SrtpKeyEvent", "core", True, "INVITE"),
+        ("SipEvent", "customer", False, "INVITE"), ("SipEvent", "core", False, "INVITE"),
+        ("SrtpKeyEvent", "customer", False, "200"), ("SrtpKeyEvent", "core", False, "200"),
+        ("SipEvent", "customer", True, "BYE"), ("SipEvent", "core", True, "BYE"),
+        ("ConnectionClosed", "customer", None, None), ("ConnectionClosed", "core", None, None),
+    ]
+    keys = [e for e in published if isinstance(e, KeyEvent)]
+    assert keys[0].leg.client == PEER and keys[0].leg.server == LOCAL
+    assert keys[1].leg.client == CORE_LOCAL and keys[1].facts.leg == "core"
+    srtp = [e for e in published if isinstance(e, SrtpKeyEvent)]
+    assert all(e.key.key_params_b64.startswith(INLINE) for e in srtp)
+    closing = [e for e in published if isinstance(e, ConnectionClosed)]
+    assert closing[0].bytes_from_client == len(INVITE) + len(BYE) and closing[0].bytes_from_server == len(OK)
+    assert closing[0].messages_observed == 3
+
+    assert chain.log.names() == [
+        "handshake_done", "handshake_done", "sip", "srtp_key", "sip", "srtp_key", "sip", "connection_closed",
+    ]
+    customer_hs, core_hs = chain.log.find("handshake_done")
+    assert customer_hs["leg"] == "customer" and customer_hs["client"] == "192.0.2.10:40000"
+    assert customer_hs["upstream"] is None and customer_hs["keylog"]  # key material is logged by default
+    assert core_hs["leg"] == "core" and core_hs["upstream"] == "198.51.100.7:5061"
+    assert core_hs["server"] == "198.51.100.7:5061" and core_hs["peer_chain_length"] == 0
+    assert all(e["conn"] == "m-1" and e["route"] == "lab" for e in chain.log.events)
+    # The records were logged and published, then let go by both legs.
+    assert chain.accepted.facts is None and chain.dialled.facts is None
