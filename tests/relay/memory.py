@@ -11,7 +11,7 @@ from OpenSSL import SSL
 from siptap.config import ClientTlsSettings, Limits, LogSettings
 from siptap.mirror.events import MirrorEvent
 from siptap.relay.session import SessionPlan
-from siptap.tls.facts import HandshakeFacts
+from siptap.sansio.handshake import HandshakeFacts
 
 
 class RecordingLog:

@@ -42,8 +42,8 @@ from siptap.metrics import Metrics, message_kind
 from siptap.mirror.events import Address, ConnectionClosed, KeyEvent, LegInfo
 from siptap.relay.observe import DirectionObserver, Publish
 from siptap.relay.upstream import connect_first
+from siptap.sansio.handshake import HandshakeFacts
 from siptap.sansio.sip_message import SipMessageView
-from siptap.tls.facts import HandshakeFacts
 from siptap.tls.stream import OpenSSLStream
 
 _RECEIVE_SIZE = 65536

@@ -224,6 +224,8 @@ def decode_tcp(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> TcpSegment | 
     if ip is None or not ip:
         return None
     version = ip[0] >> 4
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
     if version == 4:
         if len(ip) < 20:
             return None
