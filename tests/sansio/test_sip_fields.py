@@ -238,3 +238,10 @@ def test_absent_or_empty_fields_are_none() -> None:
 def test_what_the_one_scan_declines(text: str) -> None:
     assert read_fields(text.encode("utf-8"), len(text.encode("utf-8"))) is None
     agrees(text.encode("utf-8"), len(text.encode("utf-8")))
+
+
+def test_a_long_value_without_parameters_is_read_in_linear_time() -> None:
+    """The parameter search is possessive: a long From without ";" fails at once instead of
+    backtracking through every way of splitting the run of characters (this would hang)."""
+    fields = fields_of("INVITE sip:b SIP/2.0\r\nFrom: <sip:a@x>" + "y" * 20000 + "\r\nTo: \"" + "z" * 20000 + "\r\n\r\n")
+    assert fields is not None and (fields.from_tag, fields.to_tag) == (None, None)

@@ -13,7 +13,7 @@ falls back to the view:
 1. the header block must be ASCII (one ``bytes.isascii``), then it is decoded once;
 2. it must be *plain* exactly as the view means it (``sip_message._is_plain``): CRLF line
    ends only, no odd whitespace, every line a ``name:`` line or a continuation; one
-   validating ``fullmatch`` checks the lines, one search the odd characters. On a plain block
+   validating ``fullmatch`` checks that. On a plain block
    the view's lookup is "the first line of that name (full or compact form), with its
    continuation lines";
 3. one ``finditer`` of a single compiled pattern then yields only the lines of the wanted
@@ -62,7 +62,16 @@ _REQUEST_LINE = re.compile(rf"({_TOKEN}) +([^\x00-\x20\x7f]+) +(?i:SIP/2\.0) *")
 _STATUS_LINE = re.compile(r"(?i:SIP/2\.0) +([0-9]{3})(?: (.*))?", re.DOTALL)
 _CSEQ = re.compile(rf"\s*([0-9]{{1,10}})\s+({_TOKEN})\s*")
 _ODD = re.compile(r"[\x0b\x0c\x1c-\x1f]")  # whitespace to str.strip() that SP/HTAB/CRLF are not
-_PLAIN_BLOCK = re.compile(r"\r\n(?:(?:[^ \t\r\n:][^\r\n:]*:|[ \t])[^\r\n]*\r\n)*\r\n")
+# The view's plain block (header lines or continuations, CRLF ends, then the empty line) with
+# _ODD's characters excluded: one scan checks both. The request line's grammar excludes them
+# too, so only a status line's reason phrase needs its own _ODD search.
+_PLAIN_BLOCK = re.compile(
+    r"\r\n(?:(?:[^ \t\r\n:\x0b\x0c\x1c-\x1f][^\r\n:\x0b\x0c\x1c-\x1f]*:|[ \t])[^\r\n\x0b\x0c\x1c-\x1f]*\r\n)*\r\n")
+# Up to the first ";" outside quoted strings (backslash escapes inside) and <...>: what the
+# view's character loop (_top_level) finds, in one regex match (the alternatives begin with
+# different characters, so the possessive quantifiers change no answer, only the time a value
+# without ";" takes to fail).
+_TO_PARAMS = re.compile(r'(?:[^"<;]++|"(?:[^"\\]|\\.)*+"|<[^>]*+>)*+;', re.DOTALL)  # possessive: no backtracking
 
 # Full and compact names of the wanted headers (RFC 3261 7.3.3), longest first within an
 # alternation so that "c" does not shadow "cseq" or "call-id".
@@ -90,12 +99,12 @@ def read_fields(data: bytes, header_end: int) -> SipFields | None:
     text = block.decode("ascii")
     start = text.find("\r\n")
     if (start < 0 or text.find("\n") != start + 1 or text.find("\r") != start
-            or _ODD.search(text) is not None or _PLAIN_BLOCK.fullmatch(text, start) is None):
+            or _PLAIN_BLOCK.fullmatch(text, start) is None):
         return None
     start_line = text[:start]
     request = _REQUEST_LINE.fullmatch(start_line)
     status = None if request is not None else _STATUS_LINE.fullmatch(start_line)
-    if request is None and status is None:
+    if request is None and (status is None or _ODD.search(start_line) is not None):
         return None
 
     found: dict[str, str] = {}
@@ -161,9 +170,15 @@ def _pieces(value: str, sep: str) -> list[str]:
 def _param(value: str, wanted: str) -> str | None:
     """A header parameter (``;tag=``, ``;branch=``) outside quoted strings and ``<URI>``; None
     when absent or empty (the view's ``_header_param``)."""
-    at = next(_top_level(value, ";"), -1)
-    if at < 0:
-        return None
+    if '"' in value or "<" in value:
+        match = _TO_PARAMS.match(value)
+        if match is None:
+            return None
+        at = match.end() - 1
+    else:
+        at = value.find(";")
+        if at < 0:
+            return None
     rest = value[at + 1 :]
     params = rest.split(";") if '"' not in rest and "<" not in rest else _pieces(rest, ";")
     for param in params:
