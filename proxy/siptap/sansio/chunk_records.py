@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 __all__ = [
+    "CHUNK_HEADER",
     "CHUNK_HEADER_SIZE",
     "FROM_ACCEPTED",
     "FROM_DIALLED",
@@ -85,6 +86,9 @@ _U16 = struct.Struct("<H")
 _U8 = struct.Struct("<B")
 
 CHUNK_HEADER_SIZE = _CHUNK.size  # 32
+# The chunk header's layout, for a writer that packs it in place (``pack_into`` a ring slot):
+# fields magic, version, kind, direction, conn, offset, ts.
+CHUNK_HEADER = _CHUNK
 
 Address = tuple[str, int]
 
