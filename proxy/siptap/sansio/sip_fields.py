@@ -1,0 +1,220 @@
+"""The few SIP fields the mirror reads per message, in one scan of the header block, sans-IO.
+
+Theory of operation
+-------------------
+Per message the mirror reads the start line, Call-ID, CSeq, the From and To tags, the top
+Via branch, Content-Type and the body length (``relay/observe.py``'s log line and metrics,
+``mirror/jsonl.py``'s summary, ``mirror/hep.py``'s correlation id, the SRTP key records).
+:class:`~siptap.sansio.sip_message.SipMessageView` is the reference for all of them; it looks
+each header up with its own search. :func:`read_fields` takes them all at once, for the
+message shapes real traffic has, and answers ``None`` for anything else so that the caller
+falls back to the view:
+
+1. the header block must be ASCII (one ``bytes.isascii``), then it is decoded once;
+2. it must be *plain* exactly as the view means it (``sip_message._is_plain``): CRLF line
+   ends only, no odd whitespace, every line a ``name:`` line or a continuation; one
+   validating ``fullmatch`` checks that. On a plain block
+   the view's lookup is "the first line of that name (full or compact form), with its
+   continuation lines";
+3. one ``finditer`` of a single compiled pattern then yields only the lines of the wanted
+   headers; the first of each name wins, as in the view.
+
+So whenever this module answers, its answer is the view's (the property tests in
+tests/sansio/test_sip_fields.py hold it to that, also over the fuzz corpus and the SIPp
+scenarios); folded lines are answered too (joined as the view joins them), repeated headers
+take the first like the view, and non-ASCII, bare CR/LF or odd whitespace fall back.
+
+The result is a ``NamedTuple`` with the view's attribute names: readers of those attributes
+take either.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import NamedTuple
+
+__all__ = ["SipFields", "read_fields"]
+
+
+class SipFields(NamedTuple):
+    """The mirror's per-message fields, named as on ``SipMessageView``."""
+
+    is_request: bool
+    method: str | None
+    request_uri: str | None
+    status_code: int | None
+    reason: str | None
+    call_id: str | None
+    cseq_number: int | None
+    cseq_method: str | None
+    from_tag: str | None
+    to_tag: str | None
+    via_branch: str | None
+    content_type: str | None
+    body_length: int
+
+
+# The view's grammar (sip_message.py), repeated here so that this module stays one scan; the
+# property tests fail if the two drift apart.
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_REQUEST_LINE = re.compile(rf"({_TOKEN}) +([^\x00-\x20\x7f]+) +(?i:SIP/2\.0) *")
+_STATUS_LINE = re.compile(r"(?i:SIP/2\.0) +([0-9]{3})(?: (.*))?", re.DOTALL)
+_CSEQ = re.compile(rf"\s*([0-9]{{1,10}})\s+({_TOKEN})\s*")
+_ODD = re.compile(r"[\x0b\x0c\x1c-\x1f]")  # whitespace to str.strip() that SP/HTAB/CRLF are not
+# The view's plain block (header lines or continuations, CRLF ends, then the empty line) with
+# _ODD's characters excluded: one scan checks both. The request line's grammar excludes them
+# too, so only a status line's reason phrase needs its own _ODD search.
+_PLAIN_BLOCK = re.compile(
+    r"\r\n(?:(?:[^ \t\r\n:\x0b\x0c\x1c-\x1f][^\r\n:\x0b\x0c\x1c-\x1f]*:|[ \t])[^\r\n\x0b\x0c\x1c-\x1f]*\r\n)*\r\n")
+# Up to the first ";" outside quoted strings (backslash escapes inside) and <...>: what the
+# view's character loop (_top_level) finds, in one regex match (the alternatives begin with
+# different characters, so the possessive quantifiers change no answer, only the time a value
+# without ";" takes to fail).
+_TO_PARAMS = re.compile(r'(?:[^"<;]++|"(?:[^"\\]|\\.)*+"|<[^>]*+>)*+;', re.DOTALL)  # possessive: no backtracking
+
+# Full and compact names of the wanted headers (RFC 3261 7.3.3), longest first within an
+# alternation so that "c" does not shadow "cseq" or "call-id".
+_CANONICAL = {
+    "call-id": "call-id", "i": "call-id",
+    "cseq": "cseq",
+    "via": "via", "v": "via",
+    "from": "from", "f": "from",
+    "to": "to", "t": "to",
+    "content-type": "content-type", "c": "content-type",
+}
+_WANTED = re.compile(
+    r"\r\n(call-id|content-type|cseq|from|via|to|i|v|f|t|c)[ \t]*:([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)",
+    re.IGNORECASE | re.ASCII,
+)
+
+
+def read_fields(data: bytes, header_end: int) -> SipFields | None:
+    """The fields of one framed message (``header_end``: index of the first body byte, as the
+    framer reports it), or None when the caller should ask ``parse_message`` instead: the header
+    block is not plain ASCII, or the start line is not SIP (the view then raises)."""
+    block = data[:header_end]
+    if not block.isascii():
+        return None
+    text = block.decode("ascii")
+    start = text.find("\r\n")
+    if (start < 0 or text.find("\n") != start + 1 or text.find("\r") != start
+            or _PLAIN_BLOCK.fullmatch(text, start) is None):
+        return None
+    start_line = text[:start]
+    request = _REQUEST_LINE.fullmatch(start_line)
+    status = None if request is not None else _STATUS_LINE.fullmatch(start_line)
+    if request is None and (status is None or _ODD.search(start_line) is not None):
+        return None
+
+    found: dict[str, str] = {}
+    for match in _WANTED.finditer(text, start):
+        name = _CANONICAL[match.group(1).lower()]
+        if name not in found:
+            found[name] = match.group(2)
+
+    call_id = _joined(found["call-id"]) if "call-id" in found else None
+    cseq_number: int | None = None
+    cseq_method: str | None = None
+    if "cseq" in found and (cseq := _CSEQ.fullmatch(_joined(found["cseq"]))) is not None:
+        cseq_number, cseq_method = int(cseq.group(1)), cseq.group(2)
+    via_branch = None
+    if "via" in found and (via := _joined(found["via"])):
+        via_branch = _param(_top_via(via), "branch")
+    content_type = _joined(found["content-type"]) if "content-type" in found else None
+    return SipFields(
+        request is not None,
+        request.group(1) if request is not None else None,
+        request.group(2) if request is not None else None,
+        int(status.group(1)) if status is not None else None,
+        (status.group(2) or "") if status is not None else None,
+        call_id or None,
+        cseq_number,
+        cseq_method,
+        _param(_joined(found["from"]), "tag") if "from" in found else None,
+        _param(_joined(found["to"]), "tag") if "to" in found else None,
+        via_branch,
+        content_type or None,
+        max(0, len(data) - header_end),
+    )
+
+
+def _joined(raw: str) -> str:
+    """A value with its continuation lines joined by one space, as the view unfolds them."""
+    if "\r\n" not in raw:
+        return raw.strip()
+    lines = raw.split("\r\n")
+    value = lines[0].strip()
+    for line in lines[1:]:
+        value = f"{value} {line.strip()}".strip()
+    return value
+
+
+def _top_via(via: str) -> str:
+    """The first entry of a Via value (``split_values(via)[0]`` in the view)."""
+    if "," not in via:
+        return via  # already stripped
+    return next((entry for part in _pieces(via, ",") if (entry := part.strip())), "")
+
+
+def _pieces(value: str, sep: str) -> list[str]:
+    parts: list[str] = []
+    begin = 0
+    for at in _top_level(value, sep):
+        parts.append(value[begin:at])
+        begin = at + 1
+    parts.append(value[begin:])
+    return parts
+
+
+def _param(value: str, wanted: str) -> str | None:
+    """A header parameter (``;tag=``, ``;branch=``) outside quoted strings and ``<URI>``; None
+    when absent or empty (the view's ``_header_param``)."""
+    if '"' in value or "<" in value:
+        match = _TO_PARAMS.match(value)
+        if match is None:
+            return None
+        at = match.end() - 1
+    else:
+        at = value.find(";")
+        if at < 0:
+            return None
+    rest = value[at + 1 :]
+    params = rest.split(";") if '"' not in rest and "<" not in rest else _pieces(rest, ";")
+    for param in params:
+        name, eq, raw = param.partition("=")
+        if name.strip().lower() != wanted:
+            continue
+        raw = raw.strip()
+        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+            raw = raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        return raw if eq and raw else None
+    return None
+
+
+def _top_level(value: str, sep: str) -> Iterator[int]:
+    """Indexes of ``sep`` outside quoted strings and ``<...>``."""
+    if '"' not in value and "<" not in value:
+        at = value.find(sep)
+        while at >= 0:
+            yield at
+            at = value.find(sep, at + 1)
+        return
+    quoted = angle = False
+    i, n = 0, len(value)
+    while i < n:
+        ch = value[i]
+        if quoted:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif angle:
+            angle = ch != ">"
+        elif ch == "<":
+            angle = True
+        elif ch == sep:
+            yield i
+        i += 1
