@@ -8,8 +8,8 @@ from pathlib import Path
 
 import trio
 
-from siptap.mirror.base import Sink
 from siptap.mirror.events import ConnectionClosed, KeyEvent, LegInfo, MirrorEvent, SipEvent, SrtpKeyEvent
+from siptap.mirror.sink import Sink
 from siptap.sansio.sdp_crypto import parse_sdp_crypto
 from siptap.sansio.sip_message import parse_message
 from siptap.tls.facts import HandshakeFacts

@@ -8,9 +8,9 @@ import structlog.testing
 import trio
 import trio.testing
 
-from siptap.mirror.base import DropReporter
 from siptap.mirror.events import MirrorEvent
 from siptap.mirror.fanout import Fanout
+from siptap.mirror.sink import DropReporter
 
 from .helpers import CORE, CUSTOMER, Recorder, closed, dialog_events, key_event, sip_event
 
@@ -210,7 +210,7 @@ class DirectRecorder(Recorder):
             if self.crash_on == self._seen:
                 self.crash_on = None
                 self._seen += 1
-                self._unfinished = batch[i:]
+                self.leave_unfinished(batch[i:])
                 raise RuntimeError("sink bug")
             if self.full_after is not None:
                 if self.full_after == 0:

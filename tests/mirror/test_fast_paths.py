@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from siptap.mirror.events import LegInfo, SipEvent
 from siptap.mirror.hep import HepEncoder
-from siptap.mirror.jsonl import event_to_dict, iso_utc, iso_utc_reference, sip_event_json, to_json
+from siptap.mirror.render import event_to_dict, iso_utc, iso_utc_reference, sip_event_json, to_json
 from siptap.mirror.settings import HepSinkSettings
 from siptap.sansio import hep, pcap
 from siptap.sansio.sip_message import SipParseError, parse_message

@@ -14,7 +14,8 @@ import trio.testing
 
 from siptap.config import Endpoint
 from siptap.mirror.fanout import Fanout
-from siptap.mirror.jsonl import JsonlSink, event_to_dict
+from siptap.mirror.jsonl import JsonlSink
+from siptap.mirror.render import event_to_dict
 from siptap.mirror.settings import JsonlSinkSettings
 
 from .helpers import (
