@@ -25,9 +25,9 @@ truncated SIP message would mislead whoever reads it.
 
 from __future__ import annotations
 
-from typing import Any, Unpack
+from typing import Unpack
 
-from siptap.mirror.events import ConnectionClosed, KeyEvent, LegInfo, MirrorEvent, SipEvent, SrtpKeyEvent
+from siptap.mirror.events import Address, ConnectionClosed, KeyEvent, LegInfo, MirrorEvent, SipEvent, SrtpKeyEvent
 from siptap.mirror.link import Link, LinkOptions, LinkSink
 from siptap.mirror.render import event_to_dict, to_json
 from siptap.mirror.settings import HepSinkSettings
@@ -85,11 +85,16 @@ class HepEncoder:
         return None
 
 
-def _pairs(leg: LegInfo, encoder: hep.Encoder) -> dict[Any, bytes]:
-    """The encoder's address chunks for this connection, kept with the connection."""
+AddressPairChunks = dict[tuple[Address, Address], bytes]
+
+
+def _pairs(leg: LegInfo, encoder: hep.Encoder) -> AddressPairChunks:
+    """The encoder's address chunks for this connection, kept with the connection (the
+    leg's cache entry under the encoder itself: each HEP sink's encoders have their own)."""
     pairs = leg.cache.get(encoder)
-    if pairs is None:
-        pairs = leg.cache[encoder] = {}
+    if not isinstance(pairs, dict):  # not yet (only this function writes the entry)
+        new: AddressPairChunks = {}
+        pairs = leg.cache[encoder] = new
     return pairs
 
 

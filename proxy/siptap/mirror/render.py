@@ -218,7 +218,7 @@ def _leg_fragments(leg: LegInfo) -> tuple[str, str]:
     """The JSON members fixed for a leg (``conn_id`` .. ``server``, then ``src``, ``dst``,
     ``direction``), for each direction, rendered once per leg and kept in the leg's cache."""
     entry = leg.cache.get("jsonl")
-    if entry is None:
+    if not isinstance(entry, tuple):  # not yet (only this function writes the entry)
         fragments = []
         for from_client in (True, False):
             members = _common("sip", 0.0, leg)
