@@ -20,10 +20,11 @@ empty of new arrivals.
 
 :meth:`Fanout.run` runs one supervisor task per sink: it runs the sink's task and, if the
 sink crashes, logs it, counts a restart and starts it again after a back-off (0.5 s doubling
-to 30 s), on the same queue: a mirror bug costs events, never the proxy. A crash in a direct
-delivery costs the event at hand and moves the sink to its task, under that supervisor. :meth:`Fanout.aclose`
-drains at shutdown: it closes the queues so each sink finishes what is queued, waits at
-most ``drain_timeout`` seconds, then cancels and counts what was left as dropped.
+to 30 s), on the same queue: a mirror bug costs events, never the proxy. A crash in a
+direct delivery costs the event at hand and moves the sink to its task, under that
+supervisor. :meth:`Fanout.aclose` drains at shutdown: it closes the queues so each sink
+finishes what is queued, waits at most ``drain_timeout`` seconds, then cancels and counts
+what was left as dropped.
 
 Leg filter: ``legs`` ("customer", "core" or "both") selects whose events reach the sinks.
 The relay applies the same choice to SIP itself (it need not even build events for an
@@ -169,12 +170,15 @@ class Fanout:
         or shutting down), so the relay can count "mirrored vs observed"."""
         complete = True
         try:
-            mirrored_leg = event.leg.leg in self.legs
+            mirrored_leg = event.leg.leg in self.legs  # once per event, not per sink
             for slot in self._slots:
                 sink = slot.sink
+                # The key log takes both legs whatever ``legs`` says (module docstring).
                 if not (mirrored_leg or sink.all_legs):
                     continue
                 try:
+                    # Asked before queueing: an event a sink does not carry costs it no
+                    # queue slot, no wake-up, and cannot push out one it does carry.
                     if not sink.accepts(event):
                         continue
                     if slot.is_direct:
@@ -189,6 +193,8 @@ class Fanout:
                             complete = False
                         else:
                             slot.direct.append(event)
+                            # Only the first event since the last pass wakes the
+                            # dispatcher; the others ride along in its batch.
                             if not self._armed:
                                 self._armed = True
                                 self._wake.set()
@@ -197,6 +203,8 @@ class Fanout:
                     # for): the channel, behind whatever the dispatcher moved there first.
                     slot.send.send_nowait(event)
                 except trio.WouldBlock:
+                    # The sink's task is queue_size events behind: this sink loses the
+                    # event, the others still get it; the relay never waits for a sink.
                     sink.drop("queue full")
                     complete = False
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -219,7 +227,10 @@ class Fanout:
         self._running = True
         try:
             with trio.CancelScope() as cancel:
-                self._cancel = cancel
+                self._cancel = cancel  # aclose()'s hard stop when the drain runs out of time
+                # Two nurseries: the inner one ends by itself once every sink drained; the
+                # drop reporter, which would loop forever, lives in the outer one and is
+                # cancelled then.
                 async with trio.open_nursery() as nursery:
                     reporter = trio.CancelScope()
                     async with trio.open_nursery() as supervisors:
@@ -239,6 +250,8 @@ class Fanout:
                     # reporter would run forever; its last flush happens below.
                     reporter.cancel()
         finally:
+            # However it ended (drained, timed out, cancelled from outside), every event
+            # still queued is counted once, and pending drop warnings are written out.
             self._count_leftovers()
             for slot in self._slots:
                 slot.sink.reporter.flush(slot.sink.dropped)
