@@ -100,7 +100,7 @@ class Link:
             while True:
                 try:
                     with trio.fail_after(self.connect_timeout):
-                        sock = await self._open()
+                        sock, raw = await self._open()
                 except (OSError, trio.TooSlowError) as exc:
                     reason = "connect timed out" if isinstance(exc, trio.TooSlowError) else describe_error(exc)
                     self._down(reason, error=exc)
@@ -109,7 +109,7 @@ class Link:
                     continue
                 up_since = trio.current_time()
                 try:
-                    self._up(sock)
+                    self._up(sock, raw)
                     if self.stream:
                         await self._watch_eof(sock)
                     else:
@@ -127,7 +127,10 @@ class Link:
         finally:
             self._sock = self._raw = None
 
-    async def _open(self) -> trio.socket.SocketType:
+    async def _open(self) -> tuple[trio.socket.SocketType, socket.socket]:
+        """A connected socket: trio's, for waiting sends and reads, and the standard-library
+        socket it wraps (the same object, made non-blocking by trio), for the one-call
+        sends of the fast paths."""
         target = self.target
         addr: str | tuple[object, ...]
         if isinstance(target, str):  # the Unix kinds: a filesystem path
@@ -136,9 +139,8 @@ class Link:
             host, port = target
             infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             family, addr = infos[0][0], infos[0][4]
-        sock = trio.socket.from_stdlib_socket(
-            socket.socket(family, socket.SOCK_STREAM if self.stream else socket.SOCK_DGRAM)
-        )
+        raw = socket.socket(family, socket.SOCK_STREAM if self.stream else socket.SOCK_DGRAM)
+        sock = trio.socket.from_stdlib_socket(raw)
         try:
             if self.kind == "tcp":
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -146,7 +148,7 @@ class Link:
         except BaseException:
             sock.close()
             raise
-        return sock
+        return sock, raw
 
     async def _watch_eof(self, sock: trio.socket.SocketType) -> None:
         """Collectors never talk back: anything read is discarded, EOF or an error means the
@@ -169,9 +171,9 @@ class Link:
             nursery.start_soon(read)
             nursery.start_soon(lost)
 
-    def _up(self, sock: trio.socket.SocketType) -> None:
+    def _up(self, sock: trio.socket.SocketType, raw: socket.socket) -> None:
         self._sock = sock
-        self._raw = _stdlib_socket(sock)
+        self._raw = raw
         self._lost = trio.Event()
         self.connects += 1
         self._connected.set()
@@ -269,14 +271,6 @@ class Link:
         # after the back-off rather than send into the void.
         self._down(reason, error=exc)
         return f"send failed ({errno.errorcode.get(exc.errno or 0, 'error')})"
-
-
-def _stdlib_socket(sock: trio.socket.SocketType) -> socket.socket:
-    """The standard-library socket under a trio socket (non-blocking, same descriptor)."""
-    raw = getattr(sock, "_sock", None)
-    if isinstance(raw, socket.socket):
-        return raw
-    return socket.socket(fileno=os.dup(sock.fileno()))  # pragma: no cover - trio always has _sock
 
 
 class LinkSink(Sink):

@@ -131,7 +131,8 @@ class Sink:
         """Say, just before raising out of :meth:`handle_batch` or
         :meth:`handle_batch_nowait`, which events of the batch were not dealt with: the
         one at hand first (it is counted lost), then the ones after it (delivered later).
-        Without it, the whole batch counts as not dealt with."""
+        Without it the whole batch is taken as unfinished: its first event counted lost,
+        the others delivered again."""
         self._unfinished = events
 
     @property
