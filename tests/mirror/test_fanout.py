@@ -287,6 +287,11 @@ async def test_direct_sink_crash_costs_the_event_at_hand_only(autojump_clock: tr
     assert (stats["sent"], stats["dropped"], stats["errors"]) == (len(events) - 1, 1, 1)
     assert stats["drop_reasons"] == {"sink crashed": 1}
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["mirror_sink_crashed"]
+    # The crash is logged first, then the drop it cost; the task takes over without a restart.
+    told = [e for e in logs if e["event"] in ("mirror_sink_crashed", "mirror_events_dropped")]
+    assert [e["event"] for e in told] == ["mirror_sink_crashed", "mirror_events_dropped"]
+    assert (told[0]["restart_in"], told[0]["restarts"], stats["restarts"]) == (0, 0, 0)
+    assert stats["last_error"] == "crashed: RuntimeError: sink bug"
 
 
 async def test_aclose_delivers_what_direct_sinks_have_queued(autojump_clock: trio.abc.Clock) -> None:
