@@ -4,12 +4,13 @@ a recording sink, and real local peers (UDP/TCP/Unix readers)."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
-from siptap.mirror.base import Sink
 from siptap.mirror.events import ConnectionClosed, KeyEvent, LegInfo, MirrorEvent, SipEvent, SrtpKeyEvent
+from siptap.mirror.sink import Sink
 from siptap.sansio.handshake import HandshakeFacts
 from siptap.sansio.sdp_crypto import parse_sdp_crypto
 from siptap.sansio.sip_message import parse_message
@@ -140,7 +141,7 @@ async def recv_datagrams(sock: trio.socket.SocketType, count: int, timeout: floa
     return out
 
 
-async def read_until(stream: trio.abc.ReceiveStream, done, timeout: float = 5.0) -> bytes:  # type: ignore[no-untyped-def]
+async def read_until(stream: trio.abc.ReceiveStream, done: Callable[[bytes], bool], timeout: float = 5.0) -> bytes:
     """Read a stream until ``done(buffer)`` is true."""
     buf = b""
     with trio.fail_after(timeout):

@@ -8,9 +8,9 @@ import structlog.testing
 import trio
 import trio.testing
 
-from siptap.mirror.base import DropReporter
 from siptap.mirror.events import MirrorEvent
 from siptap.mirror.fanout import Fanout
+from siptap.mirror.sink import DropReporter
 
 from .helpers import CORE, CUSTOMER, Recorder, closed, dialog_events, key_event, sip_event
 
@@ -32,7 +32,7 @@ def test_publish_without_running_sinks_never_blocks_and_counts_drops() -> None:
 
 def test_publish_swallows_garbage() -> None:
     fanout = Fanout([Recorder()])
-    assert fanout.publish("not an event") is False  # type: ignore[arg-type]
+    assert fanout.publish("not an event") is False  # type: ignore[arg-type]  # the point: garbage in
 
 
 async def test_full_queue_drops_only_for_the_slow_sink() -> None:
@@ -165,7 +165,7 @@ class BatchRecorder(Recorder):
         super().__init__()
         self.batches: list[int] = []
 
-    async def handle_batch(self, batch: list) -> None:  # type: ignore[type-arg]
+    async def handle_batch(self, batch: list[MirrorEvent]) -> None:
         self.batches.append(len(batch))
         await super().handle_batch(batch)
 
@@ -204,13 +204,13 @@ class DirectRecorder(Recorder):
     def delivers_nowait(self) -> bool:
         return True
 
-    def handle_batch_nowait(self, batch: list) -> int:  # type: ignore[type-arg]
+    def handle_batch_nowait(self, batch: list[MirrorEvent]) -> int:
         self.direct_batches.append(len(batch))
         for i, event in enumerate(batch):
             if self.crash_on == self._seen:
                 self.crash_on = None
                 self._seen += 1
-                self._unfinished = batch[i:]
+                self.leave_unfinished(batch[i:])
                 raise RuntimeError("sink bug")
             if self.full_after is not None:
                 if self.full_after == 0:
@@ -287,6 +287,11 @@ async def test_direct_sink_crash_costs_the_event_at_hand_only(autojump_clock: tr
     assert (stats["sent"], stats["dropped"], stats["errors"]) == (len(events) - 1, 1, 1)
     assert stats["drop_reasons"] == {"sink crashed": 1}
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["mirror_sink_crashed"]
+    # The crash is logged first, then the drop it cost; the task takes over without a restart.
+    told = [e for e in logs if e["event"] in ("mirror_sink_crashed", "mirror_events_dropped")]
+    assert [e["event"] for e in told] == ["mirror_sink_crashed", "mirror_events_dropped"]
+    assert (told[0]["restart_in"], told[0]["restarts"], stats["restarts"]) == (0, 0, 0)
+    assert stats["last_error"] == "crashed: RuntimeError: sink bug"
 
 
 async def test_aclose_delivers_what_direct_sinks_have_queued(autojump_clock: trio.abc.Clock) -> None:

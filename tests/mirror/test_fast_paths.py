@@ -5,20 +5,26 @@ computed as a big integer. The references are the original, obvious implementati
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import struct
+import types
+from collections.abc import Callable
+from typing import Any
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from siptap.config.mirror import HepSinkSettings
-from siptap.mirror.events import LegInfo, SipEvent
+from siptap.mirror.events import Address, LegInfo, SipEvent
 from siptap.mirror.hep import HepEncoder
-from siptap.mirror.jsonl import event_to_dict, iso_utc, iso_utc_reference, sip_event_json, to_json
+from siptap.mirror.render import event_to_dict, iso_utc, iso_utc_reference, sip_event_json, to_json
 from siptap.sansio import hep, pcap
 from siptap.sansio.sip_message import SipParseError, parse_message
 
 from .helpers import TS, dialog, key_event, srtp_event
+
+AddressPair = tuple[Address, Address]
 
 
 def rfc1071_loop(data: bytes) -> int:
@@ -50,7 +56,7 @@ u32 = st.integers(0, 0xFFFFFFFF)
 
 
 @st.composite
-def address_pairs(draw: st.DrawFn) -> tuple[tuple[str, int], tuple[str, int]]:
+def address_pairs(draw: st.DrawFn) -> AddressPair:
     family = draw(st.sampled_from(["4", "6", "mapped", "mixed"]))
     if family == "4":
         a, b = draw(ipv4), draw(st.one_of(ipv4, mapped))
@@ -63,7 +69,7 @@ def address_pairs(draw: st.DrawFn) -> tuple[tuple[str, int], tuple[str, int]]:
     return (a, draw(ports)), (b, draw(ports))
 
 
-def outcome(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+def outcome(fn: Callable[..., object], *args: object, **kwargs: object) -> object:
     try:
         return fn(*args, **kwargs)
     except ValueError as exc:
@@ -80,7 +86,8 @@ def outcome(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     ip_id=st.integers(0, 0xFFFF),
     from_client=st.booleans(),
 )
-def test_template_frames_match_reference(pair, seq, ack, flags, payload, ip_id, from_client) -> None:  # type: ignore[no-untyped-def]
+def test_template_frames_match_reference(pair: AddressPair, seq: int, ack: int, flags: int, payload: bytes, ip_id: int,
+                                         from_client: bool) -> None:
     client, server = pair
     flow = pcap.TcpFlow(client, server)
     flow._ip_id = [ip_id, ip_id]
@@ -113,7 +120,7 @@ def test_large_segments_match_reference() -> None:
 # --- HEP ---------------------------------------------------------------------------------
 
 
-def reference_packet(ts: float, src, dst, payload: bytes, **fields) -> bytes:  # type: ignore[no-untyped-def]
+def reference_packet(ts: float, src: Address, dst: Address, payload: bytes, **fields: Any) -> bytes:
     return hep.encode(hep.HepPacket.at(ts, src_ip=src[0], dst_ip=dst[0], src_port=src[1], dst_port=dst[1],
                                        payload=payload, **fields))
 
@@ -130,8 +137,9 @@ def reference_packet(ts: float, src, dst, payload: bytes, **fields) -> bytes:  #
     auth_key=st.one_of(st.none(), st.binary(min_size=1, max_size=20)),
     node_name=st.one_of(st.none(), st.binary(min_size=1, max_size=20)),
 )
-def test_hep_encoder_matches_reference(pair, ts, payload, correlation, ip_proto, proto_type, capture_id,  # type: ignore[no-untyped-def]
-                                       auth_key, node_name) -> None:
+def test_hep_encoder_matches_reference(pair: AddressPair, ts: float, payload: bytes, correlation: bytes | None,
+                                       ip_proto: int, proto_type: int, capture_id: int, auth_key: bytes | None,
+                                       node_name: bytes | None) -> None:
     src, dst = pair
     fields = dict(ip_proto=ip_proto, proto_type=proto_type, capture_id=capture_id, auth_key=auth_key,
                   node_name=node_name)
@@ -142,7 +150,7 @@ def test_hep_encoder_matches_reference(pair, ts, payload, correlation, ip_proto,
 
 
 def test_hep_sink_encoder_sip_events_match_reference() -> None:
-    settings_ = HepSinkSettings(address="127.0.0.1:9060", capture_id=7, node_name="n", auth_key="k")  # type: ignore[arg-type]
+    settings_ = HepSinkSettings(address="127.0.0.1:9060", capture_id=7, node_name="n", auth_key="k")  # type: ignore[arg-type]  # encoding never reads the address
     encoder = HepEncoder(settings_)
     leg = LegInfo("c1", "lab", "customer", ("::ffff:192.0.2.10", 40000), ("192.0.2.1", 5061))
     for i, (from_client, data) in enumerate(dialog()):
@@ -185,7 +193,8 @@ texts = st.one_of(st.none(), st.text(max_size=20))
     payload=st.booleans(),
     parse=st.booleans(),
 )
-def test_sip_event_json_matches_event_to_dict(pair, ts, from_client, data, conn_id, payload, parse) -> None:  # type: ignore[no-untyped-def]
+def test_sip_event_json_matches_event_to_dict(pair: AddressPair, ts: float, from_client: bool, data: bytes, conn_id: str,
+                                              payload: bool, parse: bool) -> None:
     leg = LegInfo(conn_id, "route\n\"x\"", "customer", *pair)
     try:
         view = parse_message(data) if parse else None
@@ -201,11 +210,25 @@ def test_ipaddress_cache_keeps_normalising() -> None:
     assert hep._canonical_ip("2001:db8::1") == ipaddress.ip_address("2001:db8::1")
 
 
+def reachable_ids(root: object) -> set[int]:
+    """The ids of the objects reachable from ``root`` through containers and instances;
+    classes, modules and functions are not followed (through them everything is reachable)."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.FunctionType, types.MethodType)):
+            continue
+        seen.add(id(obj))
+        stack.extend(gc.get_referents(obj))
+    return seen
+
+
 def test_per_connection_renderings_live_on_the_leg_not_in_the_process() -> None:
     """Churned connections (a new port pair each) leave nothing behind in the sinks' encoders:
     what HEP and JSON lines render once per connection is kept in that connection's LegInfo,
     so it is freed with it (the soak's RSS grew while process-wide caches filled up)."""
-    encoder = HepEncoder(HepSinkSettings(address=None))  # type: ignore[arg-type]
+    encoder = HepEncoder(HepSinkSettings(address=None))  # type: ignore[arg-type]  # encoding never reads the address
     _, message = dialog()[0]
     legs = [LegInfo(f"c{i}", "lab", "customer", ("192.0.2.10", 10000 + i), ("192.0.2.1", 5061)) for i in range(500)]
     for leg in legs:
@@ -215,7 +238,12 @@ def test_per_connection_renderings_live_on_the_leg_not_in_the_process() -> None:
             event = SipEvent(TS, leg, from_client, message, parse_message(message, message.index(b"\r\n\r\n") + 4))
             assert encoder.encode(event) is not None
             sip_event_json(event)
-    assert all(encoder._encoders[p]._addresses == {} for p in encoder._encoders)
+    # No connection's address tuple (each leg has its own client tuple) is held by the encoder.
+    assert not reachable_ids(encoder) & {id(leg.client) for leg in legs}
     for leg in legs:
-        assert "jsonl" in leg.cache and len(leg.cache[encoder._sip]) == 2
+        assert isinstance(leg.cache.get("jsonl"), tuple)
+        # One entry per HEP protocol type: the log packets' one address pair (client to
+        # server, both events), the SIP packets' two (both directions).
+        pair_chunks = [entry for key, entry in leg.cache.items() if key != "jsonl"]
+        assert sorted(len(entry) for entry in pair_chunks if isinstance(entry, dict)) == [1, 2]
     assert legs[0] == LegInfo("c0", "lab", "customer", ("192.0.2.10", 10000), ("192.0.2.1", 5061))  # cache not compared

@@ -39,7 +39,7 @@ from .helpers import (
 
 
 def settings(port: int, **kw: object) -> HepSinkSettings:
-    return HepSinkSettings(Endpoint("127.0.0.1", port), **kw)  # type: ignore[arg-type]
+    return HepSinkSettings(Endpoint("127.0.0.1", port), **kw)  # type: ignore[arg-type]  # kw: any of its fields, per test
 
 
 async def test_udp_packets_match_events() -> None:
@@ -70,7 +70,7 @@ async def test_udp_packets_match_events() -> None:
     assert keys.correlation_id == CUSTOMER.conn_id.encode()
     assert (keys.src_ip, keys.src_port, keys.dst_ip, keys.dst_port) == (*CUSTOMER.client, *CUSTOMER.server)
     *lines, info = keys.payload.decode().splitlines()
-    assert [parse_line(line).label for line in lines] == ["RSA", "CLIENT_RANDOM"]  # type: ignore[union-attr]
+    assert [parse_line(line).label for line in lines] == ["RSA", "CLIENT_RANDOM"]  # type: ignore[union-attr]  # None fails the test anyway
     meta = json.loads(info)
     assert meta["type"] == "tls_keys" and meta["tls"]["cipher"] == "AES256-GCM-SHA384"
     assert srtp.correlation_id == CALL_ID.encode()
@@ -230,7 +230,7 @@ async def test_sngrep_receives_the_dialog(tmp_path: Path) -> None:
         assert sink.sent == 7 and sink.dropped == 0
         # Everything read by sngrep: its socket's receive queue (field 5, tx:rx) is empty.
         with trio.fail_after(10):
-            while udp_socket_state(port)[4].split(":")[1] != "00000000":  # type: ignore[index]
+            while udp_socket_state(port)[4].split(":")[1] != "00000000":  # type: ignore[index]  # the socket exists while sngrep runs
                 await trio.sleep(0.01)
     finally:
         proc.send_signal(signal.SIGTERM)  # sngrep flushes its -O file on SIGTERM

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ import trio.testing
 
 from siptap.config import Endpoint
 from siptap.config.mirror import JsonlSinkSettings
+from siptap.mirror.events import MirrorEvent
 from siptap.mirror.fanout import Fanout
-from siptap.mirror.jsonl import JsonlSink, event_to_dict
+from siptap.mirror.jsonl import JsonlSink
+from siptap.mirror.render import event_to_dict
 
 from .helpers import (
     CALL_ID,
@@ -31,7 +34,7 @@ from .helpers import (
 )
 
 
-def all_events() -> list:  # type: ignore[type-arg]
+def all_events() -> list[MirrorEvent]:
     return [key_event(), *dialog_events(), srtp_event(), closed()]
 
 
@@ -83,7 +86,7 @@ def check_lines(lines: list[bytes]) -> None:
     assert [o["payload"] for o in objs[1:8]] == [e.data.decode() for e in events[1:8]]
 
 
-async def run_with(sink: JsonlSink, deliver) -> Fanout:  # type: ignore[no-untyped-def]
+async def run_with(sink: JsonlSink, deliver: Callable[[Fanout], Awaitable[None]]) -> Fanout:
     fanout = Fanout([sink])
     async with trio.open_nursery() as nursery:
         await nursery.start(fanout.run)

@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import trio
 
 from siptap.config.mirror import PcapSettings
 from siptap.mirror import pcap as pcap_sink
+from siptap.mirror.events import MirrorEvent, SipEvent
 from siptap.mirror.fanout import Fanout
 from siptap.mirror.pcap import PcapSink
 
@@ -36,7 +38,7 @@ def tshark(path: Path, display_filter: str = "sip") -> list[list[str]]:
     return [line.split("|") for line in out.splitlines()]
 
 
-async def drive(sink: PcapSink, events: list, legs: str = "customer") -> None:  # type: ignore[type-arg]
+async def drive(sink: PcapSink, events: Sequence[MirrorEvent], legs: str = "customer") -> None:
     fanout = Fanout([sink], legs=legs)
     async with trio.open_nursery() as nursery:
         await nursery.start(fanout.run)
@@ -60,7 +62,7 @@ async def test_dialog_reads_as_sip(tmp_path: Path, fmt: str) -> None:
     rows = tshark(path)
     assert [(m, s) for _, m, s, *_ in rows] == EXPECTED * 2
     assert [r[0] for r in rows] == [CALL_ID] * 7 + ["other@x"] * 7
-    expected_ends = [(*e.src, *e.dst) for e in events[:14]]  # type: ignore[union-attr]
+    expected_ends = [(*e.src, *e.dst) for e in events[:14] if isinstance(e, SipEvent)]
     assert [(r[3], int(r[4]), r[5], int(r[6])) for r in rows] == expected_ends
     everything = tshark(path, "tcp")
     assert all(r[7] == "" for r in everything)  # no lost/retransmitted/out-of-order segments

@@ -8,7 +8,6 @@ the TLS client's side of that TCP connection, ``server`` the TLS server's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from siptap.sansio.handshake import HandshakeFacts
 from siptap.sansio.sdp_crypto import SdesKey
@@ -29,7 +28,7 @@ class LegInfo:
     # What sinks render once per connection (JSON members, HEP address chunks), kept here so
     # it lives exactly as long as the connection's events: no process-wide cache that fills
     # up with the addresses of connections long closed.
-    cache: dict[Any, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    cache: dict[object, object] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,10 +20,11 @@ empty of new arrivals.
 
 :meth:`Fanout.run` runs one supervisor task per sink: it runs the sink's task and, if the
 sink crashes, logs it, counts a restart and starts it again after a back-off (0.5 s doubling
-to 30 s), on the same queue: a mirror bug costs events, never the proxy. A crash in a direct
-delivery costs the event at hand and moves the sink to its task, under that supervisor. :meth:`Fanout.aclose`
-drains at shutdown: it closes the queues so each sink finishes what is queued, waits at
-most ``drain_timeout`` seconds, then cancels and counts what was left as dropped.
+to 30 s), on the same queue: a mirror bug costs events, never the proxy. A crash in a
+direct delivery costs the event at hand and moves the sink to its task, under that
+supervisor. :meth:`Fanout.aclose` drains at shutdown: it closes the queues so each sink
+finishes what is queued, waits at most ``drain_timeout`` seconds, then cancels and counts
+what was left as dropped.
 
 Leg filter: ``legs`` ("customer", "core" or "both") selects whose events reach the sinks.
 The relay applies the same choice to SIP itself (it need not even build events for an
@@ -37,24 +38,29 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import structlog
 import trio
 
 from siptap.config.mirror import MirrorSettings
-from siptap.mirror.base import MAX_BATCH, Sink
 from siptap.mirror.events import MirrorEvent
+from siptap.mirror.link import LinkOptions
+from siptap.mirror.sink import MAX_BATCH, Sink
 
 log = structlog.get_logger("siptap.mirror")
 
 # Longest the dispatcher delivers before it lets other tasks (the relay's pumps) run: a
-# message that arrives while the mirror writes a large batch waits at most about this long.
+# message that arrives while the mirror writes a large batch waits at most about this long
+# (plus the one batch in hand: the clock is read between batches, not between events).
 DISPATCH_SLICE = 0.0002
 
 
 async def _let_others_run() -> None:
     """The relay's tasks may be waiting for the CPU: a checkpoint lets them run first."""
+    # A plain checkpoint puts the dispatcher at the back of trio's run queue: every task
+    # that became runnable meanwhile (a pump whose socket got data) runs before it resumes.
+    # It is also a cancellation point, which is how a hard stop reaches a long dispatch.
     await trio.lowlevel.checkpoint()
 
 LEG_SETS = {
@@ -74,19 +80,31 @@ class _Slot:
         self.sink = sink
         self.can_be_direct = sink.delivers_nowait
         # A direct sink's channel has room for a full queue plus the batch in hand when it
-        # moves over to its task.
+        # moves over to its task. That move happens only while the channel is empty (a
+        # direct sink's events never go to the channel, see publish), so it always fits:
+        # at most MAX_BATCH from the batch in hand plus at most queue_size from the deque.
         capacity = queue_size + MAX_BATCH if self.can_be_direct else queue_size
         self.send, self.receive = trio.open_memory_channel[MirrorEvent](capacity)
+        # A deque, not a channel: the dispatcher pops whole batches synchronously, and an
+        # append on the hot path is the cheapest queue there is. Its bound (queue_size) is
+        # enforced by publish.
         self.direct: deque[MirrorEvent] = deque()
         self.is_direct = self.can_be_direct
         if self.can_be_direct:
             sink.on_idle = self._task_caught_up
 
     def _task_caught_up(self) -> None:
+        # Called by the sink's task when its channel and backlog are both empty, right
+        # before it waits: nothing of this sink is queued anywhere, so new events may go to
+        # the deque again without overtaking older ones. The task stays parked on the empty
+        # channel until the dispatcher moves the sink over again.
         self.is_direct = True
 
 
 class Fanout:
+    """Hands each event to every sink that wants it, without ever waiting (see the module
+    docstring); runs, restarts and drains the sinks."""
+
     def __init__(
         self,
         sinks: Sequence[Sink],
@@ -117,12 +135,14 @@ class Fanout:
         self._finished = trio.Event()
         self._running = False
         self._wake = trio.Event()  # set by the first direct event since the last dispatch
+        # Whether _wake is already set for the next dispatch: publish tests this flag
+        # rather than calling Event.set per event (set on a set event is not free).
         self._armed = False
         self._dispatcher_done = trio.Event()
         self._gathering: trio.CancelScope | None = None
 
     @classmethod
-    def from_settings(cls, settings: MirrorSettings, **sink_options: Any) -> Fanout:
+    def from_settings(cls, settings: MirrorSettings, **sink_options: Unpack[LinkOptions]) -> Fanout:
         return cls(
             build_sinks(settings, **sink_options),
             legs=settings.legs,
@@ -150,15 +170,21 @@ class Fanout:
         or shutting down), so the relay can count "mirrored vs observed"."""
         complete = True
         try:
-            mirrored_leg = event.leg.leg in self.legs
+            mirrored_leg = event.leg.leg in self.legs  # once per event, not per sink
             for slot in self._slots:
                 sink = slot.sink
+                # The key log takes both legs whatever ``legs`` says (module docstring).
                 if not (mirrored_leg or sink.all_legs):
                     continue
                 try:
+                    # Asked before queueing: an event a sink does not carry costs it no
+                    # queue slot, no wake-up, and cannot push out one it does carry.
                     if not sink.accepts(event):
                         continue
                     if slot.is_direct:
+                        # The deque is never closed, so shutdown and the bound are checked
+                        # here; the channel below does both itself (ClosedResourceError,
+                        # WouldBlock), with the same reasons counted.
                         if self._closing:
                             sink.drop("mirror shut down")
                             complete = False
@@ -167,12 +193,18 @@ class Fanout:
                             complete = False
                         else:
                             slot.direct.append(event)
+                            # Only the first event since the last pass wakes the
+                            # dispatcher; the others ride along in its batch.
                             if not self._armed:
                                 self._armed = True
                                 self._wake.set()
                         continue
+                    # Not direct (a stream sink, or a direct one its task is catching up
+                    # for): the channel, behind whatever the dispatcher moved there first.
                     slot.send.send_nowait(event)
                 except trio.WouldBlock:
+                    # The sink's task is queue_size events behind: this sink loses the
+                    # event, the others still get it; the relay never waits for a sink.
                     sink.drop("queue full")
                     complete = False
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -195,7 +227,10 @@ class Fanout:
         self._running = True
         try:
             with trio.CancelScope() as cancel:
-                self._cancel = cancel
+                self._cancel = cancel  # aclose()'s hard stop when the drain runs out of time
+                # Two nurseries: the inner one ends by itself once every sink drained; the
+                # drop reporter, which would loop forever, lives in the outer one and is
+                # cancelled then.
                 async with trio.open_nursery() as nursery:
                     reporter = trio.CancelScope()
                     async with trio.open_nursery() as supervisors:
@@ -210,8 +245,13 @@ class Fanout:
                             log.info("mirror_started", sinks=[s.sink.name for s in self._slots],
                                      legs=sorted(self.legs), queue_size=self.queue_size)
                         task_status.started()
-                    reporter.cancel()  # every sink finished: aclose() drained them
+                    # The supervisors' nursery ends only when every sink's run returned, i.e.
+                    # its channel was closed and drained: aclose() did that. The drop
+                    # reporter would run forever; its last flush happens below.
+                    reporter.cancel()
         finally:
+            # However it ended (drained, timed out, cancelled from outside), every event
+            # still queued is counted once, and pending drop warnings are written out.
             self._count_leftovers()
             for slot in self._slots:
                 slot.sink.reporter.flush(slot.sink.dropped)
@@ -224,19 +264,32 @@ class Fanout:
             while not self._closing:
                 await self._wake.wait()
                 if self.batch_interval > 0 and not self._closing:
+                    # The gathering wait: what makes one wake-up serve a whole batch of
+                    # every direct sink. A cancel scope rather than trio.sleep so aclose()
+                    # can end it early and flush at once instead of after the interval.
                     with trio.move_on_after(self.batch_interval) as self._gathering:  # aclose ends it early
                         await trio.sleep_forever()
                     self._gathering = None
+                # Re-arm before delivering, not after: an event published while this pass
+                # yields (below) must wake the next pass, since the loop over the slots may
+                # already be past its sink. The cost is at most one empty pass.
                 self._wake = trio.Event()
                 self._armed = False
+                # perf_counter, not trio's clock: the slice bounds real time the relay
+                # waits, and trio's clock may be virtual (autojump in tests).
                 slice_end = time.perf_counter() + DISPATCH_SLICE
                 for slot in self._slots:
+                    # Until this sink's deque is empty, or the sink moved to its task (it
+                    # would have to wait, or it crashed): then the task owns the rest.
                     while slot.direct and slot.is_direct:
                         self._deliver_direct(slot)
                         if time.perf_counter() > slice_end:
                             await _let_others_run()
                             slice_end = time.perf_counter() + DISPATCH_SLICE
         finally:
+            # The last pass, synchronous and without yielding: at shutdown (or when
+            # cancelled) whatever is queued for a direct sink is written now or handed to
+            # its task, whose channel aclose() keeps open until _dispatcher_done is set.
             for slot in self._slots:
                 while slot.direct and slot.is_direct:
                     self._deliver_direct(slot)
@@ -246,26 +299,26 @@ class Fanout:
         """One batch (at most MAX_BATCH) of a direct sink's queue, synchronously."""
         queue, sink = slot.direct, slot.sink
         batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
-        sink._unfinished = batch
         try:
-            done = sink.handle_batch_nowait(batch)
+            done = sink.deliver_nowait(batch)
         except Exception as exc:
-            rest = sink._unfinished
-            sink.errors += 1
-            sink.last_error = f"crashed: {type(exc).__name__}: {exc}"
-            log.exception("mirror_sink_crashed", sink=sink.name, restart_in=0, restarts=sink.restarts)
-            if rest:
-                sink.drop("sink crashed")
-            sink._note_handled(len(batch) - len(rest) + (1 if rest else 0))
-            self._to_task(slot, rest[1:])
+            # A bug in the sink. It costs the event at hand (settle_crash counts it); the
+            # rest of the batch and the deque go to the sink's own task, whose supervisor
+            # restarts it, with back-off, if it crashes again. Logged before the drop is
+            # counted, as always (the drop reporter may log right after).
+            sink.record_crash(exc, restart_in=0, restarting=False)
+            self._to_task(slot, sink.settle_crash(batch))
             return
-        if done:
-            sink._note_handled(done)
         if done < len(batch):
+            # It would have to wait (a full socket buffer): its task waits instead, so
+            # this pass goes on to the other sinks.
             self._to_task(slot, batch[done:])
 
     def _to_task(self, slot: _Slot, first: list[MirrorEvent]) -> None:
         """Hand a direct sink's undelivered events, in order, to its own task."""
+        # From here on publish sends this sink's events to the channel, behind these: the
+        # order is kept because the channel is empty now (see _Slot) and nothing is
+        # appended to the deque until the task reports idle again.
         slot.is_direct = False
         pending = first + list(slot.direct)
         slot.direct.clear()
@@ -284,13 +337,14 @@ class Fanout:
         delay, cap = self.restart_backoff
         while True:
             try:
+                # The same channel on every restart: what was queued survives a crash, and
+                # the crashed batch's rest (the sink's backlog) goes first.
                 await sink.run(slot.receive, self.batch_interval)
                 return  # queue closed and drained
             except Exception as exc:
-                sink.errors += 1
-                sink.restarts += 1
-                sink.last_error = f"crashed: {type(exc).__name__}: {exc}"
-                log.exception("mirror_sink_crashed", sink=sink.name, restart_in=delay, restarts=sink.restarts)
+                sink.record_crash(exc, restart_in=delay, restarting=True)
+            # A sink that crashes on every event must not spin: the back-off bounds the
+            # log lines and the CPU a persistent bug costs.
             await trio.sleep(delay)
             delay = min(delay * 2, cap)
 
@@ -303,8 +357,8 @@ class Fanout:
 
     def _count_leftovers(self) -> None:
         for slot in self._slots:
-            left = len(slot.sink.backlog) + len(slot.direct)  # queued or taken in a batch, not reached
-            slot.sink.backlog.clear()
+            # Queued or taken in a batch, not reached: the backlog, the deque, the channel.
+            left = len(slot.sink.take_backlog()) + len(slot.direct)
             slot.direct.clear()
             while True:
                 try:
@@ -322,12 +376,15 @@ class Fanout:
         deadline = trio.current_time() + (self.drain_timeout if timeout is None else timeout)
         if not self._closing:
             self._closing = True
+            # Wake the dispatcher (and cut its gathering wait short) for its last pass now.
             self._wake.set()
             if self._gathering is not None:
                 self._gathering.cancel()
             if self._running:  # the dispatcher's last pass may still hand events to sink tasks
                 with trio.move_on_at(deadline):
                     await self._dispatcher_done.wait()
+            # Closing the send side lets each sink task take what is queued, then see
+            # EndOfChannel and return: that is the drain.
             for slot in self._slots:
                 slot.send.close()
         if not self._running:
@@ -336,6 +393,9 @@ class Fanout:
         with trio.move_on_at(deadline):
             await self._finished.wait()
         if not self._finished.is_set():
+            # Out of time: cancel the sinks (each counts the event at hand as "cancelled
+            # at shutdown"); run()'s finally counts the rest and sets _finished. Shielded,
+            # so a caller being cancelled still returns only once the counts are final.
             if self._cancel is not None:
                 self._cancel.cancel()
             with trio.CancelScope(shield=True):
@@ -345,7 +405,8 @@ class Fanout:
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per sink: ``queued`` (waiting now), ``sent``, ``dropped``, ``errors``,
-        ``restarts``, plus ``drop_reasons`` and ``last_error`` for humans."""
+        ``restarts``, plus ``drop_reasons`` and ``last_error`` for humans. (The rows mix
+        ints, a dict and a string; metrics and the demo read them by key.)"""
         out: dict[str, dict[str, Any]] = {}
         for slot in self._slots:
             sink = slot.sink
@@ -370,11 +431,13 @@ class Fanout:
         return totals
 
 
-def build_sinks(settings: MirrorSettings, **options: Any) -> list[Sink]:
+def build_sinks(settings: MirrorSettings, **options: Unpack[LinkOptions]) -> list[Sink]:
     """The sinks the settings ask for, named for logs and stats (``hep:udp:127.0.0.1:9060``,
     ``jsonl:unix:/path``, ``keylog``, ``pcap``, ``srtp_keys``; a numeric suffix keeps two
     identical outputs apart). ``options`` (e.g. ``backoff_initial``) go to the socket sinks.
     Nothing is opened or connected here: that happens in :meth:`Fanout.run`."""
+    # Imported here: the fan-out itself works with any Sink (tests use their own), and
+    # only this factory needs to know the concrete outputs.
     from siptap.mirror.hep import HepSink
     from siptap.mirror.jsonl import JsonlSink
     from siptap.mirror.keylog import KeylogSink
@@ -392,12 +455,9 @@ def build_sinks(settings: MirrorSettings, **options: Any) -> list[Sink]:
         used.add(candidate)
         return candidate
 
-    for hep in settings.hep:
-        sink = HepSink(hep, **options)
-        sink.name = unique(sink.name)
-        sinks.append(sink)
-    for jsonl in settings.jsonl:
-        sink = JsonlSink(jsonl, **options)
+    socket_sinks: list[Sink] = [HepSink(hep, **options) for hep in settings.hep]
+    socket_sinks += [JsonlSink(jsonl, **options) for jsonl in settings.jsonl]
+    for sink in socket_sinks:
         sink.name = unique(sink.name)
         sinks.append(sink)
     if settings.keylog is not None:

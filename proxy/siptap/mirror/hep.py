@@ -8,7 +8,7 @@ Call-ID as correlation id (chunk 0x0011, before the payload), which is how Homer
 call. Key material goes as HEP *log* packets (protocol type 0x64, Kamailio's convention):
 
 - a ``KeyEvent`` (one per completed handshake) carries the NSS key-log lines, one per line,
-  then one line of compact JSON (:func:`siptap.mirror.jsonl.event_to_dict`: leg, addresses,
+  then one line of compact JSON (:func:`siptap.mirror.render.event_to_dict`: leg, addresses,
   version, cipher, key exchange...); addresses client -> server of that leg; correlation id
   = the connection id, shared by both legs of one proxied connection;
 - an ``SrtpKeyEvent`` carries the JSON of the SDES key; addresses in the direction of the
@@ -16,7 +16,7 @@ call. Key material goes as HEP *log* packets (protocol type 0x64, Kamailio's con
   the call.
 
 Transport: UDP (one packet per datagram) or TCP (packets back to back; a collector frames
-on the length field), through :class:`siptap.mirror.base.Link`, which reconnects with
+on the length field), through :class:`siptap.mirror.link.Link`, which reconnects with
 back-off. While the collector is down, packets are dropped and counted; a collector that is
 down at start-up is the same state, not an error. A message too large for one HEP packet
 (65535 octets with headers) is dropped with its own reason rather than truncated: a
@@ -25,14 +25,12 @@ truncated SIP message would mislead whoever reads it.
 
 from __future__ import annotations
 
-from typing import Any
-
-import trio
+from typing import Unpack
 
 from siptap.config.mirror import HepSinkSettings
-from siptap.mirror.base import Link, LinkSink
-from siptap.mirror.events import ConnectionClosed, KeyEvent, LegInfo, MirrorEvent, SipEvent, SrtpKeyEvent
-from siptap.mirror.jsonl import event_to_dict, to_json
+from siptap.mirror.events import Address, ConnectionClosed, KeyEvent, LegInfo, MirrorEvent, SipEvent, SrtpKeyEvent
+from siptap.mirror.link import Link, LinkOptions, LinkSink
+from siptap.mirror.render import event_to_dict, to_json
 from siptap.sansio import hep
 
 IP_PROTOS = {"tcp": hep.IPPROTO_TCP, "tls": hep.IPPROTO_IDP_TLS}
@@ -87,24 +85,28 @@ class HepEncoder:
         return None
 
 
-def _pairs(leg: LegInfo, encoder: hep.Encoder) -> dict[Any, bytes]:
-    """The encoder's address chunks for this connection, kept with the connection."""
+AddressPairChunks = dict[tuple[Address, Address], bytes]
+
+
+def _pairs(leg: LegInfo, encoder: hep.Encoder) -> AddressPairChunks:
+    """The encoder's address chunks for this connection, kept with the connection (the
+    leg's cache entry under the encoder itself: each HEP sink's encoders have their own)."""
     pairs = leg.cache.get(encoder)
-    if pairs is None:
-        pairs = leg.cache[encoder] = {}
+    if not isinstance(pairs, dict):  # not yet (only this function writes the entry)
+        new: AddressPairChunks = {}
+        pairs = leg.cache[encoder] = new
     return pairs
 
 
 class HepSink(LinkSink):
+    """Each event HEP carries as one HEP3 packet to a collector, over a :class:`Link`."""
+
     def __init__(
         self,
         settings: HepSinkSettings,
         *,
         name: str | None = None,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 30.0,
-        connect_timeout: float = 5.0,
-        send_timeout: float = 1.0,
+        **link_options: Unpack[LinkOptions],
     ) -> None:
         super().__init__(name or f"hep:{settings.transport}:{settings.address}")
         self.settings = settings
@@ -113,10 +115,7 @@ class HepSink(LinkSink):
             self,
             settings.transport,
             (settings.address.host, settings.address.port),
-            backoff_initial=backoff_initial,
-            backoff_max=backoff_max,
-            connect_timeout=connect_timeout,
-            send_timeout=send_timeout,
+            **link_options,
         )
 
     def accepts(self, event: MirrorEvent) -> bool:
@@ -125,12 +124,6 @@ class HepSink(LinkSink):
         if isinstance(event, (KeyEvent, SrtpKeyEvent)):
             return self.settings.log_key_material
         return False  # ConnectionClosed: HEP has no place for it
-
-    async def run(self, receive: Any, batch_interval: float = 0.0) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.link.run, name=f"{self.name} link")
-            await super().run(receive, batch_interval)
-            nursery.cancel_scope.cancel()
 
     def encode_unit(self, event: MirrorEvent) -> bytes | None:
         if isinstance(event, ConnectionClosed):

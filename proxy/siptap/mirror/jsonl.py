@@ -5,263 +5,33 @@ datagram socket, TCP or UDP. siptap is the client and connects to the reader; ov
 transports each object is one ``\\n``-terminated line, over datagram transports one object
 per datagram. JSON string escaping guarantees no raw newline inside an object. A reader
 that is absent (no socket file yet, ECONNREFUSED) is not an error: events are dropped and
-counted while the link retries with back-off (see :class:`siptap.mirror.base.Link`). A
+counted while the link retries with back-off (see :class:`siptap.mirror.link.Link`). A
 reader that stops reading makes sends time out: those events are dropped, the queue stays
 bounded, and the relay never waits.
 
-Object shapes (all share ``type``, ``ts`` ISO 8601 UTC, ``epoch`` float seconds,
-``conn_id``, ``route``, ``leg``, ``client`` and ``server`` as ``{"ip", "port"}``):
-
-- ``sip``: ``src``, ``dst``, ``direction`` (``client->server`` or ``server->client`` on that
-  leg), ``size``, ``sip`` (summary: request, method, request_uri, status, reason, call_id,
-  cseq, cseq_method, from_tag, to_tag, via_branch, content_type, body_length; null when the
-  start line did not parse), ``payload`` (text; undecodable bytes as ``\\xNN`` escapes, and
-  then the exact bytes in ``payload_b64``) unless payloads are turned off.
-- ``tls_keys``: ``tls`` = :meth:`HandshakeFacts.as_dict` with secrets (NSS key-log lines,
-  master secret), so a consumer can tie key material to a connection's 5-tuple.
-- ``srtp_key``: ``src``, ``dst``, ``direction``, ``call_id``, ``sip`` (the method or status
-  whose SDP carried it), ``srtp`` (suite, tag, inline key||salt base64 as in SDP, master
-  key and salt in base64 and hex, lifetime, mki, media, port, address, session_params).
-- ``connection_closed``: duration, byte counts, messages observed, reason.
+Each object is :func:`siptap.mirror.render.event_to_dict` of the event (the shapes are
+described there), as compact JSON.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import math
-from datetime import UTC, datetime
-from typing import Any
+from typing import Unpack
 
 from siptap.config.mirror import JsonlSinkSettings
-from siptap.mirror.base import Link, LinkSink
-from siptap.mirror.events import (
-    Address,
-    ConnectionClosed,
-    KeyEvent,
-    LegInfo,
-    MirrorEvent,
-    SipEvent,
-    SrtpKeyEvent,
-)
-from siptap.sansio.sdp_crypto import SdesKey
-from siptap.sansio.sip_message import SipMessageView
-
-
-def iso_utc_reference(ts: float) -> str:
-    """What :func:`iso_utc` returns, the slow obvious way (kept for tests)."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-_last_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
-
-
-def iso_utc(ts: float) -> str:
-    """``2023-11-14T22:13:20.250000Z``: as :func:`iso_utc_reference`, but the date and time
-    of day are formatted once per second. The microseconds are rounded exactly as
-    ``datetime.fromtimestamp`` rounds them (CPython's ``_PyTime_DoubleToDenominator``:
-    ``modf``, scale, round half to even, carry)."""
-    frac, whole = math.modf(ts)
-    usec = round(frac * 1e6)
-    if usec >= 1_000_000:
-        usec -= 1_000_000
-        whole += 1.0
-    elif usec < 0:
-        usec += 1_000_000
-        whole -= 1.0
-    cache = _last_second
-    if cache[0] != whole:
-        text = datetime.fromtimestamp(int(whole), UTC).replace(tzinfo=None).isoformat()
-        cache[0], cache[1] = whole, text
-    return f"{cache[1]}.{usec:06d}Z"
-
-
-def _addr(address: Address) -> dict[str, Any]:
-    return {"ip": address[0], "port": address[1]}
-
-
-def _common(kind: str, ts: float, leg: LegInfo) -> dict[str, Any]:
-    return {
-        "type": kind,
-        "ts": iso_utc(ts),
-        "epoch": round(ts, 6),
-        "conn_id": leg.conn_id,
-        "route": leg.route,
-        "leg": leg.leg,
-        "client": _addr(leg.client),
-        "server": _addr(leg.server),
-    }
-
-
-def _direction(leg: LegInfo, from_client: bool) -> dict[str, Any]:
-    src, dst = (leg.client, leg.server) if from_client else (leg.server, leg.client)
-    return {
-        "src": _addr(src),
-        "dst": _addr(dst),
-        "direction": "client->server" if from_client else "server->client",
-    }
-
-
-def srtp_key_dict(key: SdesKey) -> dict[str, Any]:
-    return {
-        "suite": key.suite,
-        "tag": key.tag,
-        "inline": key.key_params_b64,
-        "master_key_b64": base64.b64encode(key.master_key).decode("ascii"),
-        "master_salt_b64": base64.b64encode(key.master_salt).decode("ascii"),
-        "master_key_hex": key.master_key_hex,
-        "master_salt_hex": key.master_salt_hex,
-        "key_salt_hex": key.master_key_hex + key.master_salt_hex,
-        "lifetime": key.lifetime,
-        "mki": key.mki,
-        "media": key.media,
-        "port": key.port,
-        "address": key.connection_address,
-        "session_params": list(key.session_params),
-    }
-
-
-def sip_summary(view: SipMessageView) -> dict[str, Any]:
-    return {
-        "request": view.is_request,
-        "method": view.method,
-        "request_uri": view.request_uri,
-        "status": view.status_code,
-        "reason": view.reason,
-        "call_id": view.call_id,
-        "cseq": view.cseq_number,
-        "cseq_method": view.cseq_method,
-        "from_tag": view.from_tag,
-        "to_tag": view.to_tag,
-        "via_branch": view.via_branch,
-        "content_type": view.content_type,
-        "body_length": view.body_length,
-    }
-
-
-def event_to_dict(event: MirrorEvent, *, payload: bool = True) -> dict[str, Any]:
-    """The JSON-friendly form of an event (see the module docstring for the shapes)."""
-    if isinstance(event, SipEvent):
-        out = _common("sip", event.ts, event.leg)
-        out.update(_direction(event.leg, event.from_client))
-        out["size"] = len(event.data)
-        view = event.view
-        out["sip"] = None if view is None else sip_summary(view)
-        if payload:
-            try:
-                out["payload"] = event.data.decode("utf-8")
-            except UnicodeDecodeError:
-                out["payload"] = event.data.decode("utf-8", "backslashreplace")
-                out["payload_b64"] = base64.b64encode(event.data).decode("ascii")
-        return out
-    if isinstance(event, KeyEvent):
-        out = _common("tls_keys", event.ts, event.leg)
-        out["tls"] = event.facts.as_dict(secrets=True)
-        return out
-    if isinstance(event, SrtpKeyEvent):
-        out = _common("srtp_key", event.ts, event.leg)
-        out.update(_direction(event.leg, event.from_client))
-        out["call_id"] = event.call_id
-        out["sip"] = event.method_or_status
-        out["srtp"] = srtp_key_dict(event.key)
-        return out
-    if isinstance(event, ConnectionClosed):
-        out = _common("connection_closed", event.ts, event.leg)
-        out.update(
-            duration=round(event.duration, 6),
-            bytes_from_client=event.bytes_from_client,
-            bytes_from_server=event.bytes_from_server,
-            messages_observed=event.messages_observed,
-            reason=event.reason,
-        )
-        return out
-    raise TypeError(f"not a mirror event: {type(event).__name__}")
-
-
-# What json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str) builds per
-# call; an encoder keeps no state between calls, so one is reused.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def to_json(obj: Any) -> str:
-    """Compact JSON on one line. ``ensure_ascii=False`` keeps SIP text readable; JSON
-    escapes control characters (newlines included) inside strings, so the line is whole."""
-    return _ENCODER.encode(obj)
-
-
-# The hot path's shortcuts to what _ENCODER.encode does: for a str, encode_basestring; for
-# a container, the C encoder it would build on each call (built once here; without the
-# circular-reference check, which only matters for self-containing objects, never ours).
-_json_str = json.encoder.encode_basestring
-_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-if _c_make_encoder is not None:
-    _c_encode = _c_make_encoder(None, str, json.encoder.encode_basestring, None, ":", ",", False, False, True)
-
-    def _json_dict(obj: dict[str, Any]) -> str:
-        return "".join(_c_encode(obj, 0))
-else:  # pragma: no cover - CPython always has the C accelerator
-    _json_dict = to_json
-
-
-def _leg_fragments(leg: LegInfo) -> tuple[str, str]:
-    """The JSON members fixed for a leg (``conn_id`` .. ``server``, then ``src``, ``dst``,
-    ``direction``), for each direction, rendered once per leg and kept in the leg's cache."""
-    entry = leg.cache.get("jsonl")
-    if entry is None:
-        fragments = []
-        for from_client in (True, False):
-            members = _common("sip", 0.0, leg)
-            del members["type"], members["ts"], members["epoch"]
-            members.update(_direction(leg, from_client))
-            fragments.append(to_json(members)[1:-1])
-        entry = leg.cache["jsonl"] = (fragments[0], fragments[1])
-    return entry
-
-
-def _number(value: Any) -> str:
-    if type(value) is float and math.isfinite(value):
-        return float.__repr__(value)
-    return to_json(value)
-
-
-def sip_event_json(event: SipEvent, *, payload: bool = True) -> str:
-    """``to_json(event_to_dict(event, payload=payload))`` for a SIP event, the same
-    characters, built from the leg's pre-rendered members: no per-event dicts for the
-    addresses, no datetime object per event."""
-    from_client_members, from_server_members = _leg_fragments(event.leg)
-    ts = event.ts
-    data = event.data
-    view = event.view
-    if view is None:
-        summary = "null"
-    else:
-        summary = _json_dict(sip_summary(view))
-    parts = [
-        '{"type":"sip","ts":', _json_str(iso_utc(ts)), ',"epoch":', _number(round(ts, 6)), ",",
-        from_client_members if event.from_client else from_server_members,
-        ',"size":', str(len(data)), ',"sip":', summary,
-    ]
-    if payload:
-        try:
-            parts += (',"payload":', _json_str(data.decode("utf-8")), "}")
-        except UnicodeDecodeError:
-            parts += (',"payload":', _json_str(data.decode("utf-8", "backslashreplace")),
-                      ',"payload_b64":', _json_str(base64.b64encode(data).decode("ascii")), "}")
-    else:
-        parts.append("}")
-    return "".join(parts)
+from siptap.mirror.events import MirrorEvent, SipEvent
+from siptap.mirror.link import Link, LinkOptions, LinkSink
+from siptap.mirror.render import event_to_dict, sip_event_json, to_json
 
 
 class JsonlSink(LinkSink):
+    """Every event as one JSON object to a reader's socket, over a :class:`Link`."""
+
     def __init__(
         self,
         settings: JsonlSinkSettings,
         *,
         name: str | None = None,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 30.0,
-        connect_timeout: float = 5.0,
-        send_timeout: float = 1.0,
+        **link_options: Unpack[LinkOptions],
     ) -> None:
         problems = settings.problems()
         if problems:
@@ -279,10 +49,7 @@ class JsonlSink(LinkSink):
             self,
             link_kind,
             target,
-            backoff_initial=backoff_initial,
-            backoff_max=backoff_max,
-            connect_timeout=connect_timeout,
-            send_timeout=send_timeout,
+            **link_options,
         )
 
     def encode(self, event: MirrorEvent) -> bytes:
@@ -291,14 +58,6 @@ class JsonlSink(LinkSink):
         else:
             line = to_json(event_to_dict(event, payload=self.settings.payload))
         return (line + "\n").encode("utf-8") if self.link.stream else line.encode("utf-8")
-
-    async def run(self, receive: Any, batch_interval: float = 0.0) -> None:
-        import trio
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.link.run, name=f"{self.name} link")
-            await super().run(receive, batch_interval)
-            nursery.cancel_scope.cancel()
 
     def encode_unit(self, event: MirrorEvent) -> bytes | None:
         try:

@@ -49,9 +49,9 @@ from pathlib import Path
 import trio
 
 from siptap.config.mirror import PcapSettings
-from siptap.mirror.base import Sink, log
 from siptap.mirror.events import ConnectionClosed, MirrorEvent, SipEvent
-from siptap.mirror.keylog import write_all
+from siptap.mirror.files import create_private, write_all
+from siptap.mirror.sink import Sink, log
 from siptap.sansio import pcap
 from siptap.sansio.hep import split_timestamp
 
@@ -65,6 +65,8 @@ class _Flow:
 
 
 class PcapSink(Sink):
+    """Relayed SIP as synthetic TCP flows in rotated capture files (see the module docstring)."""
+
     def __init__(
         self, settings: PcapSettings, *, name: str = "pcap", retry_initial: float = 1.0, retry_max: float = 30.0
     ) -> None:
@@ -110,12 +112,11 @@ class PcapSink(Sink):
             self._name_counter += 1
             path = self.directory / f"{self.settings.prefix}-{stamp}-{self._name_counter}.{self.ext}"
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                fd = create_private(path)
             except FileExistsError:
                 continue
             break
         try:
-            os.fchmod(fd, 0o600)  # whatever the umask
             header = self._header
             write_all(fd, header)
         except OSError:
@@ -225,7 +226,7 @@ class PcapSink(Sink):
 
     def handle_batch_nowait(self, batch: list[MirrorEvent]) -> int:
         try:
-            return self._each_now(batch, self._one)
+            return self.handle_each_nowait(batch, self._one)
         finally:
             self._flush()  # what was framed, also when a frame failed half-way
 
@@ -241,7 +242,7 @@ class PcapSink(Sink):
             self._append(event.ts, flow.tcp.fin(True) + flow.tcp.fin(False))
             return
         assert isinstance(event, SipEvent)
-        if self._fd is None and trio.current_time() < self._retry_at:
+        if self._waiting_to_retry():
             self.drop("capture file unavailable")
             return
         leg = event.leg
@@ -250,7 +251,7 @@ class PcapSink(Sink):
         try:
             if self._fd is not None and self._needs_rotation(event.ts, self._estimate(len(event.data))):
                 self._flush()  # what is queued belongs to the file being closed
-                if self._fd is None and trio.current_time() < self._retry_at:  # that write failed
+                if self._waiting_to_retry():  # that write failed
                     self.drop("capture file unavailable")
                     return
                 self._close_file()
@@ -270,6 +271,10 @@ class PcapSink(Sink):
             return
         self._append(event.ts, frames)
         self._pending_events += 1
+
+    def _waiting_to_retry(self) -> bool:
+        """No file open since a failure, and its back-off not over yet."""
+        return self._fd is None and trio.current_time() < self._retry_at
 
     def _failed(self, exc: BaseException) -> None:
         if isinstance(exc, ValueError):  # e.g. mixed address families: this event only

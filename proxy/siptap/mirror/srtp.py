@@ -26,7 +26,7 @@ one)::
   a pcap filter. ``unsupported`` for suites it cannot decode (AES-192, F8, unknown).
 
 File: appended, created 0600 (parent folder 0700), one ``os.write`` per line; failures
-are counted and retried as for the key log (:class:`siptap.mirror.keylog.FileSink`).
+are counted and retried as for the key log (:class:`siptap.mirror.files.FileSink`).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from siptap.mirror.events import MirrorEvent, SrtpKeyEvent
-from siptap.mirror.jsonl import iso_utc
-from siptap.mirror.keylog import FileSink
+from siptap.mirror.files import FileSink
+from siptap.mirror.render import iso_utc
 from siptap.sansio.sdp_crypto import SdesKey
 
 # suite -> rtp_decoder options selecting cipher, key size and tag length (before -k: the
@@ -97,6 +97,8 @@ def srtp_key_line(event: SrtpKeyEvent) -> str:
 
 
 class SrtpKeysSink(FileSink):
+    """Appends one :func:`srtp_key_line` per SDES key."""
+
     def __init__(self, path: Path, *, name: str = "srtp_keys", **retry: float) -> None:
         super().__init__(name, path, **retry)
 
