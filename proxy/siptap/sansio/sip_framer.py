@@ -112,6 +112,8 @@ _BODY = "body"
 _SKIP = "skip"
 _GAVE_UP = "gave up"
 
+# The three answers of _classify_line(). Plain ints rather than an enum: the check runs per
+# message on the relay's wake-up, and an int comparison is the cheapest thing Python has.
 _YES, _NO, _MAYBE = 1, 0, -1
 
 _NOT_SIP = "not a SIP start line"
@@ -128,13 +130,18 @@ class SipFramer:
             raise ValueError("max_message_size must be >= 0 and max_header_size >= 4")
         self._max_message = max_message_size
         self._max_header = max_header_size
+        # The bytes not yet reported, always starting at the front of the current message (or
+        # garbage run): a bytearray so that del buf[:n] after each event is cheap in CPython
+        # (it moves the start pointer instead of copying the tail).
         self._buf = bytearray()
         self._state = _IDLE
         self._scan_from = 0  # where the CRLF / CRLFCRLF search resumes
         self._checked = 0  # start-line bytes that passed the last prefix check
-        self._header_end = 0
-        self._body_length = 0
-        self._skip_reason = _NOT_SIP
+        self._header_end = 0  # _BODY: where the body starts in _buf
+        self._body_length = 0  # _BODY: its Content-Length
+        self._skip_reason = _NOT_SIP  # _SKIP: the reason every skipped run is reported with
+        # _SKIP: the previous chunk ended right after a garbage line's LF, so the next byte is a
+        # line start that may begin a message; remembered because the LF itself was reported.
         self._skip_at_line_start = False
         self._closed = False
 
@@ -155,15 +162,23 @@ class SipFramer:
         if not data:
             return []
         if self._state == _GAVE_UP:
+            # Nothing is buffered once framing gave up: each chunk goes straight back out, so a
+            # long-lived connection that stopped being SIP costs one event per chunk and no memory.
             return [Unframeable(bytes(data), _NOT_OBSERVING)]
         events: list[Event] = []
         if self._state == _IDLE and not self._buf:
-            # The common case on a relay: the chunk starts at a message boundary.
-            data = bytes(data)
+            # The common case on a relay: the chunk starts at a message boundary (TLS records
+            # usually carry whole messages). Frame what is complete straight from the chunk and
+            # buffer only a trailing partial message: copying every chunk into the bytearray
+            # first would cost a copy per message for nothing.
+            data = bytes(data)  # a memoryview or bytearray from the caller must not change under us
             taken = self._complete_messages(data, events)
             if taken == len(data):
                 return events
             data = data[taken:]
+        # Whatever the fast path could not decide goes through the state machine, which starts
+        # from exactly the state the fast path left (_IDLE at a message boundary): the split
+        # between the two paths never changes the events.
         self._buf += data
         self._process(events)
         return events
@@ -176,7 +191,8 @@ class SipFramer:
         events: list[Event] = []
         buf = self._buf
         if self._state == _LINE and self._classify_line(0) == _NO:
-            # _line() had not re-checked the newest bytes yet: resync as feed() would have.
+            # _line() re-checks a growing line only when it doubles, so the newest bytes may
+            # never have been looked at: decide now, and resync as feed() would have.
             self._enter_skip(_TLS if _looks_like_tls(buf) else _NOT_SIP)
             self._process(events)
         if self._state == _IDLE and buf[:2] == b"\r\n":
@@ -204,21 +220,27 @@ class SipFramer:
         max_header = self._max_header
         while pos < n:
             if data[pos] == _CR:
-                return pos
+                return pos  # a keepalive (or a stray CR): _idle() decides those byte by byte
+            # Searches stop at the header limit, exactly where the state machine's do, so a
+            # message the slow path would refuse is never accepted here.
             limit = pos + max_header
             crlf = data.find(b"\r\n", pos, limit)
             if crlf < 0 or not _START_LINE.fullmatch(data, pos, crlf):
                 return pos
+            # Searching from the start line's CRLF (not past it) finds a header block that is
+            # empty: "INVITE ... SIP/2.0\r\n\r\n" ends at that very CRLF.
             end = data.find(b"\r\n\r\n", crlf, limit)
             if end < 0:
                 return pos
             header_end = end + 4
             length = _simple_content_length(data, crlf, header_end)
             if length is None or length > self._max_message:
+                # Not simple, or over the limit: the reference parser must decide, and report.
                 return pos
             total = header_end + length
             if total > n:
-                return pos
+                return pos  # body incomplete: buffer from the message start, not from here
+            # Slicing copies; a chunk that is exactly one message (the usual case) is reused.
             message = data if pos == 0 and total == n else data[pos:total]
             events.append(SipMessage(message, header_end - pos, length))
             pos = total
@@ -229,6 +251,8 @@ class SipFramer:
     def _process(self, events: list[Event]) -> None:
         """Advance through the states until the buffer cannot decide anything more."""
         buf = self._buf
+        # Each handler either consumes bytes / changes state and returns True (loop again), or
+        # returns False: it needs more input to decide. Nothing is decided on a chunk boundary.
         while buf:
             state = self._state
             if state == _IDLE:
@@ -241,6 +265,8 @@ class SipFramer:
                 if not self._headers(events):
                     return
             elif state == _BODY:
+                # Only Content-Length says where the body ends; waiting here holds at most
+                # max_header_size + max_message_size bytes, the bound the docstring promises.
                 total = self._header_end + self._body_length
                 if len(buf) < total:
                     return
@@ -260,11 +286,14 @@ class SipFramer:
             self._scan_from = 0
             self._checked = 0
             return True
+        # Each "return False" below waits for one more byte instead of guessing from where the
+        # chunk ended: CRLF then CRLF is one ping, CRLF then anything else is a pong followed
+        # by that thing. Deciding early would make the events depend on the split.
         n = len(buf)
         if n < 2:
             return False
         if buf[1] != _LF:
-            self._enter_skip(_NOT_SIP)
+            self._enter_skip(_NOT_SIP)  # a bare CR between messages: not SIP, not a keepalive
             return True
         if n < 3:
             return False
@@ -289,9 +318,13 @@ class SipFramer:
         """
         buf = self._buf
         limit = self._max_header
+        # First the cheap question: has the CRLF arrived? (A resumed find, no regex.)
         verdict = self._classify_line(0, self._scan_from, check_prefix=False)
         if verdict == _MAYBE:
+            # Resume the CRLF search one byte back: the last buffered byte may be the CR.
             self._scan_from = max(0, min(len(buf), limit) - 1)
+            # The prefix regex rescans the whole line, so run it only at the limit or when the
+            # line has doubled since the last check: amortised linear in the line length.
             if len(buf) >= limit or len(buf) >= 2 * self._checked:
                 self._checked = len(buf)
                 verdict = self._classify_line(0, self._scan_from)
@@ -311,11 +344,15 @@ class SipFramer:
     def _headers(self, events: list[Event]) -> bool:
         """Find the end of the header block within the first max_header_size bytes."""
         buf = self._buf
+        # The search window ends at max_header_size from the message start, whatever is
+        # buffered: a header end found at byte limit+1 of a larger chunk would be accepted on
+        # one split and refused on another.
         end = buf.find(b"\r\n\r\n", self._scan_from, self._max_header)
         if end < 0:
             if len(buf) >= self._max_header:
                 self._give_up(events, f"header block exceeds {self._max_header} bytes without end")
                 return True
+            # Resume 3 bytes back: up to "\r\n\r" of the terminator may already be buffered.
             self._scan_from = max(0, len(buf) - 3)
             return False
         header_end = end + 4
@@ -333,6 +370,7 @@ class SipFramer:
         return True
 
     def _enter_skip(self, reason: str) -> None:
+        """Start reporting garbage; the reason is fixed for the whole run of it."""
         self._state = _SKIP
         self._skip_reason = reason
         self._skip_at_line_start = False  # the line at the front is the one found bad
@@ -347,6 +385,9 @@ class SipFramer:
         buf = self._buf
         pos = 0
         n = len(buf)
+        # A candidate is only a *plausible* start line (_classify_line != _NO): a line still
+        # arriving may turn out not to be SIP, and then _line() sends it back here. That keeps
+        # resync from holding garbage while it waits to be sure.
         if self._skip_at_line_start:
             # The last chunk ended with the LF of a garbage line: this chunk starts a line.
             self._skip_at_line_start = False
@@ -382,9 +423,12 @@ class SipFramer:
         limit = start + self._max_header
         crlf = buf.find(b"\r\n", max(start, crlf_from), limit)
         if crlf >= 0:
+            # A whole line: the full grammar answers for good.
             return _YES if _START_LINE.fullmatch(buf, start, crlf) else _NO
         if not check_prefix:
             return _MAYBE
+        # An incomplete line: _START_LINE_PREFIX accepts every prefix of a valid start line, so
+        # _NO here is final (no continuation can make it valid) and _MAYBE means "wait".
         end = min(len(buf), limit)
         if end > start and buf[end - 1] == _CR:
             end -= 1  # may be the first half of the line's CRLF
@@ -394,6 +438,8 @@ class SipFramer:
 
     def _give_up(self, events: list[Event], reason: str) -> None:
         """Stop observing: report everything buffered and hold nothing from now on."""
+        # Giving up is what keeps memory bounded when a peer sends a header block or body that
+        # never ends: the alternative, buffering until it does, is unbounded by construction.
         events.append(Unframeable(bytes(self._buf), reason))
         self._buf.clear()
         self._state = _GAVE_UP
@@ -418,12 +464,17 @@ def _simple_content_length(data: bytes, start: int, header_end: int) -> int | No
     would treat differently from this search (VT, FF, a bare CR or LF), so a line start is
     exactly a position after CRLF; the scans are str-method speed (no per-line Python)."""
     block = data[start:header_end]
+    # VT and FF are whitespace to bytes.strip() but not to this search: leave them to the reference.
     if b"\x0b" in block or b"\x0c" in block:
         return None
+    # Every CR and every LF belongs to a CRLF: then "\r\n" + name finds exactly the lines
+    # whose header name is name (a bare LF would start a line the reference splits differently).
     lines = block.count(b"\r\n")
     if block.count(b"\r") != lines or block.count(b"\n") != lines:
         return None
     lower = block.lower()
+    # "\r\nl" also matches every header whose name starts with "l" (Location, ...): the colon
+    # test below keeps only the compact Content-Length "l:" and the long form.
     value_at = -1
     for name in (b"\r\ncontent-length", b"\r\nl"):
         at = lower.find(name)
@@ -438,6 +489,8 @@ def _simple_content_length(data: bytes, start: int, header_end: int) -> int | No
             at = lower.find(name, at + 1)
     if value_at < 0:
         return 0
+    # The value must be a plain number ending its line, not folded onto the next one (the
+    # negative lookahead): anything else, including an empty value, goes to the reference.
     value = _SIMPLE_VALUE.match(block, value_at)
     return int(value.group(1)) if value is not None else None
 
@@ -451,7 +504,8 @@ def _content_length(buf: bytearray, header_end: int) -> tuple[int, str | None]:
     lines = bytes(buf[:header_end]).split(b"\r\n")
     values: list[bytes] = []
     current: bytearray | None = None  # value of a Content-Length header being unfolded
-    for line in lines[1:]:
+    for line in lines[1:]:  # lines[0] is the start line
+        # RFC 3261 7.3.1: a line starting with SP/HTAB continues the previous header's value.
         if line[:1] in (b" ", b"\t"):
             if current is not None:
                 current += b" " + line.strip()
@@ -475,6 +529,8 @@ def _content_length(buf: bytearray, header_end: int) -> tuple[int, str | None]:
         if len(digits) > 18:  # beyond any limit; avoids int() on a huge digit string
             return 0, f"Content-Length of {len(digits)} digits exceeds any max_message_size"
         numbers.add(int(digits))
+    # Two Content-Length headers that disagree make the body boundary ambiguous: a classic
+    # request-smuggling shape. Never guess; stop observing instead (the relay still relays).
     if len(numbers) > 1:
         shown = ", ".join(str(n) for n in sorted(numbers))
         return 0, f"invalid Content-Length: conflicting values {shown}"
