@@ -11,7 +11,7 @@ from __future__ import annotations
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from siptap.sansio.sip_message import parse_message
+from siptap.sansio.sip_message import SipMessageView, parse_message
 
 NAMES = ["Call-ID", "i", "I", "CSeq", "cseq", "Via", "v", "From", "f", "To", "t", "T", "Content-Type", "c",
          "X-Call-ID", "Call-ID ", " Call-ID", "Call-ID\x0b", "\x0bv", "Tó", "Subject", "", "CALL-id"]
@@ -21,7 +21,7 @@ SEPARATORS = ["\r\n", "\r\n", "\r\n", "\n", "\r", "\r\n ", "\r\n\t", "\r\n\r\n"]
 FIELDS = ["call_id", "cseq_number", "cseq_method", "from_tag", "to_tag", "via_branch", "content_type"]
 
 
-def full_parse_first(view, name: str) -> str | None:  # type: ignore[no-untyped-def]
+def full_parse_first(view: SipMessageView, name: str) -> str | None:
     return next((value for hname, value in view.headers if hname == name), None)
 
 
@@ -31,7 +31,7 @@ def full_parse_first(view, name: str) -> str | None:  # type: ignore[no-untyped-
        st.sampled_from(["INVITE sip:a@b SIP/2.0", "SIP/2.0 200 OK"]))
 @example([("Call-ID", ":", " a@b", "\r\n"), ("i", ":", " c@d", "\r\n")], "INVITE sip:a@b SIP/2.0")
 @example([("Via", ":", " SIP/2.0/TLS h;branch=1", "\r\n\t"), ("Via", ":", " x", "\r\n")], "SIP/2.0 200 OK")
-def test_fast_lookups_agree_with_the_full_parse(headers, start_line) -> None:  # type: ignore[no-untyped-def]
+def test_fast_lookups_agree_with_the_full_parse(headers: list[tuple[str, str, str, str]], start_line: str) -> None:
     block = start_line + "\r\n" + "".join(name + colon + value + sep for name, colon, value, sep in headers) + "\r\n"
     data = block.encode("utf-8")
     fast = parse_message(data, len(data))

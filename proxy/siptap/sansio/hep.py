@@ -130,7 +130,7 @@ class HepPacket:
     def at(cls, t: float, **fields: object) -> HepPacket:
         """Build a packet from a float timestamp (seconds since the epoch)."""
         sec, usec = split_timestamp(t)
-        return cls(ts_sec=sec, ts_usec=usec, **fields)  # type: ignore[arg-type]
+        return cls(ts_sec=sec, ts_usec=usec, **fields)  # type: ignore[arg-type]  # the fields are the dataclass's own keywords, checked by its __init__
 
 
 def _chunk(type_id: int, value: bytes) -> bytes:
@@ -346,12 +346,14 @@ def decode(data: bytes) -> HepPacket:
         return int.from_bytes(need(type_id), "big")
 
     family = uint(CHUNK_IP_FAMILY)
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
     if family == AF_INET:
         src = ipaddress.IPv4Address(need(CHUNK_IPV4_SRC))
         dst = ipaddress.IPv4Address(need(CHUNK_IPV4_DST))
     elif family == AF_INET6:
-        src = ipaddress.IPv6Address(need(CHUNK_IPV6_SRC))  # type: ignore[assignment]
-        dst = ipaddress.IPv6Address(need(CHUNK_IPV6_DST))  # type: ignore[assignment]
+        src = ipaddress.IPv6Address(need(CHUNK_IPV6_SRC))
+        dst = ipaddress.IPv6Address(need(CHUNK_IPV6_DST))
     else:
         raise ValueError(f"unknown HEP3 IP family {family}")
     return HepPacket(
