@@ -31,7 +31,9 @@ from siptap.log import get_logger
 from siptap.metrics import Metrics
 from siptap.mirror.events import MirrorEvent
 from siptap.mirror.fanout import Fanout
-from siptap.relay.observe import Publish
+from siptap.mirror.local import LocalFeed
+from siptap.mirror.observer import Observer, Publish
+from siptap.relay.feed import MirrorFeed
 from siptap.relay.server import RouteListener
 from siptap.relay.session import SessionPlan
 from siptap.tls.contexts import build_client_context, build_server_context
@@ -60,12 +62,12 @@ class RoutePlans:
     reverse: SessionPlan | None
 
 
-def build_plans(config: Config, route: Route, publish: Publish | None = None, mirror_legs: frozenset[str] | None = None,
+def build_plans(config: Config, route: Route, feed: MirrorFeed | None = None,
                 metrics: Metrics | None = None) -> RoutePlans:
     """Build every TLS context of a route; a bad file is reported as a ConfigError naming the
     config file, the key that names the file, and the problem."""
     try:
-        return _build_plans(config, route, publish, mirror_legs, metrics)
+        return _build_plans(config, route, feed, metrics)
     except CertificateError as exc:
         raise _locate(config, route, exc) from None
 
@@ -102,13 +104,10 @@ def _context(section: str, build: Callable[..., SSL.Context], settings: ServerTl
         raise
 
 
-def _build_plans(config: Config, route: Route, publish: Publish | None, mirror_legs: frozenset[str] | None,
-                 metrics: Metrics | None) -> RoutePlans:
+def _build_plans(config: Config, route: Route, feed: MirrorFeed | None, metrics: Metrics | None) -> RoutePlans:
     extra: dict[str, Any] = {"metrics": metrics}
-    if publish is not None:
-        extra["publish"] = publish
-    if mirror_legs is not None:
-        extra["mirror_legs"] = mirror_legs
+    if feed is not None:
+        extra["feed"] = feed
     session_id = f"siptap:{route.name}".encode()[:32]
     forward = SessionPlan(
         route=route.name, accepted_leg="customer", dialled_leg="core",
@@ -143,19 +142,25 @@ class App:
         self.metrics = Metrics(multiprocess=worker is not None and config.metrics.enabled)
         self.metrics.watch_mirror(self.fanout.stats)
         fanout_publish = self.fanout.publish
+        mirror_legs = config.mirror.mirror_legs
+        publish: Publish = fanout_publish
         if observer is not None:
-            def publish(event: MirrorEvent) -> bool:
+            def publish_and_show(event: MirrorEvent) -> bool:
                 observer(event)
                 return fanout_publish(event)
-            self._publish = publish
-            self._mirror_legs = config.mirror.mirror_legs | {"customer"}
-        else:
-            self._publish = fanout_publish
-            self._mirror_legs = config.mirror.mirror_legs
-        publish, mirror_legs = self._publish, self._mirror_legs
+            publish = publish_and_show
+            mirror_legs = mirror_legs | {"customer"}
+        # In-process observation: the relay's records go straight into an observer in this
+        # process. (The mirror process runs the same Observer behind a channel.)
+        self.observer = Observer(
+            publish=publish, log=self.log, mirror_legs=mirror_legs, log_settings=config.log,
+            max_message_sizes={route.name: route.limits.max_sip_message for route in config.routes},
+            counts=self.metrics.sip_counts,
+        )
+        self.feed: MirrorFeed = LocalFeed(self.observer)
         self.listeners: list[RouteListener] = []
         for route in config.routes:
-            plans = build_plans(config, route, publish, mirror_legs, self.metrics)
+            plans = build_plans(config, route, self.feed, self.metrics)
             self.listeners.append(RouteListener(route.name, "customer", route.listen, plans.forward,
                                                 route.limits.max_connections, self.log, reuse_port=worker is not None))
             if plans.reverse is not None and route.reverse is not None:
@@ -189,8 +194,9 @@ class App:
                 mirror.start_soon(self._sync_metrics)
             mirror.start_soon(self._watch_crls)
             await self._serve(task_status)
-            # Only now, with every session gone (each published its ConnectionClosed on the
+            # Only now, with every session gone (each handed over its closed record on the
             # way out), is the mirror flushed and closed: nothing can publish after this.
+            self.observer.close()
             await self.fanout.aclose()
             self.metrics.sync_mirror()
             self.log.info("mirror_stopped", **self.fanout.totals())
@@ -279,7 +285,7 @@ class App:
                 config = worker_config(config, self.worker[0])
             new_plans: dict[str, RoutePlans] = {}
             for route in config.routes:
-                new_plans[route.name] = build_plans(config, route, self._publish, self._mirror_legs, self.metrics)
+                new_plans[route.name] = build_plans(config, route, self.feed, self.metrics)
         except SiptapError as exc:
             self.log.error("reload_failed", detail=str(exc), kept="previous certificates and settings")
             return False
