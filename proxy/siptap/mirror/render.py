@@ -41,6 +41,7 @@ from siptap.mirror.events import (
     SrtpKeyEvent,
 )
 from siptap.sansio.sdp_crypto import SdesKey
+from siptap.sansio.sip_fields import SipFields
 from siptap.sansio.sip_message import SipMessageView
 
 # A JSON object as json.dumps takes it: the values are str, int, float, bool, None, lists
@@ -132,7 +133,7 @@ def srtp_key_dict(key: SdesKey) -> JsonObject:
     }
 
 
-def sip_summary(view: SipMessageView) -> JsonObject:
+def sip_summary(view: SipMessageView | SipFields) -> JsonObject:
     return {
         "request": view.is_request,
         "method": view.method,
