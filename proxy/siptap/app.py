@@ -28,7 +28,7 @@ from OpenSSL import SSL
 from siptap.config import ClientTlsSettings, Config, Route, ServerTlsSettings, load_config
 from siptap.errors import CertificateError, ConfigError, ListenError, SiptapError
 from siptap.log import get_logger
-from siptap.metrics import Metrics
+from siptap.metrics import Metrics, SipMessageCounts
 from siptap.mirror.events import MirrorEvent
 from siptap.mirror.fanout import Fanout
 from siptap.mirror.local import LocalFeed
@@ -139,7 +139,9 @@ class App:
         self.config = config
         self.log = get_logger("siptap")
         self.fanout = Fanout.from_settings(config.mirror)
-        self.metrics = Metrics(multiprocess=worker is not None and config.metrics.enabled)
+        sip_counts = SipMessageCounts()
+        self.metrics = Metrics(multiprocess=worker is not None and config.metrics.enabled,
+                               sip_message_counts=sip_counts)
         self.metrics.watch_mirror(self.fanout.stats)
         fanout_publish = self.fanout.publish
         mirror_legs = config.mirror.mirror_legs
@@ -155,7 +157,7 @@ class App:
         self.observer = Observer(
             publish=publish, log=self.log, mirror_legs=mirror_legs, log_settings=config.log,
             max_message_sizes={route.name: route.limits.max_sip_message for route in config.routes},
-            counts=self.metrics.sip_counts,
+            counts=sip_counts,
         )
         self.feed: MirrorFeed = LocalFeed(self.observer)
         self.listeners: list[RouteListener] = []
@@ -199,6 +201,7 @@ class App:
             self.observer.close()
             await self.fanout.aclose()
             self.metrics.sync_mirror()
+            self.metrics.sync_sip_messages()
             self.log.info("mirror_stopped", **self.fanout.totals())
             mirror.cancel_scope.cancel()  # the signal watcher
         self.log.info("stopped")
@@ -255,6 +258,7 @@ class App:
     async def _sync_metrics(self) -> None:
         while True:
             self.metrics.sync_mirror()
+            self.metrics.sync_sip_messages()
             await trio.sleep(MIRROR_METRICS_INTERVAL)
 
     def request_shutdown(self) -> None:

@@ -117,7 +117,8 @@ async def test_img2020_offer_gets_rsa_key_exchange_and_sip_through(pki: Path, tm
     assert core.received == [options]  # byte for byte
     closed = siptap.find("connection_closed")[0]
     assert closed["closed_by"] == "customer" and "close_notify" in closed["reason"]
-    assert closed["messages_customer_to_core"] == 1 and closed["messages_core_to_customer"] == 1
+    observed = siptap.find("connection_observed")[0]
+    assert observed["messages_customer_to_core"] == 1 and observed["messages_core_to_customer"] == 1
 
 
 @dataclass(frozen=True)

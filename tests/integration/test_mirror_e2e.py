@@ -104,8 +104,8 @@ async def test_mirror_outputs_land_in_real_tools(pki: Path, tmp_path: Path) -> N
     expected_ids = sorted(call_ids(sent) + call_ids(received))
     mirror = siptap.find("mirror_stopped")[0]
     assert mirror["dropped"] == 0
-    closed = siptap.find("connection_closed")[0]
-    assert closed["messages_observed"] == relayed and closed["messages_mirrored"] == relayed
+    observed = siptap.find("connection_observed")[0]
+    assert observed["messages_observed"] == relayed and observed["messages_mirrored"] == relayed
 
     # 1. HEP -> sngrep: every relayed message, with its Call-ID.
     rows = tshark_fields(sngrep_out, ["sip.Call-ID"])
@@ -153,12 +153,13 @@ async def test_collector_down_and_no_reader_do_not_disturb_the_relay(pki: Path, 
             assert await session.call(media_port=32000 + 2 * i) == ["100", "180", "200", "200"]
         await session.aclose()
         await siptap.wait_for("connection_closed")
+        await siptap.wait_for("connection_observed")
         assert await siptap.stop() == 0
         nursery.cancel_scope.cancel()
     relayed = len(session.sent) + len(session.received)
     assert core.received == session.sent
-    closed = siptap.find("connection_closed")[0]
-    assert closed["messages_observed"] == relayed
+    observed = siptap.find("connection_observed")[0]
+    assert observed["messages_observed"] == relayed
     # Queued for the mirror, then dropped and counted by the two sinks whose peer is absent.
     assert siptap.find("mirror_events_dropped")
     totals = siptap.find("mirror_stopped")[0]
