@@ -463,6 +463,9 @@ class Supervisor:
             self._mirror_stopped.set()
 
     async def _forward_stdout(self, stream: trio.abc.ReceiveStream) -> None:
+        """One child's stdout to ``emit``, whole lines only. A pipe read ends anywhere, often
+        mid-line (a 9 kB ``sip`` line spans reads); emitting up to the last newline and
+        keeping the rest means another child's line can never land inside this one's."""
         pending: bytes | bytearray = b""
         async for chunk in stream:
             cut = chunk.rfind(b"\n")
@@ -496,6 +499,8 @@ def _why(slot: Slot) -> str:
 
 
 async def _read_ready(control: trio.socket.SocketType) -> bool:
+    """The child's ``ready`` line; False on EOF first (it died or exited before it was ready:
+    a failed start, which the restart policy counts differently from a death)."""
     data = b""
     while not data.endswith(b"\n"):
         chunk = await control.recv(64)

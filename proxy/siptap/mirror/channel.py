@@ -49,7 +49,7 @@ MAX_DATAGRAM = 256 * 1024
 # Records handled per batch before the reader lets other tasks run: under a sustained flood
 # "until EAGAIN" might never come, and the fan-out's sinks share this trio loop.
 BATCH_LIMIT = 1024
-BACKLOG = 64
+BACKLOG = 512  # every worker (up to 256) connects at start-up, at once
 
 
 class RecordHandler(Protocol):

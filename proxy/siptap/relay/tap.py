@@ -181,7 +181,7 @@ class MirrorTap:
             started = False
             while True:
                 try:
-                    sock = await self._connect()
+                    sock = self._connect()
                 except OSError as exc:
                     if not down_logged:
                         self.log.warning("mirror_channel_down", path=self.path, reason=exc.strerror or str(exc),
@@ -209,20 +209,16 @@ class MirrorTap:
                                  detail="records are dropped and counted until the mirror listens again")
                 down_logged = True
 
-    async def _connect(self) -> socket.socket:
+    def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
             sock.setblocking(False)
             # Before connecting: the buffer is the channel's capacity (capped at wmem_max).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.buffer_size)
-            try:
-                sock.connect(self.path)
-            except BlockingIOError:
-                # The mirror's accept backlog is full: wait for the connect to complete.
-                await trio.lowlevel.wait_writable(sock)
-                failure = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if failure:
-                    raise OSError(failure, os.strerror(failure)) from None
+            # Non-blocking, so it never waits: on a Unix socket connect either completes at
+            # once or fails; EAGAIN (the mirror's accept backlog is full) is not a connect in
+            # progress as on TCP, just one more failed attempt, retried like a refusal.
+            sock.connect(self.path)
         except BaseException:
             sock.close()
             raise
