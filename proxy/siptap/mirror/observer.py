@@ -25,7 +25,12 @@ Records of one channel (one relay worker) arrive in order; state is kept per
   expected offsets move past the hole, so the next chunk does not report it again.
 - ``HandshakeDone``/``KeyMaterial``: the handshake record rebuilt from its JSON
   (:meth:`HandshakeFacts.from_dict`), logged as ``handshake_done`` and published as a
-  ``KeyEvent``.
+  ``KeyEvent``. What the sender is expected to put there: ``facts.as_dict(secrets=True)``
+  (the log line leaves the secrets out when ``[log] key_material`` is off), plus an
+  ``upstream`` member (``str(upstream.address)``) for the dialled leg, which the relay's
+  ``handshake_done`` line carried. ``KeyMaterial`` sent *before* its leg's handshake record
+  is merged into facts that lack key-log lines; sent after, only lines the facts did not
+  carry are published, as a ``KeyEvent`` of their own.
 - ``ConnectionClosed``, a lost channel (:meth:`Observer.channel_lost`) or the end of the run
   (:meth:`Observer.close`): framers flushed (a truncated message is reported), a
   ``ConnectionClosed`` event per leg, and one ``connection_observed`` line with the counts
