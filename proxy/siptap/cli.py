@@ -296,14 +296,17 @@ def _run(args: argparse.Namespace) -> int:
             import structlog
 
             structlog.contextvars.bind_contextvars(worker=worker[0])
-        app = App(config, worker=worker)  # every start-up check; a failure is one line on stderr, exit 1
-        if worker is None and config.worker_count > 1:
-            # The checks above ran once, here; the workers bind, the supervisor does not.
+        # Every start-up check; a failure is one line on stderr, exit 1.
+        app = App(config, worker=worker, mirror_channel=args.mirror_channel if worker is not None else None)
+        if worker is None:
+            # The checks above ran once, here. The process model (ARCHITECTURE.md): this
+            # process supervises; the mirror process observes and runs every sink; the
+            # workers (``workers``, one by default) only relay.
             del app
             passed = [f"--{name}={value}" for name, value in (("log-format", args.log_format),
                                                               ("log-level", args.log_level)) if value]
             passed += ["--debug"] if args.debug else []
-            supervisor = Supervisor(config, config.worker_count, writer.msg, worker_args=tuple(passed))
+            supervisor = Supervisor(config, config.worker_count, writer.msg, worker_args=tuple(passed), mirror=True)
             return trio.run(supervisor.run)
         settle_heap()
         trio.run(run_worker, app, args.control_fd if worker is not None else None)

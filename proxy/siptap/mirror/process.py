@@ -34,56 +34,34 @@ import trio
 
 from siptap.config import Config
 from siptap.log import LogWriter, get_logger
-from siptap.metrics import Metrics
+from siptap.metrics import Metrics, SipMessageCounts
 from siptap.mirror.channel import ChannelReceiver, RecordHandler
 from siptap.mirror.fanout import Fanout
-from siptap.sansio.chunk_records import Chunk, Dropped, Record
+from siptap.mirror.observer import Observer
 
-__all__ = ["RecordCounter", "run_mirror"]
+__all__ = ["run_mirror"]
 
 METRICS_INTERVAL = 1.0  # multiprocess metrics: how often the sinks' counters are copied out
 
 
-class RecordCounter:
-    """A stand-in :class:`~siptap.mirror.channel.RecordHandler` until the observation engine
-    (``siptap.mirror.observer.Observer``) is wired in: it counts what arrives and mirrors
-    nothing. Replace it by passing ``handler_factory`` to :func:`run_mirror`."""
-
-    def __init__(self, fanout: Fanout, log: LogWriter) -> None:
-        self.fanout = fanout  # what the Observer will publish to; unused here
-        self.log = log
-        self.records = 0
-        self.chunks = 0
-        self.chunk_bytes = 0
-        self.dropped_records = 0  # as announced by Dropped markers
-        self.channels_lost = 0
-
-    def handle(self, channel: int, record: Record) -> None:
-        self.records += 1
-        if isinstance(record, Chunk):
-            self.chunks += 1
-            self.chunk_bytes += len(record.data)
-        elif isinstance(record, Dropped):
-            self.dropped_records += (record.chunks_from_accepted + record.chunks_from_dialled
-                                     + record.other_records)
-
-    def channel_lost(self, channel: int) -> None:
-        self.channels_lost += 1
-
-    def close(self) -> None:
-        self.log.info("mirror_records", records=self.records, chunks=self.chunks, chunk_bytes=self.chunk_bytes,
-                      dropped_records=self.dropped_records, channels_lost=self.channels_lost)
+# What turns records into mirror events: the Observer, unless a test passes its own.
+HandlerFactory = Callable[[Fanout, LogWriter, SipMessageCounts], RecordHandler]
 
 
-HandlerFactory = Callable[[Fanout, LogWriter], RecordHandler]
+def observe(config: Config) -> HandlerFactory:
+    """The observation engine for ``config``, publishing to the fan-out."""
+    def build(fanout: Fanout, log: LogWriter, counts: SipMessageCounts) -> RecordHandler:
+        return Observer.from_config(config, publish=fanout.publish, log=log, counts=counts)
+    return build
 
 
 async def run_mirror(config: Config, channel: Path, control_fd: int | None = None, *,
-                     handler_factory: HandlerFactory = RecordCounter) -> None:
+                     handler_factory: HandlerFactory | None = None) -> None:
     """The mirror process's main, until SIGTERM/SIGINT or the supervisor's going away."""
     log = get_logger("siptap")
     fanout = Fanout.from_settings(config.mirror)
-    handler = handler_factory(fanout, log)
+    counts = SipMessageCounts()
+    handler = (handler_factory or observe(config))(fanout, log, counts)
     receiver = ChannelReceiver(channel, handler, log=log, drain_timeout=config.mirror.drain_timeout)
     control = socket.socket(fileno=control_fd) if control_fd is not None else None
     log.info("mirror_starting", pid=os.getpid(), channel=str(channel))
@@ -91,7 +69,7 @@ async def run_mirror(config: Config, channel: Path, control_fd: int | None = Non
         async with trio.open_nursery() as nursery:
             await nursery.start(fanout.run)
             nursery.start_soon(_signals, receiver, log)
-            metrics = _multiprocess_metrics(config, fanout)
+            metrics = _multiprocess_metrics(config, fanout, counts)
             if metrics is not None:
                 nursery.start_soon(_sync_metrics, metrics)
             async with trio.open_nursery() as channels:
@@ -106,6 +84,7 @@ async def run_mirror(config: Config, channel: Path, control_fd: int | None = Non
             await fanout.aclose()
             if metrics is not None:
                 metrics.sync_mirror()
+                metrics.sync_sip_messages()
             log.info("mirror_stopped", channels=receiver.channels, records=receiver.records,
                      invalid=receiver.invalid, **fanout.totals())
             nursery.cancel_scope.cancel()  # the signal watcher, the lifeline, the metrics copier
@@ -136,12 +115,12 @@ async def _lifeline(control: socket.socket, receiver: ChannelReceiver, log: LogW
     receiver.stop()
 
 
-def _multiprocess_metrics(config: Config, fanout: Fanout) -> Metrics | None:
+def _multiprocess_metrics(config: Config, fanout: Fanout, counts: SipMessageCounts) -> Metrics | None:
     """Under the supervisor (its PROMETHEUS_MULTIPROC_DIR set) the sinks' counters go to the
     shared files, summed with the workers' at scrape time; alone, the mirror serves none."""
     if not config.metrics.enabled or "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return None
-    metrics = Metrics(multiprocess=True)
+    metrics = Metrics(multiprocess=True, sip_message_counts=counts)
     metrics.watch_mirror(fanout.stats)
     return metrics
 
@@ -149,4 +128,5 @@ def _multiprocess_metrics(config: Config, fanout: Fanout) -> Metrics | None:
 async def _sync_metrics(metrics: Metrics) -> None:
     while True:
         metrics.sync_mirror()
+        metrics.sync_sip_messages()
         await trio.sleep(METRICS_INTERVAL)
