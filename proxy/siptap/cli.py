@@ -309,7 +309,7 @@ def _run(args: argparse.Namespace) -> int:
             supervisor = Supervisor(config, config.worker_count, writer.msg, worker_args=tuple(passed), mirror=True)
             return trio.run(supervisor.run)
         settle_heap()
-        trio.run(run_worker, app, args.control_fd if worker is not None else None)
+        trio.run(run_worker, app, args.control_fd)
     finally:
         writer.close()
     return EXIT_OK
