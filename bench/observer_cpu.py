@@ -16,12 +16,18 @@ writer thread included), per message; medians over the rounds and the median of 
 ratios.
 
     .venv/bin/python bench/observer_cpu.py [--connections 20] [--calls 50] [--rounds 11] [--json FILE]
+
+The relay-side DirectionObserver left the code base when the relay stopped observing; to
+compare against it, hand the bench the old module (``--baseline``), e.g.
+``git show e2a26c2:proxy/siptap/relay/observe.py > /tmp/observe.py``. Without it only the
+Observer is timed.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import os
 import statistics
@@ -36,12 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy"))
 from bench.sip_fields_timeit import CALL
 from siptap import log as siptap_log
 from siptap.config import LogSettings
-from siptap.metrics import Metrics, SipMessageCounts
+from siptap.metrics import Metrics, SipMessageCounts, message_kind
 from siptap.mirror.events import LegInfo, SipEvent
 from siptap.mirror.observer import Observer
 from siptap.mirror.render import sip_summary
-from siptap.relay.observe import DirectionObserver
-from siptap.relay.session import _count_message
 from siptap.sansio.chunk_records import FROM_ACCEPTED, FROM_DIALLED, Chunk, ConnectionOpened, LegAddresses
 
 ORDER = [(FROM_ACCEPTED, CALL[0]), (FROM_DIALLED, CALL[1]), (FROM_DIALLED, CALL[2]), (FROM_DIALLED, CALL[3]),
@@ -92,6 +96,25 @@ def run_observer(chunks: list[Chunk], connections: int, log: Any, publish: Any =
     return time.process_time() - start
 
 
+DirectionObserver: Any = None  # the baseline's class, loaded by main() from --baseline
+
+
+def load_baseline(path: Path) -> Any:
+    """The old relay/observe.py as a module of its own (it imports today's siptap.log,
+    siptap.mirror.events and siptap.sansio, whose names it uses are unchanged)."""
+    spec = importlib.util.spec_from_file_location("baseline_observe", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.DirectionObserver
+
+
+def _count_message(metrics: Metrics, route: str, direction: str, view: Any) -> None:
+    """What the relay's session counted per message (a prometheus-client child's inc())."""
+    kind = message_kind(view.is_request, view.method, view.status_code) if view is not None else "unparsed"
+    metrics.child(metrics.sip_messages, route, direction, kind).inc()
+
+
 def run_relay_observers(chunks: list[Chunk], connections: int, log: Any, publish: Any = yes) -> float:
     metrics = Metrics()
     observers = {}
@@ -115,6 +138,8 @@ def check_same_output(chunks: list[Chunk], connections: int) -> None:
     from tests.relay.memory import RecordingLog
 
     outputs = []
+    if DirectionObserver is None:
+        return
     for run in (run_observer, run_relay_observers):
         events: list[Any] = []
         log = RecordingLog()
@@ -131,26 +156,32 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--baseline", type=Path, help="an old relay/observe.py to compare with")
     args = parser.parse_args()
+    global DirectionObserver
+    if args.baseline is not None:
+        DirectionObserver = load_baseline(args.baseline)
 
     chunks = stream(args.connections, args.calls)
     check_same_output(chunks, args.connections)
     with open(os.devnull, "w") as devnull:
         writer = siptap_log.configure(LogSettings(queue_size=10**7), devnull)
         log = siptap_log.get_logger().bind()
-        results: dict[str, list[float]] = {name: [] for name in (
-            "observer", "relay", "observer+sink reads", "relay+sink reads")}
+        paths = [("observer", run_observer, yes), ("relay", run_relay_observers, yes),
+                 ("observer+sink reads", run_observer, read_by_sinks),
+                 ("relay+sink reads", run_relay_observers, read_by_sinks)]
+        if DirectionObserver is None:
+            paths = [path for path in paths if path[1] is run_observer]
+        results: dict[str, list[float]] = {name: [] for name, _, _ in paths}
         for _ in range(args.rounds):
-            for name, run, publish in (("observer", run_observer, yes), ("relay", run_relay_observers, yes),
-                                       ("observer+sink reads", run_observer, read_by_sinks),
-                                       ("relay+sink reads", run_relay_observers, read_by_sinks)):
+            for name, run, publish in paths:
                 results[name].append(run(chunks, args.connections, log, publish) / len(chunks) * 1e6)
         writer.close()
     load_after = os.getloadavg()
     summary: dict[str, Any] = {
         "messages_per_round": len(chunks),
         "us_per_message": {name: {"median": statistics.median(v), "best": min(v)} for name, v in results.items()},
-        "ratio_median": {
+        "ratio_median": {} if "relay" not in results else {
             "observation": statistics.median(
                 a / b for a, b in zip(results["observer"], results["relay"], strict=True)),
             "with sink reads": statistics.median(

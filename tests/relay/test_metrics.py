@@ -49,7 +49,15 @@ async def test_metrics_move_with_the_traffic(pki: Path, tmp_path: Path) -> None:
             bad = await CustomerSession.connect("127.0.0.1", port, customer_context(pki, cert=None))
             await bad.options()
         await siptap.wait_for("connection_closed", count=2)
+        await siptap.wait_for("connection_observed", count=1)
+        # The relay's counters and the mirror process's reach the supervisor's endpoint through
+        # the shared files, copied once a second: wait (bounded) until the mirror's are there.
         after = await scrape(metrics_port)
+        with trio.fail_after(10):
+            while value(after, "siptap_mirror_sent_total", sink="keylog") < 2 or \
+                    value(after, "siptap_sip_messages_total", route="test", direction="core->customer", kind="2xx") < 2:
+                await trio.sleep(0.2)
+                after = await scrape(metrics_port)
         assert await siptap.stop() == 0
         nursery.cancel_scope.cancel()
     assert codes == ["100", "180", "200", "200"]

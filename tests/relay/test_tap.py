@@ -217,6 +217,12 @@ async def test_a_killed_mirror_is_counted_as_drops_until_a_new_one_listens(pki: 
     control.close()
     control2.close()
     lines = [json.loads(line) for line in out.decode().splitlines()]
-    counted = next(e for e in lines if e["event"] == "mirror_records")
-    assert (counted["records"], counted["chunks"], counted["dropped_records"]) == (4, 2, 3), counted
+    stopped = next(e for e in lines if e["event"] == "mirror_stopped")
+    assert (stopped["records"], stopped["invalid"]) == (4, 0), stopped
+    # Neither connection was announced to this mirror (their opening went to the dead one):
+    # each is reported once as a gap, then not observed.
+    gaps = [e for e in lines if e["event"] == "gap"]
+    assert sorted((e["conn_number"], e["cause"]) for e in gaps) == [
+        (3, "channel full"), (3, "connection not announced"), (4, "channel full"), (4, "connection not announced"),
+    ], gaps  # each marker says what the dead mirror's successor missed; then the chunk finds no connection
     assert all(e.get("process") == "mirror" for e in lines)
