@@ -58,6 +58,10 @@ class RecordLayer(Protocol):
         """Append transport bytes to the incoming BIO."""
         ...
 
+    def may_have_plaintext(self) -> bool:
+        """False only when a read cannot return plaintext without new transport bytes."""
+        ...
+
     def renew_bios(self, *, eof: bool) -> None:
         """Swap in empty BIOs, keeping what they still hold (see :meth:`FastRecords.renew_bios`)."""
         ...
@@ -161,6 +165,21 @@ class FastRecords:
         # success); going around it would buy nothing.
         self._conn.bio_write(data)
 
+    def may_have_plaintext(self) -> bool:
+        # The stream asks this after every successful read, to drain all records that one
+        # transport read delivered without paying a failing SSL_read (+ SSL_get_error) at the
+        # end of each message. Two places can hold plaintext not yet returned:
+        # * SSL_pending: the rest of the current record, when the last read asked for less;
+        # * the incoming BIO: records OpenSSL has not touched yet. The contexts leave
+        #   read_ahead off, so OpenSSL takes from the BIO one record header, then that one
+        #   record, and never holds a second record in its own buffer where neither count
+        #   would see it. What it may hold there is the header of an incomplete record, and
+        #   then no read can return plaintext anyway: "False" is exact, "True" is a maybe.
+        # With read_ahead on, this would miss records and a receive would wait for the
+        # transport while plaintext sat decryptable (OpenSSL's SSL_has_pending covers that
+        # case, but cryptography's bindings do not export it).
+        return bool(_lib.SSL_pending(self._ssl) > 0 or _lib.BIO_get_mem_data(self._into, _ffi.NULL) > 0)
+
     def renew_bios(self, *, eof: bool) -> None:
         """Give the connection a fresh, empty pair of memory BIOs.
 
@@ -233,6 +252,12 @@ class PortableRecords:
 
     def give_input(self, data: bytes) -> None:
         self._conn.bio_write(data)
+
+    def may_have_plaintext(self) -> bool:
+        # The public API can tell the rest of a record (pending()) but not what waits in the
+        # incoming BIO, so this always says "maybe": the drain then ends with one read that
+        # raises WantReadError, the cost the fast layer avoids.
+        return True
 
     def renew_bios(self, *, eof: bool) -> None:
         """Not possible through the public API: the BIOs keep their handshake-sized buffers."""

@@ -53,6 +53,7 @@ A = TypeVar("A")
 _RECEIVE_SIZE = 65536  # one transport read: several records at once when the peer is fast
 _CLOSE_NOTIFY_TIMEOUT = 2.0  # how long an alert or close_notify may take to leave before we give up on it
 _RECORD_SIZE = 16384  # one TLS record's plaintext at most: no bigger buffer is useful per recv
+_SEND_BATCH = 65536  # plaintext encrypted per transport write: four full records, or a burst of SIP
 
 
 class _Guard:
@@ -170,6 +171,7 @@ class OpenSSLStream(trio.abc.Stream):
         # Dropped once the handshake succeeded, to save its memory on idle connections.
         self._handshake_lock: trio.Lock | None = trio.Lock()
         self._fill_count = 0  # transport reads so far; see _fill
+        self._read_error: SSL.Error | None = None  # met while draining; raised by the next read
         self._yielded = False  # did this receive_some reach a scheduling point? see receive_some
         self._transport_eof = False  # latched: the transport said EOF once, it will not say more
         self._send_guard = _Guard("sending on this TLS stream")
@@ -344,6 +346,71 @@ class OpenSSLStream(trio.abc.Stream):
                 return result
             await self._fill()
 
+    # -- the data path's OpenSSL calls, one transport operation's worth at a time ------------
+
+    def _read_buffered(self, size: int) -> bytes | None:
+        """All the plaintext OpenSSL can give without new input (up to ``size``), or None.
+
+        Called by _retry_records like a single read. One transport read often delivers
+        several records (a peer that writes a burst, or messages that queued while we were
+        busy); returning them one per receive_some would cost a checkpoint (a scheduler
+        pass) and, in the relay, one forwarded write per record instead of one per burst.
+        """
+        error = self._read_error
+        if error is not None:
+            # The previous call returned plaintext and kept this for now: raise it where the
+            # caller's handling of a failed read is (close_notify, EOF, broken).
+            self._read_error = None
+            raise error
+        records = self._records
+        first = records.read(min(size, _RECORD_SIZE))
+        if first is None or len(first) >= size or not records.may_have_plaintext():
+            return first  # "want read", full, or nothing more buffered: the common single record
+        chunks = [first]
+        total = len(first)
+        while total < size:
+            try:
+                more = records.read(min(size - total, _RECORD_SIZE))
+            except SSL.Error as exc:
+                # A failure after plaintext (typically the peer's close_notify, sent in the
+                # same TCP segment as its last message): hand out the plaintext first, as a
+                # one-record-per-call loop would have, and raise this on the next call. Any
+                # alert OpenSSL wrote stays in the outgoing BIO for _retry_records' flush.
+                self._read_error = exc
+                break
+            if more is None:  # the rest is an incomplete record: the transport must bring it
+                break
+            chunks.append(more)
+            total += len(more)
+            if not records.may_have_plaintext():
+                break
+        return b"".join(chunks)
+
+    def _encrypt(self, data: memoryview) -> int | None:
+        """Encrypt as much of ``data`` as OpenSSL takes without new input, into the outbox.
+
+        How many bytes were taken, or None for none ("want read"); _retry_records then
+        flushes once, so a burst leaves in one transport write rather than one per record.
+        """
+        records = self._records
+        outbox = self._outbox
+        taken = 0
+        total = len(data)
+        while taken < total:
+            # Partial writes are on: each call encrypts at most one record. The caller
+            # retries with data[taken:], which ACCEPT_MOVING_WRITE_BUFFER allows.
+            written = records.write(data[taken:])
+            if written is None:
+                break  # TLS 1.3 may want the peer's answer first: flush, fill, come back
+            taken += written
+            # Take each record out of the BIO as it is made: a memory BIO never shrinks, so
+            # letting a batch accumulate there would keep a batch-sized buffer per idle leg.
+            # Synchronous, like _flush's take: records stay in OpenSSL's order in the outbox.
+            output = records.take_output()
+            if output:
+                outbox.append(output)
+        return taken or None
+
     # -- handshake ---------------------------------------------------------------------------
 
     async def do_handshake(self, timeout: float | None = None) -> HandshakeFacts:
@@ -441,7 +508,7 @@ class OpenSSLStream(trio.abc.Stream):
             offset = 0
             try:
                 while offset < total:
-                    offset += await self._retry_records(self._records.write, view[offset:])
+                    offset += await self._retry_records(self._encrypt, view[offset:offset + _SEND_BATCH])
             except SSL.Error as exc:
                 raise trio.BrokenResourceError(f"TLS send failed: {exc}") from exc
             finally:
@@ -460,7 +527,7 @@ class OpenSSLStream(trio.abc.Stream):
             # No "read the transport first when the BIO is empty" shortcut: OpenSSL's record
             # layer may hold bytes it already took from the BIO, which only recv() can tell.
             try:
-                data = await self._retry_records(self._records.read, min(size, _RECORD_SIZE))
+                data = await self._retry_records(self._read_buffered, size)
             except SSL.ZeroReturnError:
                 # The peer's close_notify: a clean end of its direction.
                 self.close_notify_received = True
