@@ -174,6 +174,7 @@ class OpenSSLStream(trio.abc.Stream):
         self._read_error: SSL.Error | None = None  # met while draining; raised by the next read
         self._yielded = False  # did this receive_some reach a scheduling point? see receive_some
         self._transport_eof = False  # latched: the transport said EOF once, it will not say more
+        self._socket_drained = False  # the last read left the socket empty: wait before the next
         self._send_guard = _Guard("sending on this TLS stream")
         self._recv_guard = _Guard("receiving on this TLS stream")
         self._handshake_done = False
@@ -204,22 +205,37 @@ class OpenSSLStream(trio.abc.Stream):
             # A Stream may return a bytearray (trio's memory streams do); the record layer and
             # the ClientHello sniffer take bytes.
             return data if type(data) is bytes else bytes(data)
+        # Read first or wait first? A read that returned less than it asked for emptied the
+        # socket's receive queue at that moment. If the next receive comes soon after (the
+        # relay's pump: forward, then receive again), a read attempt would almost always fail
+        # with EAGAIN, a wasted system call (and a raised BlockingIOError) per message at
+        # moderate rates, where each message is its own wake-up. So after such a read we go
+        # straight to wait_readable. That is safe: arming epoll on a descriptor that is
+        # already readable (or at EOF, or in error) reports it at the next epoll_wait, so
+        # bytes that arrived meanwhile are not missed, only picked up one scheduler pass
+        # later. After a full read more is probably queued: read first, as before.
+        wait_first = self._socket_drained
         while True:
             # trio's socket close() sets the descriptor to -1 (and wakes waiters with
-            # ClosedResourceError); reading a stale number could hit a reused descriptor.
+            # ClosedResourceError); reading or waiting on a stale number could hit a reused
+            # descriptor. Checked before the wait and again after it.
+            if wait_first:
+                if sock.fileno() < 0:
+                    raise trio.ClosedResourceError("the socket was closed")
+                await trio.lowlevel.wait_readable(sock)
+                self._yielded = True
             fd = sock.fileno()
             if fd < 0:
                 raise trio.ClosedResourceError("the socket was closed")
-            # Read first, wait only if nothing is there: under load the next record is usually
-            # already in the kernel buffer, and this costs no trip through the scheduler.
             try:
-                return os.read(fd, _RECEIVE_SIZE)
+                data = os.read(fd, _RECEIVE_SIZE)
             except BlockingIOError:
-                pass
+                wait_first = True  # woken without data (rare) or read-first found none
+                continue
             except OSError as exc:
                 raise _transport_error(exc) from exc
-            await trio.lowlevel.wait_readable(sock)
-            self._yielded = True
+            self._socket_drained = len(data) < _RECEIVE_SIZE
+            return data
 
     async def _transport_send(self, data: bytes) -> None:
         sock = self._socket
