@@ -157,3 +157,4 @@ async def test_a_large_send_is_written_in_batches(contexts, portable: bool) -> N
     assert len(counting.writes) == len(payload) // 65536
     await client.aclose()
     await server.aclose()
+
