@@ -158,3 +158,19 @@ async def test_a_large_send_is_written_in_batches(contexts, portable: bool) -> N
     await client.aclose()
     await server.aclose()
 
+
+@LAYERS
+async def test_a_cancelled_receive_loses_no_plaintext(contexts, portable: bool) -> None:
+    """Plaintext left in OpenSSL (the receive before asked for less) is not taken by a receive
+    whose caller is already cancelled: it fails first, and the next receive gets the bytes."""
+    client, server, _ = await handshaken(contexts, portable)
+    await client.send_all(b"a" * 100)
+    await client.send_all(b"b" * 100)
+    assert await server.receive_some(150) == b"a" * 100 + b"b" * 50
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await server.receive_some(150)
+    assert scope.cancelled_caught
+    assert await server.receive_some(150) == b"b" * 50
+    await client.aclose()
+    await server.aclose()

@@ -484,6 +484,11 @@ class OpenSSLStream(trio.abc.Stream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         # One coroutine, not a wrapper around another: every idle pump sits in here, and each
         # frame of its await chain is a few hundred bytes per connection.
+        # A cancelled caller must fail before OpenSSL hands out plaintext, not after: bytes
+        # taken from OpenSSL and then dropped by a Cancelled are gone from the stream. So the
+        # cancellation point comes first and the closing checkpoint below is shielded, the
+        # order trio's SSLStream uses (checkpoint_if_cancelled / cancel_shielded_checkpoint).
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._yielded = False
         with self._recv_guard:
             self._check_open()
@@ -516,9 +521,11 @@ class OpenSSLStream(trio.abc.Stream):
                 self.eof_without_close_notify = True
                 data = b""
         if not self._yielded:
-            # Served from bytes already buffered (or EOF already seen): still a checkpoint, as
-            # trio streams promise, so a busy relay cannot starve other tasks.
-            await trio.lowlevel.checkpoint()
+            # Served from bytes already buffered (or EOF already seen): still a scheduling
+            # point, as trio streams promise, so a busy relay cannot starve other tasks.
+            # Shielded: ``data`` is already out of OpenSSL, and a Cancelled raised here would
+            # lose it (the cancellation point was at the top).
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return data
 
     async def send_eof(self) -> None:
