@@ -75,6 +75,8 @@ async def test_metrics_move_with_the_traffic(pki: Path, tmp_path: Path) -> None:
     assert value(after, "siptap_sip_messages_total", route="test", direction=down, kind="1xx") == 2
     assert value(after, "siptap_sip_messages_total", route="test", direction=down, kind="2xx") == 2
     assert value(after, "siptap_relayed_bytes_total", route="test", direction=up) == sum(map(len, session.sent))
-    assert value(after, "siptap_relay_latency_seconds_count", route="test", direction=up) >= 3
+    # One observation per forwarded chunk: the INVITE alone (it waits for its answer), ACK and
+    # BYE possibly together (what arrived together is received and forwarded at once).
+    assert value(after, "siptap_relay_latency_seconds_count", route="test", direction=up) >= 2
     assert value(after, "siptap_mirror_sent_total", sink="keylog") == 2  # one handshake per leg
     assert value(after, "siptap_mirror_dropped_total", sink="keylog") == 0
