@@ -107,7 +107,7 @@ def golden_events() -> list[MirrorEvent]:
         *(SrtpKeyEvent(T0 + 0.02 + i / 100, c2, False, "call-2@[2001:db8::10]", "200", k) for i, k in enumerate(more)),
         SrtpKeyEvent(T0 + 0.05, c3, True, None, "INVITE", key),
     ]
-    odd = [
+    odd: list[MirrorEvent] = [
         # Not SIP at all (the framer let it through; the view is None).
         SipEvent(ts + 0.1, c1, True, b"HELLO\r\n\r\n", None),
         # Non-UTF-8 bytes in a header: payload_b64 in JSON, as-is elsewhere.
