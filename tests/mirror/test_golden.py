@@ -117,6 +117,8 @@ def golden_events() -> list[MirrorEvent]:
         _sip(c2, ts + 0.3, True, "MESSAGE sip:j\u00f6rg@example.com SIP/2.0\r\nFrom: \"J\u00f6rg \\\"x\\\"\""
                                  " <sip:j@example.com>;tag=9\r\nCall-ID: m\t1\r\nCSeq: 1 MESSAGE\r\n"
                                  "Content-Length: 0\r\n\r\n".encode()),
+        # An empty Call-ID: no HEP correlation chunk, "" in JSON.
+        _sip(c3, ts + 0.35, False, b"SIP/2.0 200 OK\r\nCall-ID: \r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"),
         # A timestamp that rounds up to the next whole second.
         _sip(c3, 1_700_000_009.9999996, True, dialog("call-3")[0][1]),
         ConnectionClosed(ts + 0.4, c1, 3.25, 12345, 6789, 9, "client closed"),
