@@ -25,7 +25,7 @@ one)::
   ``-e <128|256>`` ``-a`` ``-t <tag octets>`` ``-g`` select AES-256 or GCM by hand, ``-f``
   a pcap filter. ``unsupported`` for suites it cannot decode (AES-192, F8, unknown).
 
-File: appended, created 0600 (parent folder 0700), one ``os.write`` per line; failures
+File: appended, created 0600 (parent folder 0700), one ``os.write`` per batch; failures
 are counted and retried as for the key log (:class:`siptap.mirror.files.FileSink`).
 """
 
