@@ -234,25 +234,28 @@ def _text(value: str | None) -> str:
     return "null" if value is None else _json_str(value)
 
 
-def _integer(value: int | None) -> str:
-    """A JSON number, or null, for an ``int | None`` member (``int.__repr__``, as the encoder)."""
-    return "null" if value is None else int.__repr__(value)
-
-
-# sip_summary's members in its order, each filled with what the JSON encoder writes for it.
-_SUMMARY = ('{"request":%s,"method":%s,"request_uri":%s,"status":%s,"reason":%s,"call_id":%s,"cseq":%s,'
-            '"cseq_method":%s,"from_tag":%s,"to_tag":%s,"via_branch":%s,"content_type":%s,"body_length":%s}')
-
-
 def sip_summary_json(view: SipMessageView) -> str:
-    """``to_json(sip_summary(view))``, the same characters, from one template: no dict, no
-    encoder walk (half the time). ``view`` may be anything with the view's attribute names,
-    such as :class:`siptap.sansio.sip_fields.SipFields`."""
-    return _SUMMARY % (
-        "true" if view.is_request else "false", _text(view.method), _text(view.request_uri),
-        _integer(view.status_code), _text(view.reason), _text(view.call_id), _integer(view.cseq_number),
-        _text(view.cseq_method), _text(view.from_tag), _text(view.to_tag), _text(view.via_branch),
-        _text(view.content_type), int.__repr__(view.body_length),
+    """``to_json(sip_summary(view))``, the same characters, from one f-string: no dict, no
+    encoder walk, no call per member but the string escaping (a third of the time).
+    ``view`` may be anything with the view's attribute names, such as
+    :class:`siptap.sansio.sip_fields.SipFields`. Each member is what the JSON encoder writes
+    for it: a ``str | None`` escaped or null, an ``int | None`` as ``int.__repr__`` or null."""
+    v = view
+    s = _json_str
+    return (
+        f'{{"request":{"true" if v.is_request else "false"}'
+        f',"method":{"null" if (x := v.method) is None else s(x)}'
+        f',"request_uri":{"null" if (x := v.request_uri) is None else s(x)}'
+        f',"status":{"null" if (n := v.status_code) is None else int.__repr__(n)}'
+        f',"reason":{"null" if (x := v.reason) is None else s(x)}'
+        f',"call_id":{"null" if (x := v.call_id) is None else s(x)}'
+        f',"cseq":{"null" if (n := v.cseq_number) is None else int.__repr__(n)}'
+        f',"cseq_method":{"null" if (x := v.cseq_method) is None else s(x)}'
+        f',"from_tag":{"null" if (x := v.from_tag) is None else s(x)}'
+        f',"to_tag":{"null" if (x := v.to_tag) is None else s(x)}'
+        f',"via_branch":{"null" if (x := v.via_branch) is None else s(x)}'
+        f',"content_type":{"null" if (x := v.content_type) is None else s(x)}'
+        f',"body_length":{int.__repr__(v.body_length)}}}'
     )
 
 
