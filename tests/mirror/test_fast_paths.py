@@ -255,6 +255,15 @@ def test_srtp_event_json_matches_event_to_dict(key: SdesKey, pair: AddressPair, 
     assert srtp_event_json(other) == to_json(event_to_dict(other))  # a new event is rendered anew
 
 
+def test_srtp_texts_memo_is_bounded() -> None:
+    """The memo that lets JSON lines reuse HEP's rendering holds at most a batch's worth."""
+    from siptap.mirror import render
+
+    for i in range(1000):
+        srtp_event_json(srtp_event(ts=TS + i))
+    assert len(render._srtp_texts.texts) == 256
+
+
 def token_reference(text: str | None) -> str:
     if not text:
         return "-"

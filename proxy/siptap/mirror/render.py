@@ -298,17 +298,42 @@ def srtp_key_json(key: SdesKey) -> str:
     )
 
 
+class _RecentTexts:
+    """The texts of the last ``size`` events rendered, by identity: a bounded memo (events
+    are immutable, so the same object has the same text; each entry holds its event, so an
+    id is never reused while it is in here)."""
+
+    __slots__ = ("size", "texts")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.texts: dict[int, tuple[object, str]] = {}
+
+    def get(self, event: object) -> str | None:
+        entry = self.texts.get(id(event))
+        return entry[1] if entry is not None and entry[0] is event else None
+
+    def put(self, event: object, text: str) -> None:
+        texts = self.texts
+        if len(texts) >= self.size:
+            del texts[next(iter(texts))]  # the oldest
+        texts[id(event)] = (event, text)
+
+
+# Both HEP and JSON lines render each SDES key event, one sink's batch after the other's
+# (the dispatcher hands each sink up to 256 events at a time: sink.MAX_BATCH): a memo that
+# holds a batch's worth lets the second reuse the first's text. Bounded, so it never grows.
+_srtp_texts = _RecentTexts(256)
+
+
 def srtp_event_json(event: SrtpKeyEvent) -> str:
-    """``to_json(event_to_dict(event))`` for an SDES key event, the same characters. Both
-    HEP (as a log packet) and JSON lines carry this text: the last one rendered is kept on
-    the leg, so the second sink to ask reuses it."""
-    leg = event.leg
-    memo = leg.cache.get("srtp_json")
-    if isinstance(memo, tuple) and memo[0] is event:  # events are immutable: same object, same text
-        text: str = memo[1]
-        return text
-    text = (f'{{"type":"srtp_key",{_stamp(event.ts)},{_leg_fragments(leg)[0 if event.from_client else 1]}'
-            f',"call_id":{_text(event.call_id)},"sip":{_json_str(event.method_or_status)}'
-            f',"srtp":{srtp_key_json(event.key)}}}')
-    leg.cache["srtp_json"] = (event, text)
+    """``to_json(event_to_dict(event))`` for an SDES key event, the same characters,
+    rendered once for the sinks that carry it (HEP as a log packet, JSON lines)."""
+    text = _srtp_texts.get(event)
+    if text is None:
+        leg = event.leg
+        text = (f'{{"type":"srtp_key",{_stamp(event.ts)},{_leg_fragments(leg)[0 if event.from_client else 1]}'
+                f',"call_id":{_text(event.call_id)},"sip":{_json_str(event.method_or_status)}'
+                f',"srtp":{srtp_key_json(event.key)}}}')
+        _srtp_texts.put(event, text)
     return text
