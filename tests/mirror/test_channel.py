@@ -140,7 +140,10 @@ def test_the_mirror_process_says_ready_and_exits_0_on_sigterm(pki: Path, tmp_pat
     events = [json.loads(line) for line in out.decode().splitlines()]
     names = [e["event"] for e in events]
     assert names.index("mirror_ready") < names.index("mirror_stopping") < names.index("mirror_stopped")
-    assert next(e for e in events if e["event"] == "mirror_records")["chunks"] == 1
+    assert next(e for e in events if e["event"] == "mirror_stopped")["records"] == 1
+    # The chunk reached the observer: a connection it was never told of is reported, once.
+    gap = next(e for e in events if e["event"] == "gap")
+    assert (gap["conn_number"], gap["cause"]) == (1, "connection not announced")
     assert all(e["process"] == "mirror" for e in events)
     assert next(e for e in events if e["event"] == "mirror_ready")["sinks"] == ["keylog"]  # from [mirror]
     assert not channel.exists()
