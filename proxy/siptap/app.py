@@ -20,6 +20,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -28,12 +29,15 @@ from OpenSSL import SSL
 from siptap.config import ClientTlsSettings, Config, Route, ServerTlsSettings, load_config
 from siptap.errors import CertificateError, ConfigError, ListenError, SiptapError
 from siptap.log import get_logger
-from siptap.metrics import Metrics
+from siptap.metrics import Metrics, SipMessageCounts
 from siptap.mirror.events import MirrorEvent
 from siptap.mirror.fanout import Fanout
-from siptap.relay.observe import Publish
+from siptap.mirror.local import LocalFeed
+from siptap.mirror.observer import Observer, Publish
+from siptap.relay.feed import MirrorFeed
 from siptap.relay.server import RouteListener
 from siptap.relay.session import SessionPlan
+from siptap.relay.tap import MirrorTap
 from siptap.tls.contexts import build_client_context, build_server_context
 from siptap.tls.crl_watch import CrlEntry, CrlWatch, crl_entries
 
@@ -60,12 +64,12 @@ class RoutePlans:
     reverse: SessionPlan | None
 
 
-def build_plans(config: Config, route: Route, publish: Publish | None = None, mirror_legs: frozenset[str] | None = None,
+def build_plans(config: Config, route: Route, feed: MirrorFeed | None = None,
                 metrics: Metrics | None = None) -> RoutePlans:
     """Build every TLS context of a route; a bad file is reported as a ConfigError naming the
     config file, the key that names the file, and the problem."""
     try:
-        return _build_plans(config, route, publish, mirror_legs, metrics)
+        return _build_plans(config, route, feed, metrics)
     except CertificateError as exc:
         raise _locate(config, route, exc) from None
 
@@ -102,13 +106,10 @@ def _context(section: str, build: Callable[..., SSL.Context], settings: ServerTl
         raise
 
 
-def _build_plans(config: Config, route: Route, publish: Publish | None, mirror_legs: frozenset[str] | None,
-                 metrics: Metrics | None) -> RoutePlans:
+def _build_plans(config: Config, route: Route, feed: MirrorFeed | None, metrics: Metrics | None) -> RoutePlans:
     extra: dict[str, Any] = {"metrics": metrics}
-    if publish is not None:
-        extra["publish"] = publish
-    if mirror_legs is not None:
-        extra["mirror_legs"] = mirror_legs
+    if feed is not None:
+        extra["feed"] = feed
     session_id = f"siptap:{route.name}".encode()[:32]
     forward = SessionPlan(
         route=route.name, accepted_leg="customer", dialled_leg="core",
@@ -130,32 +131,42 @@ def _build_plans(config: Config, route: Route, publish: Publish | None, mirror_l
 
 
 class App:
-    """``observer``: an extra synchronous callback for every mirror event (the demo's view)."""
+    """One relay process: listeners, sessions, signals, reload, drain.
+
+    Two ways to observe what it relays. With ``mirror_channel`` (a worker under the
+    supervisor, ``siptap run``'s way) the relay only relays: its records go through a
+    :class:`~siptap.relay.tap.MirrorTap` to the mirror process, which frames, logs and runs
+    every sink. Without it (the demo, in-process use) the same records go straight into an
+    :class:`~siptap.mirror.observer.Observer` and a fan-out in this process.
+    ``observer``: an extra synchronous callback for every mirror event (the demo's view;
+    in-process only)."""
 
     def __init__(self, config: Config, *, observer: Callable[[MirrorEvent], object] | None = None,
-                 worker: tuple[int, int] | None = None) -> None:
+                 worker: tuple[int, int] | None = None, mirror_channel: Path | None = None) -> None:
         self.worker = worker
-        if worker is not None:
+        if worker is not None and mirror_channel is None:
             config = worker_config(config, worker[0])
         self.config = config
         self.log = get_logger("siptap")
-        self.fanout = Fanout.from_settings(config.mirror)
-        self.metrics = Metrics(multiprocess=worker is not None and config.metrics.enabled)
-        self.metrics.watch_mirror(self.fanout.stats)
-        fanout_publish = self.fanout.publish
-        if observer is not None:
-            def publish(event: MirrorEvent) -> bool:
-                observer(event)
-                return fanout_publish(event)
-            self._publish = publish
-            self._mirror_legs = config.mirror.mirror_legs | {"customer"}
+        sip_counts = SipMessageCounts()
+        self.metrics = Metrics(multiprocess=worker is not None and config.metrics.enabled,
+                               sip_message_counts=sip_counts)
+        self.tap: MirrorTap | None = None
+        self.fanout: Fanout | None = None
+        self.observer: Observer | None = None
+        self.feed: MirrorFeed
+        if mirror_channel is not None:
+            if observer is not None:
+                raise ValueError("an event observer needs in-process observation (no mirror_channel)")
+            self.tap = MirrorTap(mirror_channel, buffer_size=config.mirror.channel_buffer, log=self.log)
+            tap = self.tap
+            self.metrics.watch_mirror(lambda: {"channel": {"sent": 0, "dropped": tap.dropped_records, "queued": 0}})
+            self.feed = tap
         else:
-            self._publish = fanout_publish
-            self._mirror_legs = config.mirror.mirror_legs
-        publish, mirror_legs = self._publish, self._mirror_legs
+            self.feed = self._observe_here(config, observer, sip_counts)
         self.listeners: list[RouteListener] = []
         for route in config.routes:
-            plans = build_plans(config, route, publish, mirror_legs, self.metrics)
+            plans = build_plans(config, route, self.feed, self.metrics)
             self.listeners.append(RouteListener(route.name, "customer", route.listen, plans.forward,
                                                 route.limits.max_connections, self.log, reuse_port=worker is not None))
             if plans.reverse is not None and route.reverse is not None:
@@ -166,6 +177,27 @@ class App:
         self.stopped = trio.Event()
         self._connections_scope: trio.CancelScope | None = None
         self._use_crls(crl_entries(config))
+
+    def _observe_here(self, config: Config, observer: Callable[[MirrorEvent], object] | None,
+                      sip_counts: SipMessageCounts) -> MirrorFeed:
+        """In-process observation: the relay's records go straight into an Observer here."""
+        self.fanout = Fanout.from_settings(config.mirror)
+        self.metrics.watch_mirror(self.fanout.stats)
+        fanout_publish = self.fanout.publish
+        mirror_legs = config.mirror.mirror_legs
+        publish: Publish = fanout_publish
+        if observer is not None:
+            def publish_and_show(event: MirrorEvent) -> bool:
+                observer(event)
+                return fanout_publish(event)
+            publish = publish_and_show
+            mirror_legs = mirror_legs | {"customer"}
+        self.observer = Observer(
+            publish=publish, log=self.log, mirror_legs=mirror_legs, log_settings=config.log,
+            max_message_sizes={route.name: route.limits.max_sip_message for route in config.routes},
+            counts=sip_counts,
+        )
+        return LocalFeed(self.observer)
 
     async def run(self, *, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED,
                   handle_signals: bool = True) -> None:
@@ -182,19 +214,30 @@ class App:
                 raise ListenError(f"metrics.address: cannot listen on {where}: {exc.strerror or exc}") from None
             self.log.info("metrics_up", address=f"{host}:{port}", host=host, port=port)
         async with trio.open_nursery() as mirror:
-            await mirror.start(self.fanout.run)
+            if self.fanout is not None:
+                await mirror.start(self.fanout.run)
+            if self.tap is not None:
+                # Started after the first connect attempt: a mirror already listening is
+                # connected before the first connection is accepted.
+                await mirror.start(self.tap.run)
             if handle_signals:
                 mirror.start_soon(self._signals)
             if self.metrics.multiprocess:
                 mirror.start_soon(self._sync_metrics)
             mirror.start_soon(self._watch_crls)
             await self._serve(task_status)
-            # Only now, with every session gone (each published its ConnectionClosed on the
+            # Only now, with every session gone (each handed over its closed record on the
             # way out), is the mirror flushed and closed: nothing can publish after this.
-            await self.fanout.aclose()
+            if self.observer is not None and self.fanout is not None:
+                self.observer.close()
+                await self.fanout.aclose()
+                self.log.info("mirror_stopped", **self.fanout.totals())
+            if self.tap is not None:
+                self.log.info("mirror_channel_closed", **self.tap.dropped_totals())
+                self.tap.close()
             self.metrics.sync_mirror()
-            self.log.info("mirror_stopped", **self.fanout.totals())
-            mirror.cancel_scope.cancel()  # the signal watcher
+            self.metrics.sync_sip_messages()
+            mirror.cancel_scope.cancel()  # the signal watcher, the tap's connection task
         self.log.info("stopped")
         self.stopped.set()
 
@@ -249,6 +292,7 @@ class App:
     async def _sync_metrics(self) -> None:
         while True:
             self.metrics.sync_mirror()
+            self.metrics.sync_sip_messages()
             await trio.sleep(MIRROR_METRICS_INTERVAL)
 
     def request_shutdown(self) -> None:
@@ -279,7 +323,7 @@ class App:
                 config = worker_config(config, self.worker[0])
             new_plans: dict[str, RoutePlans] = {}
             for route in config.routes:
-                new_plans[route.name] = build_plans(config, route, self._publish, self._mirror_legs, self.metrics)
+                new_plans[route.name] = build_plans(config, route, self.feed, self.metrics)
         except SiptapError as exc:
             self.log.error("reload_failed", detail=str(exc), kept="previous certificates and settings")
             return False

@@ -11,9 +11,13 @@ import gc
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from siptap import __version__
 from siptap.errors import SiptapError
+
+if TYPE_CHECKING:
+    from siptap.config import Config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -41,6 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     # Internal: how the supervisor (workers > 1) starts each worker process.
     run.add_argument("--worker", metavar="I/N", help=argparse.SUPPRESS)
     run.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
+    # Internal: the mirror process's channel socket (issue 16); the relay's tap connects to it.
+    run.add_argument("--mirror-channel", type=Path, help=argparse.SUPPRESS)
+
+    # Internal, hidden (no help= keeps it out of the command list): the mirror process the
+    # supervisor starts before the workers (siptap.mirror.process).
+    mirror = sub.add_parser("mirror", parents=[common])
+    mirror.add_argument("--config", "-c", type=Path, default=Path("config.toml"))
+    mirror.add_argument("--channel", type=Path, required=True)
+    mirror.add_argument("--control-fd", type=int)
+    mirror.add_argument("--log-format", choices=("json", "console"))
+    mirror.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
     demo = sub.add_parser("demo", parents=[common], help="run the shipped config with an embedded lab core and customer",
                           description="Create the lab PKI if needed, start an embedded lab core, run siptap on the "
@@ -109,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "mirror":
+            return _mirror(args)
         if args.command == "probe":
             from siptap.tools.probe import run_from_args
 
@@ -226,13 +243,42 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run(args: argparse.Namespace) -> int:
+def _load_for_run(args: argparse.Namespace) -> Config:
+    """The config with ``--log-format``/``--log-level`` applied (``run`` and ``mirror``)."""
     import dataclasses
 
+    from siptap.config import load_config
+
+    config = load_config(args.config)
+    overrides = {k: v for k, v in (("format", args.log_format), ("level", args.log_level)) if v}
+    if overrides:
+        config = dataclasses.replace(config, log=dataclasses.replace(config.log, **overrides))
+    return config
+
+
+def _mirror(args: argparse.Namespace) -> int:
+    import structlog
+    import trio
+
+    from siptap.log import configure
+    from siptap.mirror.process import run_mirror
+
+    config = _load_for_run(args)
+    writer = configure(config.log)
+    try:
+        # Its log lines say which process wrote them, as a worker's carry ``worker``.
+        structlog.contextvars.bind_contextvars(process="mirror")
+        settle_heap()
+        trio.run(run_mirror, config, args.channel, args.control_fd)
+    finally:
+        writer.close()
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
     import trio
 
     from siptap.app import App
-    from siptap.config import load_config
     from siptap.log import configure
     from siptap.supervisor import Supervisor, parse_worker, run_worker
 
@@ -243,27 +289,27 @@ def _run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             _error(str(exc))
             return EXIT_USAGE
-    config = load_config(args.config)
-    overrides = {k: v for k, v in (("format", args.log_format), ("level", args.log_level)) if v}
-    if overrides:
-        config = dataclasses.replace(config, log=dataclasses.replace(config.log, **overrides))
+    config = _load_for_run(args)
     writer = configure(config.log)
     try:
         if worker is not None:
             import structlog
 
             structlog.contextvars.bind_contextvars(worker=worker[0])
-        app = App(config, worker=worker)  # every start-up check; a failure is one line on stderr, exit 1
-        if worker is None and config.worker_count > 1:
-            # The checks above ran once, here; the workers bind, the supervisor does not.
+        # Every start-up check; a failure is one line on stderr, exit 1.
+        app = App(config, worker=worker, mirror_channel=args.mirror_channel if worker is not None else None)
+        if worker is None:
+            # The checks above ran once, here. The process model (ARCHITECTURE.md): this
+            # process supervises; the mirror process observes and runs every sink; the
+            # workers (``workers``, one by default) only relay.
             del app
             passed = [f"--{name}={value}" for name, value in (("log-format", args.log_format),
                                                               ("log-level", args.log_level)) if value]
             passed += ["--debug"] if args.debug else []
-            supervisor = Supervisor(config, config.worker_count, writer.msg, worker_args=tuple(passed))
+            supervisor = Supervisor(config, config.worker_count, writer.msg, worker_args=tuple(passed), mirror=True)
             return trio.run(supervisor.run)
         settle_heap()
-        trio.run(run_worker, app, args.control_fd if worker is not None else None)
+        trio.run(run_worker, app, args.control_fd)
     finally:
         writer.close()
     return EXIT_OK

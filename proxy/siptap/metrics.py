@@ -43,10 +43,79 @@ class CrlInForce(Protocol):
 LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 0.25, 1.0)
 
 
-class Metrics:
-    """``multiprocess``: this process is a worker whose values the supervisor serves."""
+class SipMessageCounts:
+    """``siptap_sip_messages_total{route,direction,kind}`` as plain integers.
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, multiprocess: bool = False) -> None:
+    The mirror's observer counts every SIP message; a prometheus-client child's ``inc()``
+    takes a lock (and in multiprocess mode writes an mmap) per message. Here the observer
+    does ``counts[kind] = counts.get(kind, 0) + 1`` on a dict it got once per direction
+    (:meth:`for_direction`), and the values become a metric family only when Prometheus
+    scrapes (:meth:`collect`, registered on the registry as a custom collector).
+
+    The scrape runs in prometheus-client's server thread while the observer may add a key:
+    ``list(d.items())`` copies a dict of str keys and int values in one C call under the
+    GIL, so the scrape never iterates a dict that changes size under it. Values only grow,
+    so a scrape that sees one increment less has merely come a moment earlier.
+    """
+
+    NAME = "siptap_sip_messages"  # prometheus-client appends _total, as for the Counter it replaces
+    HELP = "SIP messages observed, by direction and kind"
+
+    def __init__(self) -> None:
+        self._directions: dict[tuple[str, str], dict[str, int]] = {}
+        self.gaps: dict[str, int] = {}  # by route: holes in the mirror's view of a stream
+        self.gap_bytes: dict[str, int] = {}  # by route: bytes in those holes
+
+    def count_gap(self, route: str, missing: int) -> None:
+        """A gap the observer reported (rare: no need for a dict per direction)."""
+        self.gaps[route] = self.gaps.get(route, 0) + 1
+        self.gap_bytes[route] = self.gap_bytes.get(route, 0) + missing
+
+    def for_direction(self, route: str, direction: str) -> dict[str, int]:
+        """The counts of one route and direction, by kind (:func:`message_kind`), to increment."""
+        counts = self._directions.get((route, direction))
+        if counts is None:
+            counts = self._directions[(route, direction)] = {}
+        return counts
+
+    def snapshot(self) -> dict[tuple[str, str, str], int]:
+        """Every (route, direction, kind) and its count now."""
+        return {(route, direction, kind): n
+                for (route, direction), counts in list(self._directions.items())
+                for kind, n in list(counts.items())}
+
+    def collect(self) -> Iterator[Any]:
+        family = CounterMetricFamily(self.NAME, self.HELP, labels=["route", "direction", "kind"])
+        for (route, direction, kind), n in self.snapshot().items():
+            family.add_metric([route, direction, kind], n)
+        yield family
+        gaps = CounterMetricFamily("siptap_mirror_gaps", "Gaps in the mirror's copy of a stream (records the relay "
+                                   "could not send)", labels=["route"])
+        gap_bytes = CounterMetricFamily("siptap_mirror_gap_bytes", "Bytes missing from the mirror's copy",
+                                        labels=["route"])
+        for route, n in list(self.gaps.items()):
+            gaps.add_metric([route], n)
+        for route, n in list(self.gap_bytes.items()):
+            gap_bytes.add_metric([route], n)
+        yield gaps
+        yield gap_bytes
+
+    def describe(self) -> list[Any]:
+        # The family's name, so that registering this beside a Counter of the same name fails
+        # loudly instead of exporting the metric twice.
+        return [CounterMetricFamily(self.NAME, self.HELP, labels=["route", "direction", "kind"])]
+
+
+class Metrics:
+    """``multiprocess``: this process is a worker whose values the supervisor serves.
+
+    ``sip_message_counts``: SIP messages are counted as plain integers (the mirror process's
+    observer), not by the ``sip_messages`` Counter: a single process registers them as a
+    collector; in multiprocess mode :meth:`sync_sip_messages` copies them into the shared
+    Counter (call it about once a second, as :meth:`sync_mirror`)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, multiprocess: bool = False,
+                 sip_message_counts: SipMessageCounts | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.multiprocess = multiprocess
         r = self.registry
@@ -57,8 +126,14 @@ class Metrics:
                                            ["route", "reason"], registry=r)
         self.handshakes = Counter("siptap_handshakes", "TLS handshakes by leg, result and reason",
                                   ["route", "leg", "result", "reason"], registry=r)
-        self.sip_messages = Counter("siptap_sip_messages", "SIP messages observed, by direction and kind",
-                                    ["route", "direction", "kind"], registry=r)
+        self.sip_message_counts = sip_message_counts
+        self._sip_messages_seen: dict[tuple[str, str, str], int] = {}
+        self.sip_messages: Counter | None = None
+        if sip_message_counts is not None and not multiprocess:
+            r.register(sip_message_counts)
+        else:
+            self.sip_messages = Counter(SipMessageCounts.NAME, SipMessageCounts.HELP,
+                                        ["route", "direction", "kind"], registry=r)
         self.bytes = Counter("siptap_relayed_bytes", "Bytes relayed", ["route", "direction"], registry=r)
         self.failovers = Counter("siptap_upstream_failovers", "Upstream attempts that failed and moved on",
                                  ["route", "leg"], registry=r)
@@ -111,6 +186,19 @@ class Metrics:
                     self.child(counter, name).inc(delta)
                 seen[(name, field)] = now
             self.child(self._mirror_queued, name).set(s["queued"])
+
+    def sync_sip_messages(self) -> None:
+        """Multiprocess mode: add what :class:`SipMessageCounts` counted since the last call
+        to the shared Counter (one ``inc`` per label set that moved, not one per message)."""
+        counts, counter = self.sip_message_counts, self.sip_messages
+        if counts is None or counter is None:
+            return
+        seen = self._sip_messages_seen
+        for labels, now in counts.snapshot().items():
+            delta = now - seen.get(labels, 0)
+            if delta > 0:
+                self.child(counter, *labels).inc(delta)
+                seen[labels] = now
 
     def serve(self, host: str, port: int) -> tuple[str, int]:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)

@@ -26,6 +26,11 @@ single process would, and each worker gets its own stdout pipe.
   5 times in a row is abandoned with ``worker_gave_up`` (error), the others keep serving (the
   kernel sends new connections only to live listeners); when none is left the supervisor
   exits 1.
+- The mirror process (``mirror=True``, issue 16): ``python -m siptap mirror --channel PATH``
+  (:mod:`siptap.mirror.process`), started first, in a runtime directory created 0700 for its
+  socket and removed at exit; every worker gets ``--mirror-channel PATH``. It is watched and
+  restarted like a worker (``mirror_died``, ``mirror_restarted``) and stopped last, once every
+  worker has drained, so their last records reach the sinks.
 - Metrics: see :mod:`siptap.metrics` (multiprocess mode; the supervisor serves the endpoint).
 """
 
@@ -58,6 +63,7 @@ RESTART_INITIAL = 0.5
 RESTART_MAX = 30.0
 STABLE_AFTER = 60.0  # a worker that ran this long restarts after RESTART_INITIAL again
 MAX_START_FAILURES = 5
+MIRROR_SOCKET = "mirror.sock"  # the channel's name in the runtime directory
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -104,7 +110,7 @@ class Supervisor:
     def __init__(self, config: Config, count: int, emit: Callable[[str], None], *,
                  worker_args: tuple[str, ...] = (), restart_initial: float = RESTART_INITIAL,
                  restart_max: float = RESTART_MAX, max_start_failures: int = MAX_START_FAILURES,
-                 ready_timeout: float = READY_TIMEOUT) -> None:
+                 ready_timeout: float = READY_TIMEOUT, mirror: bool = False) -> None:
         self.config = config
         self.count = count
         self.emit = emit
@@ -115,12 +121,20 @@ class Supervisor:
         self.ready_timeout = ready_timeout
         self.log = get_logger("siptap")
         self.slots = [Slot(i, delay=restart_initial) for i in range(1, count + 1)]
+        # The mirror process's slot (index 0: it is no worker), when there is one.
+        self.mirror = Slot(0, delay=restart_initial) if mirror else None
+        self.runtime_dir: Path | None = None  # holds the mirror's channel socket
         self.failure: str | None = None  # why the supervisor will exit 1
-        self.restarts = 0
+        self.restarts = 0  # of workers
+        self.mirror_restarts = 0
         self.metrics_dir: Path | None = None
         self._stop = trio.Event()  # set once, by the first stop signal or a fatal start failure
         self._all_ready = trio.Event()
         self._started = False  # every worker was ready once: later failures are restarts
+        self._workers_done = trio.Event()  # every worker has exited: time to stop the mirror
+        self._mirror_stopped = trio.Event()
+        if self.mirror is None:
+            self._mirror_stopped.set()
 
     @property
     def stopping(self) -> bool:
@@ -130,24 +144,40 @@ class Supervisor:
     # -- the whole run -------------------------------------------------------------------------
 
     async def run(self) -> int:
-        self.log.info("supervisor_starting", workers=self.count, pid=os.getpid())
+        self.log.info("supervisor_starting", workers=self.count, pid=os.getpid(), mirror=self.mirror is not None)
         try:
             self._start_metrics()
+            if self.mirror is not None:
+                # mkdtemp creates it 0700: only siptap's user may reach the channel socket in
+                # it, and whoever can connect there writes into every mirror output.
+                self.runtime_dir = Path(tempfile.mkdtemp(prefix="siptap-run-"))
             async with trio.open_nursery() as outer:
                 outer.start_soon(self._signals)
                 outer.start_soon(self._announce_ready)
-                async with trio.open_nursery() as slots:
-                    for slot in self.slots:
-                        slots.start_soon(self._run_slot, slot)
-                outer.cancel_scope.cancel()
+                # Stop order, the reverse of the start order: the mirror first, so that a
+                # worker's tap connects at once (no record of its first calls dropped for
+                # want of a listener), and last out, so that the records a worker sends
+                # while it drains (the last calls' BYEs, closes) still reach the sinks.
+                if self.mirror is not None:
+                    await outer.start(self._run_mirror, self.mirror)
+                if not self.stopping:  # the mirror may have failed to start: then no worker
+                    async with trio.open_nursery() as slots:
+                        for slot in self.slots:
+                            slots.start_soon(self._run_slot, slot)
+                self._workers_done.set()  # _run_mirror now stops the mirror and returns
+                await self._mirror_stopped.wait()
+                outer.cancel_scope.cancel()  # the signal watcher
         finally:
-            if self.metrics_dir is not None:
-                shutil.rmtree(self.metrics_dir, ignore_errors=True)
-        codes = {slot.index: slot.last_code for slot in self.slots}
+            for directory in (self.metrics_dir, self.runtime_dir):
+                if directory is not None:
+                    shutil.rmtree(directory, ignore_errors=True)
+        codes = {str(slot.index): describe_exit(slot.last_code) for slot in self.slots}
+        if self.mirror is not None:
+            codes["mirror"] = describe_exit(self.mirror.last_code)
         # A worker that died earlier was reported then; what counts now is how the others stopped.
-        clean = all(slot.stop_code in (None, 0, 130, -signal.SIGTERM, -signal.SIGINT) for slot in self.slots)
-        self.log.info("supervisor_stopped", workers={str(i): describe_exit(c) for i, c in codes.items()},
-                      restarts=self.restarts)
+        stopped = [*self.slots, *([self.mirror] if self.mirror is not None else [])]
+        clean = all(slot.stop_code in (None, 0, 130, -signal.SIGTERM, -signal.SIGINT) for slot in stopped)
+        self.log.info("supervisor_stopped", workers=codes, restarts=self.restarts)
         if self.failure is not None:
             raise WorkersFailed(self.failure)
         return 0 if clean else 1
@@ -174,10 +204,12 @@ class Supervisor:
         self.log.info("workers_ready", workers=self.count, pids=[s.pid for s in self.slots])
 
     def _request_stop(self) -> None:
+        """Stop from within (a fatal start failure): as if SIGTERM had come, minus the log line."""
         self._stop.set()
         self._forward(signal.SIGTERM)
 
     def _forward(self, signum: int) -> list[int]:
+        """Send ``signum`` to every live worker (never to the mirror: it is stopped after them)."""
         sent = []
         for slot in self.slots:
             process = slot.process
@@ -190,6 +222,12 @@ class Supervisor:
         return sent
 
     async def _signals(self) -> None:
+        """Signal forwarding. The children sit in their own process groups, so whatever the
+        operator (or systemd, KillMode=mixed) sends reaches this process alone, and each child
+        gets it from here, when it should: SIGHUP to the workers (each reloads its TLS
+        material; the mirror's sinks reload nothing), SIGTERM/SIGINT to the workers (they
+        drain), and only then, from run(), SIGTERM to the mirror. A signal that found the
+        children already gone (ProcessLookupError) is not an error: they are being reaped."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
@@ -218,16 +256,23 @@ class Supervisor:
     # -- one worker slot ----------------------------------------------------------------------
 
     async def _run_slot(self, slot: Slot) -> None:
-        """Keep worker ``slot.index`` running until a stop: restart it when it dies, with a
-        back-off so a worker that crashes at once cannot spin the CPU or flood the log."""
-        while not self._stop.is_set():
-            ready, code = await self._run_once(slot)
-            slot.last_code = code
-            if self.metrics_dir is not None and slot.pid is not None:
-                from siptap.metrics import mark_worker_dead
+        """Keep worker ``slot.index`` running until a stop: restart it when it dies.
 
-                # Its livesum gauges (open connections) would otherwise count a dead process.
-                mark_worker_dead(self.metrics_dir, slot.pid)
+        Restart policy: a back-off (0.5 s doubling to 30 s) so a worker that crashes at once
+        cannot spin the CPU or flood the log; back to 0.5 s once it had run STABLE_AFTER, so
+        a crash a day is not punished like a crash loop. A worker that never gets ready
+        (bad certificate, port taken) is given up after MAX_START_FAILURES in a row: its
+        siblings keep serving, since the kernel sends new connections only to live listeners."""
+        argv = [sys.executable, "-m", "siptap", "run", "--config", str(self.config.path),
+                "--worker", f"{slot.index}/{self.count}", *self.worker_args]
+        if self.runtime_dir is not None:
+            argv += ["--mirror-channel", str(self.runtime_dir / MIRROR_SOCKET)]
+        while not self._stop.is_set():
+            ready, code = await self._run_once(slot, argv, lambda process: self._worker_ready(slot, process),
+                                               worker=slot.index)
+            slot.last_code = code
+            # Its livesum gauges (open connections) would otherwise count a dead process.
+            self._mark_dead(slot)
             # Checked again after the wait: the stop may have come while the worker ran, and
             # then its exit is the answer to our SIGTERM, not a death to restart. (A call, not
             # the property: a type checker would carry the loop test's answer across the await.)
@@ -246,46 +291,63 @@ class Supervisor:
                                stderr=detail, detail="stopping the other workers")
                 self._request_stop()
                 return
+            uptime = trio.current_time() - slot.ready_at
+            going_on = self._next_attempt(slot, ready)
             if ready:
-                uptime = trio.current_time() - slot.ready_at
                 self.restarts += 1
-                if uptime >= STABLE_AFTER:
-                    slot.delay = self.restart_initial
                 self.log.error("worker_died", worker=slot.index, pid=slot.pid, status=describe_exit(code),
                                uptime=round(uptime, 3), stderr=detail or None)
             else:
-                slot.start_failures += 1
                 self.log.error("worker_start_failed", worker=slot.index, pid=slot.pid, status=describe_exit(code),
                                attempt=slot.start_failures, stderr=detail or None)
-                if slot.start_failures >= self.max_start_failures:
-                    slot.gave_up = True
-                    left = [s.index for s in self.slots if not s.gave_up]
-                    self.log.error("worker_gave_up", worker=slot.index, attempts=slot.start_failures,
-                                   workers_left=left,
-                                   detail="it keeps failing at start-up; the other workers keep serving. "
-                                          "Fix the cause and restart siptap")
-                    if not left:
-                        self.failure = f"every worker keeps failing at start-up (last: {describe_exit(code)})" + (
-                            f": {_why(slot)}" if slot.stderr_tail else "")
-                        self._request_stop()
-                    return
-            delay = slot.delay
-            slot.delay = min(slot.delay * 2, self.restart_max)
-            self.log.warning("worker_restarting", worker=slot.index, delay=delay)
+            if not going_on:
+                left = [s.index for s in self.slots if not s.gave_up]
+                self.log.error("worker_gave_up", worker=slot.index, attempts=slot.start_failures,
+                               workers_left=left,
+                               detail="it keeps failing at start-up; the other workers keep serving. "
+                                      "Fix the cause and restart siptap")
+                if not left:
+                    self.failure = f"every worker keeps failing at start-up (last: {describe_exit(code)})" + (
+                        f": {_why(slot)}" if slot.stderr_tail else "")
+                    self._request_stop()
+                return
+            self.log.warning("worker_restarting", worker=slot.index, delay=slot.delay)
             # The back-off ends early on a stop: the loop condition then ends the slot.
-            with trio.move_on_after(delay):
-                await self._stop.wait()
+            await self._back_off(slot, self._stop)
 
-    async def _run_once(self, slot: Slot) -> tuple[bool, int]:
-        """Start the worker, forward its output until it exits; (was it ready, exit code)."""
-        # The control socket is the worker's lifeline in both directions: it says "ready" on
+    def _next_attempt(self, slot: Slot, was_ready: bool) -> bool:
+        """Account for one unexpected exit of ``slot``'s process; False: give it up."""
+        if was_ready:
+            if trio.current_time() - slot.ready_at >= STABLE_AFTER:
+                slot.delay = self.restart_initial
+            return True
+        slot.start_failures += 1
+        slot.gave_up = slot.start_failures >= self.max_start_failures
+        return not slot.gave_up
+
+    async def _back_off(self, slot: Slot, cut_short: trio.Event) -> None:
+        delay = slot.delay
+        slot.delay = min(slot.delay * 2, self.restart_max)
+        with trio.move_on_after(delay):
+            await cut_short.wait()
+
+    def _mark_dead(self, slot: Slot) -> None:
+        if self.metrics_dir is not None and slot.pid is not None:
+            from siptap.metrics import mark_worker_dead
+
+            mark_worker_dead(self.metrics_dir, slot.pid)
+
+    async def _run_once(self, slot: Slot, argv: list[str], on_ready: Callable[[trio.Process], None],
+                        **fields: object) -> tuple[bool, int]:
+        """Start a worker or the mirror (``argv`` + its control fd), forward its output until
+        it exits; (was it ready, exit code). ``fields`` name it in the log lines."""
+        name = "worker" if slot is not self.mirror else "mirror"
+        # The control socket is the child's lifeline in both directions: it says "ready" on
         # it, and it sees EOF on it when this process dies, however it dies (even SIGKILL:
         # the kernel closes our end). Only the child's end is inherited (pass_fds); ours is
-        # close-on-exec, so no other worker holds it open and hides our death from this one.
+        # close-on-exec, so no other child holds it open and hides our death from this one.
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            argv = [sys.executable, "-m", "siptap", "run", "--config", str(self.config.path),
-                    "--worker", f"{slot.index}/{self.count}", "--control-fd", str(theirs.fileno()), *self.worker_args]
             env = dict(os.environ)
             if self.metrics_dir is not None:
                 env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
@@ -293,9 +355,12 @@ class Supervisor:
                 env.pop("PROMETHEUS_MULTIPROC_DIR", None)
             slot.ready = False
             slot.stderr_tail.clear()
+            # Each child in its own process group: a terminal's Ctrl-C (SIGINT to the
+            # foreground group) reaches only the supervisor, which decides what each child
+            # gets and when (see _signals): the mirror must not stop before the workers.
             process = await trio.lowlevel.open_process(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                pass_fds=(theirs.fileno(),), process_group=0,
+                [*argv, "--control-fd", str(theirs.fileno())], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=env, pass_fds=(theirs.fileno(),), process_group=0,
             )
         finally:
             # Our copy of the child's end: kept open, it would stop us from seeing the
@@ -303,11 +368,13 @@ class Supervisor:
             theirs.close()
         slot.process = process
         control = trio.socket.from_stdlib_socket(ours)
-        self.log.info("worker_started", worker=slot.index, pid=process.pid)
+        self.log.info(f"{name}_started", **fields, pid=process.pid)
         ready = False
         try:
             async with trio.open_nursery() as nursery:
                 assert process.stdout is not None and process.stderr is not None
+                # Every child's stdout goes through the one emit: whole lines only, so JSON
+                # lines from several processes never interleave inside a line.
                 nursery.start_soon(self._forward_stdout, process.stdout)
                 nursery.start_soon(self._forward_stderr, process.stderr, slot)
                 with trio.move_on_after(self.ready_timeout) as waiting:
@@ -319,18 +386,86 @@ class Supervisor:
                     slot.ready = True
                     slot.ready_at = trio.current_time()
                     slot.start_failures = 0
-                    self.log.info("worker_ready", worker=slot.index, pid=process.pid)
-                    if all(s.ready for s in self.slots):
-                        self._started = True
-                        self._all_ready.set()
-                    if self.stopping:  # the stop signal went out while it was starting
-                        process.send_signal(signal.SIGTERM)
+                    on_ready(process)
                 code = await process.wait()
         finally:
             control.close()
         return ready, code
 
+    def _worker_ready(self, slot: Slot, process: trio.Process) -> None:
+        self.log.info("worker_ready", worker=slot.index, pid=process.pid)
+        if all(s.ready for s in self.slots):
+            self._started = True
+            self._all_ready.set()
+        if self.stopping:  # the stop signal went out while it was starting
+            process.send_signal(signal.SIGTERM)
+
+    # -- the mirror process ------------------------------------------------------------------------
+
+    async def _run_mirror(self, slot: Slot, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the mirror running until every worker has exited, then stop it (SIGTERM: it
+        drains its channels and flushes its sinks). Started once it is first ready, or failed."""
+        assert self.runtime_dir is not None
+        argv = [sys.executable, "-m", "siptap", "mirror", "--config", str(self.config.path),
+                "--channel", str(self.runtime_dir / MIRROR_SOCKET), *self.worker_args]
+        restarted = started = False
+
+        def ready(process: trio.Process) -> None:
+            nonlocal started
+            if restarted:
+                self.log.info("mirror_restarted", pid=process.pid, restarts=self.mirror_restarts)
+            if not started:
+                started = True
+                task_status.started()
+            if self._workers_done.is_set():  # every worker went while it was starting
+                process.send_signal(signal.SIGTERM)
+
+        async def stop_after_workers() -> None:
+            await self._workers_done.wait()
+            if slot.process is not None and slot.process.returncode is None:
+                slot.process.send_signal(signal.SIGTERM)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stop_after_workers)
+                while not self._workers_done.is_set():
+                    was_ready, code = await self._run_once(slot, argv, ready)
+                    slot.last_code = code
+                    self._mark_dead(slot)
+                    if self._workers_done.is_set():  # the answer to our SIGTERM
+                        slot.stop_code = code
+                        self.log.info("mirror_exited", pid=slot.pid, status=describe_exit(code))
+                        break
+                    detail = " | ".join(slot.stderr_tail) or None
+                    if not restarted and not was_ready:
+                        # At start-up no worker runs yet: the run fails, as for a worker.
+                        self.failure = f"the mirror process failed to start ({describe_exit(code)})" + (
+                            f": {_why(slot)}" if slot.stderr_tail else "")
+                        self.log.error("mirror_start_failed", pid=slot.pid, status=describe_exit(code), stderr=detail)
+                        self._request_stop()
+                        task_status.started()
+                        break
+                    # Later the workers keep relaying without it (their taps count what they
+                    # drop), so it is restarted with a worker's back-off, or given up the same way.
+                    going_on = self._next_attempt(slot, was_ready)
+                    self.log.error("mirror_died" if was_ready else "mirror_start_failed", pid=slot.pid,
+                                   status=describe_exit(code), stderr=detail, delay=slot.delay if going_on else None)
+                    if not going_on:
+                        self.log.error("mirror_gave_up", attempts=slot.start_failures,
+                                       detail="the mirror keeps failing at start-up; the workers relay on, "
+                                              "unmirrored. Fix the cause and restart siptap")
+                        break
+                    self.mirror_restarts += 1
+                    restarted = True
+                    await self._back_off(slot, self._workers_done)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._mirror_stopped.set()
+
     async def _forward_stdout(self, stream: trio.abc.ReceiveStream) -> None:
+        """One child's stdout to ``emit``, whole lines only. A pipe read ends anywhere, often
+        mid-line (a 9 kB ``sip`` line spans reads); emitting up to the last newline and
+        keeping the rest means another child's line can never land inside this one's."""
         pending: bytes | bytearray = b""
         async for chunk in stream:
             cut = chunk.rfind(b"\n")
@@ -364,6 +499,8 @@ def _why(slot: Slot) -> str:
 
 
 async def _read_ready(control: trio.socket.SocketType) -> bool:
+    """The child's ``ready`` line; False on EOF first (it died or exited before it was ready:
+    a failed start, which the restart policy counts differently from a death)."""
     data = b""
     while not data.endswith(b"\n"):
         chunk = await control.recv(64)

@@ -16,13 +16,26 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from siptap.config.mirror import HepSinkSettings
-from siptap.mirror.events import Address, LegInfo, SipEvent
+from siptap.mirror.events import Address, LegInfo, SipEvent, SrtpKeyEvent
 from siptap.mirror.hep import HepEncoder
-from siptap.mirror.render import event_to_dict, iso_utc, iso_utc_reference, sip_event_json, to_json
+from siptap.mirror.render import (
+    event_to_dict,
+    iso_utc,
+    iso_utc_reference,
+    sip_event_json,
+    sip_summary,
+    sip_summary_json,
+    srtp_event_json,
+    to_json,
+)
+from siptap.mirror.srtp import _token
 from siptap.sansio import hep, pcap
+from siptap.sansio.sdp_crypto import SdesKey
+from siptap.sansio.sip_fields import read_fields
 from siptap.sansio.sip_message import SipParseError, parse_message
 
 from .helpers import TS, dialog, key_event, srtp_event
+from .test_golden import golden_events
 
 AddressPair = tuple[Address, Address]
 
@@ -203,6 +216,63 @@ def test_sip_event_json_matches_event_to_dict(pair: AddressPair, ts: float, from
     event = SipEvent(ts, leg, from_client, data, view)
     assert sip_event_json(event, payload=payload) == to_json(event_to_dict(event, payload=payload))
     assert sip_event_json(event, payload=payload) == to_json(event_to_dict(event, payload=payload))
+
+
+def test_sip_summary_json_matches_the_encoder_for_views_and_one_scan_fields() -> None:
+    """The template gives the encoder's characters, whether the event carries the full view
+    or the one-scan fields the mirror process reads (same attribute names)."""
+    events = [e for e in golden_events() if isinstance(e, SipEvent) and e.view is not None]
+    assert len(events) > 20
+    for event in events:
+        assert event.view is not None
+        expected = to_json(sip_summary(event.view))
+        assert sip_summary_json(event.view) == expected
+        fields = read_fields(event.data, event.data.index(b"\r\n\r\n") + 4)
+        if fields is not None:
+            assert sip_summary_json(fields) == expected  # type: ignore[arg-type]  # SipFields reads as the view
+
+
+sdes_keys = st.builds(
+    SdesKey,
+    tag=st.integers(0, 2**31), suite=st.text(max_size=30), key_params_b64=st.text(max_size=60),
+    master_key=st.binary(max_size=32), master_salt=st.binary(max_size=14), lifetime=st.one_of(st.none(), st.text(max_size=8)),
+    mki=st.one_of(st.none(), st.text(max_size=8)), media=st.text(max_size=10), port=st.integers(0, 0xFFFF),
+    connection_address=st.one_of(st.none(), st.text(max_size=20)), session_params=st.lists(st.text(max_size=10)).map(tuple),
+)
+
+
+@settings(max_examples=300)
+@given(key=sdes_keys, pair=address_pairs(), ts=st.floats(0, 2**33, allow_nan=False), from_client=st.booleans(),
+       call_id=st.one_of(st.none(), st.text(max_size=20)), sip=st.text(max_size=10), conn_id=st.text(max_size=10))
+def test_srtp_event_json_matches_event_to_dict(key: SdesKey, pair: AddressPair, ts: float, from_client: bool,
+                                               call_id: str | None, sip: str, conn_id: str) -> None:
+    leg = LegInfo(conn_id, "route\n\"x\"", "customer", *pair)
+    event = SrtpKeyEvent(ts, leg, from_client, call_id, sip, key)
+    expected = to_json(event_to_dict(event))
+    assert srtp_event_json(event) == expected
+    assert srtp_event_json(event) == expected  # the second sink's, from the leg's memo
+    other = SrtpKeyEvent(ts + 1, leg, not from_client, call_id, sip, key)
+    assert srtp_event_json(other) == to_json(event_to_dict(other))  # a new event is rendered anew
+
+
+def test_srtp_texts_memo_is_bounded() -> None:
+    """The memo that lets JSON lines reuse HEP's rendering holds at most a batch's worth."""
+    from siptap.mirror import render
+
+    for i in range(1000):
+        srtp_event_json(srtp_event(ts=TS + i))
+    assert len(render._srtp_texts.texts) == 256
+
+
+def token_reference(text: str | None) -> str:
+    if not text:
+        return "-"
+    return "".join("_" if ch.isspace() or ch in "\"'" else ch for ch in text)
+
+
+@given(st.one_of(st.none(), st.text(), st.text(alphabet=" \t\x1c\x85\u2028\u3000\"'ab")))
+def test_srtp_token_matches_reference(text: str | None) -> None:
+    assert _token(text) == token_reference(text)
 
 
 def test_ipaddress_cache_keeps_normalising() -> None:

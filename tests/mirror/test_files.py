@@ -19,7 +19,7 @@ from siptap.mirror.srtp import SrtpKeysSink, rtp_decoder_args, srtp_key_line
 from siptap.sansio.keylog import parse_line
 from siptap.sansio.sdp_crypto import SdesKey, parse_sdp_crypto
 
-from .helpers import CALL_ID, CORE, CUSTOMER, SDP, closed, dialog_events, key_event, srtp_event
+from .helpers import CALL_ID, CORE, CUSTOMER, SDP, TS, closed, dialog_events, key_event, srtp_event
 
 
 async def drive(fanout: Fanout, events: Sequence[MirrorEvent], until: int | None = None) -> None:
@@ -79,6 +79,30 @@ async def test_keylog_disk_full_is_counted() -> None:
     assert sink.dropped == 1 and sink.drop_reasons == {"write failed": 1}
     assert "ENOSPC" in (sink.last_error or "")
     assert os.stat("/dev/full").st_mode == before  # devices are never chmod'ed
+
+
+async def test_a_batch_is_one_write_of_whole_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many events a batch holds, the file gets one write (one system call; with
+    O_APPEND it lands whole, so workers sharing the file never interleave); a failed write
+    costs every event of it, counted once each."""
+    path = tmp_path / "srtp.log"
+    sink = SrtpKeysSink(path)
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counting_write)
+    batch: list[MirrorEvent] = [srtp_event(ts=TS + i) for i in range(5)]
+    assert sink.handle_batch_nowait(batch) == 5
+    assert writes == [path.stat().st_size] and sink.sent == 5
+    assert len(path.read_text().splitlines()) == 5
+    if os.path.exists("/dev/full"):
+        full = KeylogSink(Path("/dev/full"))
+        assert full.handle_batch_nowait([key_event(), key_event(CORE), key_event()]) == 3
+        assert full.drop_reasons == {"write failed": 3} and full.sent == 0 and full.errors == 1
 
 
 async def test_keylog_heals_after_the_problem_is_fixed(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ from OpenSSL import SSL
 
 from siptap.config import ClientTlsSettings, Limits, LogSettings
 from siptap.mirror.events import MirrorEvent
+from siptap.relay.feed import MirrorFeed
 from siptap.relay.session import SessionPlan
+from siptap.sansio import chunk_records
 from siptap.sansio.handshake import HandshakeFacts
 
 
@@ -88,8 +90,8 @@ def handshake(leg: str) -> HandshakeFacts:
     )
 
 
-def plan(publish: Any = None, *, mirror_legs: frozenset[str] = frozenset({"customer"}), idle_timeout: float = 0.0,
-         half_close_timeout: float = 5.0, log: LogSettings | None = None) -> SessionPlan:
+def plan(feed: MirrorFeed | None = None, *, idle_timeout: float = 0.0, half_close_timeout: float = 5.0,
+         log: LogSettings | None = None) -> SessionPlan:
     """A forward route's plan. Its TLS contexts are placeholders: relay_session never reads
     them (it gets handshaken streams and a dial function)."""
     unused = SSL.Context(SSL.TLS_METHOD)
@@ -97,27 +99,37 @@ def plan(publish: Any = None, *, mirror_legs: frozenset[str] = frozenset({"custo
         route="lab", accepted_leg="customer", dialled_leg="core", server_context=unused, client_context=unused,
         client_settings=ClientTlsSettings(cert=None, key=None, ca=None),
         upstreams=(), limits=Limits(idle_timeout=idle_timeout, half_close_timeout=half_close_timeout),
-        log_settings=log or LogSettings(), mirror_legs=mirror_legs,
-        publish=publish if publish is not None else (lambda event: None),
+        log_settings=log or LogSettings(), feed=feed if feed is not None else RecordingFeed(),
     )
 
 
-class Published(list[MirrorEvent]):
-    """The session's publish callable that keeps what it was given, in order; a test can
-    wait until a given number of events arrived."""
+class RecordingFeed:
+    """A :class:`siptap.relay.feed.MirrorFeed` that keeps every record the relay hands over,
+    decoded, in order (a chunk as the mirror would decode it, with its time set to 0)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self.records: list[chunk_records.Record] = []
+        self.forgotten: list[int] = []
         self._changed = trio.Event()
 
-    def __call__(self, event: MirrorEvent) -> bool:
-        self.append(event)
+    def chunk(self, conn: int, direction: int, offset: int, data: bytes) -> None:
+        self._keep(chunk_records.Chunk(conn, direction, offset, 0.0, data))
+
+    def record(self, conn: int, encoded: bytes) -> None:
+        record = chunk_records.decode(encoded)
+        assert record.conn == conn
+        self._keep(record)
+
+    def forget(self, conn: int) -> None:
+        self.forgotten.append(conn)
+
+    def _keep(self, record: chunk_records.Record) -> None:
+        self.records.append(record)
         self._changed.set()
         self._changed = trio.Event()
-        return True
 
     async def wait_for(self, count: int) -> None:
-        while len(self) < count:
+        while len(self.records) < count:
             await self._changed.wait()
 
 
@@ -166,3 +178,22 @@ async def receive_until_eof(stream: trio.abc.ReceiveStream) -> bytes:
     while chunk := await stream.receive_some():
         data += chunk
     return data
+
+
+class Published(list[MirrorEvent]):
+    """A publish callable (the fan-out's place) that keeps what it was given, in order; a test
+    can wait until a given number of events arrived."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._changed = trio.Event()
+
+    def __call__(self, event: MirrorEvent) -> bool:
+        self.append(event)
+        self._changed.set()
+        self._changed = trio.Event()
+        return True
+
+    async def wait_for(self, count: int) -> None:
+        while len(self) < count:
+            await self._changed.wait()

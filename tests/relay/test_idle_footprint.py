@@ -1,5 +1,5 @@
 """What an established, idle proxied connection keeps (run in-process, so the heap can be
-inspected): the handshake's records reach the log and the mirror complete, and are then let go."""
+inspected): the handshake's records reach the feed complete, and are then let go."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import trio
 from siptap.app import build_plans
 from siptap.config import load_config
 from siptap.log import get_logger
-from siptap.mirror.events import KeyEvent
 from siptap.relay.session import run_session
+from siptap.sansio import chunk_records
 from siptap.sansio.handshake import HandshakeFacts
 from siptap.tls.facts import HandshakeObserver
 from siptap.tools.lab.core import start_lab_core
 from siptap.tools.lab.customer import CustomerSession, customer_context
 from tests.relay.harness import write_config
+from tests.relay.memory import RecordingFeed
 
 
 def alive(kind: type) -> list[object]:
@@ -26,24 +27,26 @@ def alive(kind: type) -> list[object]:
 
 
 async def test_idle_session_keeps_no_handshake_records(pki: Path, tmp_path: Path) -> None:
-    events: list[object] = []
+    feed = RecordingFeed()
     async with trio.open_nursery() as nursery:
         core, core_port = await start_lab_core(nursery, pki)
         config = load_config(write_config(tmp_path, pki, cores=[core_port]))
-        plan = build_plans(config, config.routes[0], publish=events.append).forward
+        plan = build_plans(config, config.routes[0], feed).forward
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
         nursery.start_soon(trio.serve_listeners, lambda tcp: run_session(tcp, plan, get_logger()), listeners)
         session = await CustomerSession.connect("127.0.0.1", port, customer_context(pki))
         assert (await session.options()).status_code == 200  # both legs are up and relaying
 
-        keys = [e for e in events if isinstance(e, KeyEvent)]
-        assert [k.leg.leg for k in keys] == ["customer", "core"]
-        customer, core_leg = (k.facts for k in keys)
+        keys = [r for r in feed.records if isinstance(r, chunk_records.HandshakeDone)]
+        assert [k.leg for k in keys] == ["customer", "core"]
+        customer, core_leg = (HandshakeFacts.from_dict(k.facts) for k in keys)
         assert customer.peer_chain[0].common_name == "customer" and customer.keylog_lines
         assert customer.client_offer is not None
         assert core_leg.peer_chain[0].common_name == "core" and core_leg.keylog_lines
-        # Only the published copies are left (held here, by `events`); the observers are gone.
+        del keys
+        # Handed over as plain data: the relay keeps no handshake record, only the copies
+        # rebuilt here from the records; the handshake observers are gone.
         assert {id(f) for f in alive(HandshakeFacts)} == {id(customer), id(core_leg)}
         assert alive(HandshakeObserver) == []
 

@@ -49,7 +49,15 @@ async def test_metrics_move_with_the_traffic(pki: Path, tmp_path: Path) -> None:
             bad = await CustomerSession.connect("127.0.0.1", port, customer_context(pki, cert=None))
             await bad.options()
         await siptap.wait_for("connection_closed", count=2)
+        await siptap.wait_for("connection_observed", count=1)
+        # The relay's counters and the mirror process's reach the supervisor's endpoint through
+        # the shared files, copied once a second: wait (bounded) until the mirror's are there.
         after = await scrape(metrics_port)
+        with trio.fail_after(10):
+            while value(after, "siptap_mirror_sent_total", sink="keylog") < 2 or \
+                    value(after, "siptap_sip_messages_total", route="test", direction="core->customer", kind="2xx") < 2:
+                await trio.sleep(0.2)
+                after = await scrape(metrics_port)
         assert await siptap.stop() == 0
         nursery.cancel_scope.cancel()
     assert codes == ["100", "180", "200", "200"]
@@ -67,6 +75,8 @@ async def test_metrics_move_with_the_traffic(pki: Path, tmp_path: Path) -> None:
     assert value(after, "siptap_sip_messages_total", route="test", direction=down, kind="1xx") == 2
     assert value(after, "siptap_sip_messages_total", route="test", direction=down, kind="2xx") == 2
     assert value(after, "siptap_relayed_bytes_total", route="test", direction=up) == sum(map(len, session.sent))
-    assert value(after, "siptap_relay_latency_seconds_count", route="test", direction=up) >= 3
+    # One observation per forwarded chunk: the INVITE alone (it waits for its answer), ACK and
+    # BYE possibly together (what arrived together is received and forwarded at once).
+    assert value(after, "siptap_relay_latency_seconds_count", route="test", direction=up) >= 2
     assert value(after, "siptap_mirror_sent_total", sink="keylog") == 2  # one handshake per leg
     assert value(after, "siptap_mirror_dropped_total", sink="keylog") == 0

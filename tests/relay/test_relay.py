@@ -60,8 +60,9 @@ async def test_trunk_of_many_transactions_and_keepalives(pki: Path, tmp_path: Pa
     srtp = siptap.find("srtp_key", conn=conn)
     assert len(srtp) == 10  # one a=crypto per INVITE and per 200 OK
     assert closed[0]["closed_by"] == "customer" and "close_notify" in closed[0]["reason"]
-    assert closed[0]["messages_customer_to_core"] == len(session.sent)
-    assert closed[0]["keepalives"] == 10  # 5 pings up, 5 pongs down
+    observed = siptap.find("connection_observed", conn=conn)
+    assert observed[0]["messages_customer_to_core"] == len(session.sent)
+    assert observed[0]["keepalives"] == 10  # 5 pings up, 5 pongs down
     assert siptap.find("key_material_in_logs")
 
 
@@ -136,9 +137,10 @@ async def test_garbage_after_handshake_is_relayed_byte_for_byte(pki: Path, tmp_p
         await siptap.wait_for("unframeable")
         await session.aclose()
         closed = await siptap.wait_for("connection_closed")
+        observed = await siptap.wait_for("connection_observed")
         await siptap.stop()
         nursery.cancel_scope.cancel()
     assert closed[0]["bytes_customer_to_core"] == len(garbage)
-    assert closed[0]["unframeable_bytes"] == len(garbage)
+    assert observed[0]["unframeable_bytes"] == len(garbage)
     event = siptap.find("unframeable")[0]
     assert event["direction"] == "customer->core"

@@ -83,3 +83,32 @@ def test_failure_reasons_are_their_tokens() -> None:
     assert FailureReason.NO_SHARED_CIPHER == "no_shared_cipher"
     assert f"{FailureReason.TIMEOUT.value}" == "timeout"
     assert len({r.value for r in FailureReason}) == len(FailureReason)
+
+
+# The records are built inside the test, not held by the parametrisation: pytest keeps
+# parameters alive for the whole session, and tests/relay/test_idle_footprint.py counts the
+# HandshakeFacts objects alive in the process.
+@pytest.mark.parametrize("changes", [
+    {},
+    {"client_offer": {"cipher_suites": ["AES256-GCM-SHA384"], "versions": ["TLSv1.2"]}},
+    {"role": "client", "version": "TLSv1.3", "key_exchange": "TLSv1.3 (x25519)", "extended_master_secret": None,
+     "sni": "core.example", "master_secret": None, "keylog_lines": ("A 1 2", "B 3 4"), "peer_chain": ()},
+    {"peer_chain": (LEAF, dataclasses.replace(LEAF, sans=(), common_name=None))},
+])
+def test_from_dict_inverts_as_dict_through_json(changes: dict[str, object]) -> None:
+    """The relay sends as_dict() as JSON; the mirror process rebuilds the very same record."""
+    record = facts(**changes)
+    assert HandshakeFacts.from_dict(json.loads(json.dumps(record.as_dict()))) == record
+    quiet = HandshakeFacts.from_dict(json.loads(json.dumps(record.as_dict(secrets=False))))
+    assert quiet == dataclasses.replace(record, master_secret=None, keylog_lines=())
+
+
+def test_from_dict_names_a_missing_or_mistyped_member() -> None:
+    data = facts().as_dict()
+    with pytest.raises(ValueError, match="cipher is missing"):
+        HandshakeFacts.from_dict({k: v for k, v in data.items() if k != "cipher"})
+    with pytest.raises(ValueError, match="session_reused must be bool"):
+        HandshakeFacts.from_dict({**data, "session_reused": "no"})
+    with pytest.raises(ValueError, match="keylog must be a list of strings"):
+        HandshakeFacts.from_dict({**data, "keylog": "CLIENT_RANDOM x y"})
+    assert HandshakeFacts.from_dict({**data, "upstream": "core.example:5061"}) == facts()  # extra members ignored

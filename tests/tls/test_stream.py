@@ -166,9 +166,9 @@ async def test_handshake_records_are_let_go(contexts) -> None:
 
 
 async def test_stream_mutex_is_fifo_and_survives_a_cancelled_waiter() -> None:
-    from siptap.tls.stream import _Mutex
+    from siptap.tls.stream_locks import FifoMutex
 
-    mutex = _Mutex()
+    mutex = FifoMutex()
     with trio.testing.assert_no_checkpoints():
         await mutex.acquire()  # free: taken at once, as the flush path relies on
     order: list[str] = []

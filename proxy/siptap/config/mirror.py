@@ -140,6 +140,7 @@ class MirrorSettings:
     drain_timeout: float = 2.0  # at shutdown, how long sinks may take to flush their queues
     warn_interval: float = 10.0  # at most one "dropped" warning per sink per interval
     batch_interval: float = 0.01  # the mirror, woken by an event, waits this long for more (0: deliver at once)
+    channel_buffer: int = 4 * MIB  # SO_SNDBUF of a worker's channel to the mirror process (kernel caps: wmem_max)
     hep: tuple[HepSinkSettings, ...] = ()
     jsonl: tuple[JsonlSinkSettings, ...] = ()
     keylog: KeylogFileSettings | None = None
@@ -160,4 +161,6 @@ class MirrorSettings:
             return [("queue_size", "must be at least 1")]
         if not 0 <= self.batch_interval <= 1:
             return [("batch_interval", "must be between 0 and 1 (seconds)")]
+        if self.channel_buffer < 65536:
+            return [("channel_buffer", "must be at least 65536 (bytes)")]
         return []

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from siptap.sansio.handshake import HandshakeFacts
 from siptap.sansio.sdp_crypto import SdesKey
+from siptap.sansio.sip_fields import SipFields
 from siptap.sansio.sip_message import SipMessageView
 
 Address = tuple[str, int]
@@ -37,7 +38,10 @@ class SipEvent:
     leg: LegInfo
     from_client: bool  # direction on this leg: True when the TLS client sent it
     data: bytes  # the exact framed message
-    view: SipMessageView | None  # None when the start line did not parse
+    # The message's fields: SipFields (one pass, what the mirror process reads) or the full
+    # view (an odd message, or the relay's own observer); the same attribute names. None when
+    # the start line did not parse.
+    view: SipMessageView | SipFields | None
 
     @property
     def src(self) -> Address:

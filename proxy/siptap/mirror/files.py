@@ -2,17 +2,18 @@
 
 File handling: opened with ``O_APPEND | O_CREAT``, mode 0600 (and an existing regular file
 is narrowed to 0600: these files hold secrets); a missing parent folder is created 0700.
-Each event is written with one ``os.write`` of a few hundred bytes straight to the
-descriptor: no user-space buffer, so a live Wireshark sees the lines at once, and appends
-are never interleaved: not from one process, and not from several (``workers`` > 1 share
-one key-log file): with O_APPEND each ``write`` of a regular file lands whole at the end of
-the file (Linux takes the file's lock for the whole write), and each event is one write of
-whole lines (:func:`write_all` only loops on a short write, which a local file returns
-only when the disk is full). tests/relay/test_workers.py parses every line after two
+Each batch (the events queued when the sink woke up, see :meth:`siptap.mirror.sink.Sink.run`)
+is rendered, then written with one ``os.write`` straight to the descriptor: no user-space
+buffer, so a live Wireshark sees the lines at the end of the batch, one system call however
+many events, and appends are never interleaved: not from one process, and not from several
+(``workers`` > 1 share one key-log file): with O_APPEND each ``write`` of a regular file
+lands whole at the end of the file (Linux takes the file's lock for the whole write), and
+each write is whole lines of whole events (:func:`write_all` only loops on a short write,
+which a local file returns only when the disk is full). tests/relay/test_workers.py parses every line after two
 workers wrote it. The write is synchronous on the trio thread on purpose: a small append to
 a local file lands in the page cache in microseconds, much less than handing it to a worker
 thread would cost. A failure (ENOSPC, EACCES, a folder that is a file...) is logged,
-counted and the event dropped; the file is reopened on a later event after a back-off, so a
+counted and the events of that write dropped; the file is reopened on a later event after a back-off, so a
 freed disk or a fixed permission heals without a restart.
 """
 
@@ -128,33 +129,52 @@ class FileSink(Sink):
         raise NotImplementedError
 
     async def handle(self, event: MirrorEvent) -> None:
-        self._handle(event)
+        self.handle_batch_nowait([event])
+
+    async def handle_batch(self, batch: list[MirrorEvent]) -> None:
+        self.handle_batch_nowait(batch)
 
     @property
     def delivers_nowait(self) -> bool:
         return True  # appends to a local file: one os.write, never waits for a peer
 
     def handle_batch_nowait(self, batch: list[MirrorEvent]) -> int:
-        return self.handle_each_nowait(batch, self._handle)
+        """Render every event, then write them all with one ``os.write``."""
+        texts: list[str] = []
+        try:
+            for event in batch:
+                texts.append(self.render(event))
+        except BaseException:
+            # A bug in render: what was rendered before the event at hand is still written;
+            # that event is counted lost, the rest go back to the sink's task.
+            self._write(texts)
+            self.leave_unfinished(batch[len(texts):])
+            raise
+        self._write(texts)
+        return len(batch)
 
-    def _handle(self, event: MirrorEvent) -> None:
-        data = self.render(event).encode("utf-8")
+    def _write(self, texts: list[str]) -> None:
+        """One write of whole records; they are counted sent together, or dropped together."""
+        if not texts:
+            return
+        count = len(texts)
+        data = (texts[0] if count == 1 else "".join(texts)).encode("utf-8")
         was_failing = self.file.failing
         try:
             self.file.write(data)
         except _Waiting:
-            self.drop("file unavailable")
+            self.drop("file unavailable", count)
             return
         except OSError as exc:
             if was_failing:  # logged once per outage; the drop reporter covers the rest
                 self.errors += 1
             else:
                 self.error("write", exc, path=str(self.path))
-            self.drop("write failed")
+            self.drop("write failed", count)
             return
         if was_failing:
             log.info("mirror_file_recovered", sink=self.name, path=str(self.path))
-        self.sent_one()
+        self.sent += count
 
     async def aclose(self) -> None:
         self.file.close()

@@ -30,7 +30,7 @@ from typing import Unpack
 from siptap.config.mirror import HepSinkSettings
 from siptap.mirror.events import Address, ConnectionClosed, KeyEvent, LegInfo, MirrorEvent, SipEvent, SrtpKeyEvent
 from siptap.mirror.link import Link, LinkOptions, LinkSink
-from siptap.mirror.render import event_to_dict, to_json
+from siptap.mirror.render import event_to_dict, srtp_event_json, to_json
 from siptap.sansio import hep
 
 IP_PROTOS = {"tcp": hep.IPPROTO_TCP, "tls": hep.IPPROTO_IDP_TLS}
@@ -62,12 +62,13 @@ class HepEncoder:
 
     def encode(self, event: MirrorEvent) -> bytes | None:
         """The packet for an event, or None for events HEP does not carry (closes)."""
-        if type(event) is SipEvent:
+        if type(event) is SipEvent:  # the hot path: every message
             view = event.view
-            call_id = view.call_id if view is not None else None
+            call_id = None if view is None else view.call_id
             leg = event.leg
             src, dst = (leg.client, leg.server) if event.from_client else (leg.server, leg.client)
-            return self._sip.encode(event.ts, src, dst, event.data, call_id.encode("utf-8") if call_id else None,
+            # An empty Call-ID, like none, sends no correlation chunk.
+            return self._sip.encode(event.ts, src, dst, event.data, call_id.encode() if call_id else None,
                                     pair_cache=_pairs(leg, self._sip))
         if isinstance(event, SipEvent):
             call_id = event.view.call_id if event.view is not None else None
@@ -80,7 +81,8 @@ class HepEncoder:
                                 hep.PROTO_LOG, event.leg.conn_id)
         if isinstance(event, SrtpKeyEvent):
             src, dst = (event.leg.client, event.leg.server) if event.from_client else (event.leg.server, event.leg.client)
-            text = to_json(event_to_dict(event))
+            # The same text as the JSON-lines sink's line for it (rendered once for both).
+            text = srtp_event_json(event)
             return self._packet(event.ts, event.leg, src, dst, text.encode("utf-8"), hep.PROTO_LOG, event.call_id)
         return None
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 from typing import Unpack
 
 from siptap.config.mirror import JsonlSinkSettings
-from siptap.mirror.events import MirrorEvent, SipEvent
+from siptap.mirror.events import MirrorEvent, SipEvent, SrtpKeyEvent
 from siptap.mirror.link import Link, LinkOptions, LinkSink
-from siptap.mirror.render import event_to_dict, sip_event_json, to_json
+from siptap.mirror.render import event_to_dict, sip_event_json, srtp_event_json, to_json
 
 
 class JsonlSink(LinkSink):
@@ -51,13 +51,17 @@ class JsonlSink(LinkSink):
             target,
             **link_options,
         )
+        self.payload = settings.payload
+        self.end = "\n" if self.link.stream else ""  # a line on a stream; a datagram is whole
 
     def encode(self, event: MirrorEvent) -> bytes:
         if type(event) is SipEvent:
-            line = sip_event_json(event, payload=self.settings.payload)
+            line = sip_event_json(event, payload=self.payload)
+        elif type(event) is SrtpKeyEvent:
+            line = srtp_event_json(event)
         else:
-            line = to_json(event_to_dict(event, payload=self.settings.payload))
-        return (line + "\n").encode("utf-8") if self.link.stream else line.encode("utf-8")
+            line = to_json(event_to_dict(event, payload=self.payload))
+        return (line + self.end).encode("utf-8")
 
     def encode_unit(self, event: MirrorEvent) -> bytes | None:
         try:

@@ -12,8 +12,8 @@ client random, so one file serves every connection of both legs; the comment is 
 says (``all_legs``): the core leg is usually (EC)DHE or TLS 1.3, and this file is the only
 way to decrypt it.
 
-File handling (0600, one ``os.write`` per event so appends from several workers never
-interleave, failures counted and retried with back-off): :mod:`siptap.mirror.files`.
+File handling (0600, one ``os.write`` of whole events per batch so appends from several
+workers never interleave, failures counted and retried with back-off): :mod:`siptap.mirror.files`.
 """
 
 from __future__ import annotations

@@ -25,12 +25,13 @@ one)::
   ``-e <128|256>`` ``-a`` ``-t <tag octets>`` ``-g`` select AES-256 or GCM by hand, ``-f``
   a pcap filter. ``unsupported`` for suites it cannot decode (AES-192, F8, unknown).
 
-File: appended, created 0600 (parent folder 0700), one ``os.write`` per line; failures
+File: appended, created 0600 (parent folder 0700), one ``os.write`` per batch; failures
 are counted and retried as for the key log (:class:`siptap.mirror.files.FileSink`).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from siptap.mirror.events import MirrorEvent, SrtpKeyEvent
@@ -50,10 +51,15 @@ _RTP_DECODER_SUITE_ARGS = {
 }
 
 
+# What a token may not contain: whitespace (as str.isspace: re's \s on str patterns is
+# the same Unicode test) and quotes; one search, and a substitution only when one is there.
+_NOT_TOKEN = re.compile(r"[\s\"']")
+
+
 def _token(text: str | None) -> str:
     if not text:
         return "-"
-    return "".join("_" if ch.isspace() or ch in "\"'" else ch for ch in text)
+    return _NOT_TOKEN.sub("_", text) if _NOT_TOKEN.search(text) else text
 
 
 def rtp_decoder_args(key: SdesKey) -> str | None:
@@ -71,29 +77,19 @@ def srtp_key_line(event: SrtpKeyEvent) -> str:
     key, leg = event.key, event.leg
     address = key.connection_address or "-"
     addr = f"[{address}]:{key.port}" if ":" in address else f"{address}:{key.port}"
+    key_hex, salt_hex = key.master_key_hex, key.master_salt_hex
     args = rtp_decoder_args(key)
-    fields = [
-        iso_utc(event.ts),
-        f"call-id={_token(event.call_id)}",
-        f"conn={_token(leg.conn_id)}",
-        f"leg={leg.leg}",
-        f"dir={'client->server' if event.from_client else 'server->client'}",
-        f"sip={_token(event.method_or_status)}",
-        f"media={_token(key.media)}",
-        f"addr={addr}",
-        f"suite={_token(key.suite)}",
-        f"tag={key.tag}",
-        f"inline={_token(key.key_params_b64)}",
-        f"key={key.master_key_hex}",
-        f"salt={key.master_salt_hex or '-'}",
-        f"key_salt={key.master_key_hex}{key.master_salt_hex}",
-    ]
+    line = (
+        f"{iso_utc(event.ts)} call-id={_token(event.call_id)} conn={_token(leg.conn_id)} leg={leg.leg}"
+        f" dir={'client->server' if event.from_client else 'server->client'} sip={_token(event.method_or_status)}"
+        f" media={_token(key.media)} addr={addr} suite={_token(key.suite)} tag={key.tag}"
+        f" inline={_token(key.key_params_b64)} key={key_hex} salt={salt_hex or '-'} key_salt={key_hex}{salt_hex}"
+    )
     if key.lifetime:
-        fields.append(f"lifetime={_token(key.lifetime)}")
+        line += f" lifetime={_token(key.lifetime)}"
     if key.mki:
-        fields.append(f"mki={_token(key.mki)}")
-    fields.append(f'rtp_decoder="{args}"' if args else "rtp_decoder=unsupported")
-    return " ".join(fields)
+        line += f" mki={_token(key.mki)}"
+    return line + (f' rtp_decoder="{args}"' if args else " rtp_decoder=unsupported")
 
 
 class SrtpKeysSink(FileSink):

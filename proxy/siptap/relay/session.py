@@ -2,14 +2,19 @@
 
 Theory of operation. The accepted leg's TLS handshake runs first (with a timeout); only an
 authenticated peer makes siptap dial the other side (upstreams in order). Then two pumps run
-in one nursery, one per direction. A pump forwards each chunk *before* it lets the observer
-frame and publish it, so observation never delays or alters what is relayed.
+in one nursery, one per direction. A pump's whole job per chunk is: receive, forward, then
+hand the chunk to the plan's :class:`~siptap.relay.feed.MirrorFeed` in O(1). The relay only
+relays: framing, SIP fields, the ``sip`` and ``handshake_done`` log lines and every sink run
+on the other side of the feed (the mirror process), from the raw records the session hands
+over: one per chunk, and per leg an opened record and its handshake's facts, and at the end a
+closed record (:mod:`siptap.sansio.chunk_records`).
 
 Ending: a clean EOF (close_notify) on one side is passed on as close_notify to the other
 (half-close), and the other direction gets ``half_close_timeout`` to finish. A broken side
 (reset, EOF without close_notify, TLS error) cancels the nursery at once so the other side is
 closed promptly. Both streams are then closed (close_notify best effort, bounded), and one
-``connection_closed`` event says who closed, why, and what went through.
+``connection_closed`` event says who closed, why, and how many bytes went through (the
+mirror's ``connection_observed`` says how many SIP messages they held).
 
 A forward route accepts the customer and dials the core; a reverse route accepts the core
 and dials the customer. The code is the same; only the leg names and contexts differ.
@@ -38,13 +43,15 @@ from OpenSSL import SSL
 from siptap.config import ClientTlsSettings, Limits, LogSettings, Upstream
 from siptap.errors import HandshakeFailed, UpstreamError
 from siptap.log import LogWriter
-from siptap.metrics import Metrics, message_kind
-from siptap.mirror.events import Address, ConnectionClosed, KeyEvent, LegInfo
-from siptap.relay.observe import DirectionObserver, Publish
+from siptap.metrics import Metrics
+from siptap.relay.feed import MirrorFeed, NullFeed
 from siptap.relay.upstream import connect_first
+from siptap.sansio import chunk_records
+from siptap.sansio.chunk_records import FROM_ACCEPTED, FROM_DIALLED, LegAddresses
 from siptap.sansio.handshake import HandshakeFacts
-from siptap.sansio.sip_message import SipMessageView
 from siptap.tls.stream import OpenSSLStream
+
+Address = tuple[str, int]
 
 _RECEIVE_SIZE = 65536
 # A stalled close_notify must not hold a connection's socket (and its task) for longer.
@@ -53,9 +60,11 @@ _PROCESS_TAG = secrets.token_hex(3)
 _counter = itertools.count(1)
 
 
-def new_connection_id() -> str:
-    """Unique across siptap instances feeding one collector: a per-process tag plus a counter."""
-    return f"{_PROCESS_TAG}-{next(_counter)}"
+def new_connection_id() -> tuple[int, str]:
+    """The connection's number in this process (what its records carry) and its id, unique
+    across siptap instances feeding one collector: a per-process tag plus that number."""
+    number = next(_counter)
+    return number, f"{_PROCESS_TAG}-{number}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +80,7 @@ class SessionPlan:
     upstreams: tuple[Upstream, ...]
     limits: Limits
     log_settings: LogSettings
-    mirror_legs: frozenset[str] = frozenset({"customer"})
-    publish: Publish = field(default=lambda event: None)
+    feed: MirrorFeed = field(default_factory=NullFeed)
     metrics: Metrics | None = None
 
 
@@ -123,7 +131,7 @@ class _Ending:
 
 async def run_session(tcp: trio.SocketStream, plan: SessionPlan, log: LogWriter) -> None:
     """Serve one accepted TCP connection. Never raises for peer behaviour; logs instead."""
-    conn_id = new_connection_id()
+    conn, conn_id = new_connection_id()
     started = time.monotonic()
     peer = peer_address(tcp.socket)
     local = _addr(tcp.socket.getsockname())
@@ -149,7 +157,7 @@ async def run_session(tcp: trio.SocketStream, plan: SessionPlan, log: LogWriter)
         await _close_early(accepted, log, started, "shutdown during handshake")
         raise
     await relay_session(accepted, functools.partial(dial_upstream, plan, log), plan, log,
-                        conn_id=conn_id, peer=peer, local=local, started=started)
+                        conn=conn, conn_id=conn_id, peer=peer, local=local, started=started)
 
 
 async def dial_upstream(plan: SessionPlan, log: LogWriter) -> DialledLeg:
@@ -166,65 +174,76 @@ async def dial_upstream(plan: SessionPlan, log: LogWriter) -> DialledLeg:
 
 
 async def relay_session(accepted: HandshakenStream, dial: Dial, plan: SessionPlan, log: LogWriter, *,
-                        conn_id: str, peer: Address, local: Address, started: float) -> None:
-    """One connection after its accepted handshake: log and publish that handshake, dial the
-    other leg, relay until either side ends, then publish and log how it ended.
+                        conn: int, conn_id: str, peer: Address, local: Address, started: float) -> None:
+    """One connection after its accepted handshake: hand its leg and handshake to the feed,
+    dial the other leg, relay until either side ends, then hand over and log how it ended.
 
-    ``log`` is already bound to the connection (``conn``, ``route``, ``peer``); ``started``
-    is the :func:`time.monotonic` of the accept. Never raises for peer behaviour."""
+    ``log`` is already bound to the connection (``conn``, ``route``, ``peer``); ``conn`` is
+    the connection's number in its records; ``started`` is the :func:`time.monotonic` of the
+    accept. Never raises for peer behaviour."""
+    feed = plan.feed
     assert accepted.facts is not None
-    accepted_info = LegInfo(conn_id, plan.route, plan.accepted_leg, client=peer, server=local)
     if plan.metrics is not None:
         plan.metrics.child(plan.metrics.handshakes, plan.route, plan.accepted_leg, "ok", "").inc()
-    _log_handshake(log, plan, accepted.facts, accepted_info)
-    plan.publish(KeyEvent(time.time(), accepted_info, accepted.facts))
+    _hand_over_leg(feed, conn, conn_id, plan, LegAddresses(plan.accepted_leg, peer, local), accepted.facts)
 
     try:
         leg = await dial()
     except UpstreamError as exc:
         log.error("no_upstream", leg=plan.dialled_leg, detail=str(exc), attempts=[a for a, _ in exc.attempts])
         await _close_early(accepted, log, started, "no_upstream")
+        _hand_over_close(feed, conn, started, 0, 0, "siptap", "no_upstream")
         return
     except trio.Cancelled:
-        await _close_early(accepted, log, started, f"shutdown while dialling the {plan.dialled_leg}")
+        reason = f"shutdown while dialling the {plan.dialled_leg}"
+        await _close_early(accepted, log, started, reason)
+        _hand_over_close(feed, conn, started, 0, 0, "siptap", reason)
         raise
     dialled = leg.stream
-    dialled_info = LegInfo(conn_id, plan.route, plan.dialled_leg, client=leg.local, server=leg.remote)
     assert dialled.facts is not None
     if plan.metrics is not None:
         plan.metrics.child(plan.metrics.handshakes, plan.route, plan.dialled_leg, "ok", "").inc()
-    _log_handshake(log, plan, dialled.facts, dialled_info, upstream=str(leg.upstream.address))
-    plan.publish(KeyEvent(time.time(), dialled_info, dialled.facts))
-    # Logged and published: nothing later needs the facts, and the connection may idle for
-    # hours (a few KiB per leg: peer chain summaries, key-log lines, the client's offer).
+    _hand_over_leg(feed, conn, conn_id, plan, LegAddresses(plan.dialled_leg, leg.local, leg.remote), dialled.facts,
+                   upstream=str(leg.upstream.address))
+    # Handed over: nothing here needs the facts again, and the connection may idle for hours
+    # (a few KiB per leg: peer chain summaries, key-log lines, the client's offer).
     del leg
     accepted.discard_facts()
     dialled.discard_facts()
 
-    relay = _Relay(plan, log, accepted, dialled, accepted_info, dialled_info)
+    relay = _Relay(plan, conn, accepted, dialled)
     await relay.run()
     duration = time.monotonic() - started
-    for info in (accepted_info, dialled_info):  # the same bytes crossed both legs
-        plan.publish(ConnectionClosed(
-            time.time(), info, duration,
-            bytes_from_client=relay.bytes_up, bytes_from_server=relay.bytes_down,
-            messages_observed=relay.up.messages + relay.down.messages, reason=relay.ending.reason or "closed",
-        ))
+    closed_by, reason = relay.ending.closed_by or "siptap", relay.ending.reason or "closed"
+    _hand_over_close(feed, conn, started, relay.bytes_up, relay.bytes_down, closed_by, reason)
     log.info(
         "connection_closed", closed_by=relay.ending.closed_by, reason=relay.ending.reason,
         duration=round(duration, 3),
         **{f"bytes_{plan.accepted_leg}_to_{plan.dialled_leg}": relay.bytes_up,
-           f"bytes_{plan.dialled_leg}_to_{plan.accepted_leg}": relay.bytes_down,
-           f"messages_{plan.accepted_leg}_to_{plan.dialled_leg}": relay.up.messages,
-           f"messages_{plan.dialled_leg}_to_{plan.accepted_leg}": relay.down.messages},
-        keepalives=relay.up.keepalives + relay.down.keepalives,
-        messages_observed=relay.up.messages + relay.down.messages,
-        # "mirrored": queued to every sink; a sink that later fails counts it in its own
-        # sent/dropped counters (mirror_events_dropped, mirror_stopped).
-        messages_mirrored=relay.up.messages + relay.down.messages - relay.up.mirror_dropped - relay.down.mirror_dropped,
-        messages_mirror_dropped=relay.up.mirror_dropped + relay.down.mirror_dropped,
-        unframeable_bytes=relay.up.unframeable_bytes + relay.down.unframeable_bytes,
+           f"bytes_{plan.dialled_leg}_to_{plan.accepted_leg}": relay.bytes_down},
     )
+
+
+def _hand_over_leg(feed: MirrorFeed, conn: int, conn_id: str, plan: SessionPlan, leg: LegAddresses,
+                   facts: HandshakeFacts, upstream: str | None = None) -> None:
+    """A leg is up: its addresses, then its handshake's facts, raw (the mirror renders them).
+
+    Secrets always travel: the key log and HEP key packets are the product; whether the
+    *log* shows them is the mirror's decision (``log.key_material``)."""
+    now = time.time()
+    feed.record(conn, chunk_records.encode(chunk_records.ConnectionOpened(conn, now, conn_id, plan.route, (leg,))))
+    data = facts.as_dict(secrets=True)
+    if upstream is not None:
+        data["upstream"] = upstream
+    feed.record(conn, chunk_records.encode(chunk_records.HandshakeDone(conn, now, leg.leg, data)))
+
+
+def _hand_over_close(feed: MirrorFeed, conn: int, started: float, bytes_up: int, bytes_down: int,
+                     closed_by: str, reason: str) -> None:
+    now = time.time()
+    feed.record(conn, chunk_records.encode(chunk_records.ConnectionClosed(
+        conn, now, time.monotonic() - started, bytes_up, bytes_down, closed_by, reason)))
+    feed.forget(conn)
 
 
 async def _close_early(accepted: HandshakenStream, log: LogWriter, started: float, reason: str) -> None:
@@ -236,11 +255,6 @@ async def _close_early(accepted: HandshakenStream, log: LogWriter, started: floa
     with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
         await accepted.aclose()
     log.info("connection_closed", closed_by="siptap", reason=reason, duration=round(time.monotonic() - started, 3))
-
-
-def _count_message(metrics: Metrics, route: str, direction: str, view: SipMessageView | None) -> None:
-    kind = message_kind(view.is_request, view.method, view.status_code) if view is not None else "unparsed"
-    metrics.child(metrics.sip_messages, route, direction, kind).inc()
 
 
 def _failure_counter(plan: SessionPlan) -> Callable[[str], None] | None:
@@ -265,30 +279,23 @@ class _Relay:
         "accepted",
         "bytes_down",
         "bytes_up",
+        "conn",
         "dialled",
-        "down",
         "ending",
         "last_activity",
-        "log",
         "plan",
         "scope",
-        "up",
     )
     scope: trio.CancelScope  # the pumps' nursery: cancelling it ends the connection
 
-    def __init__(self, plan: SessionPlan, log: LogWriter, accepted: HandshakenStream, dialled: HandshakenStream,
-                 accepted_info: LegInfo, dialled_info: LegInfo) -> None:
-        self.plan, self.log = plan, log
+    def __init__(self, plan: SessionPlan, conn: int, accepted: HandshakenStream, dialled: HandshakenStream) -> None:
+        self.plan, self.conn = plan, conn
         self.accepted, self.dialled = accepted, dialled
         self.ending = _Ending()
         self.bytes_up = 0  # accepted -> dialled
         self.bytes_down = 0
         self.last_activity = trio.current_time()
         a, d = plan.accepted_leg, plan.dialled_leg
-        mirrored = [info for info in (accepted_info, dialled_info) if info.leg in plan.mirror_legs]
-        # On both legs the accepted side's bytes travel from the TLS client to the TLS server.
-        self.up = self._observer(f"{a}->{d}", [(i, True) for i in mirrored])
-        self.down = self._observer(f"{d}->{a}", [(i, False) for i in mirrored])
         m = plan.metrics
         # Indexed by ``up`` (False, True).
         self._bytes = tuple(m.child(m.bytes, plan.route, direction) if m else None
@@ -296,50 +303,37 @@ class _Relay:
         self._latency = tuple(m.child(m.latency, plan.route, direction) if m else None
                               for direction in (f"{d}->{a}", f"{a}->{d}"))
 
-    def _observer(self, direction: str, legs: list[tuple[LegInfo, bool]]) -> DirectionObserver:
-        plan, m = self.plan, self.plan.metrics
-        return DirectionObserver(
-            direction=direction, legs=legs, publish=plan.publish, log=self.log,
-            max_message_size=plan.limits.max_sip_message, log_messages=plan.log_settings.sip_messages,
-            log_payloads=plan.log_settings.sip_payloads, log_key_material=plan.log_settings.key_material,
-            count_message=None if m is None else functools.partial(_count_message, m, plan.route, direction),
-        )
-
     async def run(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 self.scope = nursery.cancel_scope
-                nursery.start_soon(self._pump, self.accepted, self.dialled, self.up, True)
+                nursery.start_soon(self._pump, self.accepted, self.dialled, True)
                 if self.plan.limits.idle_timeout > 0:
                     nursery.start_soon(self._idle_watchdog)
                 # The other direction runs in this task, inside the nursery's cancel scope like
                 # its children: a task (about 1 KiB) fewer per idle connection.
-                await self._pump(self.dialled, self.accepted, self.down, False)
+                await self._pump(self.dialled, self.accepted, False)
         finally:
-            # Ordering matters here. The observers first: closing a framer flushes a partial
-            # message as an ``unframeable`` event, which belongs before ``connection_closed``.
-            # Then the streams, even when this task is being cancelled (the app's drain
+            # The streams are closed even when this task is being cancelled (the app's drain
             # deadline, a second SIGTERM): shielded, or the first checkpoint of aclose would
-            # re-raise the cancellation and leave both sockets to the garbage collector.
-            try:
-                self.up.close()
-                self.down.close()
-            finally:
-                # Each leg on its own bound: a close that stalls or fails on one leg must not
-                # leave the other leg's socket open.
-                with trio.CancelScope(shield=True):
-                    for stream in (self.accepted, self.dialled):
-                        with trio.move_on_after(_CLOSE_TIMEOUT):
-                            await stream.aclose()
+            # re-raise the cancellation and leave both sockets to the garbage collector. Each
+            # leg on its own bound: a close that stalls or fails on one leg must not leave the
+            # other leg's socket open.
+            with trio.CancelScope(shield=True):
+                for stream in (self.accepted, self.dialled):
+                    with trio.move_on_after(_CLOSE_TIMEOUT):
+                        await stream.aclose()
             # Reached with no ending recorded only when the pumps were cancelled from outside
             # the connection (the app's drain deadline or abort): that is a shutdown.
             self.ending.set("siptap", "shutdown")
 
-    async def _pump(self, src: HandshakenStream, dst: HandshakenStream, observer: DirectionObserver,
-                    up: bool) -> None:
+    async def _pump(self, src: HandshakenStream, dst: HandshakenStream, up: bool) -> None:
         src_leg = self.plan.accepted_leg if up else self.plan.dialled_leg
         dst_leg = self.plan.dialled_leg if up else self.plan.accepted_leg
         byte_counter, latency = self._bytes[up], self._latency[up]
+        # Bound once: the loop below runs per chunk for the life of a trunk.
+        hand_over, conn = self.plan.feed.chunk, self.conn
+        direction = FROM_ACCEPTED if up else FROM_DIALLED
         while True:
             try:
                 data = await src.receive_some(_RECEIVE_SIZE)
@@ -348,8 +342,8 @@ class _Relay:
             if not data:
                 break
             arrived = time.perf_counter()
-            # Forward first, observe after: framing, logging and mirroring never delay a
-            # chunk or decide what is relayed.
+            # Forward first, hand over after: observation never delays a chunk or decides
+            # what is relayed.
             try:
                 await dst.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -359,11 +353,13 @@ class _Relay:
                 byte_counter.inc(len(data))
             # A timestamp, not a timer reset: the watchdog reads it when its deadline comes.
             self.last_activity = trio.current_time()
+            # The chunk's offset in its direction's stream lets the mirror see any hole.
             if up:
+                hand_over(conn, direction, self.bytes_up, data)
                 self.bytes_up += len(data)
             else:
+                hand_over(conn, direction, self.bytes_down, data)
                 self.bytes_down += len(data)
-            observer.feed(data)
         if src.eof_without_close_notify:
             # A TCP FIN without close_notify may be a truncation (or a crashed peer): passing
             # it on as close_notify would vouch for a clean end that did not happen, so both
@@ -400,19 +396,6 @@ class _Relay:
 def _cause(exc: BaseException) -> str:
     cause = exc.__cause__
     return f"{exc} ({cause})" if cause is not None and str(cause) not in str(exc) else str(exc)
-
-
-def _log_handshake(log: LogWriter, plan: SessionPlan, facts: HandshakeFacts, info: LegInfo,
-                   upstream: str | None = None) -> None:
-    data = facts.as_dict(secrets=plan.log_settings.key_material)
-    chain = data.pop("peer_chain")
-    assert isinstance(chain, list)  # as_dict renders the chain as a list of dicts
-    peer = chain[0] if chain else None
-    log.info(
-        "handshake_done", **data, upstream=upstream,
-        client=f"{info.client[0]}:{info.client[1]}", server=f"{info.server[0]}:{info.server[1]}",
-        peer_certificate=peer, peer_chain_length=len(chain),
-    )
 
 
 def peer_address(sock: trio.socket.SocketType) -> Address:

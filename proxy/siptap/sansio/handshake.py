@@ -10,7 +10,9 @@ failure reasons are the stable tokens logs, metrics and tests key on, not OpenSS
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "CertificateSummary",
@@ -109,6 +111,70 @@ class HandshakeFacts:
         if self.client_offer is not None:
             out["client_offer"] = self.client_offer
         return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> HandshakeFacts:
+        """The inverse of :meth:`as_dict`: the record rebuilt from its JSON members (how the
+        relay hands a handshake to the mirror process). Without the secrets (``secrets=False``)
+        the master secret is None and there are no key-log lines. Raises ValueError (naming the
+        member) when a member is missing or of the wrong type; members it does not know are
+        ignored, so a sender may add context."""
+        chain = data.get("peer_chain", [])
+        if not isinstance(chain, list) or not all(isinstance(c, Mapping) for c in chain):
+            raise ValueError("handshake facts: peer_chain must be a list of objects")
+        offer = data.get("client_offer")
+        if offer is not None and not isinstance(offer, dict):
+            raise ValueError("handshake facts: client_offer must be an object")
+        keylog = data.get("keylog", [])
+        if not isinstance(keylog, list) or not all(isinstance(line, str) for line in keylog):
+            raise ValueError("handshake facts: keylog must be a list of strings")
+        return cls(
+            leg=_member(data, "leg", str),
+            role=_member(data, "role", str),
+            version=_member(data, "version", str),
+            cipher=_member(data, "cipher", str),
+            key_exchange=_member(data, "key_exchange", str),
+            extended_master_secret=_member(data, "extended_master_secret", bool, optional=True),
+            session_reused=_member(data, "session_reused", bool),
+            sni=_member(data, "sni", str, optional=True),
+            client_random=_member(data, "client_random", str),
+            master_secret=_member(data, "master_secret", str, optional=True, default=None),
+            keylog_lines=tuple(keylog),
+            peer_chain=tuple(_summary(c) for c in chain),
+            client_offer=offer,
+        )
+
+
+_Missing = object()
+
+
+def _member(data: Mapping[str, object], name: str, kind: type, *, optional: bool = False,
+            default: object = _Missing) -> Any:
+    """``data[name]`` checked against ``kind`` (None allowed when ``optional``)."""
+    value = data.get(name, default)
+    if value is _Missing:
+        raise ValueError(f"handshake facts: {name} is missing")
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind):
+        raise ValueError(f"handshake facts: {name} must be {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _summary(data: Mapping[str, object]) -> CertificateSummary:
+    sans = data.get("sans", [])
+    if not isinstance(sans, (list, tuple)) or not all(isinstance(name, str) for name in sans):
+        raise ValueError("handshake facts: a certificate's sans must be a list of strings")
+    return CertificateSummary(
+        subject=_member(data, "subject", str),
+        issuer=_member(data, "issuer", str),
+        serial=_member(data, "serial", str),
+        not_before=_member(data, "not_before", str),
+        not_after=_member(data, "not_after", str),
+        sha256=_member(data, "sha256", str),
+        sans=tuple(sans),
+        common_name=_member(data, "common_name", str, optional=True),
+    )
 
 
 def vars_of(summary: CertificateSummary) -> dict[str, object]:

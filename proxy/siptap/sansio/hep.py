@@ -260,14 +260,18 @@ class Encoder:
         """``pair_cache``: where to keep the chunks of this address pair, when the caller
         has a home for them that dies with the connection (the mirror: its LegInfo);
         by default a bounded cache of the encoder's own."""
-        sec, usec = split_timestamp(t)
-        chunks = self._address_chunks(src, dst, sec, usec, pair_cache)
+        sec, usec = divmod(round(t * 1_000_000), 1_000_000)  # split_timestamp, inlined: once per message
+        chunks = (self._addresses if pair_cache is None else pair_cache).get((src, dst))
+        if chunks is None:
+            chunks = self._address_chunks(src, dst, sec, usec, pair_cache)
         if not 0 <= sec <= 0xFFFFFFFF:  # a cached pair was validated with another time
             raise ValueError(f"HEP ts_sec out of range 0..{0xFFFFFFFF}: {sec}")
         middle, tail = self._middle, self._tail
-        corr_len = 0 if correlation_id is None else _CHUNK_HEADER.size + len(correlation_id)
-        total = (_HEADER.size + len(chunks) + _TS_CHUNKS.size + len(middle) + corr_len + len(tail)
-                 + _CHUNK_HEADER.size + len(payload))
+        # Everything but the payload and the correlation id: the header, the address
+        # chunks, the two timestamp chunks, the middle, the tail, the payload chunk header.
+        total = _HEADER.size + len(chunks) + _TS_CHUNKS.size + len(middle) + len(tail) + _CHUNK_HEADER.size + len(payload)
+        if correlation_id is not None:
+            total += _CHUNK_HEADER.size + len(correlation_id)
         if total > MAX_PACKET:
             raise ValueError(f"HEP packet too large: {total} octets > {MAX_PACKET}")
         return b"".join((

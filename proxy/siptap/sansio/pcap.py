@@ -377,6 +377,10 @@ class TcpFlow:
         ``mss``); an empty payload yields nothing."""
         side = 0 if from_client else 1
         limit = max(1, min(mss, MAX_SEGMENT))
+        if 0 < len(payload) <= limit:  # a SIP message in one segment: nearly always
+            frame = self._frame(from_client, TCP_PSH | TCP_ACK, payload)
+            self._next_seq[side] = (self._next_seq[side] + len(payload)) & _U32
+            return [frame]
         frames = []
         for start in range(0, len(payload), limit):
             piece = payload[start : start + limit]

@@ -29,6 +29,13 @@ The buffer is a state machine over the bytes not yet reported:
 ``_GAVE_UP``   a limit or an invalid Content-Length made framing unsafe or unbounded. The
                buffer is reported and dropped, and every later chunk is reported as-is.
 
+Bytes missing from the stream (the mirror lost a chunk: :meth:`SipFramer.gap`) enter
+``_SKIP`` with reason ``"gap"``: what was buffered is reported, and resync starts at the first
+byte after the hole as if it began a line, because a lost chunk usually ended at a message
+boundary. The price is that a fragment which happens to read as a start line (the tail
+``"ITE sip:bob SIP/2.0"`` of an INVITE) is framed as a message; its header block and
+Content-Length are the real message's, so framing is back on the real boundaries after it.
+
 Every decision is taken only from bytes that are already buffered and never from where a chunk
 ended, and the limits are applied to fixed windows (the first ``max_header_size`` bytes of a
 message): so a valid stream frames into the same events however it is split. Between feeds the
@@ -120,6 +127,7 @@ _NOT_SIP = "not a SIP start line"
 _TLS = "TLS record where cleartext SIP was expected"
 _TRUNCATED = "truncated at end of stream"
 _NOT_OBSERVING = "not observing"
+_GAP = "gap"
 
 
 class SipFramer:
@@ -143,6 +151,9 @@ class SipFramer:
         # _SKIP: the previous chunk ended right after a garbage line's LF, so the next byte is a
         # line start that may begin a message; remembered because the LF itself was reported.
         self._skip_at_line_start = False
+        # Since the last gap() no message has been framed: a start line rejected now is still
+        # the hole's debris, reported with reason "gap", not as a stream that is not SIP.
+        self._after_gap = False
         self._closed = False
 
     @property
@@ -173,6 +184,8 @@ class SipFramer:
             # first would cost a copy per message for nothing.
             data = bytes(data)  # a memoryview or bytearray from the caller must not change under us
             taken = self._complete_messages(data, events)
+            if taken:
+                self._after_gap = False
             if taken == len(data):
                 return events
             data = data[taken:]
@@ -202,6 +215,30 @@ class SipFramer:
         if buf:
             events.append(Unframeable(bytes(buf), _TRUNCATED))
         buf.clear()
+        return events
+
+    def gap(self) -> list[Event]:
+        """Bytes are missing between the last ``feed`` and the next: resynchronise.
+
+        Whatever was buffered (a partial message, a partial keepalive) can never complete
+        correctly now: it is reported as ``Unframeable(reason="gap")``. The next bytes are
+        taken as a possible line start; until a plausible start line shows up they are
+        reported as ``Unframeable(reason="gap")`` too, one event per run, as any resync is.
+        A framer that gave up stays given up (its limits were hit; a gap does not undo that).
+        """
+        if self._closed:
+            raise RuntimeError("SipFramer.gap() after close()")
+        if self._state == _GAVE_UP:
+            return []
+        events: list[Event] = []
+        if self._buf:
+            events.append(Unframeable(bytes(self._buf), _GAP))
+            self._buf.clear()
+        self._enter_skip(_GAP)
+        self._after_gap = True
+        # After the hole the first byte may begin a message (a whole chunk was lost, the usual
+        # case): _skip() tests it as a candidate before looking for the next LF.
+        self._skip_at_line_start = True
         return events
 
     # -- the fast path ----------------------------------------------------------------------
@@ -273,6 +310,7 @@ class SipFramer:
                 events.append(SipMessage(bytes(buf[:total]), self._header_end, self._body_length))
                 del buf[:total]
                 self._state = _IDLE
+                self._after_gap = False
             elif state == _SKIP:
                 self._skip(events)
             else:  # _GAVE_UP: _give_up() already emptied the buffer
@@ -372,7 +410,7 @@ class SipFramer:
     def _enter_skip(self, reason: str) -> None:
         """Start reporting garbage; the reason is fixed for the whole run of it."""
         self._state = _SKIP
-        self._skip_reason = reason
+        self._skip_reason = _GAP if self._after_gap else reason
         self._skip_at_line_start = False  # the line at the front is the one found bad
 
     def _skip(self, events: list[Event]) -> None:

@@ -2,7 +2,9 @@
 
 The stream needs exactly these from an ``SSL.Connection`` built on memory BIOs: read
 plaintext, write plaintext, take the ciphertext OpenSSL produced, give it the ciphertext the
-transport delivered (plus, once, swap in fresh BIOs after the handshake). Two adapters provide
+transport delivered (plus a question, "could a read return plaintext now?", which lets the
+stream drain every buffered record without a failing read at the end, and, once, fresh BIOs
+after the handshake). Two adapters provide
 them behind one protocol, :class:`RecordLayer`:
 
 * :class:`FastRecords` calls OpenSSL through the cffi bindings pyOpenSSL itself uses. It is
@@ -56,6 +58,10 @@ class RecordLayer(Protocol):
 
     def give_input(self, data: bytes) -> None:
         """Append transport bytes to the incoming BIO."""
+        ...
+
+    def may_have_plaintext(self) -> bool:
+        """False only when a read cannot return plaintext without new transport bytes."""
         ...
 
     def renew_bios(self, *, eof: bool) -> None:
@@ -116,12 +122,17 @@ class FastRecords:
         self._buf = _shared_buffer()
 
     def read(self, size: int) -> bytes | None:
+        # One SSL_read returns the plaintext of at most one record (several only with
+        # read_ahead, which is off): OpenSSLStream._read_buffered loops to drain a burst.
         result: int = _lib.SSL_read(self._ssl, self._buf, min(size, BIO_READ_SIZE))
         if result > 0:
             data: bytes = _ffi.buffer(self._buf, result)[:]  # a copy: the buffer is shared
             return data
         # The common non-error outcome on a relay: the record is not complete yet. Checked
         # here, before pyOpenSSL's translation, so it costs no exception.
+        # SSL_get_error must come right after the failing call: it reads the thread's error
+        # queue and errno, which the next OpenSSL call (any connection's) would overwrite.
+        # No Python code that could call OpenSSL runs in between: no await, no callback.
         if _lib.SSL_get_error(self._ssl, result) == _lib.SSL_ERROR_WANT_READ:
             return None
         self._raise(self._ssl, result)  # raises ZeroReturnError (close_notify), SysCallError, ...
@@ -144,14 +155,19 @@ class FastRecords:
     def take_output(self) -> bytes:
         # BIO_get_mem_data with a NULL pointer only reports how much is pending: checking
         # first makes the usual case (nothing to send after a read) one cheap call.
+        # Reading the BIO empty matters beyond sending: a BIO_s_mem keeps its buffer as big
+        # as the most it ever held, so the stream takes output after every record it
+        # encrypts, and the BIO never holds more than one record (see OpenSSLStream._encrypt).
         pending: int = _lib.BIO_get_mem_data(self._from, _ffi.NULL)
         if pending <= 0:
             return b""
         chunks: list[bytes] = []
         while pending > 0:
+            # Through the shared buffer, copied out at once: no other stream can run between
+            # BIO_read and the copy (no await), so sharing it is safe.
             n: int = _lib.BIO_read(self._from, self._buf, min(pending, BIO_READ_SIZE))
             if n <= 0:
-                break
+                break  # cannot happen for a memory BIO that reported ``pending``; never loop
             chunks.append(_ffi.buffer(self._buf, n)[:])
             pending -= n
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -160,6 +176,21 @@ class FastRecords:
         # pyOpenSSL's bio_write is already a thin call (no allocation, no exception on
         # success); going around it would buy nothing.
         self._conn.bio_write(data)
+
+    def may_have_plaintext(self) -> bool:
+        # The stream asks this after every successful read, to drain all records that one
+        # transport read delivered without paying a failing SSL_read (+ SSL_get_error) at the
+        # end of each message. Two places can hold plaintext not yet returned:
+        # * SSL_pending: the rest of the current record, when the last read asked for less;
+        # * the incoming BIO: records OpenSSL has not touched yet. The contexts leave
+        #   read_ahead off, so OpenSSL takes from the BIO one record header, then that one
+        #   record, and never holds a second record in its own buffer where neither count
+        #   would see it. What it may hold there is the header of an incomplete record, and
+        #   then no read can return plaintext anyway: "False" is exact, "True" is a maybe.
+        # With read_ahead on, this would miss records and a receive would wait for the
+        # transport while plaintext sat decryptable (OpenSSL's SSL_has_pending covers that
+        # case, but cryptography's bindings do not export it).
+        return bool(_lib.SSL_pending(self._ssl) > 0 or _lib.BIO_get_mem_data(self._into, _ffi.NULL) > 0)
 
     def renew_bios(self, *, eof: bool) -> None:
         """Give the connection a fresh, empty pair of memory BIOs.
@@ -210,12 +241,17 @@ class PortableRecords:
         self._conn = conn
 
     def read(self, size: int) -> bytes | None:
+        # pyOpenSSL raises WantReadError for "need more input": the one exception this layer
+        # turns into None, so that the stream above sees the same protocol as FastRecords.
+        # Every other exception (ZeroReturnError, SysCallError, Error) passes through as is.
         try:
             return self._conn.recv(size)
         except SSL.WantReadError:
             return None
 
     def write(self, data: memoryview) -> int | None:
+        # send() accepts a memoryview (pyOpenSSL takes any buffer) and, with the partial-write
+        # mode pyOpenSSL sets on every Context, returns after one record, like FastRecords.write.
         try:
             return self._conn.send(data)
         except SSL.WantReadError:
@@ -233,6 +269,12 @@ class PortableRecords:
 
     def give_input(self, data: bytes) -> None:
         self._conn.bio_write(data)
+
+    def may_have_plaintext(self) -> bool:
+        # The public API can tell the rest of a record (pending()) but not what waits in the
+        # incoming BIO, so this always says "maybe": the drain then ends with one read that
+        # raises WantReadError, the cost the fast layer avoids.
+        return True
 
     def renew_bios(self, *, eof: bool) -> None:
         """Not possible through the public API: the BIOs keep their handshake-sized buffers."""

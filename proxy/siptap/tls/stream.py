@@ -15,11 +15,18 @@ moves bytes between the BIOs and the transport:
   task's bytes may be what it needed (``_fill_count``);
 * errors flush first, so the peer gets OpenSSL's alert rather than a bare EOF.
 
+One transport operation per burst, not per record: a receive_some returns every record that
+the transport already delivered (up to ``max_bytes``), and a send_all encrypts its data
+(64 KiB at a time) before one transport write. On a relay whose peer writes faster than one
+message per wake-up, a burst then costs one read, one checkpoint and one forwarded write,
+where a record at a time cost a checkpoint and a write per record.
+
 The data path calls OpenSSL through the record layer of :mod:`siptap.tls.records` (the cffi
 fast path, or pyOpenSSL's public API with ``portable_records=True``) and drives a trio
-SocketStream through its non-blocking descriptor: both save per-message costs that dominated
-a relayed SIP message. Partial writes are enabled: a write takes at most one 16 KiB record,
-so send_all loops and retries "want read" with the same buffer. With memory BIOs
+SocketStream through its non-blocking descriptor (:mod:`siptap.tls.descriptor_io`): both save
+per-message costs that dominated a relayed SIP message. Partial writes are enabled: an
+SSL_write takes at most one 16 KiB record, so the send path loops, and retries "want read"
+with the rest of the same buffer. With memory BIOs
 WantWriteError does not occur. Renegotiation is disabled by the contexts, so after the
 handshake a send never needs a read, and a read produces output only for TLS 1.3
 post-handshake messages (session tickets, key updates).
@@ -31,10 +38,8 @@ record), so whoever cancels one should close it rather than use it again.
 
 from __future__ import annotations
 
-import errno
 import functools
 import ipaddress
-import os
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -44,76 +49,18 @@ from OpenSSL import SSL
 from siptap.errors import HandshakeFailed
 from siptap.sansio.handshake import FailureReason, HandshakeFacts
 from siptap.sansio.tls_hello import ClientHelloSniffer
+from siptap.tls import descriptor_io
 from siptap.tls.facts import CertificateCache, HandshakeObserver, classify_failure, collect_facts
 from siptap.tls.records import RecordLayer, records_for
+from siptap.tls.stream_locks import DirectionGuard, FifoMutex
 
 T = TypeVar("T")
 A = TypeVar("A")
 
-_RECEIVE_SIZE = 65536  # one transport read: several records at once when the peer is fast
+_RECEIVE_SIZE = descriptor_io.READ_SIZE  # one transport read: several records when the peer is fast
 _CLOSE_NOTIFY_TIMEOUT = 2.0  # how long an alert or close_notify may take to leave before we give up on it
 _RECORD_SIZE = 16384  # one TLS record's plaintext at most: no bigger buffer is useful per recv
-
-
-class _Guard:
-    """Raises BusyResourceError when two tasks use one direction of the stream at once.
-
-    trio's Stream contract (what trio's ConflictDetector enforces for its own streams, which is
-    private to trio): two concurrent send_all calls could interleave their records, two
-    concurrent receive_some calls could each get half a message. One task per direction is
-    allowed, which is exactly the relay's shape: one pump receives, the other sends.
-    """
-
-    __slots__ = ("_held", "_what")
-
-    def __init__(self, what: str) -> None:
-        self._held = False
-        self._what = what
-
-    def __enter__(self) -> None:
-        if self._held:
-            raise trio.BusyResourceError(f"another task is already {self._what}")
-        self._held = True
-
-    def __exit__(self, *exc: object) -> None:
-        self._held = False
-
-
-class _Mutex:
-    """A FIFO lock for the tasks of one trio run, taken without a scheduling point when free.
-
-    trio.Lock costs about 0.4 KiB (the lock, its ParkingLot and the lot's OrderedDict), and a
-    proxied connection has two streams with two locks each that are contended only when both
-    pumps use one stream at the same moment. This one is two slots; its ParkingLot is made on
-    the first contention. As in trio.Lock, release hands the lock straight to the first waiter.
-    """
-
-    __slots__ = ("_held", "_waiters")
-
-    def __init__(self) -> None:
-        self._held = False
-        self._waiters: trio.lowlevel.ParkingLot | None = None
-
-    async def acquire(self) -> None:
-        # No checkpoint on the free path, on purpose: _flush takes this lock after every
-        # OpenSSL call, and a scheduling pass there would cost a loop iteration per record.
-        # The callers' own awaits (the transport) provide the checkpoints trio expects.
-        if not self._held:
-            self._held = True
-            return
-        if self._waiters is None:
-            self._waiters = trio.lowlevel.ParkingLot()
-        # Woken by release() already as the holder: _held never drops to False in between,
-        # so no task arriving meanwhile can barge in (FIFO, as trio.Lock). A waiter cancelled
-        # while parked leaves the lot without ever holding the lock; once unparked it is
-        # rescheduled with the lock and a later cancellation cannot undo that hand-over.
-        await self._waiters.park()
-
-    def release(self) -> None:
-        if self._waiters:  # a ParkingLot is truthy while someone is parked in it
-            self._waiters.unpark()
-        else:
-            self._held = False
+_SEND_BATCH = 65536  # plaintext encrypted per transport write: four full records, or a burst of SIP
 
 
 class OpenSSLStream(trio.abc.Stream):
@@ -163,17 +110,19 @@ class OpenSSLStream(trio.abc.Stream):
         # and going around them to the descriptor would skip what it added.
         self._socket = transport_stream.socket if type(transport_stream) is trio.SocketStream else None
         self._outbox: list[bytes] = []
-        self._send_lock = _Mutex()
-        self._recv_lock = _Mutex()
-        # A trio.Lock (not _Mutex) for the handshake: it is held across the whole handshake,
+        self._send_lock = FifoMutex()
+        self._recv_lock = FifoMutex()
+        # A trio.Lock (not FifoMutex) for the handshake: it is held across the whole handshake,
         # which both pumps may start at once (send_all and receive_some handshake implicitly).
         # Dropped once the handshake succeeded, to save its memory on idle connections.
         self._handshake_lock: trio.Lock | None = trio.Lock()
         self._fill_count = 0  # transport reads so far; see _fill
+        self._read_error: SSL.Error | None = None  # met while draining; raised by the next read
         self._yielded = False  # did this receive_some reach a scheduling point? see receive_some
         self._transport_eof = False  # latched: the transport said EOF once, it will not say more
-        self._send_guard = _Guard("sending on this TLS stream")
-        self._recv_guard = _Guard("receiving on this TLS stream")
+        self._socket_drained = False  # the last read left the socket empty: wait before the next
+        self._send_guard = DirectionGuard("sending on this TLS stream")
+        self._recv_guard = DirectionGuard("receiving on this TLS stream")
         self._handshake_done = False
         self._handshake_error: HandshakeFailed | None = None
         self._closed = False
@@ -182,19 +131,12 @@ class OpenSSLStream(trio.abc.Stream):
         self.close_notify_received = False
         self.eof_without_close_notify = False
 
-    # -- the transport -----------------------------------------------------------------------
-    #
-    # For a trio SocketStream, reads and writes go straight to the non-blocking descriptor
-    # and wait (wait_readable / wait_writable) only when it would block. trio's own socket
-    # methods add a scheduling point after every call that did not wait; on a relay that
-    # is a full pass of the event loop per forwarded message for nothing, since the pump's
-    # next receive waits anyway. Fairness is kept by receive_some: a receive that did not
-    # wait still ends in a checkpoint. Any other transport goes through its Stream methods.
-    # The price is one departure from trio's Stream contract: a send_all over a socket that
-    # the kernel takes at once is not a checkpoint (tests/tls/test_stream_transports.py pins
-    # it; the conformance suite there adds the checkpoint in a subclass).
+    # -- the transport: a trio SocketStream through its descriptor (siptap.tls.descriptor_io),
+    #    any other Stream through its methods ---------------------------------------------
 
     async def _transport_receive(self) -> bytes:
+        # Called only by _fill, under _recv_lock: one reader at a time, so _socket_drained
+        # describes the last read of this socket, whoever's task made it.
         sock = self._socket
         if sock is None:
             data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
@@ -202,54 +144,32 @@ class OpenSSLStream(trio.abc.Stream):
             # A Stream may return a bytearray (trio's memory streams do); the record layer and
             # the ClientHello sniffer take bytes.
             return data if type(data) is bytes else bytes(data)
-        while True:
-            # trio's socket close() sets the descriptor to -1 (and wakes waiters with
-            # ClosedResourceError); reading a stale number could hit a reused descriptor.
-            fd = sock.fileno()
-            if fd < 0:
-                raise trio.ClosedResourceError("the socket was closed")
-            # Read first, wait only if nothing is there: under load the next record is usually
-            # already in the kernel buffer, and this costs no trip through the scheduler.
-            try:
-                return os.read(fd, _RECEIVE_SIZE)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise _transport_error(exc) from exc
-            await trio.lowlevel.wait_readable(sock)
+        data, waited = await descriptor_io.read(sock, wait_first=self._socket_drained)
+        if waited:
             self._yielded = True
+        # b"" (EOF) counts as drained too; _fill latches EOF and never reads again.
+        self._socket_drained = len(data) < _RECEIVE_SIZE
+        return data
 
     async def _transport_send(self, data: bytes) -> None:
-        sock = self._socket
-        if sock is None:
+        # Called only by _flush, under _send_lock: one writer at a time, so two outboxes
+        # can never interleave on the wire even when a write has to wait for room.
+        if self._socket is None:
             await self.transport_stream.send_all(data)
-            return
-        # os.write may take only part (a full socket buffer): slice the view, no copies.
-        view = memoryview(data)
-        try:
-            while view:
-                # Looked up on every pass: the socket may have been closed (fd -1) while we
-                # waited, and writing to a stale number could hit a reused descriptor.
-                fd = sock.fileno()
-                if fd < 0:
-                    raise trio.ClosedResourceError("the socket was closed")
-                try:
-                    view = view[os.write(fd, view):]
-                except BlockingIOError:
-                    # The peer is not reading: wait for room. This is where a slow peer
-                    # holds up send_all, and where a cancellation can leave half a record.
-                    await trio.lowlevel.wait_writable(sock)
-                except OSError as exc:
-                    # EPIPE/ECONNRESET: broken; EBADF: closed under us (see _transport_error).
-                    raise _transport_error(exc) from exc
-        finally:
-            view.release()  # the slices were views of it; release so ``data`` is not pinned
+        else:
+            await descriptor_io.write_all(self._socket, data)
 
     # -- moving bytes between OpenSSL's BIOs and the transport --------------------------------
 
     async def _flush(self) -> None:
         # OpenSSL writes whole records into the outgoing BIO: take them synchronously, so
         # records keep OpenSSL's order even when the two pumps use this stream at once.
+        # Why that is enough: a TLS record carries a sequence number (in its MAC or AEAD
+        # nonce), so records must reach the peer in the order OpenSSL made them, or the peer
+        # fails with bad_record_mac. Order is decided here, at the take, and the take runs
+        # in the same synchronous step as the OpenSSL call that produced the records (no
+        # await between them in _retry/_retry_records/_encrypt), so no other task's records
+        # can slip in between; after that the outbox is FIFO and one task drains it.
         output = self._records.take_output()
         if output:
             self._outbox.append(output)
@@ -263,6 +183,10 @@ class OpenSSLStream(trio.abc.Stream):
             # "returned from _flush" always means "my records were handed to the transport".
             outbox = self._outbox
             while outbox:
+                # Everything queued goes in one transport write: a send_all's batch of
+                # records (see _encrypt) plus whatever the other pump queued meanwhile.
+                # The list is emptied before the await, so what is appended during the
+                # write is a new round of this loop, never sent twice or dropped.
                 data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
                 outbox.clear()
                 await self._transport_send(data)
@@ -285,11 +209,17 @@ class OpenSSLStream(trio.abc.Stream):
         # waits on the lock, and when it gets it, sees the count moved: new bytes went into the
         # BIO meanwhile, which may be all it needed, so it returns to retry its OpenSSL call
         # instead of blocking on a second read that might never be answered.
+        # Without that check, the waiter would read again although its record may already
+        # sit in the BIO: a relay whose peer sent one message and now waits for the answer
+        # would hang. The count is read before the lock, since what matters is "did a read
+        # complete after I found the BIO short", not "after I got the lock".
         count = self._fill_count
         await self._recv_lock.acquire()
         try:
             if count != self._fill_count:
                 return
+            # After EOF the transport has nothing more to say; asking again would block on a
+            # socket that will only ever report EOF (or raise on a closed descriptor).
             data = b"" if self._transport_eof else await self._transport_receive()
             observer = self.observer
             if observer is not None and observer.sniffer is not None and not observer.sniffer.done:
@@ -297,12 +227,16 @@ class OpenSSLStream(trio.abc.Stream):
                 # for failure reasons OpenSSL cannot give (what the client offered).
                 observer.sniffer.feed(data)
             if data:
+                # Appended, never replaced: the BIO may still hold the start of a record
+                # that this read completes.
                 self._records.give_input(data)
             else:
                 # EOF: tell OpenSSL, so its next read fails with "unexpected EOF" or returns the
                 # close_notify it already has, instead of "want read" for ever.
                 self._transport_eof = True
                 self._conn.bio_shutdown()
+            # Counted also at EOF: a waiting task must retry its OpenSSL call, which now
+            # reports the end, rather than read a transport that has ended.
             self._fill_count += 1
         finally:
             self._recv_lock.release()
@@ -324,6 +258,8 @@ class OpenSSLStream(trio.abc.Stream):
                 # raising, so the peer learns why instead of seeing the connection drop.
                 await self._flush_quietly()
                 raise
+            # Also on success: the handshake's last call (the server's Finished) produces
+            # the flight that completes it for the peer, and returns without wanting more.
             await self._flush()
             if not want_read:
                 return result
@@ -333,16 +269,92 @@ class OpenSSLStream(trio.abc.Stream):
         """The data-path twin of :meth:`_retry`: ``fn`` says "want read" by returning None."""
         # A separate loop so the data path raises no exception for "want read" (see
         # siptap.tls.records); the order of call, flush, fill is the same as in _retry.
+        # ``fn`` is _read_buffered or _encrypt: each does as many OpenSSL calls as it can
+        # without new input, synchronously, so one pass of this loop is one transport
+        # operation's worth of records, whatever the number of records.
         while True:
             try:
                 result = fn(arg)
             except SSL.Error:
+                # Quietly: the SSL.Error is what the caller must see, not a transport error
+                # met while sending the alert that goes with it.
                 await self._flush_quietly()
                 raise
-            await self._flush()  # after a read: a TLS 1.3 key update may need an answer
+            # Flush before returning, also after a read: a TLS 1.3 KeyUpdate asks for ours,
+            # and a read's output left in the BIO would wait for the next send, which on a
+            # one-way stream may never come. With nothing to send this is one cheap check.
+            await self._flush()
             if result is not None:
                 return result
+            # "Want read" is reached with everything OpenSSL produced already sent (the
+            # flush above): waiting for the peer with our own request still queued would
+            # deadlock a handshake step or a TLS 1.3 exchange.
             await self._fill()
+
+    # -- the data path's OpenSSL calls, one transport operation's worth at a time ------------
+
+    def _read_buffered(self, size: int) -> bytes | None:
+        """All the plaintext OpenSSL can give without new input (up to ``size``), or None.
+
+        Called by _retry_records like a single read. One transport read often delivers
+        several records (a peer that writes a burst, or messages that queued while we were
+        busy); returning them one per receive_some would cost a checkpoint (a scheduler
+        pass) and, in the relay, one forwarded write per record instead of one per burst.
+        """
+        error = self._read_error
+        if error is not None:
+            # The previous call returned plaintext and kept this for now: raise it where the
+            # caller's handling of a failed read is (close_notify, EOF, broken).
+            self._read_error = None
+            raise error
+        records = self._records
+        first = records.read(min(size, _RECORD_SIZE))
+        if first is None or len(first) >= size or not records.may_have_plaintext():
+            return first  # "want read", full, or nothing more buffered: the common single record
+        chunks = [first]
+        total = len(first)
+        while total < size:
+            try:
+                more = records.read(min(size - total, _RECORD_SIZE))
+            except SSL.Error as exc:
+                # A failure after plaintext (typically the peer's close_notify, sent in the
+                # same TCP segment as its last message): hand out the plaintext first, as a
+                # one-record-per-call loop would have, and raise this on the next call. Any
+                # alert OpenSSL wrote stays in the outgoing BIO for _retry_records' flush.
+                self._read_error = exc
+                break
+            if more is None:  # the rest is an incomplete record: the transport must bring it
+                break
+            chunks.append(more)
+            total += len(more)
+            if not records.may_have_plaintext():
+                break
+        return b"".join(chunks)
+
+    def _encrypt(self, data: memoryview) -> int | None:
+        """Encrypt as much of ``data`` as OpenSSL takes without new input, into the outbox.
+
+        How many bytes were taken, or None for none ("want read"); _retry_records then
+        flushes once, so a burst leaves in one transport write rather than one per record.
+        """
+        records = self._records
+        outbox = self._outbox
+        taken = 0
+        total = len(data)
+        while taken < total:
+            # Partial writes are on: each call encrypts at most one record. The caller
+            # retries with data[taken:], which ACCEPT_MOVING_WRITE_BUFFER allows.
+            written = records.write(data[taken:])
+            if written is None:
+                break  # TLS 1.3 may want the peer's answer first: flush, fill, come back
+            taken += written
+            # Take each record out of the BIO as it is made: a memory BIO never shrinks, so
+            # letting a batch accumulate there would keep a batch-sized buffer per idle leg.
+            # Synchronous, like _flush's take: records stay in OpenSSL's order in the outbox.
+            output = records.take_output()
+            if output:
+                outbox.append(output)
+        return taken or None
 
     # -- handshake ---------------------------------------------------------------------------
 
@@ -359,7 +371,11 @@ class OpenSSLStream(trio.abc.Stream):
         return self.facts
 
     async def _handshake_under(self, lock: trio.Lock, timeout: float | None) -> None:
+        # The lock is passed in, not read from self: the winner sets self._handshake_lock
+        # to None on success while other tasks may still be queued on this very lock.
         async with lock:
+            # A task that queued behind a failed handshake gets the same failure: OpenSSL's
+            # connection is unusable after it, and a retry would fail with a worse reason.
             if self._handshake_error is not None:
                 raise self._handshake_error
             if not self._handshake_done:
@@ -368,6 +384,8 @@ class OpenSSLStream(trio.abc.Stream):
                 with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
                     await self._handshake_once()
                 if scope.cancelled_caught:
+                    # A timeout is final too (the peer is half way through a handshake we
+                    # abandoned); the state string says how far it got, for the log.
                     state = self._conn.get_state_string().decode("ascii", "replace")
                     self._handshake_error = HandshakeFailed(
                         FailureReason.TIMEOUT.value, f"handshake not complete after {timeout:g} s (state: {state})"
@@ -392,15 +410,22 @@ class OpenSSLStream(trio.abc.Stream):
                 # Where it stopped tells "refused our offer silently" from "went away".
                 state = self._conn.get_state_string().decode("ascii", "replace")
                 failure = HandshakeFailed(failure.reason, f"{failure.detail} (TLS state: {state})")
+            # Remembered: a task that waited on the handshake lock raises the same outcome
+            # instead of driving a failed connection again (OpenSSL would give a different,
+            # less useful error the second time).
             self._handshake_error = failure
             raise self._handshake_error from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # Our own aclose() during the handshake is not the peer's doing: report it as
+            # closed (and record no failure, so nobody logs a handshake error for it).
             if self._closed:
                 raise trio.ClosedResourceError("TLS stream was closed during the handshake") from None
             self._handshake_error = HandshakeFailed(
                 FailureReason.PEER_CLOSED.value, f"transport failed during the handshake: {exc}"
             )
             raise self._handshake_error from None
+        # Done first, before anything that could fail below: a failure after OpenSSL
+        # completed the handshake must not make the data path handshake again.
         self._handshake_done = True
         self.facts = collect_facts(self._conn, observer, self._certificates)
         # The observer's work is done: no callback that writes to it runs after the handshake
@@ -436,20 +461,34 @@ class OpenSSLStream(trio.abc.Stream):
             if not data:
                 await trio.lowlevel.checkpoint()
                 return
+            # A view, so batches and retries slice without copying the caller's bytes.
             view = memoryview(data)
             total = len(view)
             offset = 0
             try:
+                # Batches of _SEND_BATCH: a SIP burst (at most the relay's 64 KiB receive)
+                # is one batch, one transport write; a bulk send is encrypted as it is
+                # written instead of all at once into memory. A batch cut mid-record is
+                # harmless: record boundaries carry no meaning in a byte stream.
                 while offset < total:
-                    offset += await self._retry_records(self._records.write, view[offset:])
+                    offset += await self._retry_records(self._encrypt, view[offset:offset + _SEND_BATCH])
             except SSL.Error as exc:
+                # Not retryable: OpenSSL's connection is in an error state, and part of the
+                # data may have left. trio's Stream contract says broken, so broken it is.
                 raise trio.BrokenResourceError(f"TLS send failed: {exc}") from exc
             finally:
+                # Release now, not at garbage collection: a bytearray with a live export
+                # cannot be resized, and the relay's callers may reuse their buffers.
                 view.release()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         # One coroutine, not a wrapper around another: every idle pump sits in here, and each
         # frame of its await chain is a few hundred bytes per connection.
+        # A cancelled caller must fail before OpenSSL hands out plaintext, not after: bytes
+        # taken from OpenSSL and then dropped by a Cancelled are gone from the stream. So the
+        # cancellation point comes first and the closing checkpoint below is shielded, the
+        # order trio's SSLStream uses (checkpoint_if_cancelled / cancel_shielded_checkpoint).
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._yielded = False
         with self._recv_guard:
             self._check_open()
@@ -459,8 +498,10 @@ class OpenSSLStream(trio.abc.Stream):
                 raise ValueError("max_bytes must be >= 1")
             # No "read the transport first when the BIO is empty" shortcut: OpenSSL's record
             # layer may hold bytes it already took from the BIO, which only recv() can tell.
+            # When the BIO is empty that first OpenSSL call is a cheap "want read", and the
+            # transport read that follows comes before any checkpoint (see _fill).
             try:
-                data = await self._retry_records(self._records.read, min(size, _RECORD_SIZE))
+                data = await self._retry_records(self._read_buffered, size)
             except SSL.ZeroReturnError:
                 # The peer's close_notify: a clean end of its direction.
                 self.close_notify_received = True
@@ -480,9 +521,11 @@ class OpenSSLStream(trio.abc.Stream):
                 self.eof_without_close_notify = True
                 data = b""
         if not self._yielded:
-            # Served from bytes already buffered (or EOF already seen): still a checkpoint, as
-            # trio streams promise, so a busy relay cannot starve other tasks.
-            await trio.lowlevel.checkpoint()
+            # Served from bytes already buffered (or EOF already seen): still a scheduling
+            # point, as trio streams promise, so a busy relay cannot starve other tasks.
+            # Shielded: ``data`` is already out of OpenSSL, and a Cancelled raised here would
+            # lose it (the cancellation point was at the top).
+            await trio.lowlevel.cancel_shielded_checkpoint()
         return data
 
     async def send_eof(self) -> None:
@@ -493,6 +536,8 @@ class OpenSSLStream(trio.abc.Stream):
             if self._sent_close_notify:
                 await trio.lowlevel.checkpoint()
                 return
+            # Set before the await below: a second send_eof, or a send_all racing in after
+            # the guard is released, must not put data or a second alert after close_notify.
             self._sent_close_notify = True
             # SSL_shutdown writes close_notify into the outgoing BIO and returns without waiting
             # for the peer's: that is TLS's half-close, and not waiting is what lets the other
@@ -501,6 +546,8 @@ class OpenSSLStream(trio.abc.Stream):
                 self._conn.shutdown()
             except SSL.Error as exc:
                 raise trio.BrokenResourceError(f"TLS shutdown failed: {exc}") from exc
+            # Not quietly: the relay half-closes with this, and a close_notify that could not
+            # leave must surface as a broken stream so the other direction is torn down too.
             await self._flush()
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -514,6 +561,9 @@ class OpenSSLStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
             return
         self._closed = True  # first: a task still in send_all/receive_some fails from here on
+        # The transport is closed in ``finally``: a cancelled or failed close_notify must
+        # still free the descriptor, and trio's close wakes any task parked in
+        # wait_readable/wait_writable on it with ClosedResourceError.
         try:
             # close_notify only after a completed handshake (before it, there is nothing to
             # close cleanly), and bounded: closing must not wait on a peer that stopped reading.
@@ -522,7 +572,7 @@ class OpenSSLStream(trio.abc.Stream):
                 try:
                     self._conn.shutdown()
                 except SSL.Error:
-                    pass
+                    pass  # an OpenSSL already in error has nothing clean to say; just close
                 await self._flush_quietly()
         finally:
             await self.transport_stream.aclose()
@@ -530,12 +580,6 @@ class OpenSSLStream(trio.abc.Stream):
     @property
     def peer_closed(self) -> bool:
         return self.close_notify_received or self.eof_without_close_notify
-
-
-def _transport_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
-    if exc.errno == errno.EBADF:
-        return trio.ClosedResourceError("the socket was closed")
-    return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
 
 @functools.lru_cache(maxsize=64)  # configured server names: a handful; a miss raises inside

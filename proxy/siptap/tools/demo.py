@@ -88,6 +88,7 @@ def _print_outputs(config: Config, app: App, out: IO[str]) -> None:
         "srtp_keys": f"{mirror.srtp_keys.path}" if mirror.srtp_keys else None,
     }
     print("\nmirror outputs:", file=out)
+    assert app.fanout is not None  # the demo observes in-process
     for name, stats in app.fanout.stats().items():
         note = where.get(name) or ""
         if stats["dropped"] and name.startswith(("hep", "jsonl")):

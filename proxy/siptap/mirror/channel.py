@@ -1,0 +1,220 @@
+"""The mirror's end of the channel: a listening Unix SOCK_SEQPACKET socket, one connection
+per relay worker, every datagram decoded and handed to the observation engine.
+
+Theory of operation
+-------------------
+Each relay worker connects once (:class:`siptap.relay.tap.MirrorTap`) and is given a channel
+number, counted from 1 and never reused in this process: a restarted worker reconnects and
+gets a new number, so the handler can key its per-connection state by (channel, conn) and
+never confuse a dead worker's connection 7 with its successor's. One task reads each
+channel: it waits until the socket is readable, then ``recv``s until ``EAGAIN`` (a batch:
+one wake-up for everything queued), decoding each datagram with
+:func:`siptap.sansio.chunk_records.decode` and calling ``handler.handle(channel, record)``.
+
+Failure is contained per datagram. A datagram that does not decode is skipped: the first
+one of a channel is logged with its reason (``mirror_record_invalid``), later ones only
+counted (in ``mirror_channel_closed``), so a buggy or hostile peer cannot flood the log. A
+handler that raises costs that record, not the process (``mirror_handler_failed``, once
+per channel with the traceback). EOF (the worker exited or died) ends the channel:
+``handler.channel_lost(channel)``, after every record it sent was handled.
+
+Who may connect: the socket file is created 0600, in the directory the supervisor created
+0700 for it. Anyone who could connect could write into the mirror's outputs.
+
+Stopping (:meth:`ChannelReceiver.stop`): no new channel is accepted, each reader drains
+what its worker had already queued (bounded by ``drain_timeout``) and ends; the handler is
+not closed here (its owner does that, then flushes the fan-out).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from siptap.log import LogWriter, get_logger
+from siptap.sansio.chunk_records import Record, RecordError, decode
+
+__all__ = ["ChannelReceiver", "RecordHandler"]
+
+# Larger than any record: a chunk is one relay receive (64 KiB) plus its 32-byte header; a
+# lifecycle record's strings are at most 64 KiB each. A datagram longer than the buffer is
+# detected (MSG_TRUNC) and skipped as invalid, never misread as a shorter record.
+MAX_DATAGRAM = 256 * 1024
+# Records handled per batch before the reader lets other tasks run: under a sustained flood
+# "until EAGAIN" might never come, and the fan-out's sinks share this trio loop.
+BATCH_LIMIT = 1024
+BACKLOG = 512  # every worker (up to 256) connects at start-up, at once
+
+
+class RecordHandler(Protocol):
+    """The observation engine (``siptap.mirror.observer.Observer``): records in, mirror
+    events and log lines out. Called on the receiver's trio thread, synchronously."""
+
+    def handle(self, channel: int, record: Record) -> None: ...
+    def channel_lost(self, channel: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class ChannelReceiver:
+    """Listens at ``path`` and feeds every channel's records to ``handler``."""
+
+    def __init__(self, path: str | os.PathLike[str], handler: RecordHandler, *, log: LogWriter | None = None,
+                 drain_timeout: float = 2.0) -> None:
+        self.path = Path(path)
+        self.handler = handler
+        self.log = log if log is not None else get_logger("siptap")
+        self.drain_timeout = drain_timeout
+        self.channels = 0  # accepted so far (the last channel number)
+        self.open_channels = 0
+        self.records = 0  # handled, all channels
+        self.invalid = 0  # datagrams skipped, all channels
+        self._stopping = trio.Event()
+        self._waits: set[trio.CancelScope] = set()  # each reader's wait for its next batch
+        self._buffer = bytearray(MAX_DATAGRAM)
+        self._view = memoryview(self._buffer)
+
+    # -- listening -------------------------------------------------------------------------------
+
+    def listen(self) -> socket.socket:
+        """Bind the listening socket (replacing a stale one a dead mirror left behind)."""
+        try:
+            mode = self.path.lstat().st_mode
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(mode):
+                raise OSError(errno.EEXIST, f"{self.path} exists and is not a socket")
+            self.path.unlink()  # a dead mirror's: connect() to it is refused anyway
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(str(self.path))
+            os.chmod(self.path, 0o600)  # the 0700 directory is the real fence; this is a second one
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def serve(self, *, task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept channels until :meth:`stop`, then wait for every reader to drain."""
+        listener = self.listen()
+        self.log.info("mirror_channel_listening", path=str(self.path))
+        async with trio.open_nursery() as readers:
+            try:
+                task_status.started(self.path)
+                with trio.CancelScope() as accepting:
+                    readers.start_soon(self._cancel_on_stop, accepting)
+                    while True:
+                        await trio.lowlevel.wait_readable(listener)
+                        try:
+                            conn, _ = listener.accept()
+                        except (BlockingIOError, ConnectionAbortedError):
+                            continue
+                        conn.setblocking(False)
+                        self.channels += 1
+                        readers.start_soon(self._read, conn, self.channels)
+            finally:
+                # No new worker from here on; the readers drain on their own (see _read).
+                trio.lowlevel.notify_closing(listener)
+                listener.close()
+                try:
+                    self.path.unlink()
+                except FileNotFoundError:
+                    pass
+
+    async def _cancel_on_stop(self, scope: trio.CancelScope) -> None:
+        await self._stopping.wait()
+        scope.cancel()
+
+    def stop(self) -> None:
+        """Stop accepting; every channel drains what is queued and ends."""
+        self._stopping.set()
+        for scope in self._waits:
+            scope.cancel()
+
+    # -- one channel ------------------------------------------------------------------------------
+
+    async def _read(self, sock: socket.socket, channel: int) -> None:
+        self.open_channels += 1
+        self.log.info("mirror_channel_open", channel=channel)
+        stats = _ChannelStats()
+        try:
+            with trio.CancelScope() as waiting:
+                self._waits.add(waiting)
+                if self._stopping.is_set():
+                    waiting.cancel()
+                while not await self._batch(sock, channel, stats):
+                    await trio.lowlevel.wait_readable(sock)
+                stats.eof = True
+            self._waits.discard(waiting)
+            if not stats.eof:
+                # Stopping: what the worker had already sent is still owed to the sinks.
+                stats.drained = False
+                with trio.move_on_after(self.drain_timeout):
+                    while not stats.drained:
+                        if await self._batch(sock, channel, stats):
+                            stats.eof = True
+                            break
+        finally:
+            self.open_channels -= 1
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+        if stats.eof:
+            self.handler.channel_lost(channel)
+        self.log.info("mirror_channel_closed", channel=channel, records=stats.records, invalid=stats.invalid,
+                      handler_errors=stats.handler_errors, reason="worker closed" if stats.eof else "mirror stopping")
+
+    async def _batch(self, sock: socket.socket, channel: int, stats: _ChannelStats) -> bool:
+        """Handle what is queued (up to BATCH_LIMIT records); True at EOF."""
+        buffer, view, handle = self._buffer, self._view, self.handler.handle
+        stats.drained = False
+        for _ in range(BATCH_LIMIT):
+            try:
+                # MSG_TRUNC: the datagram's real length, even when it did not fit the buffer.
+                size = sock.recv_into(buffer, 0, socket.MSG_TRUNC)
+            except BlockingIOError:
+                stats.drained = True
+                return False
+            except OSError as exc:  # ECONNRESET: the worker is gone, as good as EOF
+                self.log.info("mirror_channel_error", channel=channel, reason=exc.strerror or str(exc))
+                return True
+            if size == 0:
+                return True  # EOF (the tap never sends an empty record)
+            try:
+                if size > len(buffer):
+                    raise RecordError(f"datagram of {size} bytes, longer than any record ({len(buffer)})")
+                record = decode(bytes(view[:size]))
+            except RecordError as exc:
+                stats.invalid += 1
+                self.invalid += 1
+                if stats.invalid == 1:
+                    self.log.warning("mirror_record_invalid", channel=channel, reason=str(exc),
+                                     detail="skipped; later invalid records of this channel are only counted")
+                continue
+            stats.records += 1
+            self.records += 1
+            try:
+                handle(channel, record)
+            except Exception:
+                stats.handler_errors += 1
+                if stats.handler_errors == 1:
+                    self.log.exception("mirror_handler_failed", channel=channel, record=type(record).__name__,
+                                       detail="record skipped; later failures of this channel are only counted")
+        await trio.lowlevel.checkpoint()
+        return False
+
+
+class _ChannelStats:
+    __slots__ = ("drained", "eof", "handler_errors", "invalid", "records")
+
+    def __init__(self) -> None:
+        self.records = self.invalid = self.handler_errors = 0
+        self.eof = False
+        self.drained = False
