@@ -31,8 +31,9 @@ take either.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import NamedTuple
+
+from siptap.sansio.sip_message import joined, top_level
 
 __all__ = ["SipFields", "read_fields"]
 
@@ -68,7 +69,7 @@ _ODD = re.compile(r"[\x0b\x0c\x1c-\x1f]")  # whitespace to str.strip() that SP/H
 _PLAIN_BLOCK = re.compile(
     r"\r\n(?:(?:[^ \t\r\n:\x0b\x0c\x1c-\x1f][^\r\n:\x0b\x0c\x1c-\x1f]*:|[ \t])[^\r\n\x0b\x0c\x1c-\x1f]*\r\n)*\r\n")
 # Up to the first ";" outside quoted strings (backslash escapes inside) and <...>: what the
-# view's character loop (_top_level) finds, in one regex match (the alternatives begin with
+# view's character loop (sip_message.top_level) finds, in one regex match (the alternatives begin with
 # different characters, so the possessive quantifiers change no answer, only the time a value
 # without ";" takes to fail).
 _TO_PARAMS = re.compile(r'(?:[^"<;]++|"(?:[^"\\]|\\.)*+"|<[^>]*+>)*+;', re.DOTALL)  # possessive: no backtracking
@@ -113,15 +114,15 @@ def read_fields(data: bytes, header_end: int) -> SipFields | None:
         if name not in found:
             found[name] = match.group(2)
 
-    call_id = _joined(found["call-id"]) if "call-id" in found else None
+    call_id = joined(found["call-id"]) if "call-id" in found else None
     cseq_number: int | None = None
     cseq_method: str | None = None
-    if "cseq" in found and (cseq := _CSEQ.fullmatch(_joined(found["cseq"]))) is not None:
+    if "cseq" in found and (cseq := _CSEQ.fullmatch(joined(found["cseq"]))) is not None:
         cseq_number, cseq_method = int(cseq.group(1)), cseq.group(2)
     via_branch = None
-    if "via" in found and (via := _joined(found["via"])):
+    if "via" in found and (via := joined(found["via"])):
         via_branch = _param(_top_via(via), "branch")
-    content_type = _joined(found["content-type"]) if "content-type" in found else None
+    content_type = joined(found["content-type"]) if "content-type" in found else None
     return SipFields(
         request is not None,
         request.group(1) if request is not None else None,
@@ -131,23 +132,12 @@ def read_fields(data: bytes, header_end: int) -> SipFields | None:
         call_id or None,
         cseq_number,
         cseq_method,
-        _param(_joined(found["from"]), "tag") if "from" in found else None,
-        _param(_joined(found["to"]), "tag") if "to" in found else None,
+        _param(joined(found["from"]), "tag") if "from" in found else None,
+        _param(joined(found["to"]), "tag") if "to" in found else None,
         via_branch,
         content_type or None,
         max(0, len(data) - header_end),
     )
-
-
-def _joined(raw: str) -> str:
-    """A value with its continuation lines joined by one space, as the view unfolds them."""
-    if "\r\n" not in raw:
-        return raw.strip()
-    lines = raw.split("\r\n")
-    value = lines[0].strip()
-    for line in lines[1:]:
-        value = f"{value} {line.strip()}".strip()
-    return value
 
 
 def _top_via(via: str) -> str:
@@ -160,7 +150,7 @@ def _top_via(via: str) -> str:
 def _pieces(value: str, sep: str) -> list[str]:
     parts: list[str] = []
     begin = 0
-    for at in _top_level(value, sep):
+    for at in top_level(value, sep):
         parts.append(value[begin:at])
         begin = at + 1
     parts.append(value[begin:])
@@ -190,31 +180,3 @@ def _param(value: str, wanted: str) -> str | None:
             raw = raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
         return raw if eq and raw else None
     return None
-
-
-def _top_level(value: str, sep: str) -> Iterator[int]:
-    """Indexes of ``sep`` outside quoted strings and ``<...>``."""
-    if '"' not in value and "<" not in value:
-        at = value.find(sep)
-        while at >= 0:
-            yield at
-            at = value.find(sep, at + 1)
-        return
-    quoted = angle = False
-    i, n = 0, len(value)
-    while i < n:
-        ch = value[i]
-        if quoted:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif angle:
-            angle = ch != ">"
-        elif ch == "<":
-            angle = True
-        elif ch == sep:
-            yield i
-        i += 1

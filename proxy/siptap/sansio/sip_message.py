@@ -123,7 +123,7 @@ class SipMessageView:
         pattern = _FIRST_HEADER.get(name) if self._plain else None
         if pattern is not None:
             match = pattern.search(self._text)
-            value = _joined(match.group(1)) if match is not None else None
+            value = joined(match.group(1)) if match is not None else None
         else:
             value = next((v for hname, v in self.headers if hname == name), None)
         values[name] = value
@@ -211,8 +211,11 @@ def _is_plain(text: str) -> bool:
     return _PLAIN_BLOCK.fullmatch(text, start) is not None
 
 
-def _joined(raw: str) -> str:
-    """A header value with its continuation lines, as :func:`_unfold` joins them."""
+def joined(raw: str) -> str:
+    """A header value with its continuation lines, as :func:`_unfold` joins them (shared with
+    :mod:`siptap.sansio.sip_fields`, whose one-pass answers must equal this view's)."""
+    if "\r\n" not in raw:
+        return raw.strip()
     lines = raw.split("\r\n")
     value = lines[0].strip()
     for line in lines[1:]:
@@ -260,14 +263,14 @@ def split_values(value: str) -> list[str]:
     """
     parts: list[str] = []
     start = 0
-    for i in _top_level(value, ","):
+    for i in top_level(value, ","):
         parts.append(value[start:i].strip())
         start = i + 1
     parts.append(value[start:].strip())
     return [part for part in parts if part] or [""]
 
 
-def _top_level(value: str, sep: str) -> Iterator[int]:
+def top_level(value: str, sep: str) -> Iterator[int]:
     """Indexes of ``sep`` outside quoted strings and ``<...>`` (where URIs keep their own
     ``;`` and ``,``). Most header values have neither, so they take the str.find path."""
     if '"' not in value and "<" not in value:
@@ -326,7 +329,7 @@ def _header_param(value: str, wanted: str) -> str | None:
     ``<...>`` belongs to the display name or the URI and is skipped. In the addr-spec form
     (no angle brackets) RFC 3261 20.10 makes every ``;`` parameter a header parameter.
     """
-    params_at = next(_top_level(value, ";"), -1)
+    params_at = next(top_level(value, ";"), -1)
     if params_at < 0:
         return None
     for param in _split_params(value[params_at + 1 :]):
@@ -346,7 +349,7 @@ def _split_params(text: str) -> list[str]:
     """Split ``a=1 ; b="x;y"`` at semicolons outside quoted strings."""
     params: list[str] = []
     start = 0
-    for i in _top_level(text, ";"):
+    for i in top_level(text, ";"):
         params.append(text[start:i])
         start = i + 1
     params.append(text[start:])
