@@ -62,7 +62,8 @@ async def run_mirror(config: Config, channel: Path, control_fd: int | None = Non
     fanout = Fanout.from_settings(config.mirror)
     counts = SipMessageCounts()
     handler = (handler_factory or observe(config))(fanout, log, counts)
-    receiver = ChannelReceiver(channel, handler, log=log, drain_timeout=config.mirror.drain_timeout)
+    receiver = ChannelReceiver(channel, handler, log=log, drain_timeout=config.mirror.drain_timeout,
+                               batch_interval=config.mirror.batch_interval)
     control = socket.socket(fileno=control_fd) if control_fd is not None else None
     log.info("mirror_starting", pid=os.getpid(), channel=str(channel))
     try:
