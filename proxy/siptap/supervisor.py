@@ -67,6 +67,8 @@ STABLE_AFTER = 60.0  # a worker that ran this long restarts after RESTART_INITIA
 # under traffic) are retried for ever, with the back-off. Five failed starts in a row take
 # 0.5 + 1 + 2 + 4 s of back-off plus their own start-up time.
 MAX_START_FAILURES = 5
+# A fixed name inside a fresh 0700 directory: short (a Unix socket path is limited to
+# 108 bytes, and /tmp/siptap-run-XXXX/ leaves room) and never shared between runs.
 MIRROR_SOCKET = "mirror.sock"  # the channel's name in the runtime directory
 
 

@@ -90,6 +90,7 @@ class MirrorTap:
         # Applied to every socket it connects (_connect), before connect.
         self.buffer_size = buffer_size
         self.log = log if log is not None else get_logger("siptap")
+        # Parameters for the tests, which shorten both (test_tap.py); production uses the defaults.
         self.retry_interval = retry_interval
         self.warn_interval = warn_interval
         # The connected socket, or None while the mirror is down: the data path's only test.
@@ -332,6 +333,8 @@ class MirrorTap:
                 # wait_readable on the plain socket the data path sends on: learning that it became
                 # readable (EOF) needs no trio socket object, and no recv (there is nothing to read).
                 await trio.lowlevel.wait_readable(sock)
+                # The mirror's end shows as EOF whether it exited cleanly, crashed or was SIGKILLed:
+                # the kernel closes its sockets either way (test_a_killed_mirror_is_counted_as_drops...).
                 reason.append("the mirror closed the channel")
                 nursery.cancel_scope.cancel()
 
