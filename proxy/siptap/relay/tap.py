@@ -90,7 +90,8 @@ class MirrorTap:
         # Applied to every socket it connects (_connect), before connect.
         self.buffer_size = buffer_size
         self.log = log if log is not None else get_logger("siptap")
-        # Parameters for the tests, which shorten both (test_tap.py); production uses the defaults.
+        # Parameters for the tests (test_tap.py: a fast retry, a long warn interval); production
+        # uses the defaults.
         self.retry_interval = retry_interval
         self.warn_interval = warn_interval
         # The connected socket, or None while the mirror is down: the data path's only test.
