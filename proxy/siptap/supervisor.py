@@ -32,6 +32,10 @@ single process would, and each worker gets its own stdout pipe.
   restarted like a worker (``mirror_died``, ``mirror_restarted``) and stopped last, once every
   worker has drained, so their last records reach the sinks.
 - Metrics: see :mod:`siptap.metrics` (multiprocess mode; the supervisor serves the endpoint).
+
+One child's plumbing (its start, ``ready`` line, output forwarding, exit description, and the
+worker's end of the control socket) is :mod:`siptap.child_process`; this module decides when
+each child runs, restarts, is signalled and stops.
 """
 
 from __future__ import annotations
