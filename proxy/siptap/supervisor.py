@@ -308,6 +308,8 @@ class Supervisor:
             count = load_config(self.config.path).worker_count
         except SiptapError:
             return  # every worker reports the error itself (reload_failed) and keeps its settings
+        # A warning, not an error: the workers keep serving with the count they started with,
+        # and the next start of siptap applies the new one.
         if count != self.count:
             self.log.warning("reload_workers_changed", running=self.count, configured=count,
                              detail="a new number of workers needs a restart")
