@@ -279,8 +279,9 @@ def _run(args: argparse.Namespace) -> int:
     import trio
 
     from siptap.app import App
+    from siptap.child_process import parse_worker, run_worker
     from siptap.log import configure
-    from siptap.supervisor import Supervisor, parse_worker, run_worker
+    from siptap.supervisor import Supervisor
 
     worker = None
     if args.worker is not None:

@@ -52,14 +52,25 @@ from siptap.sansio.chunk_records import CHUNK_HEADER, FROM_ACCEPTED, KIND_CHUNK,
 
 __all__ = ["DEFAULT_BUFFER", "MirrorTap"]
 
+# 4 MiB asked, often capped to 208 KiB by net.core.wmem_max (README, [mirror]
+# channel_buffer): with the default cap the channel holds ~110 SIP-sized records,
+# a few milliseconds of a busy trunk, which is why the README says to raise the cap.
 DEFAULT_BUFFER = 4 * 1024 * 1024
+# One connect attempt a second costs nothing while the mirror is down, and the
+# supervisor's restart back-off starts at 0.5 s, so a restarted mirror is found
+# within about a second of listening. Every record in that second is a counted drop.
 RETRY_INTERVAL = 1.0  # between connection attempts while the mirror is down
+# A full channel drops thousands of records a second: one line per drop would
+# flood the very log the operator reads to find out why; ten seconds of counts in one
+# line is README's "at most every 10 s".
 WARN_INTERVAL = 10.0  # at most one mirror_channel_dropped line per this many seconds
 
 # A send refused for lack of room: drop the record, keep the connection. EMSGSIZE is one
 # datagram larger than the whole send buffer: that record can never fit, the next may.
 _FULL = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EMSGSIZE})
 
+# Bound once at import: the data path calls it per chunk, and a module global is one
+# lookup where CHUNK_HEADER.pack would be two.
 _pack_header = CHUNK_HEADER.pack
 
 
@@ -73,9 +84,14 @@ class MirrorTap:
     def __init__(self, path: str | os.PathLike[str], *, buffer_size: int = DEFAULT_BUFFER,
                  log: LogWriter | None = None, retry_interval: float = RETRY_INTERVAL,
                  warn_interval: float = WARN_INTERVAL) -> None:
+        # A path, not a socket: the tap (re)connects by name, so a restarted mirror that
+        # binds the same path (the supervisor gives it the same --channel) is found again.
         self.path = os.fspath(path)
+        # Applied to every socket it connects (_connect), before connect.
         self.buffer_size = buffer_size
         self.log = log if log is not None else get_logger("siptap")
+        # Parameters for the tests (test_tap.py: a fast retry, a long warn interval); production
+        # uses the defaults.
         self.retry_interval = retry_interval
         self.warn_interval = warn_interval
         # The connected socket, or None while the mirror is down: the data path's only test.
@@ -83,10 +99,14 @@ class MirrorTap:
         # conn -> [chunks from accepted, bytes from accepted, chunks from dialled, bytes from
         # dialled, other records] dropped since its last marker; only connections owing one.
         self._owed: dict[int, list[int]] = {}
+        # Totals only grow: the metric is a counter, and the mirror_channel_dropped line gives
+        # differences from them.
         self.dropped_records = 0  # every record refused (chunks and lifecycle records)
         self.dropped_bytes = 0  # relayed bytes whose chunks were refused
         self._lost = trio.Event()  # the data path saw the mirror go (EPIPE): run() reconnects
         self._dropping = trio.Event()  # a drop since the last report: run() logs it
+        # Why the data path gave the socket up (strerror of its failed send): _watch reads it
+        # for the mirror_channel_down line, since the data path itself never logs.
         self._down_reason: str | None = None
 
     # -- the data path -------------------------------------------------------------------------
@@ -94,13 +114,25 @@ class MirrorTap:
     def chunk(self, conn: int, direction: int, offset: int, data: bytes) -> None:
         """Bytes just relayed on ``conn`` in ``direction`` (chunk_records.FROM_ACCEPTED or
         FROM_DIALLED), ``offset`` being data[0]'s position in that direction's stream."""
+        # One attribute read into a local: the test and the send below use the same socket
+        # even if it is taken away (EPIPE) in between; None means the mirror is down.
         sock = self._sock
+        # Short-circuit order matters: a connection that owes nothing pays one dict test; one
+        # that owes a marker sends it first (_settle), and only if it went does the chunk
+        # follow, so the mirror never sees bytes from beyond a hole before the hole itself.
         if sock is not None and (conn not in self._owed or self._settle(sock, conn)):
             try:
+                # Header and bytes in one send: on SOCK_SEQPACKET a send is one record, delivered
+                # whole or refused whole (no partial writes to resume, unlike a stream socket).
+                # time.time(), wall clock: the mirror's pcap and HEP timestamps are absolute times.
+                # Non-blocking, so a full buffer raises EAGAIN at once instead of waiting for room.
                 sock.send(_pack_header(MAGIC, VERSION, KIND_CHUNK, direction, conn, offset, time.time()) + data)
                 return
             except OSError as exc:
+                # Then counted as a drop below, like a record sent while the mirror was down.
                 self._refused(exc)
+        # From here the record is dropped: it is counted for this connection's marker (its
+        # first drop adds the connection to _owed) and in the totals.
         counts = self._owed.get(conn)
         if counts is None:
             counts = self._owed[conn] = [0, 0, 0, 0, 0]
@@ -109,15 +141,24 @@ class MirrorTap:
         counts[side] += 1
         counts[side + 1] += len(data)
         self.dropped_records += 1
+        # Relayed payload bytes only: the headers of records never sent are not the operator's
+        # concern, the missing stretch of SIP is.
         self.dropped_bytes += len(data)
+        # The data path only sets an Event (a no-op when already set): the log line is
+        # written by _report_drops, off the data path, at most every warn_interval.
         self._dropping.set()
 
     def record(self, conn: int, encoded: bytes) -> None:
         """A lifecycle record of ``conn`` (opened, handshake, keys, closed), already
         ``chunk_records.encode``-d; dropped and counted like a chunk when it does not fit."""
+        # Same shape as chunk(), kept inline rather than shared: chunk() runs per relayed chunk,
+        # and a shared helper would be one more call on that path.
         sock = self._sock
         if sock is not None and (conn not in self._owed or self._settle(sock, conn)):
             try:
+                # Lifecycle records go the same way as chunks, in the same order with them: the mirror
+                # must see a connection's opened record before its first chunk, and its closed record
+                # after its last.
                 sock.send(encoded)
                 return
             except OSError as exc:
@@ -125,6 +166,8 @@ class MirrorTap:
         counts = self._owed.get(conn)
         if counts is None:
             counts = self._owed[conn] = [0, 0, 0, 0, 0]
+        # A lifecycle record carries no relayed bytes: counted only as a record. The mirror
+        # learns from the marker that something besides stream bytes was lost.
         counts[4] += 1
         self.dropped_records += 1
         self._dropping.set()
@@ -132,42 +175,64 @@ class MirrorTap:
     def forget(self, conn: int) -> None:
         """``conn`` has ended: whatever it still owed the mirror can no longer be told in
         order (its close record was among the drops). The totals keep the count."""
+        # Without this, a connection that dropped its last records would stay in _owed for
+        # the life of the worker: one entry per such connection, a slow leak on a busy box.
+        # The session calls it right after handing over the closed record.
         self._owed.pop(conn, None)
 
     def _settle(self, sock: socket.socket, conn: int) -> bool:
         """Send ``conn``'s Dropped marker; True once it went (the record may follow)."""
+        # The marker carries what was dropped since the last marker went (or since the first
+        # drop), per direction: the mirror reports them as one gap and skips ahead.
         counts = self._owed[conn]
         try:
             sock.send(encode(Dropped(conn, time.time(), *counts)))
         except OSError as exc:
             self._refused(exc)
+            # The marker did not fit (or the mirror is gone): the caller drops its record too and
+            # adds it to these counts; the marker is tried again before the next record.
             return False
+        # Only once the marker is in the channel: a refused marker leaves the counts in place,
+        # and the record that was to follow is dropped and added to them, so the next marker
+        # tells the whole hole. tests/relay/test_tap.py,
+        # test_full_channel_drops_count_and_a_marker_precedes_the_next_record, pins this.
         del self._owed[conn]
         return True
 
     def _refused(self, exc: OSError) -> None:
         """A failed send: the channel is full (drop, nothing else), or the mirror is gone."""
+        # Full: the socket stays. The next record may fit as soon as the mirror reads.
         if exc.errno in _FULL:
             return
         # EPIPE/ECONNRESET: the mirror died; anything else is as fatal to this socket. The
         # socket itself is closed by run(), which may be waiting on it right now.
+        # From this line every record is a counted drop (the data path tests _sock), and every
+        # connection that sends meanwhile will owe the next mirror a marker.
         self._sock = None
         self._down_reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        # Wakes run()'s _watch, which logs mirror_channel_down and starts reconnecting; the
+        # data path itself never closes or reconnects.
         self._lost.set()
 
     # -- figures -------------------------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
+        # True only while a socket is connected; a full channel is still connected. Read by the
+        # mirror_channel_dropped line and by tests.
         return self._sock is not None
 
     @property
     def owing(self) -> int:
         """Connections that owe the mirror a Dropped marker."""
+        # Shown in the mirror_channel_dropped line: how many connections will reach the mirror
+        # with a gap marker first.
         return len(self._owed)
 
     def dropped_totals(self) -> dict[str, int]:
         """For ``siptap_mirror_channel_dropped_total{kind}``: records and relayed bytes dropped."""
+        # A snapshot, read by the app for its mirror_channel_closed line at exit: the tap
+        # itself touches no prometheus object.
         return {"records": self.dropped_records, "bytes": self.dropped_bytes}
 
     # -- connection management, off the data path ------------------------------------------------
@@ -176,9 +241,18 @@ class MirrorTap:
         """Keep the channel connected until cancelled; started (``nursery.start``) after the
         first attempt, so a mirror that is already listening is connected before traffic."""
         async with trio.open_nursery() as nursery:
+            # The drop reporter lives as long as run(): drops happen whether the channel is up
+            # (full) or down (no mirror), so it must not be tied to one connection.
             nursery.start_soon(self._report_drops)
+            # Log a state change once: a mirror down for an hour must not log 3,600 lines. Also
+            # set after a lost connection, so the first failed reconnect is not logged again.
             down_logged = False
+            # started: task_status.started() was called; it may be called only once, and it is
+            # called after the first attempt whatever its outcome (the app does not wait for a
+            # mirror that is down).
             started = False
+            # Until cancelled (the app's shutdown): each pass is one connection, from the connect
+            # to the mirror's end.
             while True:
                 try:
                     sock = self._connect()
@@ -190,28 +264,50 @@ class MirrorTap:
                     if not started:
                         task_status.started()
                         started = True
+                    # Sleeping here, off the data path: records meanwhile are counted drops, the relay
+                    # does not notice that the mirror is down.
                     await trio.sleep(self.retry_interval)
                     continue
+                # A new Event per connection: trio Events cannot be cleared, and the old one is set
+                # if the last connection ended with a failed send.
                 self._lost = trio.Event()
+                # The data path starts sending on this line: the Event above was made first, so a
+                # refusal on the new socket sets the Event that _watch is about to wait on.
                 self._sock = sock
                 self.log.info("mirror_channel_up", path=self.path,
+                              # The buffer logged is what the kernel granted (doubled, and capped by wmem_max), not
+                              # what was asked: an operator sees at once whether the cap applies.
                               buffer=sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
                 if not started:
+                    # After the first connect either way: the app's nursery.start returns, and the worker
+                    # goes on to bind its listeners (and then says "ready").
                     task_status.started()
                     started = True
                 try:
                     reason = await self._watch(sock)
                 finally:
+                    # Taken from the data path before the close: a send on the closed socket would
+                    # fail with EBADF, which _refused would take for a second loss of the mirror.
                     self._sock = None
+                    # trio's rule for closing a descriptor it may be waiting on: notify first, so no task
+                    # is left parked on a descriptor number the kernel may hand out again.
                     trio.lowlevel.notify_closing(sock)
                     sock.close()
                 self.log.warning("mirror_channel_down", path=self.path, reason=reason,
                                  detail="records are dropped and counted until the mirror listens again")
+                # No sleep before the next attempt: it costs one syscall, and if the mirror is not
+                # back yet (the supervisor waits at least 0.5 s) that failed attempt sleeps above.
                 down_logged = True
 
     def _connect(self) -> socket.socket:
+        # SOCK_SEQPACKET: connection-oriented (the mirror's end shows as EOF, EPIPE here) and
+        # record-preserving (one send, one record), with ordered delivery; the channel bench
+        # (bench/results/2026-12-02-channel.md) chose it over a shared-memory ring.
+        # CLOEXEC: no program this process might exec inherits the channel.
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
+            # The data path's sends must never wait: a full buffer must raise EAGAIN, not block
+            # the relay's only thread. Set on the socket itself, so plain socket.send obeys it.
             sock.setblocking(False)
             # Before connecting: the buffer is the channel's capacity (capped at wmem_max).
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.buffer_size)
@@ -219,6 +315,8 @@ class MirrorTap:
             # once or fails; EAGAIN (the mirror's accept backlog is full) is not a connect in
             # progress as on TCP, just one more failed attempt, retried like a refusal.
             sock.connect(self.path)
+        # Every failed attempt closes its socket: while the mirror is down this runs every
+        # second, and a leaked descriptor per attempt would exhaust the worker's fd limit.
         except BaseException:
             sock.close()
             raise
@@ -227,19 +325,28 @@ class MirrorTap:
     async def _watch(self, sock: socket.socket) -> str:
         """Wait until the mirror is gone: its EOF, or a send that failed on the data path."""
         async with trio.open_nursery() as nursery:
+            # A list the tasks append to: the first reason wins, since the first task to finish
+            # cancels the other before it can append.
             reason: list[str] = []
 
             async def eof() -> None:
                 # The mirror sends nothing, so readable means EOF or an error: it has gone.
+                # wait_readable on the plain socket the data path sends on: learning that it became
+                # readable (EOF) needs no trio socket object, and no recv (there is nothing to read).
                 await trio.lowlevel.wait_readable(sock)
+                # The mirror's end shows as EOF whether it exited cleanly, crashed or was SIGKILLed:
+                # the kernel closes its sockets either way (test_a_killed_mirror_is_counted_as_drops...).
                 reason.append("the mirror closed the channel")
                 nursery.cancel_scope.cancel()
 
+            # A send on the data path saw EPIPE/ECONNRESET before the EOF was noticed here.
             async def refused() -> None:
                 await self._lost.wait()
                 reason.append(self._down_reason or "send failed")
                 nursery.cancel_scope.cancel()
 
+            # Both watched at once: EOF comes first when the mirror exits cleanly or is killed
+            # while idle; a failed send comes first when it dies while the relay is sending.
             nursery.start_soon(eof)
             nursery.start_soon(refused)
         return reason[0]
@@ -247,20 +354,32 @@ class MirrorTap:
     async def _report_drops(self) -> None:
         """``mirror_channel_dropped`` at the first drop, then at most once per warn_interval,
         with the counts since the last line: the data path only sets an Event."""
+        # The totals at the last line: each line gives the counts since the previous one and
+        # the totals, so a reader need not difference lines.
         reported_records = reported_bytes = 0
         while True:
             await self._dropping.wait()
+            # Replaced before the log line: a drop during the sleep below sets the new Event, so
+            # the next line comes right after the sleep, not at the drop after that.
             self._dropping = trio.Event()
             self.log.warning("mirror_channel_dropped", records=self.dropped_records - reported_records,
                              bytes=self.dropped_bytes - reported_bytes, records_total=self.dropped_records,
+                             # connected tells the two causes apart: True, the mirror is slow (channel full);
+                             # False, it is gone (see mirror_channel_down).
                              bytes_total=self.dropped_bytes, connected=self.connected, owing=len(self._owed))
             reported_records, reported_bytes = self.dropped_records, self.dropped_bytes
+            # The rate limit: the first drop is reported at once (the operator needs to know
+            # now), and later ones wait until this sleep ends.
             await trio.sleep(self.warn_interval)
 
     def close(self) -> None:
         """Close the channel at the worker's end (after :meth:`run` was cancelled): the
         mirror sees EOF after the last record it was sent."""
+        # The app calls this once every session has handed over its closed record, then
+        # cancels run(), whose finally closes the same socket again: a no-op for a closed
+        # Python socket. The mirror reads what is queued, then sees EOF: channel_lost.
         sock, self._sock = self._sock, None
+        # None: the mirror was down at the end; nothing to close.
         if sock is not None:
             sock.close()
 
