@@ -231,8 +231,8 @@ class SipFramer:
             # never have been looked at: decide now, and resync as feed() would have.
             self._enter_skip(_TLS if looks_like_tls(buf) else _NOT_SIP)
             self._process(events)
-        # _process() may have emptied the buffer or left the state _IDLE after the resync
-        # above; only then can a lone CRLF be at the front.
+        # Only in _IDLE is a CRLF at the front an undecided keepalive; in any other state it
+        # belongs to a line, a header block, a body or garbage.
         if self._state == _IDLE and buf[:2] == b"\r\n":
             # A trailing CRLF that was waiting to see whether it begins a ping. With the stream
             # over, no second CRLF can come: it was a pong (test_close_after_a_trailing_crlf_is_a_pong).
@@ -321,7 +321,7 @@ class SipFramer:
             if length is None or length > self._max_message:
                 # Not simple, or over the limit: the reference parser must decide, and report.
                 return pos
-            # total is an index into data (header_end already includes pos).
+            # total is an index into data, as header_end is (both absolute, not from pos).
             total = header_end + length
             if total > n:
                 return pos  # body incomplete: buffer from the message start, not from here
@@ -366,8 +366,8 @@ class SipFramer:
                 # A message framed: resync after a gap is over (see feed()).
                 self._after_gap = False
             elif state == _SKIP:
-                # _skip always makes progress (it reports at least up to the buffer's end or
-                # the next candidate), so it needs no "wait" answer.
+                # _skip always makes progress (it reports bytes, or leaves _SKIP at a
+                # candidate line), so it needs no "wait" answer.
                 self._skip(events)
             else:  # _GAVE_UP: _give_up() already emptied the buffer
                 return
@@ -439,7 +439,7 @@ class SipFramer:
         if verdict == YES:
             self._state = _HEADERS
             # The start line's own CRLF may be the first half of CRLFCRLF.
-            # (test_start_line_without_headers: "OPTIONS ... SIP/2.0\r\n\r\n" has no headers.)
+            # (test_start_line_without_headers: a start line, then the empty line at once.)
             self._scan_from = 0
             return True
         # A refused line goes to resync, not to give-up: garbage before a message (a peer's
