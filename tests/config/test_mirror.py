@@ -10,7 +10,8 @@ import pytest
 
 from siptap.config import DEFAULT_SIP_TLS_PORT, Endpoint, Loader
 from siptap.config.mirror import HepSinkSettings, JsonlSinkSettings, MirrorSettings, PcapSettings
-from siptap.mirror.fanout import Fanout, build_sinks
+from siptap.mirror.fanout import Fanout
+from siptap.mirror.sink_factory import build_sinks
 
 SHIPPED = """
 [mirror]

@@ -1,7 +1,7 @@
 """The framer's Content-Length shortcut against the reference parse it shortcuts.
 
-``_simple_content_length`` may say "not simple" (None) whenever it likes, but when it answers,
-the answer must be the reference's (``_content_length``). The generator mixes the cases that
+``simple_content_length`` may say "not simple" (None) whenever it likes, but when it answers,
+the answer must be the reference's (``content_length``). The generator mixes the cases that
 separate them: compact and odd-cased names, names inside values (``tel:``), repeated or folded
 headers, VT/FF, bare CR or LF, over-long numbers. Split invariance of the whole framer, fast
 path included, is tested in test_sip_framer.py and by the fuzz target.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from siptap.sansio.sip_framer import _content_length, _simple_content_length
+from siptap.sansio.content_length import content_length, simple_content_length
 
 NAMES = st.sampled_from([b"Content-Length", b"l", b"L", b"content-length ", b"X-Content-Length", b"tel", b" l",
                          b"\tl", b"\x0bl", b"Via", b"To", b"l\x0b", b"CONTENT-LENGTH"])
@@ -25,14 +25,14 @@ COLONS = st.sampled_from([b":", b" :", b"\n:", b""])
 @given(st.lists(st.tuples(NAMES, COLONS, VALUES), max_size=5))
 def test_shortcut_agrees_with_the_reference(headers) -> None:  # type: ignore[no-untyped-def]
     block = b"INVITE sip:a SIP/2.0" + b"".join(b"\r\n" + n + c + v for n, c, v in headers) + b"\r\n\r\n"
-    fast = _simple_content_length(block, block.find(b"\r\n"), len(block))
-    reference, error = _content_length(bytearray(block), len(block))
+    fast = simple_content_length(block, block.find(b"\r\n"), len(block))
+    reference, error = content_length(bytearray(block), len(block))
     if fast is not None:
         assert error is None and fast == reference
 
 
 def test_shortcut_takes_the_plain_cases() -> None:
     block = b"SIP/2.0 200 OK\r\nCall-ID: a\r\nl: 12\r\nTo: <tel:+1>\r\n\r\n"
-    assert _simple_content_length(block, block.find(b"\r\n"), len(block)) == 12
+    assert simple_content_length(block, block.find(b"\r\n"), len(block)) == 12
     block = b"SIP/2.0 200 OK\r\nCall-ID: a\r\n\r\n"
-    assert _simple_content_length(block, block.find(b"\r\n"), len(block)) == 0
+    assert simple_content_length(block, block.find(b"\r\n"), len(block)) == 0

@@ -4,7 +4,7 @@ Plain frozen dataclasses that the generic loader (:mod:`siptap.config.loader`) b
 (``choices`` metadata on string fields, ``Path`` relative to the config file, ``Endpoint``
 from a ``"host:port"`` string, tables of tables for the sink lists). This module holds no
 behaviour beyond :meth:`problems`, the cross-field checks the loader cannot derive from the
-types; :func:`siptap.mirror.fanout.build_sinks` turns it into running sinks. It lives in the
+types; :func:`siptap.mirror.sink_factory.build_sinks` turns it into running sinks. It lives in the
 config layer so that loading a config never imports the mirror.
 
 Example (the shipped configuration)::

@@ -48,14 +48,22 @@ from siptap.mirror.events import MirrorEvent
 from siptap.mirror.link import LinkOptions
 from siptap.mirror.sink import MAX_BATCH, Sink
 
+# One logger for the whole mirror: sink crashes, drop warnings and start-up lines all carry
+# event names of their own, so a collector filters on those rather than on the logger.
 log = structlog.get_logger("siptap.mirror")
 
 # Longest the dispatcher delivers before it lets other tasks (the relay's pumps) run: a
 # message that arrives while the mirror writes a large batch waits at most about this long
 # (plus the one batch in hand: the clock is read between batches, not between events).
+# 0.2 ms: a fiftieth of the default 10 ms batch_interval, so the relay is never held up for
+# long, yet long enough that a slice holds many events and the extra checkpoints stay rare.
+# A module attribute, not a constant folded into the loop: test_long_dispatch_lets_the_relay_run
+# sets it to 0 to force a yield after every batch.
 DISPATCH_SLICE = 0.0002
 
 
+# A function of its own so the yield point has a name in traces and profiles, and so that
+# its two jobs (fairness, cancellation) are explained once.
 async def _let_others_run() -> None:
     """The relay's tasks may be waiting for the CPU: a checkpoint lets them run first."""
     # A plain checkpoint puts the dispatcher at the back of trio's run queue: every task
@@ -63,6 +71,10 @@ async def _let_others_run() -> None:
     # It is also a cancellation point, which is how a hard stop reaches a long dispatch.
     await trio.lowlevel.checkpoint()
 
+
+# The ``legs`` setting as the set of leg names publish tests membership in: one frozenset
+# lookup per event instead of comparing strings per sink. Keys are the only accepted values
+# (the config loader offers the same choices; Fanout checks again for direct callers).
 LEG_SETS = {
     "customer": frozenset({"customer"}),
     "core": frozenset({"core"}),
@@ -74,10 +86,13 @@ class _Slot:
     """A sink and its queues: ``direct`` (served by the dispatcher) while ``is_direct``,
     else the channel to the sink's own task."""
 
+    # Slotted: publish reads these attributes for every sink on every event.
     __slots__ = ("can_be_direct", "direct", "is_direct", "receive", "send", "sink")
 
     def __init__(self, sink: Sink, queue_size: int) -> None:
         self.sink = sink
+        # Fixed for the slot's life (a property of the sink's kind), unlike is_direct, which
+        # flips each time the sink moves to its task and back.
         self.can_be_direct = sink.delivers_nowait
         # A direct sink's channel has room for a full queue plus the batch in hand when it
         # moves over to its task. That move happens only while the channel is empty (a
@@ -90,6 +105,8 @@ class _Slot:
         # enforced by publish.
         self.direct: deque[MirrorEvent] = deque()
         self.is_direct = self.can_be_direct
+        # Only direct-capable sinks get the callback: a stream sink's delivery has to wait,
+        # the dispatcher never waits, so a stream sink must stay with its own task.
         if self.can_be_direct:
             sink.on_idle = self._task_caught_up
 
@@ -116,33 +133,65 @@ class Fanout:
         restart_backoff: tuple[float, float] = (0.5, 30.0),
         batch_interval: float = 0.0,
     ) -> None:
+        # Checked here, not only in the config: tests and bench build fan-outs directly, and
+        # a typo would otherwise silently mirror nothing.
         if legs not in LEG_SETS:
             raise ValueError(f"legs must be one of {', '.join(LEG_SETS)}, not {legs!r}")
+        # sink(name), stats() and the metrics labels are keyed by name: two sinks of one
+        # name would merge their counts (build_sinks suffixes repeats for this reason).
         names = [s.name for s in sinks]
         if len(set(names)) != len(names):
             raise ValueError(f"sink names must be unique: {names}")
         self.legs = LEG_SETS[legs]
+        # Per sink, not shared: one stuck collector fills only its own queue, so the others
+        # keep every event (test_full_queue_drops_only_for_the_slow_sink). The memory bound
+        # is queue_size events per sink (plus MAX_BATCH in hand), whatever the traffic.
         self.queue_size = queue_size
         self.drain_timeout = drain_timeout
         self.warn_interval = warn_interval
+        # (first delay, cap): see _supervise for why a crashing sink must back off.
         self.restart_backoff = restart_backoff
+        # 0 by default, i.e. deliver as soon as the dispatcher runs: what unit tests want.
+        # The config's default (10 ms) is what makes one wake-up serve many events in use.
         self.batch_interval = batch_interval
+        # Slots keep the sinks' order: the dispatcher serves them in it, and stats() lists
+        # them in it, as given (build_sinks: HEP, JSON lines, then the files).
         self._slots = [_Slot(sink, queue_size) for sink in sinks]
+        # The fan-out owns the warning cadence so that every sink of one mirror reports its
+        # drops at the same interval, whatever each sink was built with.
         for sink in sinks:
             sink.reporter.interval = warn_interval
+        # Set once by aclose(); publish reads it to refuse new events for direct sinks
+        # (the channels refuse them by being closed).
         self._closing = False
+        # run()'s outer scope, kept for aclose()'s hard stop after drain_timeout.
         self._cancel: trio.CancelScope | None = None
+        # Set when run() has counted the leftovers: aclose() waits on it so its caller sees
+        # final counts.
         self._finished = trio.Event()
+        # Whether run() was entered: aclose() must wait for tasks only if there are any, and
+        # run() refuses a second start.
         self._running = False
         self._wake = trio.Event()  # set by the first direct event since the last dispatch
         # Whether _wake is already set for the next dispatch: publish tests this flag
         # rather than calling Event.set per event (set on a set event is not free).
         self._armed = False
+        # Set after the dispatcher's last pass: aclose() must not close the channels before,
+        # or that pass could not hand a sink's rest to its task.
         self._dispatcher_done = trio.Event()
+        # The dispatcher's batch_interval wait while it runs, so aclose() can cut it short.
         self._gathering: trio.CancelScope | None = None
 
     @classmethod
     def from_settings(cls, settings: MirrorSettings, **sink_options: Unpack[LinkOptions]) -> Fanout:
+        # sink_options reach only the socket sinks (reconnect back-off and the like);
+        # app.py and the mirror process pass none, so the sinks' own defaults apply.
+        # Imported here, not at the top: the fan-out itself works with any Sink (tests use
+        # their own), and importing it must not import every concrete output with it.
+        from siptap.mirror.sink_factory import build_sinks
+
+        # The settings' knobs map one to one; restart_backoff is not a setting and keeps
+        # the constructor's default.
         return cls(
             build_sinks(settings, **sink_options),
             legs=settings.legs,
@@ -152,11 +201,14 @@ class Fanout:
             batch_interval=settings.batch_interval,
         )
 
+    # A fresh list: a caller cannot add or remove sinks behind the slots' back.
     @property
     def sinks(self) -> list[Sink]:
         return [slot.sink for slot in self._slots]
 
     def sink(self, name: str) -> Sink:
+        # A linear search: a mirror has a handful of sinks, and this is for tests and stats,
+        # never the hot path.
         for slot in self._slots:
             if slot.sink.name == name:
                 return slot.sink
@@ -168,7 +220,12 @@ class Fanout:
         """Queue ``event`` for every sink that wants it. Synchronous, never blocks, never
         raises. Returns False when at least one interested sink had to drop it (queue full
         or shutting down), so the relay can count "mirrored vs observed"."""
+        # True only if every interested sink queued it: the relay's "mirrored vs observed"
+        # count wants to know about any loss, not which sink lost it (the sinks count that).
         complete = True
+        # Two try levels: the inner one isolates one sink's failure from the others, the
+        # outer one catches what is wrong with the event itself (test_publish_swallows_garbage
+        # passes objects that are not events at all).
         try:
             mirrored_leg = event.leg.leg in self.legs  # once per event, not per sink
             for slot in self._slots:
@@ -214,6 +271,8 @@ class Fanout:
                     sink.drop("sink rejected the event")
                     complete = False
         except Exception:  # not even an event: still never the relay's problem
+            # Logged, not counted against a sink: no sink was at fault, and which ones
+            # would have wanted it is unknowable without a readable leg.
             log.exception("mirror_publish_failed", event_type=type(event).__name__)
             return False
         return complete
@@ -222,6 +281,8 @@ class Fanout:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every sink until cancelled or until :meth:`aclose` drained them."""
+        # One run per fan-out: two would start two supervisors per sink on the same channel
+        # and two dispatchers on the same deques, and the order per sink would be lost.
         if self._running:
             raise RuntimeError("Fanout.run is already running")
         self._running = True
@@ -232,10 +293,15 @@ class Fanout:
                 # drop reporter, which would loop forever, lives in the outer one and is
                 # cancelled then.
                 async with trio.open_nursery() as nursery:
+                    # Created here, entered by the reporter task: run() keeps the handle to
+                    # cancel it once the supervisors' nursery has ended.
                     reporter = trio.CancelScope()
                     async with trio.open_nursery() as supervisors:
                         for slot in self._slots:
                             supervisors.start_soon(self._supervise, slot, name=f"mirror sink {slot.sink.name}")
+                        # The dispatcher runs in the supervisors' nursery so that nursery
+                        # ends only after its last pass too. Without direct sinks there is no
+                        # last pass to wait for: aclose() must not wait for a task never started.
                         if any(slot.can_be_direct for slot in self._slots):
                             supervisors.start_soon(self._dispatch_loop, name="mirror dispatcher")
                         else:
@@ -244,6 +310,8 @@ class Fanout:
                         if self._slots:
                             log.info("mirror_started", sinks=[s.sink.name for s in self._slots],
                                      legs=sorted(self.legs), queue_size=self.queue_size)
+                        # Started once every task is scheduled: what a caller publishes right
+                        # after nursery.start(fanout.run) is served without a further step.
                         task_status.started()
                     # The supervisors' nursery ends only when every sink's run returned, i.e.
                     # its channel was closed and drained: aclose() did that. The drop
@@ -261,8 +329,11 @@ class Fanout:
         """The direct sinks' one task: wait for an event, gather for ``batch_interval``,
         deliver everything queued; after :meth:`aclose`, one last pass."""
         try:
+            # _closing ends the loop; the last pass is the finally below, so it also runs
+            # when the loop is cancelled instead (aclose()'s hard stop).
             while not self._closing:
                 await self._wake.wait()
+                # No gathering once closing: aclose() woke this pass to flush, not to wait.
                 if self.batch_interval > 0 and not self._closing:
                     # The gathering wait: what makes one wake-up serve a whole batch of
                     # every direct sink. A cancel scope rather than trio.sleep so aclose()
@@ -278,11 +349,15 @@ class Fanout:
                 # perf_counter, not trio's clock: the slice bounds real time the relay
                 # waits, and trio's clock may be virtual (autojump in tests).
                 slice_end = time.perf_counter() + DISPATCH_SLICE
+                # Sink by sink, each to its end: a sink's batches stay together (one file's
+                # writes in a row), and the slots' order is the only priority there is.
                 for slot in self._slots:
                     # Until this sink's deque is empty, or the sink moved to its task (it
                     # would have to wait, or it crashed): then the task owns the rest.
                     while slot.direct and slot.is_direct:
                         self._deliver_direct(slot)
+                        # Checked per batch: a batch is one synchronous deliver_nowait call, with
+                        # no point inside it to yield at, so a slice may overrun by one batch.
                         if time.perf_counter() > slice_end:
                             await _let_others_run()
                             slice_end = time.perf_counter() + DISPATCH_SLICE
@@ -298,9 +373,14 @@ class Fanout:
     def _deliver_direct(self, slot: _Slot) -> None:
         """One batch (at most MAX_BATCH) of a direct sink's queue, synchronously."""
         queue, sink = slot.direct, slot.sink
+        # At most MAX_BATCH, as a sink's task takes: a sink sees the same batch sizes
+        # whichever path serves it, and _Slot's channel capacity counts on that bound when
+        # the rest moves over.
         batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
         try:
             done = sink.deliver_nowait(batch)
+        # Exception only: deliver_nowait never awaits, so no Cancelled comes from it, and
+        # anything else it raises is the sink's bug, handled below.
         except Exception as exc:
             # A bug in the sink. It costs the event at hand (settle_crash counts it); the
             # rest of the batch and the deque go to the sink's own task, whose supervisor
@@ -309,6 +389,8 @@ class Fanout:
             sink.record_crash(exc, restart_in=0, restarting=False)
             self._to_task(slot, sink.settle_crash(batch))
             return
+        # done == len(batch) is the usual case: the deque keeps the sink, and the loop in
+        # _dispatch_loop takes the next batch.
         if done < len(batch):
             # It would have to wait (a full socket buffer): its task waits instead, so
             # this pass goes on to the other sinks.
@@ -320,6 +402,9 @@ class Fanout:
         # order is kept because the channel is empty now (see _Slot) and nothing is
         # appended to the deque until the task reports idle again.
         slot.is_direct = False
+        # The sink's task may be parked in receive() on this very channel: the sends below
+        # wake it, and it delivers these in order before anything published after them.
+        # The batch's rest goes first: it is older than anything still in the deque.
         pending = first + list(slot.direct)
         slot.direct.clear()
         for i, event in enumerate(pending):
@@ -329,10 +414,14 @@ class Fanout:
                 slot.sink.drop("queue full", len(pending) - i)
                 break
             except (trio.ClosedResourceError, trio.BrokenResourceError):
+                # Only possible if aclose() closed the channel already; it waits for the
+                # dispatcher's last pass first, so in practice only after its deadline.
                 slot.sink.drop("mirror shut down", len(pending) - i)
                 break
 
     async def _supervise(self, slot: _Slot) -> None:
+        # Every sink gets a supervisor, direct ones too: a direct sink's task sits parked on
+        # its empty channel until the dispatcher moves the sink over, and then it must run.
         sink = slot.sink
         delay, cap = self.restart_backoff
         while True:
@@ -340,15 +429,26 @@ class Fanout:
                 # The same channel on every restart: what was queued survives a crash, and
                 # the crashed batch's rest (the sink's backlog) goes first.
                 await sink.run(slot.receive, self.batch_interval)
+                # A normal return only happens after aclose() closed the channel and the
+                # sink took everything: the supervisor's job is done, no restart.
                 return  # queue closed and drained
             except Exception as exc:
+                # Exception, not BaseException: trio.Cancelled (aclose()'s hard stop) and
+                # KeyboardInterrupt must end the supervisor, not be restarted as a crash.
                 sink.record_crash(exc, restart_in=delay, restarting=True)
             # A sink that crashes on every event must not spin: the back-off bounds the
             # log lines and the CPU a persistent bug costs.
             await trio.sleep(delay)
+            # Never reset: a sink that crashes now and then restarts more slowly each time,
+            # up to the cap, which bounds how long its queue waits after any one crash
+            # (events published meanwhile queue up to queue_size, then drop as "queue full").
             delay = min(delay * 2, cap)
 
     async def _report_drops(self, scope: trio.CancelScope) -> None:
+        # One task for every sink's warnings. A reporter logs at the drop itself only when its
+        # interval has passed; drops noted within the interval wait for a flush, and without
+        # this task a sink that stopped dropping would never report its last ones
+        # (test_drop_reporter_rate_limits). The scope is run()'s, cancelled after the drain.
         with scope:
             while True:
                 await trio.sleep(self.warn_interval)
@@ -356,16 +456,24 @@ class Fanout:
                     slot.sink.reporter.flush(slot.sink.dropped)
 
     def _count_leftovers(self) -> None:
+        # Runs after the sinks stopped (run()'s finally) or without them (aclose() before
+        # run): either way nothing consumes the queues any more, so what is in them is lost.
         for slot in self._slots:
             # Queued or taken in a batch, not reached: the backlog, the deque, the channel.
             left = len(slot.sink.take_backlog()) + len(slot.direct)
             slot.direct.clear()
+            # Drained one by one, not read from statistics(): the channel must end up empty,
+            # so that a second call (aclose() then run()'s finally) cannot count them twice.
             while True:
                 try:
                     slot.receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    # Empty (open or closed), or the receive side closed by the sink's task:
+                    # either way nothing more can be taken.
                     break
                 left += 1
+            # Counted as drops with their own reason, so "sent + dropped" still adds up to
+            # what the sink accepted, and the log says the loss was at shutdown.
             if left:
                 slot.sink.drop("not flushed at shutdown", left)
 
@@ -373,10 +481,15 @@ class Fanout:
         """Stop accepting events, let the sinks flush their queues for at most ``timeout``
         seconds (default: ``drain_timeout``), then stop them. Events still queued are
         counted as dropped. Safe to call whether or not :meth:`run` is running."""
+        # One deadline for the whole drain (the dispatcher's last pass and the sinks' queues),
+        # read from trio's clock so tests with a fake clock drain in virtual time.
         deadline = trio.current_time() + (self.drain_timeout if timeout is None else timeout)
+        # A second aclose() skips the closing steps but still waits for the drain below.
         if not self._closing:
             self._closing = True
             # Wake the dispatcher (and cut its gathering wait short) for its last pass now.
+            # Its loop then sees _closing and leaves for the finally, the last pass; events
+            # still in a deque are delivered there, not dropped.
             self._wake.set()
             if self._gathering is not None:
                 self._gathering.cancel()
@@ -384,12 +497,17 @@ class Fanout:
                 with trio.move_on_at(deadline):
                     await self._dispatcher_done.wait()
             # Closing the send side lets each sink task take what is queued, then see
-            # EndOfChannel and return: that is the drain.
+            # EndOfChannel and return: that is the drain. From here publish's send_nowait
+            # raises ClosedResourceError, counted as "mirror shut down".
             for slot in self._slots:
                 slot.send.close()
+        # Never ran: nothing will drain the queues, so count them now
+        # (test_publish_without_running_sinks_never_blocks_and_counts_drops).
         if not self._running:
             self._count_leftovers()
             return
+        # The drain proper: each sink task empties its channel and returns, run() counts and
+        # sets _finished. Bounded, because a collector that is down would hold it forever.
         with trio.move_on_at(deadline):
             await self._finished.wait()
         if not self._finished.is_set():
@@ -407,9 +525,14 @@ class Fanout:
         """Per sink: ``queued`` (waiting now), ``sent``, ``dropped``, ``errors``,
         ``restarts``, plus ``drop_reasons`` and ``last_error`` for humans. (The rows mix
         ints, a dict and a string; metrics and the demo read them by key.)"""
+        # Read by the metrics scrape, the demo and the mirror process while sinks run:
+        # nothing here may wait, and the figures are a snapshot, not a consistent cut.
         out: dict[str, dict[str, Any]] = {}
         for slot in self._slots:
             sink = slot.sink
+            # Queued counts all three places an event waits: the channel, the backlog of a
+            # crashed batch, and the direct deque. A failing statistics() must not fail a
+            # metrics scrape: the row is still worth having with queued 0.
             try:
                 queued = slot.send.statistics().current_buffer_used + len(sink.backlog) + len(slot.direct)
             except Exception:  # pragma: no cover - statistics never fails today
@@ -423,49 +546,11 @@ class Fanout:
         return out
 
     def totals(self) -> dict[str, int]:
+        # The numeric columns of stats() summed over sinks, for the one-line shutdown logs
+        # (app.py's mirror_stopped, the mirror process's); drop_reasons and last_error do not sum.
         keys = ("queued", "sent", "dropped", "errors", "restarts")
         totals = dict.fromkeys(keys, 0)
         for row in self.stats().values():
             for key in keys:
                 totals[key] += row[key]
         return totals
-
-
-def build_sinks(settings: MirrorSettings, **options: Unpack[LinkOptions]) -> list[Sink]:
-    """The sinks the settings ask for, named for logs and stats (``hep:udp:127.0.0.1:9060``,
-    ``jsonl:unix:/path``, ``keylog``, ``pcap``, ``srtp_keys``; a numeric suffix keeps two
-    identical outputs apart). ``options`` (e.g. ``backoff_initial``) go to the socket sinks.
-    Nothing is opened or connected here: that happens in :meth:`Fanout.run`."""
-    # Imported here: the fan-out itself works with any Sink (tests use their own), and
-    # only this factory needs to know the concrete outputs.
-    from siptap.mirror.hep import HepSink
-    from siptap.mirror.jsonl import JsonlSink
-    from siptap.mirror.keylog import KeylogSink
-    from siptap.mirror.pcap import PcapSink
-    from siptap.mirror.srtp import SrtpKeysSink
-
-    sinks: list[Sink] = []
-    used: set[str] = set()
-
-    def unique(name: str) -> str:
-        candidate, n = name, 1
-        while candidate in used:
-            n += 1
-            candidate = f"{name}#{n}"
-        used.add(candidate)
-        return candidate
-
-    socket_sinks: list[Sink] = [HepSink(hep, **options) for hep in settings.hep]
-    socket_sinks += [JsonlSink(jsonl, **options) for jsonl in settings.jsonl]
-    for sink in socket_sinks:
-        sink.name = unique(sink.name)
-        sinks.append(sink)
-    if settings.keylog is not None:
-        sinks.append(KeylogSink(settings.keylog.path, name=unique("keylog")))
-    if settings.pcap is not None:
-        sinks.append(PcapSink(settings.pcap, name=unique("pcap")))
-    if settings.srtp_keys is not None:
-        sinks.append(SrtpKeysSink(settings.srtp_keys.path, name=unique("srtp_keys")))
-    for sink in sinks:
-        sink.reporter.sink = sink.name
-    return sinks

@@ -24,14 +24,22 @@ from siptap.sansio.sip_fields import SipFields, read_fields
 from siptap.sansio.sip_framer import Event, KeepAlive, SipFramer, SipMessage, Unframeable
 from siptap.sansio.sip_message import SipMessageView, SipParseError, parse_message
 
+# The fan-out's publish (or a test's list.append): it returns False when a sink dropped the
+# event, anything else when all took it. Typed as returning object so that a plain append
+# (returning None) is a valid stand-in: only an explicit False counts as a drop.
 Publish = Callable[[MirrorEvent], object]
-_GAP = "gap"  # SipFramer's reason for bytes dropped or skipped because of a gap
+# SipFramer's reason for bytes dropped or skipped because of a gap. Repeated here rather than
+# imported: the framer keeps its reason strings private, and this one is part of what it
+# reports (the string, not a name, is the interface).
+_GAP = "gap"
 
 
 class Direction:
     """One direction of one connection (``customer->core`` or back). Slotted: a trunk's
     mirror holds two of these per idle connection."""
 
+    # A trunk keeps its connections open for hours with little traffic: the per-connection
+    # footprint is what the mirror pays for each idle trunk, so no instance dict.
     __slots__ = (
         "_counts",
         "_gap_counts",
@@ -63,18 +71,33 @@ class Direction:
         self._route = route
         self._log = log
         self._publish = publish
+        # The per-kind dict of this route and direction, looked up once: per message the count
+        # is then one dict increment (no (route, direction) key built per message).
         self._counts = counts.for_direction(route, name)
+        # The whole counter too, for gaps: rare, so counted by route there, not per direction.
         self._gap_counts = counts
+        # The route's max_sip_message (Observer.from_config): a message over it makes the
+        # framer give up on the direction. The header limit stays the framer's default.
         self.framer = SipFramer(max_message_size=max_message_size)
         # (leg, from_client on that leg) for each mirrored leg, accepted leg first.
+        # Empty until ConnectionOpened names the legs (ObservedConnection.add_leg): a direction
+        # without mirrored legs still frames, counts and logs, it only publishes nothing.
         self.legs: tuple[tuple[LegInfo, bool], ...] = ()
+        # The [log] switches, copied per direction: read per message, where an attribute of
+        # self is cheaper than reaching into the settings.
         self._log_messages = log_messages
         self._log_payloads = log_payloads
         self._log_key_material = log_key_material
         # False: not made yet; None: event_writer cannot render this logger's lines.
         self._sip_line: Callable[[dict[str, Any]], None] | Literal[False] | None = False
+        # Whether an "unframeable" warning was written for this direction: a stream that is
+        # not SIP would otherwise log a line per chunk (see _unframeable).
         self._reported_unframeable = False
+        # Offsets are per direction and count from the connection's first byte, as the relay
+        # numbers them (sansio/chunk_records): comparing is how holes and replays are found.
         self.expected = 0  # offset of the next byte of this direction's stream
+        # The counts below are what connection_observed reports at the end (observer._finish
+        # sums the two directions); nothing reads them per message.
         self.messages = 0
         self.mirror_dropped = 0  # messages at least one sink had to drop
         self.keepalives = 0
@@ -89,23 +112,34 @@ class Direction:
     def chunk(self, offset: int, data: bytes, ts: float) -> None:
         """A chunk of this direction's stream, starting at ``offset``."""
         expected = self.expected
+        # The usual case is offset == expected (records of one channel arrive in order) and
+        # costs one comparison; the branches below are for a channel that lost records.
         if offset != expected:
             if offset > expected:
                 # Bytes went missing and no Dropped marker said so (a marker lost too).
+                # report_gap moves expected to offset, so the chunk is then fed as usual.
                 self.report_gap("bytes missing", expected, offset - expected, ts)
             else:
+                # Overlap: bytes already framed. Feeding them again would frame a message twice
+                # (test_bytes_seen_twice_are_skipped); only the unseen tail, if any, goes on.
                 seen = expected - offset
                 if seen >= len(data):
+                    # Entirely old (a replayed record): nothing to frame, expected unchanged.
                     self.duplicate_bytes += len(data)
                     return
                 data = data[seen:]
                 self.duplicate_bytes += seen
+        # Advanced before framing: whatever the framer does with them, these bytes were
+        # received, and the next chunk's offset is checked against their end.
         self.expected += len(data)
         framer = self.framer
+        # A framer that gave up would only hand the chunk back as "not observing": counting it
+        # here skips building that event and its bytes() copy for every later chunk.
         if not framer.observing:
             self.unframeable_bytes += len(data)
             return
         events = framer.feed(data)
+        # Most chunks that do not end a message return no events: skip the loop's setup.
         if events:
             self._events(events, ts)
 
@@ -113,74 +147,127 @@ class Direction:
                    other_records: int | None = None) -> None:
         """``missing`` bytes from ``offset`` on never reached us: say so once, count it, and
         let the framer resynchronise at the next message."""
+        # Counted three ways: this direction (the connection_observed line), the route (the
+        # metrics), and a warning now, so a gap is visible before the connection ends.
         self.gaps += 1
         self.missing_bytes += missing
         self._gap_counts.count_gap(self._route, missing)
         self._log.warning("gap", direction=self.name, cause=cause, offset=offset, missing=missing, chunks=chunks,
                           other_records=other_records)
+        # Past the hole: a Dropped marker reports it before the next chunk arrives, and the
+        # chunk (at offset + missing) must then not report it a second time
+        # (test_a_dropped_marker_is_the_gap_report_and_the_next_chunk_is_not_a_second_one).
         self.expected = offset + missing
+        # A framer that gave up has nothing to resync (and gap() would return nothing).
         if self.framer.observing:
             self._events(self.framer.gap(), ts)
 
+    # Called once per direction by observer._finish, after any tail gap was reported, so
+    # that a message cut by the hole is reported as gap debris, not as truncated.
     def close(self, ts: float) -> None:
+        # The framer reports what it still holds (a message cut off by the close) as
+        # "truncated": logged as unframeable, so a connection that ends mid-message says so.
         self._events(self.framer.close(), ts)
 
     # -- events out ------------------------------------------------------------------------
 
     def _events(self, events: list[Event], ts: float) -> None:
         for event in events:
+            # SipMessage first: nearly every event is one, so the common case costs one
+            # isinstance. Keepalives are counted only: a line each would say nothing that the
+            # connection_observed line's keepalives count does not.
             if isinstance(event, SipMessage):
                 self._message(event, ts)
             elif isinstance(event, KeepAlive):
                 self.keepalives += 1
             else:
+                # Unframeable: the only other kind the framer emits (Event is a closed union).
                 self._unframeable(event)
 
     def _unframeable(self, event: Unframeable) -> None:
+        # Bytes around a hole (the partial message before it, the debris after it) are the
+        # gap's cost, already reported by report_gap: not the peer's fault, so not logged
+        # as unframeable, and counted apart (resync_bytes) from garbage the peer sent.
         if event.reason == _GAP:
             self.resync_bytes += len(event.data)  # part of the gap already reported
             return
         self.unframeable_bytes += len(event.data)
+        # Read after the feed that produced the event: False means this very run made the
+        # framer give up, which is worth a line even after an earlier unframeable one.
         observing = self.framer.observing
         # As relay/observe.py: the first unframeable run is reported, and the one that made
         # the framer give up (a later "not observing" chunk is not).
         if not self._reported_unframeable or not observing:
+            # The framer's later chunks all say "not observing": the give-up line already said
+            # it stopped, so those are counted (unframeable_bytes) but not logged again.
             if not (self._reported_unframeable and event.reason == "not observing"):
+                # head: the first 64 bytes, enough to recognise a TLS record or a protocol
+                # mismatch, without putting a whole (maybe secret-bearing) run in the log.
                 self._log.warning("unframeable", direction=self.name, reason=event.reason, size=len(event.data),
                                   head=event.data[:64], observing=observing)
+            # Set after the first line; the give-up line (observing False) is still written
+            # because the condition above lets it through whatever this flag says.
             self._reported_unframeable = True
 
     def _message(self, message: SipMessage, ts: float) -> None:
         self.messages += 1
         data = message.data
         header_end = message.header_end
+        # One pass for every field any sink reads (bench/results/2026-12-02-observer.md: read
+        # once here, it costs less than the sinks reading a lazy view each). SipFields and
+        # SipMessageView name the same attributes, so everything below takes either.
         fields: SipFields | SipMessageView | None = read_fields(data, header_end)
         if fields is None:  # an odd message: the full view decides, as before
+            # Rare (non-ASCII headers, folded lines, a start line read_fields does not take):
+            # the full parser is slower but takes everything SIP allows
+            # (test_an_odd_message_falls_back_to_the_full_view).
             try:
                 fields = parse_message(data, header_end)
             except SipParseError:
+                # Not SIP after all: the framer checks only the start line and Content-Length.
                 fields = None
+        # A framed message the full parser refuses still goes to the sinks (raw bytes, no
+        # fields): the framer vouched for its boundaries, and a capture must not have holes.
         if fields is None:
             kind = "unparsed"
         else:
+            # Bounded label values (message_kind): a peer's invented methods cannot grow
+            # the metrics' label set.
             kind = message_kind(fields.is_request, fields.method, fields.status_code)
+        # A plain dict increment: the metrics read these counts when scraped, so the hot path
+        # pays no prometheus-client lock
+        # (test_messages_are_counted_as_plain_integers_and_scraped_under_todays_name).
         counts = self._counts
         counts[kind] = counts.get(kind, 0) + 1
+        # Locals for the loop over legs: one attribute lookup instead of one per leg.
         publish = self._publish
         complete = True
+        # One event per mirrored leg: the same bytes crossed both, and a sink writing the
+        # customer leg's capture must see them with that leg's addresses. The fields object
+        # is shared, not copied: events are read-only to the sinks.
         for leg, from_client in self.legs:
             if publish(SipEvent(ts, leg, from_client, data, fields)) is False:
                 complete = False
+        # Per message, not per event: connection_observed reports messages_mirrored as
+        # messages every sink took on every leg.
         if not complete:
             self.mirror_dropped += 1
+        # Optional ([log] sip_messages): at trunk rates the line is about 17 % of this path's
+        # CPU (bench/results/2026-12-02-observer.md).
         if self._log_messages:
             self._log_line(data, fields)
+        # SDES keys (RFC 4568) are only found in SDP bodies; the find skips the SDP parse for
+        # every message without one: nearly all (no SDP, or SDP without SDES).
         if fields is not None and data.find(b"a=crypto", header_end) >= 0:  # no body copy per message
             self._srtp(data[header_end:], fields, ts)
 
     def _log_line(self, data: bytes, fields: SipFields | SipMessageView | None) -> None:
         """The ``sip`` line, with the keys in the order relay/observe.py logged them."""
+        # Key order is part of the line: log readers compare lines with those the relay wrote
+        # before the mirror process existed (test_sip_lines_are_the_relays).
         line: dict[str, object] = {"direction": self.name, "size": len(data)}
+        # Without fields (an unparsed message) the line still says a message of that size
+        # went that way: one line per framed message, parsed or not.
         if fields is not None:
             if fields.is_request:
                 line["method"] = fields.method
@@ -189,8 +276,13 @@ class Direction:
                 line["reason"] = fields.reason
             line["call_id"] = fields.call_id
             line["cseq"] = f"{fields.cseq_number} {fields.cseq_method}"
+        # Payloads only on request ([log] sip_payloads): they hold phone numbers and, in
+        # SDP, SRTP keys (test_payloads_only_when_asked_and_no_lines_when_sip_messages_is_off).
         if self._log_payloads:
             line["payload"] = data
+        # The renderer is made at the first message, not in __init__: a direction that never
+        # carries a message never pays for it. event_writer renders the same JSON without
+        # structlog's ~10 µs processor chain per line (log.py); None means it cannot.
         write = self._sip_line
         if write is False:
             write = self._sip_line = event_writer(self._log, "sip")
@@ -200,10 +292,19 @@ class Direction:
             self._log.info("sip", **line)
 
     def _srtp(self, body: bytes, fields: SipFields | SipMessageView, ts: float) -> None:
+        # The key's label names the message that carried it (INVITE, 200...): an offer's key and
+        # an answer's key protect opposite directions, and the SRTP key log must tell them apart.
         label = fields.method if fields.is_request else str(fields.status_code)
+        # parse_sdp_crypto returns every key of the body in document order and never raises
+        # (a peer's malformed SDP costs its keys, not the observer); an offer may carry
+        # several (one per suite, per media section), and each is published and logged.
         for key in parse_sdp_crypto(body):
+            # Each mirrored leg: the SRTP key sink writes per leg, like the other sinks. Its
+            # returned drop flag is not counted: the sink's own drop counters say it.
             for leg, from_client in self.legs:
                 self._publish(SrtpKeyEvent(ts, leg, from_client, fields.call_id, label or "?", key))
+            # The key itself goes to the log only with [log] key_material: the srtp_key line
+            # still says a key was seen (suite, media, address) without being a secret.
             secret: dict[str, object] = {}
             if self._log_key_material:
                 secret = {"inline": key.key_params_b64, "master_key": key.master_key_hex,
@@ -217,55 +318,85 @@ class Direction:
 class ObservedConnection:
     """A proxied connection as the mirror knows it: its legs and two :class:`Direction` s."""
 
+    # Slotted for the same reason as Direction: one per open connection, most of them idle.
     __slots__ = ("_waiting", "accepted_leg", "conn_id", "dialled_leg", "down", "handshakes", "legs", "log",
                  "opened_ts", "pending_keys", "route", "up")
 
     def __init__(self, *, conn_id: str, route: str, opened_ts: float, accepted_leg: str, dialled_leg: str,
                  log: LogWriter, publish: Publish, counts: SipMessageCounts, max_message_size: int,
                  log_messages: bool, log_payloads: bool, log_key_material: bool) -> None:
+        # opened_ts: the relay's time of opening, used for the duration when no close record
+        # comes (a lost relay worker, the mirror stopping).
         self.conn_id, self.route, self.opened_ts = conn_id, route, opened_ts
         self.accepted_leg, self.dialled_leg = accepted_leg, dialled_leg
+        # Bound by the observer with conn, route and peer, as the relay's logger was: every
+        # line about this connection carries them without passing them each time.
         self.log = log
         self.legs: dict[str, LegInfo] = {}
+        # up: accepted -> dialled (the relay's FROM_ACCEPTED), down the other way. Named after
+        # the legs, so a route that accepts on the core side ("reverse") reads correctly.
         self.up, self.down = (
             Direction(name=name, route=route, log=log, publish=publish, counts=counts,
                       max_message_size=max_message_size, log_messages=log_messages, log_payloads=log_payloads,
                       log_key_material=log_key_material)
             for name in (f"{accepted_leg}->{dialled_leg}", f"{dialled_leg}->{accepted_leg}"))
+        # Kept after publishing so that key lines learned later can be checked against what
+        # the handshake's KeyEvent already carried (observer._keys publishes only new ones).
         self.handshakes: dict[str, HandshakeFacts] = {}  # published, by leg
+        # Key lines may come before their leg's handshake record (observer.py allows either
+        # order): held here and merged into the facts when the handshake comes.
         self.pending_keys: dict[str, tuple[str, ...]] = {}  # key lines that came before their handshake
         self._waiting: list[HandshakeDone | KeyMaterial] = []  # records of a leg not opened yet
 
     def add_leg(self, info: LegInfo, *, mirrored: bool) -> None:
+        # Every leg is known (closes and key events go to both), but only mirrored legs get
+        # SIP events: [mirror] legs decides, as the relay did.
         self.legs[info.leg] = info
         if mirrored and all(leg.leg != info.leg for leg, _ in self.up.legs):
             # On both legs the accepted side's bytes travel from the TLS client to the TLS
             # server; keep the accepted leg first, as the relay published them.
+            # The legs arrive in two ConnectionOpened records (accepted, then dialled once the
+            # dial succeeded), so the tuple is rebuilt sorted rather than appended to; a leg
+            # name neither accepted nor dialled sorts last (index 2).
             order = (self.accepted_leg, self.dialled_leg)
             legs = sorted((leg for leg, _ in (*self.up.legs, (info, True))), key=lambda leg: order.index(leg.leg)
                           if leg.leg in order else 2)
+            # Tuples, replaced whole here (the only writer): iterated per message, and a tuple
+            # is the cheapest thing to iterate.
             self.up.legs = tuple((leg, True) for leg in legs)
             self.down.legs = tuple((leg, False) for leg in legs)
 
     def wait(self, record: HandshakeDone | KeyMaterial) -> None:
+        # Records of a leg whose ConnectionOpened has not come yet. Bounded: a leg never
+        # announced must not grow this forever; a leg has one handshake and a few key
+        # records, so 8 keeps every real case (test_records_before_their_connection_opened_wait_for_it).
         if len(self._waiting) < 8:
             self._waiting.append(record)
 
     def take_waiting(self) -> list[HandshakeDone | KeyMaterial]:
+        # Swapped, not cleared: the observer re-handles these, and a record that still finds
+        # its leg missing goes back into the new list instead of the one being iterated.
         waiting, self._waiting = self._waiting, []
         return waiting
 
     def dropped(self, record: Dropped, ts: float) -> None:
         """The relay's marker: what it could not send since its last marker. Each direction
         that lost bytes reports its gap (the lifecycle records lost ride on the first line)."""
+        # The lost lifecycle records (other_records) are reported once, on the first gap line,
+        # so that summing other_records over gap lines gives the marker's count.
         other: int | None = record.other_records
         reported = False
         for direction, chunks, missing in ((self.up, record.chunks_from_accepted, record.bytes_from_accepted),
                                            (self.down, record.chunks_from_dialled, record.bytes_from_dialled)):
+            # A direction with nothing lost says nothing: one line per direction that lost bytes.
+            # The gap starts where that direction's stream was expected to go on.
             if chunks or missing:
                 direction.report_gap("channel full", direction.expected, missing, ts, chunks=chunks,
                                      other_records=other)
                 other, reported = None, True
+        # Only lifecycle records were lost (no bytes): still one line, or the loss would be
+        # silent
+        # (test_a_marker_for_both_directions_reports_each_and_lost_records_alone_are_reported_too).
         if not reported:
             self.log.warning("gap", direction=None, cause="channel full", offset=None, missing=0, chunks=0,
                              other_records=record.other_records)
@@ -274,12 +405,18 @@ class ObservedConnection:
 def log_handshake(log: LogWriter, facts: HandshakeFacts, info: LegInfo, *, upstream: str | None,
                   secrets: bool) -> None:
     """The ``handshake_done`` line exactly as relay/session.py's ``_log_handshake`` writes it."""
+    # secrets: the master secret and key-log lines go in only with [log] key_material; the
+    # KeyEvent that carries them to the key-log sink is published regardless.
     data = facts.as_dict(secrets=secrets)
+    # The line names the leaf (the peer's identity) and the chain's length, as relay/session.py's
+    # line did; the full chain travels in the KeyEvent the observer publishes next to it.
     chain = data.pop("peer_chain")
     assert isinstance(chain, list)  # as_dict renders the chain as a list of dicts
+    # No chain: the facts recorded no peer certificate; the line says None, not an error.
     peer = chain[0] if chain else None
     log.info(
         "handshake_done", **data, upstream=upstream,
+        # host:port strings (IPv6 hosts unbracketed), as relay/session.py wrote them.
         client=f"{info.client[0]}:{info.client[1]}", server=f"{info.server[0]}:{info.server[1]}",
         peer_certificate=peer, peer_chain_length=len(chain),
     )

@@ -7,27 +7,10 @@ forwarded every chunk before it calls ``feed()``: the framer only *observes*, an
 decides changes what goes on the wire. Bytes go in, events come out, and every input byte
 comes back out in exactly one event's ``data`` (in order), whether it framed as SIP or not.
 
-The buffer is a state machine over the bytes not yet reported:
-
-``_IDLE``      at a line start between messages. A CR here begins an RFC 5626 keepalive:
-               CRLFCRLF is a ping, a CRLF not followed by CRLF is a pong. Anything else
-               begins a start line.
-``_LINE``      reading the start line. While it is incomplete it is checked against what a
-               request or status line may begin with (again each time it doubles), so TLS
-               records or binary garbage are rejected at once instead of being buffered up to
-               the header limit.
-``_HEADERS``   the start line is plausible; looking for the CRLFCRLF that ends the header
-               block. The search resumes where it stopped (as h11's receive buffer does), so
-               a header block fed one byte at a time costs linear, not quadratic, time.
-``_BODY``      the header block is parsed; waiting for Content-Length body bytes. Only
-               Content-Length decides where the body ends: bodies may hold CRLFCRLF or any byte.
-``_SKIP``      the bytes at the front are not SIP. They are reported as ``Unframeable`` and
-               skipped to the next line start at which a plausible start line begins. Skipped
-               bytes are reported as soon as they are known to be garbage, so resync holds no
-               more than one candidate line. Blank lines inside garbage are garbage, not
-               keepalives.
-``_GAVE_UP``   a limit or an invalid Content-Length made framing unsafe or unbounded. The
-               buffer is reported and dropped, and every later chunk is reported as-is.
+The buffer is a state machine over the bytes not yet reported. Its six states are described
+where they are defined (``_IDLE`` to ``_GAVE_UP``, below the event classes): each with what it
+waits for and why it may wait. The start-line grammar is :mod:`siptap.sansio.sip_start_line`,
+the Content-Length readings :mod:`siptap.sansio.content_length`.
 
 Bytes missing from the stream (the mirror lost a chunk: :meth:`SipFramer.gap`) enter
 ``_SKIP`` with reason ``"gap"``: what was buffered is reported, and resync starts at the first
@@ -44,9 +27,11 @@ buffer holds at most one incomplete message, i.e. ``max_header_size + max_messag
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
+
+from siptap.sansio.content_length import content_length, simple_content_length
+from siptap.sansio.sip_start_line import MAYBE, NO, START_LINE, YES, classify_line, looks_like_tls
 
 __all__ = [
     "Event",
@@ -57,6 +42,9 @@ __all__ = [
 ]
 
 
+# The events are frozen: one event goes to several consumers (every mirrored leg's SipEvent,
+# the log line, the SRTP scan), and none may change what another sees. Slotted: a busy trunk
+# makes one per message, and slots make them smaller and quicker to build.
 @dataclass(frozen=True, slots=True)
 class SipMessage:
     """One complete message, exactly as it crossed the wire, so mirrors can replay it verbatim.
@@ -66,6 +54,8 @@ class SipMessage:
     """
 
     data: bytes
+    # Consumers parse only data[:header_end] and look for SDP only past it, so neither has to
+    # find CRLFCRLF again (sip_fields.read_fields, the a=crypto scan in mirror/observed.py).
     header_end: int
     body_length: int
 
@@ -74,6 +64,8 @@ class SipMessage:
 class KeepAlive:
     """An RFC 5626 keepalive: reported rather than dropped so a mirror can show trunk liveness."""
 
+    # The raw bytes (CRLFCRLF or CRLF), so that joining every event's data gives back the
+    # stream exactly: test_every_input_byte_is_reported_exactly_once relies on it.
     data: bytes
     kind: Literal["ping", "pong"]
 
@@ -83,46 +75,54 @@ class Unframeable:
     """Bytes that could not be framed as SIP, kept raw so that nothing observed is lost."""
 
     data: bytes
+    # One of the module's reason strings (below) or a give-up message naming the limit hit.
     reason: str
 
 
 Event: TypeAlias = SipMessage | KeepAlive | Unframeable
 
-# RFC 3261 25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
-_TOKEN = rb"[A-Za-z0-9\-.!%*_+`'~]"
-_URI = rb"[^\x00-\x20\x7f]"  # no SP, no CTL
-_REASON = rb"[^\x00-\x08\x0a-\x1f\x7f]"  # reason phrase: anything but CTL (HTAB allowed)
-_VERSION = rb"(?i:SIP/2\.0)"
-_VERSION_PREFIX = rb"(?i:S(?:I(?:P(?:/(?:2(?:\.(?:0)?)?)?)?)?)?)"
-
-# Complete start lines (CRLF excluded). Runs of SP are tolerated: leniency costs nothing here.
-_START_LINE = re.compile(
-    rb"(?:" + _TOKEN + rb"+ +" + _URI + rb"+ +" + _VERSION + rb" *)"
-    rb"|(?:" + _VERSION + rb" +[0-9]{3}(?: " + _REASON + rb"*)?)"
-)
-# What an incomplete start line may look like so far: every prefix of a line matched by
-# _START_LINE matches this, so waiting for more bytes never rejects a valid message.
-_START_LINE_PREFIX = re.compile(
-    rb"(?:" + _TOKEN + rb"+(?: +(?:" + _URI + rb"+(?: +(?:" + _VERSION_PREFIX + rb" *)?)?)?)?)"
-    rb"|(?:" + _VERSION_PREFIX + rb")"
-    rb"|(?:" + _VERSION + rb" +(?:[0-9]{1,3}(?: " + _REASON + rb"*)?)?)"
-)
-_DIGITS = re.compile(rb"[0-9]+")
-
+# Byte values, compared against buf[i] (an int): indexing a bytearray yields ints, and an
+# int compare is cheaper than slicing out a one-byte bytes object to compare with b"\r".
 _CR = 0x0D
 _LF = 0x0A
 
+# The states. Plain strings: the code relies only on == between them (no ordering, no
+# methods), and a string reads as itself in a debugger or a failing assertion.
+#
+# At a line start between messages. A CR here begins an RFC 5626 keepalive: CRLFCRLF is a
+# ping, a CRLF not followed by CRLF is a pong. Anything else begins a start line. A lone CRLF
+# cannot be reported until the next byte is known (a ping's second half may be in the next
+# chunk): test_crlf_at_chunk_end_waits_for_the_next_byte pins that wait.
 _IDLE = "idle"
+# Reading the start line. While it is incomplete it is checked against what a request or
+# status line may begin with (again each time it doubles), so TLS records or binary garbage
+# are rejected at once instead of being buffered up to the header limit
+# (test_tls_bytes_are_unframeable_at_once).
 _LINE = "line"
+# The start line is plausible; looking for the CRLFCRLF that ends the header block. The
+# search resumes where it stopped (as h11's receive buffer does), so a header block fed one
+# byte at a time costs linear, not quadratic, time (test_byte_at_a_time_yields_identical_events
+# feeds the whole test call that way).
 _HEADERS = "headers"
+# The header block is parsed; waiting for Content-Length body bytes. Only Content-Length
+# decides where the body ends: bodies may hold CRLFCRLF or any byte
+# (test_body_containing_crlfcrlf_is_framed_by_content_length).
 _BODY = "body"
+# The bytes at the front are not SIP. They are reported as Unframeable and skipped to the
+# next line start at which a plausible start line begins. Skipped bytes are reported as soon
+# as they are known to be garbage, so resync holds no more than one candidate line
+# (test_resync_holds_at_most_a_candidate_line). Blank lines inside garbage are garbage, not
+# keepalives: otherwise where a chunk ended would decide whether they were a pong.
 _SKIP = "skip"
+# A limit or an invalid Content-Length made framing unsafe or unbounded. The buffer is
+# reported and dropped, and every later chunk is reported as-is. Terminal on purpose: after
+# an ambiguous body boundary no later byte can be trusted to start a message, and a gap()
+# does not undo it either (test_a_framer_that_gave_up_stays_given_up).
 _GAVE_UP = "gave up"
 
-# The three answers of _classify_line(). Plain ints rather than an enum: the check runs per
-# message on the relay's wake-up, and an int comparison is the cheapest thing Python has.
-_YES, _NO, _MAYBE = 1, 0, -1
-
+# Unframeable reasons. Consumers match on them (mirror/observed.py counts "gap" bytes as part
+# of a gap already reported, and logs "not observing" only once), so they are part of the
+# interface: changing a string changes what the mirror counts and logs.
 _NOT_SIP = "not a SIP start line"
 _TLS = "TLS record where cleartext SIP was expected"
 _TRUNCATED = "truncated at end of stream"
@@ -134,15 +134,23 @@ class SipFramer:
     """Frames one direction of a SIP stream into events; never holds more than one message."""
 
     def __init__(self, *, max_message_size: int = 65536, max_header_size: int = 16384) -> None:
+        # A header block is at least CRLFCRLF: a smaller header limit could never frame
+        # anything, and every chunk would be given up on; refuse it at construction instead.
         if max_message_size < 0 or max_header_size < 4:
             raise ValueError("max_message_size must be >= 0 and max_header_size >= 4")
+        # Two limits, because they bound different things: the header block is searched
+        # (CPU per byte), the body only counted. Together they bound the buffer.
         self._max_message = max_message_size
         self._max_header = max_header_size
         # The bytes not yet reported, always starting at the front of the current message (or
         # garbage run): a bytearray so that del buf[:n] after each event is cheap in CPython
         # (it moves the start pointer instead of copying the tail).
         self._buf = bytearray()
+        # A new connection starts at a message boundary: nothing can precede its first line.
         self._state = _IDLE
+        # The resumption points. Without them every feed would rescan the buffer from its
+        # front, and a message trickled in byte by byte (a slow link, a hostile peer) would
+        # cost the observer time quadratic in its size.
         self._scan_from = 0  # where the CRLF / CRLFCRLF search resumes
         self._checked = 0  # start-line bytes that passed the last prefix check
         self._header_end = 0  # _BODY: where the body starts in _buf
@@ -154,8 +162,12 @@ class SipFramer:
         # Since the last gap() no message has been framed: a start line rejected now is still
         # the hole's debris, reported with reason "gap", not as a stream that is not SIP.
         self._after_gap = False
+        # feed() or gap() after close() raise: a caller that keeps feeding a closed direction
+        # has lost track of the connection, and silently framing on would hide that bug.
         self._closed = False
 
+    # Read by the mirror before each feed: once False it counts chunks as unframeable without
+    # calling feed() at all (mirror/observed.py, Direction.chunk).
     @property
     def observing(self) -> bool:
         """False once a limit was hit: the stream can no longer be framed with bounded memory."""
@@ -168,8 +180,11 @@ class SipFramer:
 
     def feed(self, data: bytes) -> list[Event]:
         """Take the next chunk of the stream; return the events it completed, in stream order."""
+        # Raised, not ignored: see _closed in __init__.
         if self._closed:
             raise RuntimeError("SipFramer.feed() after close()")
+        # An empty chunk (a zero-length read passed on as is) completes nothing and changes no
+        # state; the early return also spares it the fast path's bytes() copy.
         if not data:
             return []
         if self._state == _GAVE_UP:
@@ -184,10 +199,16 @@ class SipFramer:
             # first would cost a copy per message for nothing.
             data = bytes(data)  # a memoryview or bytearray from the caller must not change under us
             taken = self._complete_messages(data, events)
+            # A framed message is proof that resync after a gap succeeded: from here a
+            # rejected line is a peer's garbage again, not the hole's debris.
             if taken:
                 self._after_gap = False
+            # Everything framed: the buffer stays empty and the state _IDLE, so the next chunk
+            # takes this path again.
             if taken == len(data):
                 return events
+            # Only the undecided tail is copied into the buffer: a partial message, or
+            # whatever (a keepalive, garbage) the fast path leaves to the state machine.
             data = data[taken:]
         # Whatever the fast path could not decide goes through the state machine, which starts
         # from exactly the state the fast path left (_IDLE at a message boundary): the split
@@ -198,20 +219,27 @@ class SipFramer:
 
     def close(self) -> list[Event]:
         """End of stream: whatever is still buffered can never complete, so report it raw."""
+        # Idempotent, unlike feed(): a second close() has nothing left to report, so callers
+        # need not track whether a direction was closed already.
         if self._closed:
             return []
         self._closed = True
         events: list[Event] = []
         buf = self._buf
-        if self._state == _LINE and self._classify_line(0) == _NO:
+        if self._state == _LINE and classify_line(buf, 0, self._max_header) == NO:
             # _line() re-checks a growing line only when it doubles, so the newest bytes may
             # never have been looked at: decide now, and resync as feed() would have.
-            self._enter_skip(_TLS if _looks_like_tls(buf) else _NOT_SIP)
+            self._enter_skip(_TLS if looks_like_tls(buf) else _NOT_SIP)
             self._process(events)
+        # Only in _IDLE is a CRLF at the front an undecided keepalive; in any other state it
+        # belongs to a line, a header block, a body or garbage.
         if self._state == _IDLE and buf[:2] == b"\r\n":
-            # A trailing CRLF that was waiting to see whether it begins a ping.
+            # A trailing CRLF that was waiting to see whether it begins a ping. With the stream
+            # over, no second CRLF can come: it was a pong (test_close_after_a_trailing_crlf_is_a_pong).
             events.append(KeepAlive(bytes(buf[:2]), "pong"))
             del buf[:2]
+        # Anything left is a message (or garbage run) the peer never finished: the connection
+        # closed mid-message. Reported rather than dropped: every byte comes back once.
         if buf:
             events.append(Unframeable(bytes(buf), _TRUNCATED))
         buf.clear()
@@ -228,12 +256,20 @@ class SipFramer:
         """
         if self._closed:
             raise RuntimeError("SipFramer.gap() after close()")
+        # A framer that gave up holds nothing and reports every chunk raw anyway: there is
+        # nothing to resync, and resuming framing could act on an ambiguous boundary.
         if self._state == _GAVE_UP:
             return []
         events: list[Event] = []
+        # The buffered bytes belong to a message whose rest is in the hole: framing them with
+        # what comes after would splice two messages into one.
         if self._buf:
+            # Reason "gap", not "truncated": the consumer counts these bytes as part of the
+            # gap it already reported, not as a peer's fault.
             events.append(Unframeable(bytes(self._buf), _GAP))
             self._buf.clear()
+        # _enter_skip reads _after_gap, so the reason of this first run is set explicitly; the
+        # flag then carries "gap" over to every line rejected until a message is framed.
         self._enter_skip(_GAP)
         self._after_gap = True
         # After the hole the first byte may begin a message (a whole chunk was lost, the usual
@@ -252,33 +288,47 @@ class SipFramer:
         Content-Length) it stops and returns how far it got; the state machine goes on from
         there. A chunk holding exactly one message is reported without a copy.
         """
+        # Locals, not attributes: this loop runs per message on every chunk the mirror sees,
+        # and a local load is cheaper than self._max_header each time round.
         pos = 0
         n = len(data)
         max_header = self._max_header
         while pos < n:
+            # data[pos] is an int: compared with the byte value, as the state machine does.
             if data[pos] == _CR:
                 return pos  # a keepalive (or a stray CR): _idle() decides those byte by byte
             # Searches stop at the header limit, exactly where the state machine's do, so a
             # message the slow path would refuse is never accepted here.
+            # The window is measured from this message's start, not the chunk's: the second
+            # message of a chunk gets the same max_header bytes as the first.
             limit = pos + max_header
             crlf = data.find(b"\r\n", pos, limit)
-            if crlf < 0 or not _START_LINE.fullmatch(data, pos, crlf):
+            # No CRLF yet, or not a start line: the state machine decides (waiting for the line,
+            # or resync). The fast path never reports garbage itself.
+            if crlf < 0 or not START_LINE.fullmatch(data, pos, crlf):
                 return pos
             # Searching from the start line's CRLF (not past it) finds a header block that is
             # empty: "INVITE ... SIP/2.0\r\n\r\n" ends at that very CRLF.
             end = data.find(b"\r\n\r\n", crlf, limit)
+            # No header end in the window: incomplete, or over the limit. The state machine
+            # tells those apart (wait, or give up) from the bytes it buffers.
             if end < 0:
                 return pos
             header_end = end + 4
-            length = _simple_content_length(data, crlf, header_end)
+            # Passed the start line's CRLF as the block start: simple_content_length then finds
+            # each header as "\r\n" + name, the first one included.
+            length = simple_content_length(data, crlf, header_end)
             if length is None or length > self._max_message:
                 # Not simple, or over the limit: the reference parser must decide, and report.
                 return pos
+            # total is an index into data, as header_end is (both absolute, not from pos).
             total = header_end + length
             if total > n:
                 return pos  # body incomplete: buffer from the message start, not from here
             # Slicing copies; a chunk that is exactly one message (the usual case) is reused.
             message = data if pos == 0 and total == n else data[pos:total]
+            # header_end is relative to the message, not the chunk: consumers index
+            # message.data with it.
             events.append(SipMessage(message, header_end - pos, length))
             pos = total
         return pos
@@ -287,6 +337,8 @@ class SipFramer:
 
     def _process(self, events: list[Event]) -> None:
         """Advance through the states until the buffer cannot decide anything more."""
+        # One local for the loop: handlers mutate the same bytearray in place (del, +=),
+        # never rebind self._buf, so this name stays valid throughout.
         buf = self._buf
         # Each handler either consumes bytes / changes state and returns True (loop again), or
         # returns False: it needs more input to decide. Nothing is decided on a chunk boundary.
@@ -307,11 +359,15 @@ class SipFramer:
                 total = self._header_end + self._body_length
                 if len(buf) < total:
                     return
+                # bytes() copies: the event must not alias the buffer that del mutates next.
                 events.append(SipMessage(bytes(buf[:total]), self._header_end, self._body_length))
                 del buf[:total]
                 self._state = _IDLE
+                # A message framed: resync after a gap is over (see feed()).
                 self._after_gap = False
             elif state == _SKIP:
+                # _skip always makes progress (it reports bytes, or leaves _SKIP at a
+                # candidate line), so it needs no "wait" answer.
                 self._skip(events)
             else:  # _GAVE_UP: _give_up() already emptied the buffer
                 return
@@ -320,6 +376,8 @@ class SipFramer:
         """Between messages: keepalives are decided only once the next byte is known."""
         buf = self._buf
         if buf[0] != _CR:
+            # A new line starts: the resumption points of the previous message are stale and
+            # would make the searches skip this line's bytes.
             self._state = _LINE
             self._scan_from = 0
             self._checked = 0
@@ -330,15 +388,22 @@ class SipFramer:
         n = len(buf)
         if n < 2:
             return False
+        # A CR not followed by LF cannot begin a keepalive nor a start line (the grammar has
+        # no CR): it is garbage, and resync decides where SIP starts again.
         if buf[1] != _LF:
             self._enter_skip(_NOT_SIP)  # a bare CR between messages: not SIP, not a keepalive
             return True
         if n < 3:
             return False
+        # CRLF CR: a ping if LF follows. Anything else after the second CR is a pong, and the
+        # CR stays buffered for the next round, where it is a bare CR and so garbage
+        # (test_pong_then_stray_cr_is_garbage).
         if buf[2] == _CR:
             if n < 4:
                 return False
             if buf[3] == _LF:
+                # One ping event for all four bytes: RFC 5626 3.5.1's double CRLF is a single
+                # keepalive, to be answered by a single CRLF (the pong).
                 events.append(KeepAlive(bytes(buf[:4]), "ping"))
                 del buf[:4]
                 return True
@@ -355,25 +420,38 @@ class SipFramer:
         prefix that cannot begin a start line never becomes one by growing.
         """
         buf = self._buf
+        # The line counts toward the header limit: it is part of the first max_header bytes
+        # of the message, the same window the fast path and _headers() use.
         limit = self._max_header
         # First the cheap question: has the CRLF arrived? (A resumed find, no regex.)
-        verdict = self._classify_line(0, self._scan_from, check_prefix=False)
-        if verdict == _MAYBE:
+        verdict = classify_line(buf, 0, limit, self._scan_from, check_prefix=False)
+        if verdict == MAYBE:
             # Resume the CRLF search one byte back: the last buffered byte may be the CR.
             self._scan_from = max(0, min(len(buf), limit) - 1)
             # The prefix regex rescans the whole line, so run it only at the limit or when the
             # line has doubled since the last check: amortised linear in the line length.
+            # At the limit the check runs whatever the doubling says, so that the choice between
+            # resync (garbage) and give-up (too long) is the grammar's, not the schedule's:
+            # the doubling points depend on how the bytes were split.
             if len(buf) >= limit or len(buf) >= 2 * self._checked:
                 self._checked = len(buf)
-                verdict = self._classify_line(0, self._scan_from)
-        if verdict == _YES:
+                verdict = classify_line(buf, 0, limit, self._scan_from)
+        if verdict == YES:
             self._state = _HEADERS
             # The start line's own CRLF may be the first half of CRLFCRLF.
+            # (test_start_line_without_headers: a start line, then the empty line at once.)
             self._scan_from = 0
             return True
-        if verdict == _NO:
-            self._enter_skip(_TLS if _looks_like_tls(buf) else _NOT_SIP)
+        # A refused line goes to resync, not to give-up: garbage before a message (a peer's
+        # stray bytes, a TLS record on a cleartext leg) must not end observation for good.
+        if verdict == NO:
+            self._enter_skip(_TLS if looks_like_tls(buf) else _NOT_SIP)
             return True
+        # Still plausible and already max_header_size long: waiting longer would be unbounded,
+        # and the same limit in _headers() covers the rest of the block. Checked at len(buf),
+        # but classify_line looked only at the first max_header bytes, so the verdict is the
+        # same however much was buffered
+        # (test_long_start_line_byte_at_a_time_gives_up_at_the_header_limit).
         if len(buf) >= limit:
             self._give_up(events, f"header block exceeds {limit} bytes without end")
             return True
@@ -386,6 +464,8 @@ class SipFramer:
         # buffered: a header end found at byte limit+1 of a larger chunk would be accepted on
         # one split and refused on another.
         end = buf.find(b"\r\n\r\n", self._scan_from, self._max_header)
+        # Not found within the window: either wait for more bytes, or (the window is full)
+        # never: a header block that long is refused on any split.
         if end < 0:
             if len(buf) >= self._max_header:
                 self._give_up(events, f"header block exceeds {self._max_header} bytes without end")
@@ -394,14 +474,23 @@ class SipFramer:
             self._scan_from = max(0, len(buf) - 3)
             return False
         header_end = end + 4
-        length, error = _content_length(buf, header_end)
+        # The reference reading, not the fast one: the state machine is what decides every
+        # case the fast path declined, so it must accept folding, repeats and compact forms.
+        length, error = content_length(buf, header_end)
+        # An invalid Content-Length ends observation rather than resyncing: the body boundary
+        # is unknown, so a resync could frame body bytes as messages
+        # (test_invalid_content_length_gives_up).
         if error is not None:
             self._give_up(events, error)
             return True
+        # Decided now, before any body byte is buffered: waiting for an over-long body first
+        # would hold it all (test_oversized_content_length_gives_up_including_headers).
         if length > self._max_message:
             limit = self._max_message
             self._give_up(events, f"Content-Length {length} exceeds max_message_size {limit}")
             return True
+        # Remembered for _BODY rather than re-read: the header block may be large, and the
+        # body may arrive over many feeds.
         self._header_end = header_end
         self._body_length = length
         self._state = _BODY
@@ -410,6 +499,9 @@ class SipFramer:
     def _enter_skip(self, reason: str) -> None:
         """Start reporting garbage; the reason is fixed for the whole run of it."""
         self._state = _SKIP
+        # After a gap every rejected line is still the hole's doing: reporting it as "not SIP"
+        # would raise an alarm about the peer for bytes the mirror lost
+        # (test_a_start_line_rejected_late_after_a_gap_is_still_the_gap).
         self._skip_reason = _GAP if self._after_gap else reason
         self._skip_at_line_start = False  # the line at the front is the one found bad
 
@@ -421,155 +513,51 @@ class SipFramer:
         resync never accumulates garbage.
         """
         buf = self._buf
+        # pos: where the next LF search starts; every byte before it is known garbage.
         pos = 0
         n = len(buf)
-        # A candidate is only a *plausible* start line (_classify_line != _NO): a line still
+        # A candidate is only a *plausible* start line (classify_line != NO): a line still
         # arriving may turn out not to be SIP, and then _line() sends it back here. That keeps
         # resync from holding garbage while it waits to be sure.
         if self._skip_at_line_start:
             # The last chunk ended with the LF of a garbage line: this chunk starts a line.
             self._skip_at_line_start = False
-            if buf[0] != _CR and self._classify_line(0) != _NO:
+            if buf[0] != _CR and classify_line(buf, 0, self._max_header) != NO:
                 self._state = _IDLE
                 return
+        # Line starts are found by LF alone, not CRLF: garbage need not use CRLF, and a bare
+        # LF still ends whatever line a confused peer thought it was sending.
         while True:
             lf = buf.find(b"\n", pos)
+            # No LF: the rest is the middle of a garbage line, garbage whatever follows, so
+            # it is reported now rather than held (resync never accumulates).
             if lf < 0:
                 cut, resume = n, _SKIP  # still mid-line
                 break
             start = lf + 1
+            # The LF is the last buffered byte: whether the next line is a candidate depends on
+            # bytes not here yet. Report up to and including the LF, remember the line start.
             if start == n:
                 cut, resume = n, _SKIP
                 self._skip_at_line_start = True  # decide on the next chunk's first byte
                 break
-            if buf[start] != _CR and self._classify_line(start) != _NO:
+            # A CR here begins a blank line: inside garbage it is garbage, not a keepalive.
+            if buf[start] != _CR and classify_line(buf, start, self._max_header) != NO:
                 cut, resume = start, _IDLE
                 break
             pos = start
+        # One event per call, however many garbage lines it covers: the consumer counts and
+        # logs runs, and an event per line would multiply its work on a binary stream.
         events.append(Unframeable(bytes(buf[:cut]), self._skip_reason))
         del buf[:cut]
         self._state = resume
-
-    def _classify_line(self, start: int, crlf_from: int = 0, *, check_prefix: bool = True) -> int:
-        """Is the line at ``start`` a start line (_YES), never one (_NO), or unknown yet (_MAYBE)?
-
-        Only the first max_header_size bytes of the message are looked at, so the answer does
-        not depend on how much of an over-long line happens to be buffered. ``crlf_from`` is
-        where an earlier search for the line's CRLF left off.
-        """
-        buf = self._buf
-        limit = start + self._max_header
-        crlf = buf.find(b"\r\n", max(start, crlf_from), limit)
-        if crlf >= 0:
-            # A whole line: the full grammar answers for good.
-            return _YES if _START_LINE.fullmatch(buf, start, crlf) else _NO
-        if not check_prefix:
-            return _MAYBE
-        # An incomplete line: _START_LINE_PREFIX accepts every prefix of a valid start line, so
-        # _NO here is final (no continuation can make it valid) and _MAYBE means "wait".
-        end = min(len(buf), limit)
-        if end > start and buf[end - 1] == _CR:
-            end -= 1  # may be the first half of the line's CRLF
-        if end == start:
-            return _MAYBE
-        return _MAYBE if _START_LINE_PREFIX.fullmatch(buf, start, end) else _NO
 
     def _give_up(self, events: list[Event], reason: str) -> None:
         """Stop observing: report everything buffered and hold nothing from now on."""
         # Giving up is what keeps memory bounded when a peer sends a header block or body that
         # never ends: the alternative, buffering until it does, is unbounded by construction.
+        # The buffered bytes (a whole header block, maybe) go out in one event, so the
+        # consumer's log line shows the head of what was refused.
         events.append(Unframeable(bytes(self._buf), reason))
         self._buf.clear()
         self._state = _GAVE_UP
-
-
-def _looks_like_tls(buf: bytearray) -> bool:
-    """A TLS record header (content type 20..23, version 3.x) where SIP was expected.
-
-    Worth its own reason: it means a peer speaks TLS to a cleartext port, or a leg is mis-wired.
-    """
-    return len(buf) >= 2 and 0x14 <= buf[0] <= 0x17 and buf[1] == 0x03
-
-
-_SIMPLE_VALUE = re.compile(rb"[ \t]*([0-9]{1,18})[ \t]*\r\n(?![ \t])")
-
-
-def _simple_content_length(data: bytes, start: int, header_end: int) -> int | None:
-    """Content-Length of the header block ``data[start:header_end]`` (``start`` at the start
-    line's CRLF) when it is the simple case: absent (0), or one header with a plain number on
-    an unfolded line. None means "not simple": :func:`_content_length`, the reference,
-    decides. Simple also means no byte that the reference's ``bytes.strip()`` or line split
-    would treat differently from this search (VT, FF, a bare CR or LF), so a line start is
-    exactly a position after CRLF; the scans are str-method speed (no per-line Python)."""
-    block = data[start:header_end]
-    # VT and FF are whitespace to bytes.strip() but not to this search: leave them to the reference.
-    if b"\x0b" in block or b"\x0c" in block:
-        return None
-    # Every CR and every LF belongs to a CRLF: then "\r\n" + name finds exactly the lines
-    # whose header name is name (a bare LF would start a line the reference splits differently).
-    lines = block.count(b"\r\n")
-    if block.count(b"\r") != lines or block.count(b"\n") != lines:
-        return None
-    lower = block.lower()
-    # "\r\nl" also matches every header whose name starts with "l" (Location, ...): the colon
-    # test below keeps only the compact Content-Length "l:" and the long form.
-    value_at = -1
-    for name in (b"\r\ncontent-length", b"\r\nl"):
-        at = lower.find(name)
-        while at >= 0:
-            colon = at + len(name)
-            while lower[colon] in b" \t":  # the block ends in CRLFCRLF: never out of range
-                colon += 1
-            if lower[colon] == 0x3A:  # ":" - this line is a Content-Length header
-                if value_at >= 0:
-                    return None  # repeated: the reference checks that they agree
-                value_at = colon + 1
-            at = lower.find(name, at + 1)
-    if value_at < 0:
-        return 0
-    # The value must be a plain number ending its line, not folded onto the next one (the
-    # negative lookahead): anything else, including an empty value, goes to the reference.
-    value = _SIMPLE_VALUE.match(block, value_at)
-    return int(value.group(1)) if value is not None else None
-
-
-def _content_length(buf: bytearray, header_end: int) -> tuple[int, str | None]:
-    """Content-Length from the header block; (0, None) when absent, (0, reason) when invalid.
-
-    Header names are case-insensitive, ``l`` is the compact form, whitespace around the colon
-    and folded continuation lines are tolerated. Repeated headers must agree.
-    """
-    lines = bytes(buf[:header_end]).split(b"\r\n")
-    values: list[bytes] = []
-    current: bytearray | None = None  # value of a Content-Length header being unfolded
-    for line in lines[1:]:  # lines[0] is the start line
-        # RFC 3261 7.3.1: a line starting with SP/HTAB continues the previous header's value.
-        if line[:1] in (b" ", b"\t"):
-            if current is not None:
-                current += b" " + line.strip()
-            continue
-        if current is not None:
-            values.append(bytes(current))
-            current = None
-        name, colon, value = line.partition(b":")
-        if colon and name.strip().lower() in (b"content-length", b"l"):
-            current = bytearray(value.strip())
-    if current is not None:
-        values.append(bytes(current))
-    if not values:
-        return 0, None
-    numbers: set[int] = set()
-    for value in values:
-        value = value.strip()
-        if not _DIGITS.fullmatch(value):
-            return 0, f"invalid Content-Length: {value.decode('latin-1')!r}"
-        digits = value.lstrip(b"0") or b"0"
-        if len(digits) > 18:  # beyond any limit; avoids int() on a huge digit string
-            return 0, f"Content-Length of {len(digits)} digits exceeds any max_message_size"
-        numbers.add(int(digits))
-    # Two Content-Length headers that disagree make the body boundary ambiguous: a classic
-    # request-smuggling shape. Never guess; stop observing instead (the relay still relays).
-    if len(numbers) > 1:
-        shown = ", ".join(str(n) for n in sorted(numbers))
-        return 0, f"invalid Content-Length: conflicting values {shown}"
-    return numbers.pop(), None
