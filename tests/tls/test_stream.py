@@ -14,20 +14,6 @@ from siptap.tls.contexts import build_client_context, build_server_context
 from siptap.tls.stream import OpenSSLStream
 
 
-@pytest.fixture(scope="module")
-def contexts(pki: Path):
-    server = build_server_context(
-        ServerTlsSettings(cert=pki / "proxy-server.pem", key=pki / "proxy-server.key", client_ca=pki / "ca.pem")
-    )
-    client = build_client_context(
-        ClientTlsSettings(
-            cert=pki / "customer.pem", key=pki / "customer.key", ca=pki / "ca.pem", server_name="localhost",
-            ciphers="AES256-GCM-SHA384", max_version="TLSv1.2",
-        )
-    )
-    return server, client
-
-
 def pair(contexts, transport_pair):
     server_ctx, client_ctx = contexts
     a, b = transport_pair()

@@ -7,31 +7,13 @@ one receive, which makes "several records in one transport read" deterministic w
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import trio
 import trio.testing
 
-from siptap.config import ClientTlsSettings, ServerTlsSettings
-from siptap.tls.contexts import build_client_context, build_server_context
 from siptap.tls.stream import OpenSSLStream
 
 LAYERS = pytest.mark.parametrize("portable", [False, True], ids=["fast-records", "portable-records"])
-
-
-@pytest.fixture(scope="module")
-def contexts(pki: Path):
-    server = build_server_context(
-        ServerTlsSettings(cert=pki / "proxy-server.pem", key=pki / "proxy-server.key", client_ca=pki / "ca.pem")
-    )
-    client = build_client_context(
-        ClientTlsSettings(
-            cert=pki / "customer.pem", key=pki / "customer.key", ca=pki / "ca.pem", server_name="localhost",
-            ciphers="AES256-GCM-SHA384", max_version="TLSv1.2",
-        )
-    )
-    return server, client
 
 
 class CountingTransport(trio.abc.Stream):

@@ -34,20 +34,6 @@ INVITE = (
 )
 
 
-@pytest.fixture(scope="module")
-def contexts(pki: Path):
-    server = build_server_context(
-        ServerTlsSettings(cert=pki / "proxy-server.pem", key=pki / "proxy-server.key", client_ca=pki / "ca.pem")
-    )
-    client = build_client_context(
-        ClientTlsSettings(
-            cert=pki / "customer.pem", key=pki / "customer.key", ca=pki / "ca.pem", server_name="localhost",
-            ciphers="AES256-GCM-SHA384", max_version="TLSv1.2",
-        )
-    )
-    return server, client
-
-
 async def tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
     """Two ends of a loopback TCP connection, made the way the relay makes its legs: the
     dialled end by relay.upstream.open_tcp, the accepted end by a trio listener, both tuned."""

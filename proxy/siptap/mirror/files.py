@@ -106,10 +106,7 @@ class AppendFile:
 
     def close(self) -> None:
         if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
+            close_quietly(self._fd)
             self._fd = None
 
 
@@ -178,3 +175,12 @@ class FileSink(Sink):
 
     async def aclose(self) -> None:
         self.file.close()
+
+
+def close_quietly(fd: int) -> None:
+    """Close a sink's file descriptor; an error here (EIO on a full or gone disk) has already
+    been counted on the write that met it, and closing is all that is left to do."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass

@@ -50,7 +50,7 @@ import trio
 
 from siptap.config.mirror import PcapSettings
 from siptap.mirror.events import ConnectionClosed, MirrorEvent, SipEvent
-from siptap.mirror.files import create_private, write_all
+from siptap.mirror.files import close_quietly, create_private, write_all
 from siptap.mirror.sink import Sink, log
 from siptap.sansio import pcap
 from siptap.sansio.hep import split_timestamp
@@ -132,10 +132,7 @@ class PcapSink(Sink):
 
     def _close_file(self) -> None:
         if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
+            close_quietly(self._fd)
             self._fd = None
 
     def _prune(self) -> None:
