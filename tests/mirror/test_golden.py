@@ -9,14 +9,18 @@ non-UTF-8 bytes, non-ASCII text and control characters in headers, handshakes of
 and 1.3, SDES keys (with and without lifetime, MKI, address; suites rtp_decoder knows and
 does not), closes, and timestamps that cross seconds and round up to the next one.
 
-The expected files are in ``golden/``. They were written by this test with
-``SIPTAP_GOLDEN_UPDATE=1`` from the code before the change; regenerate them only for a
-deliberate, documented format change.
+The expected outputs are pinned by their SHA-256 and length in ``golden.sha256`` (the outputs
+themselves are captures and key logs, which are generated, never committed). The digests were
+written by this test with ``SIPTAP_GOLDEN_UPDATE=1`` from the code before the change; regenerate
+them only for a deliberate, documented format change. On a mismatch the test writes what it got
+to a temporary file and names it, for a byte-level comparison with an older checkout's output.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,7 +40,7 @@ from siptap.sansio.sip_message import parse_message
 
 from .helpers import SDP, dialog, facts
 
-GOLDEN = Path(__file__).parent / "golden"
+DIGESTS = Path(__file__).parent / "golden.sha256"
 UPDATE = os.environ.get("SIPTAP_GOLDEN_UPDATE") == "1"
 T0 = 1_700_000_000.25
 
@@ -133,19 +137,28 @@ def batches(events: Sequence[MirrorEvent], size: int = 5) -> list[list[MirrorEve
     return [list(events[i : i + size]) for i in range(0, len(events), size)]
 
 
+def _digests() -> dict[str, tuple[str, int]]:
+    """name -> (sha256 hex, length) from golden.sha256 (``sha256sum``'s layout plus a length)."""
+    out = {}
+    for line in DIGESTS.read_text().splitlines():
+        digest, length, name = line.split()
+        out[name] = (digest, int(length))
+    return out
+
+
 def check(name: str, data: bytes) -> None:
-    path = GOLDEN / name
+    got = (hashlib.sha256(data).hexdigest(), len(data))
     if UPDATE:
-        GOLDEN.mkdir(exist_ok=True)
-        path.write_bytes(data)
-    assert path.exists(), f"missing golden file {path}: run with SIPTAP_GOLDEN_UPDATE=1 on the reference code"
-    expected = path.read_bytes()
-    if data != expected:
-        at = next((i for i, (a, b) in enumerate(zip(data, expected, strict=False)) if a != b),
-                  min(len(data), len(expected)))
-        pytest.fail(f"{name}: output differs from the golden file at octet {at} "
-                    f"(got {len(data)} octets, expected {len(expected)}): {data[at:at + 60]!r} "
-                    f"vs {expected[at:at + 60]!r}")
+        digests = _digests() if DIGESTS.exists() else {}
+        digests[name] = got
+        DIGESTS.write_text("".join(f"{d}  {n}  {k}\n" for k, (d, n) in sorted(digests.items())))
+    expected = _digests().get(name)
+    assert expected is not None, f"no digest for {name} in {DIGESTS}: run with SIPTAP_GOLDEN_UPDATE=1 on the reference code"
+    if got != expected:
+        kept = Path(tempfile.mkdtemp(prefix="siptap-golden-")) / name
+        kept.write_bytes(data)
+        pytest.fail(f"{name}: output differs from the golden digest (got {got[1]} octets, expected {expected[1]}); "
+                    f"what this code wrote is in {kept}")
 
 
 HEP_VARIANTS = {
