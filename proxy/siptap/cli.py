@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     from siptap.tools.export import add_parser as add_export_parser
 
     add_export_parser(sub, common)
+    from siptap.tools.calls.command import add_parser as add_calls_parser
+
+    add_calls_parser(sub, common)
     return parser
 
 
@@ -134,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
             from siptap.tools.export import run_from_args as run_export
 
             return run_export(args)
+        if args.command == "calls":
+            from siptap.tools.calls.command import run_from_args as run_calls
+
+            return run_calls(args)
         if args.command == "demo":
             from siptap.tools.demo import main as demo_main
 

@@ -164,9 +164,11 @@ def test_export_one_call_holds_that_call_only(lab: LabCaptures, tmp_path: Path, 
     wanted = lab.calls_a[1]  # the middle call of the connection that carried three
     out = tmp_path / "bundle"
     code, stdout, err = export(capsys, "--call-id", wanted, "--config", str(lab.config), "--log", str(lab.log),
-                               "--out", str(out))
+                               "--with-keys", "--out", str(out))
     assert code == 0, err
     assert "1 call(s), 7 SIP messages" in stdout
+    # The keys open connection A: its other two calls, named to the operator (not in the bundle).
+    assert f"also decrypts 2 other call(s):\n  {lab.calls_a[0]}\n  {lab.calls_a[2]}\n" in stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["calls.pcapng", "keys.log", "srtp-keys.log", "summary.txt", "summary.json"])
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in out.iterdir())
@@ -253,7 +255,7 @@ def test_export_several_calls_over_two_connections(lab: LabCaptures, tmp_path: P
     out = tmp_path / "two"
     code, _, err = export(capsys, "--call-id", wanted[0], "--call-id", wanted[1], "--captures",
                           str(lab.root / "captures"), "--keylog", str(lab.root / "captures" / "keys.log"),
-                          "--srtp", str(lab.root / "captures" / "srtp-keys.log"), "--out", str(out))
+                          "--srtp", str(lab.root / "captures" / "srtp-keys.log"), "--with-keys", "--out", str(out))
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert [c["call_id"] for c in summary["calls"]] == [wanted[1], wanted[0]]  # by time: B's first call came earlier
@@ -273,7 +275,7 @@ def test_export_by_time_window(lab: LabCaptures, tmp_path: Path, capsys: pytest.
     since, until = lab.window_b0
     out = tmp_path / "window"
     code, stdout, err = export(capsys, "--since", iso(since), "--until", iso(until), "--config", str(lab.config),
-                               "--out", str(out))
+                               "--with-keys", "--out", str(out))
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
     assert [c["call_id"] for c in summary["calls"]] == [lab.calls_b[0]]
@@ -336,14 +338,22 @@ def test_errors_are_one_line(lab: LabCaptures, tmp_path: Path, capsys: pytest.Ca
     assert not list(tmp_path.glob(".*"))  # no staging folder left behind
 
 
-def test_no_keys_leaves_secrets_out(lab: LabCaptures, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("flag", [[], ["--no-keys"]], ids=["default", "--no-keys"])
+def test_no_keys_by_default(lab: LabCaptures, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                            flag: list[str]) -> None:
+    """The pcapng already holds the cleartext: keys ride along only with --with-keys (--no-keys,
+    the former opt-out, is still accepted)."""
     out = tmp_path / "nokeys"
-    assert export(capsys, "--call-id", lab.calls_b[1], "--config", str(lab.config), "--no-keys", "--out", str(out))[0] == 0
-    assert (out / "keys.log").read_bytes() == b""
+    code, stdout, err = export(capsys, "--call-id", lab.calls_b[1], "--config", str(lab.config), *flag, "--out", str(out))
+    assert code == 0, err
+    assert "no TLS keys" in stdout and "decrypts" not in stdout
+    assert not (out / "keys.log").exists()
     assert read_capture((out / "calls.pcapng").read_bytes()).secrets == []
-    for entry in parse_keylog((lab.root / "captures" / "keys.log").read_text()):
-        for line in entry.lines:
-            assert line.split()[2].encode() not in (out / "calls.pcapng").read_bytes()
+    secrets = [line.split()[2] for e in parse_keylog((lab.root / "captures" / "keys.log").read_text()) for line in e.lines]
+    assert secrets
+    for data in bundle_bytes(out).values():
+        assert not any(secret.encode() in data for secret in secrets)
+    assert "keys.log: not included" in (out / "summary.txt").read_text()
 
 
 def test_cli_help_lists_export() -> None:

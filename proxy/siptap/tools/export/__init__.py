@@ -6,13 +6,14 @@ Inputs are what siptap already wrote: the cleartext pcap sink's files
 optionally, siptap's JSON log (stdout of ``siptap run``, saved by the operator). Paths come
 from the config's ``[mirror]`` section unless given on the command line.
 
-Selection: a message is selected when its Call-ID is one of ``--call-id`` (exact,
-case-sensitive, as RFC 3261 compares Call-IDs) and its capture time lies in
-``[--since, --until]`` (each optional; at least one of Call-ID and window is required). With
-only a window, every call with a message in the window is selected, with the messages
-inside the window.
+Selection: the selectors of `siptap calls` (:mod:`siptap.tools.calls.select`): ``--call-id``
+(exact, without its ``@host`` part, or a prefix; each must name one call, else the candidates
+are listed), ``--number``, ``--status``, ``--method`` and the window ``[--since, --until]``.
+With only a window, every call with a message in the window is selected, with the messages
+inside the window; with other selectors, the chosen calls' messages inside the window. More
+than one call chosen by number/status/method is ambiguous unless ``--all``.
 
-The bundle folder (written to a temporary sibling, then renamed; 0700, files 0600: it holds
+The bundle folder (written to a temporary sibling, then renamed; 0700, files 0600: it may hold
 keys) and ``<folder>.tar.gz`` of it:
 
 ``calls.pcapng``
@@ -21,10 +22,10 @@ keys) and ``<folder>.tar.gz`` of it:
     TCP headers re-encoded with :class:`siptap.sansio.pcap.TcpFlow` (a fresh SYN/SYN-ACK/ACK
     before each connection's first kept message, contiguous sequence numbers, the original
     FIN exchange if it is inside the window) so the segments left out leave no gaps:
-    tshark shows no TCP analysis warnings. The ``keys.log`` text rides along as a Decryption
-    Secrets Block: harmless for cleartext, and it decrypts a raw capture of the same
-    connections opened together with it.
-``keys.log``
+    tshark shows no TCP analysis warnings. With ``--with-keys`` the ``keys.log`` text rides
+    along as a Decryption Secrets Block: harmless for cleartext, and it decrypts a raw
+    capture of the same connections opened together with it.
+``keys.log`` (only with ``--with-keys``: the pcapng already holds the cleartext)
     The key-log entries (``#`` comment plus NSS lines) of the proxied connections that
     carried a selected message: the connection is found by matching the comment's
     ``client=``/``server=`` to the addresses of the flow in the capture; every leg of that
@@ -34,17 +35,22 @@ keys) and ``<folder>.tar.gz`` of it:
 ``srtp-keys.log``
     The SRTP key lines whose ``call-id=`` is a selected call and whose time is in the window.
 ``summary.txt`` / ``summary.json``
-    Per call its flow (time, leg, direction with addresses, method or status, CSeq) and the
+    The tshark command that opens ``calls.pcapng`` (a ``-d tcp.port==PORT,sip`` per server
+    port), per call its flow (start time, then seconds since it and since the message before,
+    leg, direction with addresses, method or status, CSeq) and the
     TLS facts of its connections: from the key-log comments (version, cipher) and, with
     ``--log``, from ``handshake_done`` (key exchange, SNI, resumption, peer certificate;
-    never secrets) and ``connection_closed`` (who closed, why, duration; never the counts,
-    which would describe other calls).
+    never secrets; the peer certificate as subject, issuer, SANs and notAfter) and
+    ``connection_closed`` (who closed, why, duration; never the counts, which would describe
+    other calls). With ``--with-keys``, how many other calls (when, which request, which
+    status; never their Call-IDs or parties) those keys decrypt in a raw capture; the
+    command prints their Call-IDs to the operator.
 
 Nothing of an unselected call is copied: messages are filtered one by one, key entries by
 connection, SRTP lines by Call-ID, log facts by connection with an allow-list of fields.
 One caveat is inherent: the keys of a TLS connection decrypt *all* of it, so a vendor who
-also holds a raw capture of that connection can read the other calls it carried
-(``--no-keys`` leaves the keys out).
+also holds a raw capture of that connection can read the other calls it carried: hence no
+keys unless ``--with-keys``, and then the summary says what else they open.
 
 The package, one job per module: :mod:`.captures` (the pcap sink's files, read back into SIP
 messages), :mod:`.keylog`, :mod:`.srtp_keys` and :mod:`.json_log` (the other inputs),

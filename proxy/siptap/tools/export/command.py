@@ -6,38 +6,48 @@ import argparse
 import sys
 from pathlib import Path
 
+from siptap.tools.calls.select import add_selector_arguments, selector_from_args
 from siptap.tools.export.archive import write_bundle
-from siptap.tools.export.bundle import build_bundle
+from siptap.tools.export.bundle import build_bundle, read_scan
 from siptap.tools.export.errors import ExportError
-from siptap.tools.export.selection import Selection, Sources
-from siptap.tools.export.times import parse_time
+from siptap.tools.export.selection import Sources, resolve_selection
 
 
 def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
         "export", parents=[common],
-        help="escalation bundle for a vendor: the selected calls' cleartext pcapng, their key-log and SRTP lines, a summary",
-        description="Select calls by Call-ID and/or time window from siptap's captures (cleartext pcap sink, key log, "
-        "SRTP keys, optionally the JSON log) and write one bundle folder plus a .tar.gz of it: calls.pcapng (just those "
-        "calls' SIP messages, key log embedded), keys.log (only the connections that carried them), srtp-keys.log "
-        "(only those calls), summary.txt/summary.json (call flow, TLS facts). Nothing from other calls is copied.",
+        help="escalation bundle for a vendor: the selected calls' cleartext pcapng, their SRTP lines, a summary",
+        description="Select calls (by Call-ID, number, status, method and/or time window: the selectors of "
+        "`siptap calls`) from siptap's captures (cleartext pcap sink, key log, SRTP keys, optionally the JSON log) "
+        "and write one bundle folder plus a .tar.gz of it: calls.pcapng (just those calls' SIP messages, in "
+        "cleartext), srtp-keys.log (only those calls), summary.txt/summary.json (call flow, TLS facts) and, with "
+        "--with-keys, keys.log (only the connections that carried them). Nothing from other calls is copied.",
         epilog="Paths default to the config's [mirror] section; --captures/--keylog/--srtp override it. Times are ISO "
-        "8601 (no zone = UTC) or epoch seconds. Note: TLS keys decrypt the whole connection, including other calls it "
-        "carried, for whoever also holds a raw capture of it (--no-keys leaves them out). "
-        "exit status: 0 bundle written, 1 nothing to export or a file problem",
+        "8601 (no zone = UTC) or epoch seconds. A window alone exports every call's messages inside it; other "
+        "selectors must name one call (or add --all), and an ambiguous one lists the candidates. TLS keys decrypt "
+        "the whole connection, including other calls it carried, for whoever also holds a raw capture of it: "
+        "they are left out unless --with-keys, and then the summary says which other calls they open. "
+        "exit status: 0 bundle written, 1 nothing to export, an ambiguous selector or a file problem",
     )
-    p.add_argument("--call-id", action="append", default=[], metavar="ID", help="a Call-ID to export; repeat for several")
-    p.add_argument("--since", metavar="TIME", help="only messages at or after TIME")
-    p.add_argument("--until", metavar="TIME", help="only messages at or before TIME")
+    add_selector_arguments(p)
+    p.add_argument("--all", dest="several", action="store_true",
+                   help="export every call the number/status/method selectors match, not just one")
+    add_source_arguments(p)
+    p.add_argument("--with-keys", dest="keys", action="store_true",
+                   help="add keys.log (and embed it in calls.pcapng): the key lines of the connections involved")
+    p.add_argument("--no-keys", dest="keys", action="store_false", help=argparse.SUPPRESS)  # the default since --with-keys
+    p.add_argument("--out", "-o", type=Path, required=True, metavar="DIR", help="bundle folder to create")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle folder and archive")
+
+
+def add_source_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the captures are: the config's [mirror] section, or these options (shared with `siptap calls`)."""
     p.add_argument("--config", "-c", type=Path, default=None,
                    help="config whose [mirror] section names the files (default: config.toml)")
     p.add_argument("--captures", type=Path, metavar="DIR", help="pcap sink folder (or one capture file)")
     p.add_argument("--keylog", type=Path, metavar="FILE", help="NSS key-log file")
     p.add_argument("--srtp", type=Path, metavar="FILE", help="SRTP keys file")
     p.add_argument("--log", type=Path, metavar="FILE", help="siptap's JSON log (stdout of `siptap run`), for TLS facts")
-    p.add_argument("--no-keys", dest="keys", action="store_false", help="leave TLS keys out (keys.log empty, no DSB)")
-    p.add_argument("--out", "-o", type=Path, required=True, metavar="DIR", help="bundle folder to create")
-    p.add_argument("--force", action="store_true", help="replace an existing bundle folder and archive")
 
 
 def sources_from_args(args: argparse.Namespace) -> Sources:
@@ -66,26 +76,31 @@ def sources_from_args(args: argparse.Namespace) -> Sources:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    if not args.call_id and args.since is None and args.until is None:
-        raise ExportError("nothing selected", "give --call-id ID (repeatable) and/or --since/--until TIME")
-    since = parse_time(args.since) if args.since is not None else None
-    until = parse_time(args.until) if args.until is not None else None
-    if since is not None and until is not None and since > until:
-        raise ExportError(f"--since {args.since} is after --until {args.until}")
-    selection = Selection(frozenset(c.strip() for c in args.call_id if c.strip()), since, until)
+    selector = selector_from_args(args)
+    if selector.empty:
+        raise ExportError("nothing selected", "give --call-id ID, --number, --status, --method and/or --since/--until "
+                          "(`siptap calls` lists the calls)")
     sources = sources_from_args(args)
     out: Path = args.out
     if (out.exists() or out.with_name(out.name + ".tar.gz").exists()) and not args.force:
         # Before reading anything: the cheap refusal first.
         raise ExportError(f"{out if out.exists() else out.with_name(out.name + '.tar.gz')} already exists",
                           "choose another --out, or add --force to replace it")
-    bundle = build_bundle(sources, selection, keys=args.keys)
+    scan = read_scan(sources)
+    selection = resolve_selection(scan, selector, several=args.several)
+    bundle = build_bundle(sources, selection, keys=args.keys, scan=scan)
     write_bundle(bundle, out, force=args.force)
     for warning in bundle.warnings:
         print(f"siptap: warning: {warning}", file=sys.stderr)
     files = bundle.summary["files"]
     calls = bundle.summary["calls"]
+    keys = files["keys.log"]
     print(f"wrote {out}/ and {out}.tar.gz: {len(calls)} call(s), {files['calls.pcapng']['messages']} SIP messages, "
-          f"{files['keys.log']['lines']} key-log lines of {files['keys.log']['connections']} connection(s), "
-          f"{files['srtp-keys.log']['lines']} SRTP key line(s)")
+          + (f"{keys['lines']} key-log lines of {keys['connections']} connection(s), " if args.keys else "no TLS keys, ")
+          + f"{files['srtp-keys.log']['lines']} SRTP key line(s)")
+    if bundle.also_decrypted:
+        print(f"note: with keys.log, a raw capture of these connections also decrypts {len(bundle.also_decrypted)} "
+              "other call(s):")
+        for call in bundle.also_decrypted:
+            print(f"  {call.call_id}")
     return 0

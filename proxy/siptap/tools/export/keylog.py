@@ -8,9 +8,11 @@ log's ``handshake_done`` times pick the one that preceded the flow.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from siptap.tools.export.addresses import Address, hostport, parse_hostport
+from siptap.tools.export.captures import Flow, Message
 from siptap.tools.export.errors import ExportError
 from siptap.tools.export.json_log import LogFacts
 from siptap.tools.export.times import parse_time
@@ -86,3 +88,19 @@ def pick_entry(matches: list[KeyEntry], first_us: int, log: LogFacts) -> list[Ke
     if before:
         return [max(before, key=lambda te: te[0])[1]]
     return matches
+
+
+def flow_entries(messages: Iterable[Message], entries: list[KeyEntry], log: LogFacts) -> dict[Flow, list[KeyEntry]]:
+    """The key-log entries of each flow the messages travelled on: those of its address pair,
+    and, when the pair was reused, the one :func:`pick_entry` dates to before the flow's first
+    message. An empty list: no entry for that flow."""
+    first: dict[Flow, int] = {}
+    for message in messages:
+        flow = message.flow
+        first[flow] = min(first.get(flow, message.ts_us), message.ts_us)
+    out: dict[Flow, list[KeyEntry]] = {}
+    for flow, first_us in first.items():
+        client, server, _generation = flow
+        matches = [e for e in entries if e.client == client and e.server == server]
+        out[flow] = pick_entry(matches, first_us, log)
+    return out

@@ -5,11 +5,13 @@ The JSON shape is spelled out as TypedDicts; :func:`summary_text` renders the sa
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import NotRequired, TypedDict
 
 from siptap import __version__
+from siptap.tools.calls.grouping import Call
+from siptap.tools.calls.table import duration
 from siptap.tools.export.addresses import hostport, parse_hostport
 from siptap.tools.export.captures import CaptureScan, Flow, Message
 from siptap.tools.export.json_log import LogFacts
@@ -22,6 +24,7 @@ class FlowRow(TypedDict):
     """One message of a call's flow."""
 
     time: str
+    offset: float  # seconds since the call's first message
     leg: str | None  # from the key-log entry of its connection; None without one
     direction: str  # "client->server" or "server->client"
     src: str
@@ -61,12 +64,24 @@ class SourcesSummary(TypedDict):
 class PcapngFile(TypedDict):
     messages: int
     note: str
+    sip_ports: list[int]  # the server ports of its flows: each needs `-d tcp.port==PORT,sip`
+    open: str  # the tshark command that shows it as SIP
+
+
+class AlsoDecrypted(TypedDict):
+    """Calls outside the bundle that its keys decrypt in a raw capture: no Call-IDs, no parties."""
+
+    calls: int
+    first: str | None
+    last: str | None
+    which: list[str]  # per call: start, first request, final status, messages
 
 
 class KeysFile(TypedDict):
     connections: int
     lines: int
     note: str | None
+    also_decrypts: NotRequired[AlsoDecrypted]
 
 
 class SrtpKeysFile(TypedDict):
@@ -92,7 +107,7 @@ class Summary(TypedDict):
 
 def build_summary(sources: Sources, selection: Selection, scan: CaptureScan, chosen: list[Message], call_ids: list[str],
              conns: dict[Flow, list[str]], entries: list[KeyEntry], log: LogFacts,
-             srtp_lines: list[str], *, keys: bool) -> Summary:
+             srtp_lines: list[str], *, keys: bool, also_decrypted: Sequence[Call] = ()) -> Summary:
     by_conn: dict[str, ConnectionSummary] = {}
     for entry in entries:
         conn = by_conn.setdefault(entry.conn, {"conn": entry.conn, "route": entry.route, "legs": []})
@@ -119,14 +134,30 @@ def build_summary(sources: Sources, selection: Selection, scan: CaptureScan, cho
     for call_id in call_ids:
         messages = [m for m in chosen if m.call_id == call_id]
         call_conns = sorted({c for m in messages for c in conns.get(m.flow, [])})
+        start = messages[0].ts_us
         calls.append({
             "call_id": call_id,
             "first": iso(messages[0].ts_us),
             "last": iso(messages[-1].ts_us),
             "messages": len(messages),
             "connections": call_conns,
-            "flow": [_flow_row(m, entries) for m in messages],
+            "flow": [_flow_row(m, entries, start) for m in messages],
         })
+    ports = sorted({m.server[1] for m in chosen})
+    keys_file: KeysFile = {
+        "connections": len({e.conn for e in entries}) if keys else 0,
+        "lines": sum(len(e.lines) for e in entries) if keys else 0,
+        "note": None if keys else "not included: calls.pcapng holds the cleartext; --with-keys adds the key lines "
+        "of these connections",
+    }
+    if keys:
+        keys_file["also_decrypts"] = {
+            "calls": len(also_decrypted),
+            "first": iso(min(c.start_us for c in also_decrypted)) if also_decrypted else None,
+            "last": iso(max(c.end_us for c in also_decrypted)) if also_decrypted else None,
+            "which": [f"{iso(c.start_us)} {c.method or '-'} -> {c.status or 'no final response'}, "
+                      f"{c.messages} messages" for c in also_decrypted],
+        }
     return {
         "siptap_export": 1,
         "created": iso(round(datetime.now(UTC).timestamp() * 1_000_000)),
@@ -140,10 +171,11 @@ def build_summary(sources: Sources, selection: Selection, scan: CaptureScan, cho
         },
         "files": {
             "calls.pcapng": {"messages": len(chosen), "note": "TCP headers re-encoded: sequence numbers made "
-                             "contiguous over the kept messages; payloads, addresses and times are the originals"},
-            "keys.log": {"connections": len({e.conn for e in entries}) if keys else 0,
-                         "lines": sum(len(e.lines) for e in entries) if keys else 0,
-                         "note": None if keys else "left out (--no-keys)"},
+                             "contiguous over the kept messages; payloads, addresses and times are the originals",
+                             "sip_ports": ports,
+                             "open": "tshark -r calls.pcapng " + "".join(f"-d tcp.port=={p},sip " for p in ports)
+                             + "-Y sip"},
+            "keys.log": keys_file,
             "srtp-keys.log": {"lines": len(srtp_lines)},
         },
         "calls": calls,
@@ -151,11 +183,12 @@ def build_summary(sources: Sources, selection: Selection, scan: CaptureScan, cho
     }
 
 
-def _flow_row(message: Message, entries: list[KeyEntry]) -> FlowRow:
+def _flow_row(message: Message, entries: list[KeyEntry], start_us: int) -> FlowRow:
     view = message.view
     leg = next((e.leg for e in entries if e.client == message.client and e.server == message.server), None)
     return {
         "time": iso(message.ts_us),
+        "offset": (message.ts_us - start_us) / 1_000_000,
         "leg": leg,
         "direction": "client->server" if message.from_client else "server->client",
         "src": hostport(message.src),
@@ -171,24 +204,31 @@ def _flow_row(message: Message, entries: list[KeyEntry]) -> FlowRow:
 def summary_text(summary: Summary) -> str:
     sel = summary["selection"]
     lines = [f"siptap export bundle (siptap {summary['siptap_version']}, created {summary['created']})", ""]
-    lines.append("selection: " + "; ".join(
-        f"{k}={', '.join(v) if isinstance(v, list) else v}" for k, v in sel.items() if v is not None))
+    lines.append("selection: " + ("; ".join(
+        f"{k}={', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in sel.items() if v is not None) or "-"))
     sources = summary["sources"]
     lines.append(f"captures: {len(sources['captures'])} file(s); key log: {sources['keylog'] or '-'}; "
                  f"SRTP keys: {sources['srtp_keys'] or '-'}; JSON log: {sources['log'] or '-'}")
     files = summary["files"]
-    lines.append(f"calls.pcapng: {files['calls.pcapng']['messages']} SIP messages ({files['calls.pcapng']['note']})")
-    keys = files["keys.log"]
-    lines.append(f"keys.log: {keys['lines']} NSS lines of {keys['connections']} connection(s)"
-                 + (f" ({keys['note']})" if keys["note"] else "") + "; also embedded in calls.pcapng")
+    pcapng = files["calls.pcapng"]
+    lines.append(f"calls.pcapng: {pcapng['messages']} SIP messages, cleartext ({pcapng['note']})")
+    lines.append(f"  open it: {pcapng['open']}   (or Wireshark with the same decode-as, or sngrep -I calls.pcapng)")
+    lines += _keys_lines(files["keys.log"])
     lines.append(f"srtp-keys.log: {files['srtp-keys.log']['lines']} line(s)")
-    lines.append("open: tshark -r calls.pcapng -d tcp.port==<server port>,sip -Y sip   (or Wireshark, sngrep -I)")
+    lines.append("times: each call's start in UTC, then seconds since that start (+s) and since the message before (Δ)")
     for call in summary["calls"]:
-        lines += ["", f"call {call['call_id']}", f"  {call['first']} .. {call['last']}, {call['messages']} messages, "
+        rows = call["flow"]
+        span = rows[-1]["offset"] if rows else 0.0
+        lines += ["", f"call {call['call_id']}",
+                  f"  started {call['first']}, {call['messages']} messages over {duration(round(span * 1_000_000))}, "
                   f"connection(s) {', '.join(call['connections']) or '-'}"]
-        for row in call["flow"]:
+        previous = 0.0
+        for row in rows:
             arrow = f"{row['src']} -> {row['dst']}"
-            lines.append(f"  {row['time']}  {row['leg'] or '-':8} {arrow:45} {row['label'][:60]:60}  CSeq {row['cseq'] or '-'}")
+            since_start, since_previous = f"+{row['offset']:.3f}", f"Δ{row['offset'] - previous:.3f}"
+            lines.append(f"  {since_start:>10} {since_previous:>9}  {row['leg'] or '-':8} {arrow:45} "
+                         f"{row['label'][:60]:60}  CSeq {row['cseq'] or '-'}")
+            previous = row["offset"]
     lines += ["", "TLS connections involved"]
     for conn in summary["connections"]:
         lines.append(f"  conn {conn['conn']} route {conn.get('route') or '-'}")
@@ -200,10 +240,7 @@ def summary_text(summary: Summary) -> str:
                 extra = [f"{k}={hs[k]}" for k in ("key_exchange", "extended_master_secret", "session_reused", "sni",
                                                     "upstream") if hs.get(k) is not None]
                 lines.append(f"      handshake {hs.get('timestamp', '-')}: {' '.join(extra)}")
-                peer = hs.get("peer_certificate")
-                if isinstance(peer, dict):
-                    shown = {k: peer[k] for k in ("subject", "issuer", "not_after", "sha256") if k in peer}
-                    lines.append(f"      peer certificate: {json.dumps(shown) if shown else json.dumps(peer)}")
+                lines += certificate_lines(hs.get("peer_certificate"), hs.get("peer_chain_length"))
         closed = conn.get("connection_closed")
         if isinstance(closed, dict):
             lines.append(f"    closed {closed.get('timestamp', '-')} by {closed.get('closed_by')}: {closed.get('reason')}"
@@ -211,3 +248,32 @@ def summary_text(summary: Summary) -> str:
     if not summary["connections"]:
         lines.append("  (none found in the key log or the JSON log)")
     return "\n".join(lines) + "\n"
+
+
+def _keys_lines(keys: KeysFile) -> list[str]:
+    if keys["note"]:
+        return [f"keys.log: {keys['note']}"]
+    lines = [f"keys.log: {keys['lines']} NSS lines of {keys['connections']} connection(s); also embedded in calls.pcapng"]
+    also = keys.get("also_decrypts")
+    if also and also["calls"]:
+        lines.append(f"  caution: these keys decrypt their whole connections. In a raw capture of them they also "
+                     f"decrypt {also['calls']} other call(s), {also['first']} .. {also['last']} (not in this bundle; "
+                     f"the export listed their Call-IDs to whoever ran it):")
+        lines += [f"    {which}" for which in also["which"]]
+    elif also is not None:
+        lines.append("  these connections carried no other call in the captures")
+    return lines
+
+
+def certificate_lines(peer: object, chain_length: object = None) -> list[str]:
+    """A peer certificate summary (``handshake_done``'s ``peer_certificate``) as a person reads it."""
+    if not isinstance(peer, dict):
+        return ["      peer certificate: none presented"] if peer is None else []
+    sans = peer.get("sans")
+    names = ", ".join(map(str, sans)) if isinstance(sans, list) and sans else "-"
+    chain = f" (chain of {chain_length})" if isinstance(chain_length, int) else ""
+    return [f"      peer certificate{chain}: {peer.get('subject', '-')}",
+            f"        issuer:    {peer.get('issuer', '-')}",
+            f"        SANs:      {names}",
+            f"        notAfter:  {peer.get('not_after', '-')}   (notBefore {peer.get('not_before', '-')})",
+            f"        SHA-256:   {peer.get('sha256', '-')}"]
