@@ -179,7 +179,7 @@ async def test_two_workers_share_the_port_and_their_outputs(pki: Path, tmp_path:
     assert set(by_worker) == {1, 2}
     out = tmp_path / "bundle"
     result = subprocess.run([sys.executable, "-m", "siptap", "export", "--config", str(config),
-                             *(a for c in by_worker.values() for a in ("--call-id", c)), "--out", str(out)],
+                             *(a for c in by_worker.values() for a in ("--call-id", c)), "--with-keys", "--out", str(out)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     summary = (out / "summary.json").read_text()

@@ -69,8 +69,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         # interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    notes = [f"{len(chosen)} of {len(calls)} call(s)" if selector.picks_calls or selector.since_us or selector.until_us
-             else f"{len(chosen)} call(s)"]
+    notes = [f"{len(chosen)} call(s)" if selector.empty else f"{len(chosen)} of {len(calls)} call(s)"]
     if hidden:
         notes.append(f"{hidden} OPTIONS ping(s) not listed (--method OPTIONS lists them)")
     print("; ".join(notes), file=sys.stderr)

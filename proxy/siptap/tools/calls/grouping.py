@@ -14,7 +14,7 @@ answered call a failed one.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from siptap.sansio.sip_message import SipMessageView, split_values
@@ -78,10 +78,10 @@ class _Building:
     messages: int = 0
     first_request: SipMessageView | None = None
     first_any: SipMessageView | None = None
-    asserted: list[str] | None = None
+    asserted: list[str] = field(default_factory=list)
     answered: SipMessageView | None = None  # first 2xx to the first request's method
     last_final: SipMessageView | None = None  # last final response to that method
-    flows: list[Flow] | None = None
+    flows: list[Flow] = field(default_factory=list)
 
 
 def group_calls(messages: Iterable[CapturedMessage],
@@ -96,7 +96,7 @@ def group_calls(messages: Iterable[CapturedMessage],
             continue
         b = building.get(call_id)
         if b is None:
-            b = building[call_id] = _Building(call_id, message.ts_us, message.ts_us, asserted=[], flows=[])
+            b = building[call_id] = _Building(call_id, message.ts_us, message.ts_us)
         b.start_us = min(b.start_us, message.ts_us)
         b.end_us = max(b.end_us, message.ts_us)
         b.messages += 1
@@ -104,7 +104,6 @@ def group_calls(messages: Iterable[CapturedMessage],
             b.first_any = view
         if view.is_request and b.first_request is None:
             b.first_request = view
-        assert b.asserted is not None and b.flows is not None
         for value in view.header("P-Asserted-Identity"):
             for entry in split_values(value):
                 uri = uri_of(entry)
@@ -128,7 +127,7 @@ def _finish(b: _Building, conns_of: Callable[[Flow], Iterable[str]] | None) -> C
     request = b.first_request
     headers = request or b.first_any
     final = b.answered or b.last_final
-    flows = tuple(b.flows or ())
+    flows = tuple(b.flows)
     conns: list[str] = []
     if conns_of is not None:
         for flow in flows:
@@ -141,7 +140,7 @@ def _finish(b: _Building, conns_of: Callable[[Flow], Iterable[str]] | None) -> C
         request_uri=request.request_uri if request else None,
         from_uri=uri_of(from_value) if from_value else None,
         to_uri=uri_of(to_value) if to_value else None,
-        asserted=tuple(b.asserted or ()),
+        asserted=tuple(b.asserted),
         status=final.status_code if final else None,
         reason=final.reason if final else None,
         flows=flows, conns=tuple(conns),
