@@ -18,7 +18,6 @@ import os
 import sys
 import time
 
-
 MATCH = sys.argv[3].encode() if len(sys.argv) > 3 else b"/tmp/siptap-bench"
 
 
