@@ -6,7 +6,10 @@ siptap-sinks-on --scenarios S3``): it waits for the mirror process to appear, sk
 whose command line names siptap over ``WINDOW`` seconds and prints each one's share. Divide by
 the messages relayed in the window (S3: 700 per second) for µs per message per process.
 
-    python3 bench/process_cpu.py SKIP WINDOW
+    python3 bench/process_cpu.py SKIP WINDOW [MATCH]
+
+``MATCH`` (default ``/tmp/siptap-bench``, the folder ``run.py`` puts the configs in) must occur in
+a process's command line: other siptap processes on the machine (a test suite's) are not counted.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+
+MATCH = sys.argv[3].encode() if len(sys.argv) > 3 else b"/tmp/siptap-bench"
 
 
 def snapshot() -> dict[str, tuple[str, float]]:
@@ -25,7 +30,7 @@ def snapshot() -> dict[str, tuple[str, float]]:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
-            if b"siptap" not in argv:
+            if b"siptap" not in argv or not any(MATCH in arg for arg in argv):
                 continue
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()

@@ -4,7 +4,7 @@ supervisor, the mirror process, one relay worker), the lab core and a lab custom
 Stopped (SIGSTOP) under traffic, the mirror costs observation, not calls: every call goes
 through, the worker counts what it could not hand over, and once the mirror runs again it
 reports the gap and frames the next messages. Killed (SIGKILL), it is restarted, the calls go
-on meanwhile, and new connections are observed again.
+on meanwhile, and new connections are observed again, and so are the connections it had open.
 """
 
 from __future__ import annotations
@@ -122,11 +122,21 @@ async def test_a_killed_mirror_is_restarted_while_calls_go_on(pki: Path, tmp_pat
         assert await fresh.call(media_port=31000) == ["100", "180", "200", "200"]
         accepted = await siptap.wait_for("connection_accepted", count=2)
         await siptap.wait_for("sip", count=7, conn=accepted[1]["conn"])
-        # The old trunk's connection was announced to the dead mirror: the new one says it
-        # cannot observe it, once, instead of guessing.
-        await session.call(media_port=31002)
-        lost = await siptap.wait_for("gap", cause="connection not announced")
-        assert lost[0]["process"] == "mirror"
+        # The old trunk's connection was announced to the dead mirror: the worker replays its
+        # lifecycle records to the new one, which reports the bytes it never saw as a gap and
+        # observes the trunk again from its next message.
+        old = accepted[0]["conn"]
+        assert await session.call(media_port=31002) == ["100", "180", "200", "200"]
+        await siptap.wait_for("sip", conn=old, call_id=last_call_id(session), method="BYE")
+        joined = await siptap.wait_for("gap", conn=old, cause="joined mid-stream", count=2)
+        # One per direction, from the stream's start to the first byte the new mirror got: the
+        # four calls before it (one seen by the dead mirror, three relayed while none ran).
+        assert {g["direction"] for g in joined} == {"customer->core", "core->customer"}
+        assert all(g["process"] == "mirror" and g["offset"] == 0 and g["missing"] > 4 * 1000 for g in joined)
+        assert len(siptap.find("gap", conn=old)) == 2
+        # Its handshakes replayed: the new mirror has both legs' facts (and keys) again.
+        assert {e["leg"] for e in siptap.find("handshake_done", conn=old)} == {"customer", "core"}
+        assert not siptap.find("gap", cause="connection not announced")
         await session.aclose()
         await fresh.aclose()
         await siptap.wait_for("connection_closed", count=2)

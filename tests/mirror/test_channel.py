@@ -163,3 +163,27 @@ def test_the_mirror_stops_when_the_supervisor_goes(pki: Path, tmp_path: Path) ->
     assert process.returncode == 0, err
     assert b'"supervisor_gone"' in out and b'"mirror_stopped"' in out
     assert os.path.exists(channel) is False
+
+
+async def test_deliver_runs_after_every_slice_of_records_and_at_the_end_of_a_batch(tmp_path: Path) -> None:
+    """With a ``deliver`` callback (the mirror process passes Fanout.deliver_queued), the sinks
+    are given each slice of DELIVER_EVERY records' events before more are read, and the rest
+    when the batch ends: a flood never piles up more than a slice in the fan-out's queues."""
+    from siptap.mirror.channel import DELIVER_EVERY
+
+    path = tmp_path / "mirror.sock"
+    handler = Collect()
+    delivered_at: list[int] = []
+    receiver = ChannelReceiver(path, handler, deliver=lambda: delivered_at.append(len(handler.records)))
+    total = 2 * DELIVER_EVERY + 3
+    async with trio.open_nursery() as nursery:
+        await nursery.start(receiver.serve)
+        sock = connect(path)
+        for n in range(total):  # queued before the reader wakes: one batch
+            sock.send(chunk_header(5, FROM_ACCEPTED, n, TS) + b"x")
+        sock.close()
+        while not handler.lost:
+            await handler.wait_lost()
+        receiver.stop()
+    assert delivered_at[:3] == [DELIVER_EVERY, 2 * DELIVER_EVERY, total]
+    assert delivered_at[-1] == total  # after channel_lost too: the connections it closed

@@ -346,3 +346,51 @@ async def test_long_dispatch_lets_the_relay_run(monkeypatch: pytest.MonkeyPatch,
         await fanout.aclose()
     assert all(s.events == events for s in sinks)
     assert yields == [[7, 0, 0], [7, 7, 0], [7, 7, 7]]  # after each sink's batch
+
+
+async def test_a_producer_faster_than_the_first_sink_starves_no_later_sink(
+        monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock) -> None:
+    """One batch per sink per round: a publisher that refills the first sink's deque every
+    time the dispatcher yields must not keep the later sinks waiting until it stops (seen at
+    trunk rates: the pcap and JSON-lines sinks got nothing, bench/results/...-overload.md)."""
+    import siptap.mirror.fanout as fanout_module
+    from siptap.mirror.sink import MAX_BATCH
+
+    monkeypatch.setattr(fanout_module, "DISPATCH_SLICE", 0.0)  # yield after every batch
+    sinks = [DirectRecorder("a"), DirectRecorder("b"), DirectRecorder("c")]
+    fanout = Fanout(sinks, queue_size=100_000)
+    event = dialog_events()[0]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        for _ in range(20):
+            for _ in range(MAX_BATCH + 44):  # more than one batch each time
+                fanout.publish(event)
+            await trio.lowlevel.checkpoint()
+        during = [len(s.events) for s in sinks]
+        await fanout.aclose()
+    assert min(during) > 0, during
+    assert max(during) - min(during) <= MAX_BATCH  # at most one round apart
+    assert all(len(s.events) == 20 * (MAX_BATCH + 44) for s in sinks)
+
+
+async def test_deliver_from_caller_delivers_only_when_asked_in_order() -> None:
+    """The mirror process's mode: publish queues without waking the dispatcher; the record
+    loop calls deliver_queued, which empties every direct sink's queue, in order, at once."""
+    from siptap.mirror.sink import MAX_BATCH
+
+    sinks = [DirectRecorder("a"), DirectRecorder("b")]
+    fanout = Fanout(sinks, batch_interval=0.01)
+    fanout.deliver_from_caller()
+    events = dialog_events() * (MAX_BATCH // 3)  # several batches
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        for event in events:
+            assert fanout.publish(event) is True
+        await trio.testing.wait_all_tasks_blocked()
+        assert [len(s.events) for s in sinks] == [0, 0]  # nobody woke up to deliver
+        fanout.deliver_queued()
+        assert all(s.events == events for s in sinks)
+        assert all(sum(s.direct_batches) == len(events) and max(s.direct_batches) <= MAX_BATCH for s in sinks)
+        fanout.publish(events[0])  # left for aclose's last pass
+        await fanout.aclose()
+    assert all(s.events == events + events[:1] for s in sinks)

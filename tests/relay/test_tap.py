@@ -210,7 +210,8 @@ async def test_a_killed_mirror_is_counted_as_drops_until_a_new_one_listens(pki: 
             tap.chunk(4, FROM_DIALLED, 5, b"after")  # and by conn 4's
             tap.close()
             nursery.cancel_scope.cancel()
-    # The second mirror got 2 markers (3 records announced) and 2 chunks; it exits 0 on SIGTERM.
+    # The second mirror got conn 3's opened record again (replayed: it was recorded while the
+    # mirror was down) and its chunk, conn 4's marker and chunk; it exits 0 on SIGTERM.
     second.send_signal(signal.SIGTERM)
     out, err = second.communicate(timeout=30)
     assert second.returncode == 0, err
@@ -219,10 +220,13 @@ async def test_a_killed_mirror_is_counted_as_drops_until_a_new_one_listens(pki: 
     lines = [json.loads(line) for line in out.decode().splitlines()]
     stopped = next(e for e in lines if e["event"] == "mirror_stopped")
     assert (stopped["records"], stopped["invalid"]) == (4, 0), stopped
-    # Neither connection was announced to this mirror (their opening went to the dead one):
-    # each is reported once as a gap, then not observed.
+    # Conn 3 is known to this mirror through the replay: everything before its first chunk is
+    # one gap from the stream's start, in place of a marker that could not say where the hole
+    # was. Conn 4 was never opened (no record to replay): its marker says what was missed,
+    # then its chunk finds no connection, reported once.
     gaps = [e for e in lines if e["event"] == "gap"]
-    assert sorted((e["conn_number"], e["cause"]) for e in gaps) == [
-        (3, "channel full"), (3, "connection not announced"), (4, "channel full"), (4, "connection not announced"),
-    ], gaps  # each marker says what the dead mirror's successor missed; then the chunk finds no connection
+    assert sorted((str(e.get("conn_number", e.get("conn"))), e["cause"], e["offset"], e["missing"]) for e in gaps) == [
+        ("4", "channel full", None, 5), ("4", "connection not announced", 5, None), ("x-3", "joined mid-stream", 0, 12),
+        ("x-3", "relay worker lost", None, None),  # the tap closed with conn 3 still open
+    ], gaps
     assert all(e.get("process") == "mirror" for e in lines)

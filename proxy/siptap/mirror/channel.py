@@ -32,6 +32,7 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -51,6 +52,10 @@ MAX_DATAGRAM = 256 * 1024
 BATCH_LIMIT = 1024
 # A batch this small means a quiet channel: the next wake-up waits a batch interval first.
 SMALL_BATCH = 32
+# With a ``deliver`` callback, the sinks are given what the handler published after this many
+# records: a slice small enough that a flood of 64 KiB chunks (hundreds of messages each)
+# never overflows a sink's queue (``queue_size``) between two deliveries.
+DELIVER_EVERY = 16
 BACKLOG = 512  # every worker (up to 256) connects at start-up, at once
 
 
@@ -67,9 +72,15 @@ class ChannelReceiver:
     """Listens at ``path`` and feeds every channel's records to ``handler``."""
 
     def __init__(self, path: str | os.PathLike[str], handler: RecordHandler, *, log: LogWriter | None = None,
-                 drain_timeout: float = 2.0, batch_interval: float = 0.0) -> None:
+                 drain_timeout: float = 2.0, batch_interval: float = 0.0,
+                 deliver: Callable[[], None] | None = None) -> None:
         self.path = Path(path)
         self.handler = handler
+        # The mirror process passes Fanout.deliver_queued: the sinks get each slice of records'
+        # events before more records are read, so the mirror reads no faster than its sinks
+        # write, and what it cannot take stays in the channel, where the relay counts the
+        # drop (Fanout.deliver_from_caller says why that is the right place to lose it).
+        self._deliver = deliver
         self.log = log if log is not None else get_logger("siptap")
         self.drain_timeout = drain_timeout
         # Woken by a record while the channel is quiet, wait this long before reading, so
@@ -181,14 +192,26 @@ class ChannelReceiver:
             sock.close()
         if stats.eof:
             self.handler.channel_lost(channel)
+            if self._deliver is not None:
+                self._deliver()  # the connections it closed
         self.log.info("mirror_channel_closed", channel=channel, records=stats.records, invalid=stats.invalid,
                       handler_errors=stats.handler_errors, reason="worker closed" if stats.eof else "mirror stopping")
 
     async def _batch(self, sock: socket.socket, channel: int, stats: _ChannelStats) -> bool:
         """Handle what is queued (up to BATCH_LIMIT records); True at EOF."""
-        buffer, view, handle = self._buffer, self._view, self.handler.handle
         stats.drained = False
         stats.last_batch = 0
+        try:
+            return await self._records(sock, channel, stats)
+        finally:
+            # Whatever ended the batch (drained, EOF, the limit, a cancel at shutdown), what
+            # its records published reaches the sinks before this task waits again.
+            if self._deliver is not None and stats.undelivered:
+                stats.undelivered = 0
+                self._deliver()
+
+    async def _records(self, sock: socket.socket, channel: int, stats: _ChannelStats) -> bool:
+        buffer, view, handle, deliver = self._buffer, self._view, self.handler.handle, self._deliver
         for _ in range(BATCH_LIMIT):
             try:
                 # MSG_TRUNC: the datagram's real length, even when it did not fit the buffer.
@@ -222,15 +245,21 @@ class ChannelReceiver:
                 if stats.handler_errors == 1:
                     self.log.exception("mirror_handler_failed", channel=channel, record=type(record).__name__,
                                        detail="record skipped; later failures of this channel are only counted")
+            if deliver is not None:
+                stats.undelivered += 1
+                if stats.undelivered >= DELIVER_EVERY:
+                    stats.undelivered = 0
+                    deliver()
         await trio.lowlevel.checkpoint()
         return False
 
 
 class _ChannelStats:
-    __slots__ = ("drained", "eof", "handler_errors", "invalid", "last_batch", "records")
+    __slots__ = ("drained", "eof", "handler_errors", "invalid", "last_batch", "records", "undelivered")
 
     def __init__(self) -> None:
         self.records = self.invalid = self.handler_errors = 0
         self.last_batch = 0  # records read by the last _batch()
+        self.undelivered = 0  # records handled since the last deliver()
         self.eof = False
         self.drained = False

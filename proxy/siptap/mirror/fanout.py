@@ -181,6 +181,8 @@ class Fanout:
         self._dispatcher_done = trio.Event()
         # The dispatcher's batch_interval wait while it runs, so aclose() can cut it short.
         self._gathering: trio.CancelScope | None = None
+        # Set by deliver_from_caller(): publish no longer wakes the dispatcher.
+        self._caller_delivers = False
 
     @classmethod
     def from_settings(cls, settings: MirrorSettings, **sink_options: Unpack[LinkOptions]) -> Fanout:
@@ -252,7 +254,7 @@ class Fanout:
                             slot.direct.append(event)
                             # Only the first event since the last pass wakes the
                             # dispatcher; the others ride along in its batch.
-                            if not self._armed:
+                            if not self._armed and not self._caller_delivers:
                                 self._armed = True
                                 self._wake.set()
                         continue
@@ -349,18 +351,24 @@ class Fanout:
                 # perf_counter, not trio's clock: the slice bounds real time the relay
                 # waits, and trio's clock may be virtual (autojump in tests).
                 slice_end = time.perf_counter() + DISPATCH_SLICE
-                # Sink by sink, each to its end: a sink's batches stay together (one file's
-                # writes in a row), and the slots' order is the only priority there is.
-                for slot in self._slots:
-                    # Until this sink's deque is empty, or the sink moved to its task (it
-                    # would have to wait, or it crashed): then the task owns the rest.
-                    while slot.direct and slot.is_direct:
-                        self._deliver_direct(slot)
-                        # Checked per batch: a batch is one synchronous deliver_nowait call, with
-                        # no point inside it to yield at, so a slice may overrun by one batch.
-                        if time.perf_counter() > slice_end:
-                            await _let_others_run()
-                            slice_end = time.perf_counter() + DISPATCH_SLICE
+                # Round by round, one batch per sink per round: with "each sink to its end" a
+                # producer that refills the first sink's deque while the dispatcher yields
+                # starves every later sink (at trunk rates the pcap and JSON-lines sinks got
+                # nothing: bench/results/2026-12-02-overload.md). A batch still stays whole.
+                more = True
+                while more:
+                    more = False
+                    for slot in self._slots:
+                        # The sink moved to its task (it would have to wait, or it crashed):
+                        # then the task owns the rest.
+                        if slot.direct and slot.is_direct:
+                            self._deliver_direct(slot)
+                            more = more or bool(slot.direct and slot.is_direct)
+                            # Checked per batch: a batch is one synchronous deliver_nowait call,
+                            # with no point inside it to yield at, so a slice may overrun by one.
+                            if time.perf_counter() > slice_end:
+                                await _let_others_run()
+                                slice_end = time.perf_counter() + DISPATCH_SLICE
         finally:
             # The last pass, synchronous and without yielding: at shutdown (or when
             # cancelled) whatever is queued for a direct sink is written now or handed to
@@ -369,6 +377,30 @@ class Fanout:
                 while slot.direct and slot.is_direct:
                     self._deliver_direct(slot)
             self._dispatcher_done.set()
+
+    def deliver_from_caller(self) -> None:
+        """From now on the caller delivers the direct sinks' events (:meth:`deliver_queued`)
+        and publish never wakes the dispatcher; its last pass at :meth:`aclose` remains.
+
+        For the mirror process, whose record loop is the only publisher: delivering right
+        after each slice of records costs no wake-up of its own, and the loop reads no more
+        records than the sinks have taken. A mirror that falls behind then leaves records in
+        the channel, where the relay counts the drop and the observer reports the gap and
+        resynchronises, instead of observing messages only for every sink to drop them
+        ("queue full") on a queue it can never catch up with.
+        """
+        self._caller_delivers = True
+
+    def deliver_queued(self) -> None:
+        """Deliver everything queued for the direct sinks now, one batch per sink per round,
+        synchronously (see :meth:`deliver_from_caller`)."""
+        more = True
+        while more:
+            more = False
+            for slot in self._slots:
+                if slot.direct and slot.is_direct:
+                    self._deliver_direct(slot)
+                    more = more or bool(slot.direct and slot.is_direct)
 
     def _deliver_direct(self, slot: _Slot) -> None:
         """One batch (at most MAX_BATCH) of a direct sink's queue, synchronously."""

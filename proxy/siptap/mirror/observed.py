@@ -118,7 +118,9 @@ class Direction:
             if offset > expected:
                 # Bytes went missing and no Dropped marker said so (a marker lost too).
                 # report_gap moves expected to offset, so the chunk is then fed as usual.
-                self.report_gap("bytes missing", expected, offset - expected, ts)
+                # At expected 0 this mirror never saw the stream's start: a connection the relay
+                # re-announced after a mirror restart (relay/tap.py).
+                self.report_gap("bytes missing" if expected else "joined mid-stream", expected, offset - expected, ts)
             else:
                 # Overlap: bytes already framed. Feeding them again would frame a message twice
                 # (test_bytes_seen_twice_are_skipped); only the unseen tail, if any, goes on.

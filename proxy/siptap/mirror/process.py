@@ -60,10 +60,14 @@ async def run_mirror(config: Config, channel: Path, control_fd: int | None = Non
     """The mirror process's main, until SIGTERM/SIGINT or the supervisor's going away."""
     log = get_logger("siptap")
     fanout = Fanout.from_settings(config.mirror)
+    # The record loop is the only publisher here: it delivers after each slice of records,
+    # and a mirror that falls behind leaves records in the channel (counted by the relay,
+    # reported as a gap here) rather than dropping observed messages at its own queues.
+    fanout.deliver_from_caller()
     counts = SipMessageCounts()
     handler = (handler_factory or observe(config))(fanout, log, counts)
     receiver = ChannelReceiver(channel, handler, log=log, drain_timeout=config.mirror.drain_timeout,
-                               batch_interval=config.mirror.batch_interval)
+                               batch_interval=config.mirror.batch_interval, deliver=fanout.deliver_queued)
     control = socket.socket(fileno=control_fd) if control_fd is not None else None
     log.info("mirror_starting", pid=os.getpid(), channel=str(channel))
     try:

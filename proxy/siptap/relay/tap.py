@@ -32,7 +32,15 @@ and retries every second while the mirror is down, logging ``mirror_channel_down
 ``mirror_channel_up`` once per change. While down, every record is a counted drop and every
 connection that tried to send owes a marker, so the restarted mirror hears of each gap.
 What the dead mirror had accepted but not yet read is lost without a count here: the new
-mirror sees it as a jump in a chunk's ``offset`` (or meets a connection it never saw open).
+mirror sees it as a jump in a chunk's ``offset``.
+
+A new mirror knows nothing of the connections already open: a trunk that lives for days
+would stay unobserved after one mirror restart. So the tap keeps each live connection's
+lifecycle records (opened, handshakes, keys: a few KiB, encoded once) until :meth:`forget`,
+and after every (re)connect it replays them, before that connection's next record, through
+the same owed-marker path as a drop: the new mirror learns the connection, its legs and keys,
+then meets its next chunk at an offset past zero, reports the bytes it never saw as a gap and
+frames again from the next message.
 
 Everything here runs on the relay's one trio thread: the data path and :meth:`run` never
 race, so no lock.
@@ -97,8 +105,13 @@ class MirrorTap:
         # The connected socket, or None while the mirror is down: the data path's only test.
         self._sock: socket.socket | None = None
         # conn -> [chunks from accepted, bytes from accepted, chunks from dialled, bytes from
-        # dialled, other records] dropped since its last marker; only connections owing one.
+        # dialled, other records] dropped since its last marker, then [5]: how many of its
+        # lifecycle records a new mirror has been sent again (-1: no replay owed); only
+        # connections owing a marker or a replay.
         self._owed: dict[int, list[int]] = {}
+        # conn -> its lifecycle records so far (encoded), for a replay to the next mirror; from
+        # its first record until forget().
+        self._announced: dict[int, list[bytes]] = {}
         # Totals only grow: the metric is a counter, and the mirror_channel_dropped line gives
         # differences from them.
         self.dropped_records = 0  # every record refused (chunks and lifecycle records)
@@ -135,7 +148,7 @@ class MirrorTap:
         # first drop adds the connection to _owed) and in the totals.
         counts = self._owed.get(conn)
         if counts is None:
-            counts = self._owed[conn] = [0, 0, 0, 0, 0]
+            counts = self._owed[conn] = [0, 0, 0, 0, 0, -1]
         # Index 0/1 for the accepted side's chunks and bytes, 2/3 for the dialled side's.
         side = 0 if direction == FROM_ACCEPTED else 2
         counts[side] += 1
@@ -151,6 +164,13 @@ class MirrorTap:
     def record(self, conn: int, encoded: bytes) -> None:
         """A lifecycle record of ``conn`` (opened, handshake, keys, closed), already
         ``chunk_records.encode``-d; dropped and counted like a chunk when it does not fit."""
+        # Kept for a replay to the next mirror whether or not it goes through now: the replay
+        # must tell the whole connection. The closed record too (forget() follows at once).
+        announced = self._announced.get(conn)
+        if announced is None:
+            self._announced[conn] = [encoded]
+        else:
+            announced.append(encoded)
         # Same shape as chunk(), kept inline rather than shared: chunk() runs per relayed chunk,
         # and a shared helper would be one more call on that path.
         sock = self._sock
@@ -165,7 +185,7 @@ class MirrorTap:
                 self._refused(exc)
         counts = self._owed.get(conn)
         if counts is None:
-            counts = self._owed[conn] = [0, 0, 0, 0, 0]
+            counts = self._owed[conn] = [0, 0, 0, 0, 0, -1]
         # A lifecycle record carries no relayed bytes: counted only as a record. The mirror
         # learns from the marker that something besides stream bytes was lost.
         counts[4] += 1
@@ -179,14 +199,34 @@ class MirrorTap:
         # the life of the worker: one entry per such connection, a slow leak on a busy box.
         # The session calls it right after handing over the closed record.
         self._owed.pop(conn, None)
+        self._announced.pop(conn, None)
 
     def _settle(self, sock: socket.socket, conn: int) -> bool:
         """Send ``conn``'s Dropped marker; True once it went (the record may follow)."""
         # The marker carries what was dropped since the last marker went (or since the first
         # drop), per direction: the mirror reports them as one gap and skips ahead.
         counts = self._owed[conn]
+        # A new mirror first hears the connection itself, or the marker (and the chunk) would
+        # be about a connection it does not know. counts[5] counts the replayed records, so a
+        # replay the channel refused half-way resumes where it stopped, without duplicates.
+        if counts[5] >= 0:
+            records = self._announced.get(conn, ())
+            try:
+                while counts[5] < len(records):
+                    sock.send(records[counts[5]])
+                    counts[5] += 1
+            except OSError as exc:
+                self._refused(exc)
+                return False
+            # No marker after a replay, whatever was dropped meanwhile: this mirror never saw
+            # the stream, so a marker could only place the hole wrongly (it counts bytes, not
+            # where they were). The next chunk's offset places it exactly: the mirror reports
+            # everything before it as one gap ("joined mid-stream"). The drops stay counted
+            # in the totals (metric, mirror_channel_dropped).
+            del self._owed[conn]
+            return True
         try:
-            sock.send(encode(Dropped(conn, time.time(), *counts)))
+            sock.send(encode(Dropped(conn, time.time(), *counts[:5])))
         except OSError as exc:
             self._refused(exc)
             # The marker did not fit (or the mirror is gone): the caller drops its record too and
@@ -224,7 +264,7 @@ class MirrorTap:
 
     @property
     def owing(self) -> int:
-        """Connections that owe the mirror a Dropped marker."""
+        """Connections that owe the mirror a Dropped marker or a replay of their records."""
         # Shown in the mirror_channel_dropped line: how many connections will reach the mirror
         # with a gap marker first.
         return len(self._owed)
@@ -271,6 +311,16 @@ class MirrorTap:
                 # A new Event per connection: trio Events cannot be cleared, and the old one is set
                 # if the last connection ended with a failed send.
                 self._lost = trio.Event()
+                # This mirror knows none of the live connections: each replays its lifecycle
+                # records before its next record (_settle). Marked before the data path can
+                # send on the new socket (the line below), and from the start (0) even if an
+                # earlier replay to a dead mirror had got half-way.
+                for conn in self._announced:
+                    owed = self._owed.get(conn)
+                    if owed is None:
+                        self._owed[conn] = [0, 0, 0, 0, 0, 0]
+                    else:
+                        owed[5] = 0
                 # The data path starts sending on this line: the Event above was made first, so a
                 # refusal on the new socket sets the Event that _watch is about to wait on.
                 self._sock = sock
