@@ -112,9 +112,10 @@ def _trio_style(*errors: OSError) -> OSError:
         (_trio_style(OSError(errno.ENETUNREACH, "Network is unreachable"),
                      ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")), "no_route", "ENETUNREACH"),
         (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "name_unresolved", "not known"),
+        (OSError(errno.EMFILE, "Too many open files"), "out_of_descriptors", "RLIMIT_NOFILE"),
         (_trio_style(OSError(errno.EACCES, "Permission denied")), "connect_failed", "Permission denied"),
     ],
-    ids=["refused", "unreachable", "kernel-timeout", "mixed", "dns", "other"],
+    ids=["refused", "unreachable", "kernel-timeout", "mixed", "dns", "emfile", "other"],
 )
 def test_connect_failure_reads_the_cause_under_the_summary(exc: OSError, reason: str, detail_part: str) -> None:
     got_reason, detail = connect_failure(exc)
