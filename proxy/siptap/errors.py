@@ -51,12 +51,14 @@ class HandshakeFailed(SiptapError):
 
 
 class UpstreamError(SiptapError):
-    """No core could be reached; ``attempts`` lists (address, why) for each core tried."""
+    """No upstream could be reached; ``attempts`` lists (address, why) for each one tried.
 
-    def __init__(self, attempts: list[tuple[str, str]]) -> None:
+    ``peer`` names what was dialled: "core" on a forward route, the E-SBC on a reverse one."""
+
+    def __init__(self, attempts: list[tuple[str, str]], peer: str = "core") -> None:
         self.attempts = attempts
         tried = "; ".join(f"{addr}: {why}" for addr, why in attempts) or "no upstream configured"
-        super().__init__(f"no core reachable ({tried})")
+        super().__init__(f"no {peer} reachable ({tried})")
 
 
 class ListenError(SiptapError):

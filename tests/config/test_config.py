@@ -277,6 +277,17 @@ def test_rsa_key_exchange_with_tls13_minimum() -> None:
     assert route.customer.effective_max_version == "TLSv1.3"
 
 
+def test_key_exchange_any_defaults_to_tls13() -> None:
+    # README and config.toml: "any" admits TLS 1.3 customers; max_version caps it only when set.
+    any_default = parse(config_text(customer='key_exchange = "any"')).routes[0].customer
+    assert any_default.effective_max_version == "TLSv1.3"
+    capped = parse(config_text(customer='key_exchange = "any"\nmax_version = "TLSv1.2"')).routes[0].customer
+    assert capped.effective_max_version == "TLSv1.2"
+    # min_version checks against the effective ceiling, not an unset max_version.
+    assert_error(config_text(customer='key_exchange = "any"\nmax_version = "TLSv1.1"\nmin_version = "TLSv1.2"'),
+                 "route[0].customer.min_version", "min_version is above max_version")
+
+
 def test_rsa_key_exchange_caps_max_version() -> None:
     customer = parse(config_text(customer='max_version = "TLSv1.3"')).routes[0].customer
     assert isinstance(customer, ServerTlsSettings)
@@ -476,6 +487,7 @@ ca = "certs/ca.pem"
     assert reverse.customers[0].address == Endpoint("192.0.2.10", 5061)
     assert reverse.customer_tls.ciphers == RSA_KEX_CIPHERS  # reverse leg to the E-SBC: RSA kex by default
     assert reverse.customer_tls.max_version == "TLSv1.2"
+    assert reverse.core_side.effective_max_version == "TLSv1.3"  # "any" on the core side: TLS 1.3 too
     assert_error(text.replace('"127.0.0.1:5063"', '"127.0.0.1:5061"'), "route[0].reverse.listen", "also used by route 'lab'")
     assert_error(text.replace('key_exchange = "any"', 'kex = "any"'), "route[0].reverse.core_side.kex", "unknown key")
 

@@ -131,7 +131,8 @@ async def test_sngrep_compatible_turns_off_ems_and_restricts_suites(pki: Path) -
 
 
 async def test_key_exchange_any_lets_tls13_through(pki: Path) -> None:
-    server = OneShotServer(server_settings(pki, key_exchange="any", max_version="TLSv1.3"))
+    # No max_version: with "any" the default ceiling is TLS 1.3 (README, config.toml).
+    server = OneShotServer(server_settings(pki, key_exchange="any"))
     async with trio.open_nursery() as nursery:
         port = await start(nursery, server)
         cipher = await client_attempt(port, customer_client_context(pki, minimum=ssl.TLSVersion.TLSv1_3))
@@ -173,6 +174,28 @@ async def test_failure_matrix(pki: Path, client_kwargs: dict, settings_kwargs: d
     assert isinstance(failure, HandshakeFailed), failure
     assert failure.reason == reason, failure
     assert detail_part in failure.detail
+
+
+@pytest.mark.parametrize(
+    ("settings_kwargs", "says", "does_not_say"),
+    [
+        ({}, 'key_exchange = "rsa"', "max_version"),
+        # "any" with TLS 1.3 turned off by hand: the refusal names max_version, not RSA.
+        (dict(key_exchange="any", max_version="TLSv1.2"), 'max_version = "TLSv1.2"', "RSA"),
+    ],
+    ids=["rsa", "any-capped"],
+)
+async def test_tls13_only_client_refusal_names_what_to_change(pki: Path, settings_kwargs: dict, says: str,
+                                                             does_not_say: str) -> None:
+    server = OneShotServer(server_settings(pki, **settings_kwargs))
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery, server)
+        outcome = await client_attempt(port, customer_client_context(pki, minimum=ssl.TLSVersion.TLSv1_3))
+        failure = await server.receive.receive()
+        nursery.cancel_scope.cancel()
+    assert outcome.startswith("error"), outcome
+    assert isinstance(failure, HandshakeFailed) and failure.reason == "tls13_only_client", failure
+    assert says in failure.detail and does_not_say not in failure.detail, failure.detail
 
 
 async def test_allow_list_by_fingerprint_and_san(pki: Path) -> None:

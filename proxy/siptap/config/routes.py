@@ -41,7 +41,8 @@ class ServerTlsSettings:
     allow: tuple[str, ...] = ()
     key_exchange: str = field(default="rsa", metadata=choice("rsa", "any"))
     min_version: str = field(default="TLSv1.2", metadata=choice(*TLS_VERSIONS))
-    max_version: str = field(default="TLSv1.2", metadata=choice(*TLS_VERSIONS))
+    # None: follows key_exchange (see effective_max_version).
+    max_version: str | None = field(default=None, metadata=choice(*TLS_VERSIONS))
     ciphers: str | None = None  # override; default follows key_exchange / sngrep_compatible
     resumption: bool = False
     sngrep_compatible: bool = False
@@ -62,15 +63,19 @@ class ServerTlsSettings:
 
     @property
     def effective_max_version(self) -> str:
-        # Forced RSA key exchange cannot exist in TLS 1.3.
-        return "TLSv1.2" if self.key_exchange == "rsa" else self.max_version
+        """TLS 1.2 when RSA key exchange is forced (TLS 1.3 has none); with "any", the
+        configured max_version, by default TLS 1.3: "any" exists to admit equipment that
+        cannot do RSA key exchange, TLS 1.3-only E-SBCs among them (decryptable with the key log)."""
+        if self.key_exchange == "rsa":
+            return "TLSv1.2"
+        return self.max_version or "TLSv1.3"
 
     def problems(self) -> list[tuple[str, str]]:
         """Cross-field checks, in the order the loader reports them (the first one wins)."""
         out = []
         if self.key_exchange == "rsa" and self.min_version == "TLSv1.3":
             out.append(("min_version", "RSA key exchange needs TLS 1.2; use key_exchange = \"any\" for TLS 1.3"))
-        if _TLS_ORDER[self.min_version] > _TLS_ORDER[self.max_version] and self.key_exchange != "rsa":
+        if _TLS_ORDER[self.min_version] > _TLS_ORDER[self.effective_max_version] and self.key_exchange != "rsa":
             out.append(("min_version", "min_version is above max_version"))
         if not 1 <= self.verify_depth <= 10:
             out.append(("verify_depth", "must be between 1 and 10"))

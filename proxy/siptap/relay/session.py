@@ -45,6 +45,7 @@ from siptap.errors import HandshakeFailed, UpstreamError
 from siptap.log import LogWriter
 from siptap.metrics import Metrics
 from siptap.relay.feed import MirrorFeed, NullFeed
+from siptap.relay.heap import HEAP
 from siptap.relay.upstream import connect_first
 from siptap.sansio import chunk_records
 from siptap.sansio.chunk_records import FROM_ACCEPTED, FROM_DIALLED, LegAddresses
@@ -164,6 +165,15 @@ class _Ending:
 
 async def run_session(tcp: trio.SocketStream, plan: SessionPlan, log: LogWriter) -> None:
     """Serve one accepted TCP connection. Never raises for peer behaviour; logs instead."""
+    # Counted for the heap trimmer: the end of a flood gives its free heap back (relay/heap.py).
+    HEAP.opened()
+    try:
+        await _serve(tcp, plan, log)
+    finally:
+        HEAP.closed()
+
+
+async def _serve(tcp: trio.SocketStream, plan: SessionPlan, log: LogWriter) -> None:
     # Numbered before the handshake: a failed handshake's log lines carry the id too, so
     # they can be told apart from other attempts by the same peer.
     conn, conn_id = new_connection_id()

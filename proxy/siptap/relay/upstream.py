@@ -1,12 +1,19 @@
-"""Dialling the core: each configured upstream in order, TCP then TLS, each with a timeout.
+"""Dialling the other side: each configured upstream in order, TCP then TLS, each with a timeout.
 
-Any failure (refused, timeout, TLS handshake failure, certificate mismatch) moves on to the
-next upstream; the caller gets either a ready TLS stream or an UpstreamError that lists
-every attempt and why it failed.
+Any failure moves on to the next upstream; the caller gets either a ready TLS stream or an
+UpstreamError that lists every attempt and why it failed. Each failed attempt is logged
+(``upstream_failed``) with its cause as a stable ``reason``: ``connect_refused`` (nothing
+listens, or a firewall rejects), ``connect_timeout`` (no answer to the SYN: a firewall that
+drops, a host that is down, a full listen backlog), ``no_route`` (the network or host is
+unreachable), ``name_unresolved``, ``out_of_descriptors`` (siptap's own descriptor limit),
+``connect_failed`` (any other socket error), or, once
+TCP is up, the TLS handshake's failure reason (``unknown_ca``, ``hostname_mismatch``,
+``timeout``, ...) with ``stage`` saying which of the two failed.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import ipaddress
 import socket
@@ -21,6 +28,10 @@ from siptap.log import LogWriter
 from siptap.relay.sockets import tune_socket
 from siptap.tls.stream import OpenSSLStream
 
+# What each dialled leg reaches, in the words of log lines and errors: a reverse route dials
+# the customer's E-SBC, which is no core.
+PEER_NAMES = {"core": "core", "customer": "customer E-SBC"}
+
 
 async def connect_first(
     upstreams: tuple[Upstream, ...],
@@ -34,26 +45,25 @@ async def connect_first(
     on_failure: Callable[[str], None] | None = None,
 ) -> tuple[OpenSSLStream, Upstream]:
     attempts: list[tuple[str, str]] = []
+
+    def failed(index: int, stage: str, reason: str, detail: str) -> None:
+        address = str(upstreams[index].address)
+        attempts.append((address, f"{reason}: {detail}" if stage == "tcp" else f"TLS {reason}: {detail}"))
+        if on_failure:
+            on_failure(reason)
+        log.warning("upstream_failed", leg=leg, upstream=address, stage=stage, reason=reason, detail=detail,
+                    next=_next(upstreams, index))
+
     for index, upstream in enumerate(upstreams):
-        address = str(upstream.address)
         try:
             with trio.fail_after(connect_timeout):
                 tcp = await open_tcp(upstream.address.host, upstream.address.port)
         except trio.TooSlowError:
-            why = f"TCP connect timed out after {connect_timeout:g} s"
-            attempts.append((address, why))
-            if on_failure:
-                on_failure("connect_timeout")
-            log.warning("upstream_failed", leg=leg, upstream=address, reason="connect_timeout", detail=why,
-                        next=_next(upstreams, index))
+            failed(index, "tcp", "connect_timeout",
+                   f"no answer to the TCP connect within {connect_timeout:g} s (connect_timeout)")
             continue
         except OSError as exc:
-            why = exc.strerror or str(exc)
-            attempts.append((address, why))
-            if on_failure:
-                on_failure("connect_failed")
-            log.warning("upstream_failed", leg=leg, upstream=address, reason="connect_failed", detail=why,
-                        next=_next(upstreams, index))
+            failed(index, "tcp", *connect_failure(exc))
             continue
         tune_socket(tcp.socket)
         name = upstream.server_name or settings.server_name or upstream.address.host
@@ -68,15 +78,61 @@ async def connect_first(
                 await stream.aclose()
             raise
         except HandshakeFailed as exc:
-            attempts.append((address, f"TLS {exc.reason}: {exc.detail}"))
-            if on_failure:
-                on_failure(exc.reason)
-            log.warning("upstream_failed", leg=leg, upstream=address, reason=exc.reason, detail=exc.detail,
-                        next=_next(upstreams, index))
+            failed(index, "tls", exc.reason, exc.detail)
             await stream.aclose()
             continue
         return stream, upstream
-    raise UpstreamError(attempts)
+    raise UpstreamError(attempts, peer=PEER_NAMES.get(leg, leg))
+
+
+_CONNECT_ERRNOS = {
+    errno.ECONNREFUSED: ("connect_refused", "connection refused: nothing listens there, or a firewall rejects"),
+    errno.ETIMEDOUT: ("connect_timeout", "the kernel gave up waiting for an answer to the TCP connect"),
+    errno.ENETUNREACH: ("no_route", "network unreachable: no route to that address"),
+    errno.EHOSTUNREACH: ("no_route", "host unreachable: no route to that host"),
+    # Our side, not the upstream's: seen when a flood of customers uses up RLIMIT_NOFILE.
+    errno.EMFILE: ("out_of_descriptors", "siptap has no file descriptor left for the connection "
+                   "(RLIMIT_NOFILE; lower max_connections or raise the limit)"),
+    errno.ENFILE: ("out_of_descriptors", "the system has no file descriptor left (fs.file-max)"),
+}
+
+
+def connect_failure(exc: OSError) -> tuple[str, str]:
+    """``(reason, detail)`` for a failed TCP connect, from the socket error underneath.
+
+    trio (and :func:`open_tcp`) raise a summary ``OSError`` ("all attempts to connect to ...
+    failed") whose cause is an ExceptionGroup of each address's error; the cause that says
+    what happened (refused, unreachable) is in there, so it is what names the attempt."""
+    errors = _socket_errors(exc)
+    for error in errors:
+        if isinstance(error, socket.gaierror):
+            return "name_unresolved", f"cannot resolve the host name: {error.strerror or error}"
+    for error in errors:
+        known = _CONNECT_ERRNOS.get(error.errno or 0)
+        if known is not None:
+            reason, detail = known
+            return reason, f"{detail} ({errno.errorcode.get(error.errno or 0, error.errno)})"
+    first = errors[0] if errors else exc
+    return "connect_failed", first.strerror or str(first)
+
+
+def _socket_errors(exc: BaseException) -> list[OSError]:
+    """The OSErrors that carry an errno, from ``exc``, its cause, and any ExceptionGroup in between."""
+    found: list[OSError] = []
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        elif isinstance(current, OSError) and (current.errno is not None or isinstance(current, socket.gaierror)):
+            found.append(current)
+        if current.__cause__ is not None:
+            todo.append(current.__cause__)
+    return found
 
 
 async def open_tcp(host: str, port: int) -> trio.SocketStream:

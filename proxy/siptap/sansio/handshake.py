@@ -43,6 +43,12 @@ class FailureReason(str, enum.Enum):  # noqa: UP042 - str() and format() of memb
     HOSTNAME_MISMATCH = "hostname_mismatch"
     NOT_ALLOWED = "not_allowed"
     PEER_ALERT = "peer_alert"
+    # A TLS peer whose keys do not match ours: a record that fails its MAC or AEAD tag (a
+    # corrupted record, or an RSA premaster encrypted to another key: OpenSSL hides the failed
+    # RSA decryption, so the wrong keys show at the client's Finished), or a handshake
+    # signature or Finished that does not verify (TLS alert decrypt_error).
+    BAD_RECORD_MAC = "bad_record_mac"
+    DECRYPT_ERROR = "decrypt_error"
     NOT_TLS = "not_tls"
     PROTOCOL_ERROR = "protocol_error"
     PEER_CLOSED = "peer_closed"

@@ -5,9 +5,10 @@ ones; everything here is therefore a pure function of the settings and the files
 Files are checked first, so a bad key or certificate stops start-up with the file and the
 problem named, not with an OpenSSL error stack.
 
-Each context owns a :class:`~siptap.tls.facts.CertificateCache` (its app data): the verify
-callback and the handshake facts parse and summarise each distinct peer certificate once,
-not once per connection, and a reload's new contexts start with fresh caches.
+Each context owns a :class:`~siptap.tls.facts.CertificateCache` (in its app data, a
+:class:`~siptap.tls.facts.ContextData`): the verify callback and the handshake facts parse and
+summarise each distinct peer certificate once, not once per connection, and a reload's new
+contexts start with fresh caches.
 
 Key material leaves through the per-connection :class:`~siptap.tls.facts.HandshakeObserver`
 (the connection's app data): the key-log callback appends NSS lines to it and the verify
@@ -29,7 +30,7 @@ from OpenSSL import SSL, crypto
 from siptap.config import ClientTlsSettings, ServerTlsSettings
 from siptap.errors import CertificateError
 from siptap.sansio.handshake import FailureReason
-from siptap.tls.facts import CertificateCache, HandshakeObserver
+from siptap.tls.facts import CertificateCache, ContextData, HandshakeObserver
 from siptap.tls.identity import AllowList, common_name, matches_hostname
 from siptap.tls.pem import key_matches_certificate, load_certificate_chain, load_crls, load_private_key
 
@@ -172,8 +173,8 @@ def _subject_of(cert: crypto.X509) -> str:
 
 def certificate_cache(ctx: SSL.Context) -> CertificateCache | None:
     """The context's certificate cache (None for a context not built here)."""
-    cache = ctx.get_app_data()
-    return cache if isinstance(cache, CertificateCache) else None
+    data = ctx.get_app_data()
+    return data.certificates if isinstance(data, ContextData) else None
 
 
 VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
@@ -216,7 +217,7 @@ def _keylog(conn: SSL.Connection, line: bytes) -> None:
         observer.keylog_lines.append(line.decode("ascii", "replace").strip())
 
 
-def _new_context(min_version: str, max_version: str, ciphers: str) -> SSL.Context:
+def _new_context(min_version: str, max_version: str, ciphers: str, *, version_limit: str | None = None) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_METHOD)
     # An idle connection gives its ~34 KiB record buffers back to OpenSSL's allocator: a
     # trunk of mostly idle TLS connections (both legs) is what siptap holds most of.
@@ -227,8 +228,19 @@ def _new_context(min_version: str, max_version: str, ciphers: str) -> SSL.Contex
         ctx.set_cipher_list(ciphers.encode())
     except SSL.Error:
         raise CertificateError("ciphers", f"OpenSSL accepts none of {ciphers!r}") from None
-    ctx.set_app_data(CertificateCache())
+    ctx.set_app_data(ContextData(CertificateCache(), version_limit))
     return ctx
+
+
+def _version_limit(settings: ServerTlsSettings) -> str | None:
+    """The server's version ceiling in words, for a refused TLS 1.3-only client: what to change."""
+    if settings.key_exchange == "rsa":
+        return ("this leg allows TLS 1.2 only: key_exchange = \"rsa\" forces RSA key exchange, which TLS 1.3 "
+                "does not have (key_exchange = \"any\" admits TLS 1.3, decryptable with the key log)")
+    ceiling = settings.effective_max_version
+    if ceiling != "TLSv1.3":
+        return f"this leg allows at most {ceiling} (max_version = \"{ceiling}\")"
+    return None
 
 
 def build_server_context(settings: ServerTlsSettings, *, session_id: bytes = b"siptap") -> SSL.Context:
@@ -240,7 +252,8 @@ def build_server_context(settings: ServerTlsSettings, *, session_id: bytes = b"s
         allow_insecure_key=settings.allow_insecure_key_permissions,
         require_rsa=forced_rsa,
     )
-    ctx = _new_context(settings.min_version, settings.effective_max_version, settings.effective_ciphers)
+    ctx = _new_context(settings.min_version, settings.effective_max_version, settings.effective_ciphers,
+                       version_limit=_version_limit(settings))
     certificates = certificate_cache(ctx)
     options = SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION
     if settings.resumption:

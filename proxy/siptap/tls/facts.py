@@ -126,6 +126,17 @@ class CertificateCache:
         return self.certificate(crypto.dump_certificate(crypto.FILETYPE_ASN1, cert))
 
 
+@dataclass(frozen=True, slots=True)
+class ContextData:
+    """What a context built by :mod:`siptap.tls.contexts` carries as its app data: its
+    certificate cache, and its version limit in words (``version_limit``) for the failure
+    detail that tells the operator what to change when a client offers only versions above
+    it. A context cannot be changed once it has connections, so neither can this."""
+
+    certificates: CertificateCache
+    version_limit: str | None = None
+
+
 def _der_of(x509_ptr: object) -> bytes:
     bio = _lib.BIO_new(_lib.BIO_s_mem())
     if bio == _ffi.NULL:  # pragma: no cover - out of memory
@@ -168,6 +179,7 @@ class HandshakeObserver:
     verify_error: tuple[int, int, str, str] | None = None  # (errnum, depth, subject, OpenSSL text)
     policy_failure: tuple[FailureReason, str] | None = None
     sniffer: ClientHelloSniffer | None = None
+    version_limit: str | None = None  # the context's (ContextData.version_limit)
 
     def record_verify_error(self, errnum: int, depth: int, subject: str, text: str) -> None:
         if self.verify_error is None:
@@ -285,7 +297,7 @@ def classify_failure(exc: BaseException | None, observer: HandshakeObserver) -> 
         if hello is not None and hello.tls13_only:
             return HandshakeFailed(
                 FailureReason.TLS13_ONLY_CLIENT.value,
-                "client offered only TLS 1.3; this leg allows TLS 1.2 only (RSA key exchange)",
+                f"client offered only TLS 1.3; {observer.version_limit or 'this leg does not allow TLS 1.3'}",
             )
         offered = ", ".join(VERSION_NAMES.get(v, f"0x{v:04X}") for v in hello.versions) if hello else "unknown"
         return HandshakeFailed(FailureReason.PROTOCOL_VERSION.value, f"{text}; peer offered {offered}")
@@ -294,6 +306,8 @@ def classify_failure(exc: BaseException | None, observer: HandshakeObserver) -> 
             FailureReason.NO_CLIENT_CERTIFICATE.value, "client sent no certificate; mutual TLS is required"
         )
     for needle, reason in (
+        ("alert bad record mac", FailureReason.BAD_RECORD_MAC),
+        ("alert decrypt error", FailureReason.DECRYPT_ERROR),
         ("alert unknown ca", FailureReason.UNKNOWN_CA),
         ("alert certificate expired", FailureReason.CERTIFICATE_EXPIRED),
         ("alert bad certificate", FailureReason.CERTIFICATE_INVALID),
@@ -303,6 +317,21 @@ def classify_failure(exc: BaseException | None, observer: HandshakeObserver) -> 
     ):
         if needle in text:
             return HandshakeFailed(reason.value, f"peer sent {text}")
+    # Ahead of not_tls: OpenSSL adds "record layer failure" to these, yet the peer speaks TLS;
+    # its keys (or its handshake messages) do not match ours.
+    if "bad record mac" in text:
+        return HandshakeFailed(
+            FailureReason.BAD_RECORD_MAC.value,
+            f"a record from the peer failed its integrity check ({text}): corrupted in transit, or keys that "
+            "do not match ours (with RSA key exchange: a premaster secret not encrypted to our certificate's key)",
+        )
+    if "bad signature" in text or "digest check failed" in text:
+        what = "signature (CertificateVerify)" if "bad signature" in text else "Finished message"
+        return HandshakeFailed(
+            FailureReason.DECRYPT_ERROR.value,
+            f"the peer's handshake {what} does not verify ({text}): a corrupted or tampered handshake, or "
+            "keys that do not match",
+        )
     if isinstance(exc, (SSL.SysCallError, SSL.ZeroReturnError)) or "unexpected eof" in text.lower():
         return HandshakeFailed(FailureReason.PEER_CLOSED.value, "peer closed the connection during the handshake")
     if any(k in text for k in ("wrong version number", "http request", "packet length too long", "record layer")):

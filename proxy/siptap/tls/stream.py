@@ -50,7 +50,7 @@ from siptap.errors import HandshakeFailed
 from siptap.sansio.handshake import FailureReason, HandshakeFacts
 from siptap.sansio.tls_hello import ClientHelloSniffer
 from siptap.tls import descriptor_io
-from siptap.tls.facts import CertificateCache, HandshakeObserver, classify_failure, collect_facts
+from siptap.tls.facts import CertificateCache, ContextData, HandshakeObserver, classify_failure, collect_facts
 from siptap.tls.records import RecordLayer, records_for
 from siptap.tls.stream_locks import DirectionGuard, FifoMutex
 
@@ -102,8 +102,11 @@ class OpenSSLStream(trio.abc.Stream):
             if check_hostname and server_hostname:
                 observer.expected_hostname = server_hostname
         self._conn = conn
-        certificates = context.get_app_data()  # see siptap.tls.contexts: the context's cache
-        self._certificates = certificates if isinstance(certificates, CertificateCache) else None
+        data = context.get_app_data()  # see siptap.tls.contexts: the context's cache and limits
+        self._certificates: CertificateCache | None = None
+        if isinstance(data, ContextData):
+            self._certificates = data.certificates
+            observer.version_limit = data.version_limit
         self._records: RecordLayer = records_for(conn, portable=portable_records)
         # A trio SocketStream is driven through its file descriptor (see _transport_receive).
         # Exactly SocketStream, not a subclass: a subclass may override send_all/receive_some,
