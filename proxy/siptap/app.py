@@ -34,6 +34,7 @@ from siptap.mirror.events import MirrorEvent
 from siptap.mirror.fanout import Fanout
 from siptap.mirror.local import LocalFeed
 from siptap.mirror.observer import Observer, Publish
+from siptap.relay.fd_limit import ensure_fd_limit
 from siptap.relay.feed import MirrorFeed
 from siptap.relay.server import RouteListener
 from siptap.relay.session import SessionPlan
@@ -201,6 +202,7 @@ class App:
 
     async def run(self, *, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED,
                   handle_signals: bool = True) -> None:
+        ensure_fd_limit(self.config, self.log, with_sinks=self.fanout is not None)
         if self.config.log.key_material:
             self.log.warning("key_material_in_logs",
                              detail="TLS secrets are logged (log.key_material = true): treat these logs as secret")

@@ -124,6 +124,9 @@ class Metrics:
         self.connections_total = Counter("siptap_connections", "Connections accepted", ["route", "leg"], registry=r)
         self.connections_refused = Counter("siptap_connections_refused", "Connections refused",
                                            ["route", "reason"], registry=r)
+        self.accept_failures = Counter("siptap_accept_failures", "accept() attempts that failed for lack of "
+                                       "descriptors or kernel memory (EMFILE, ENFILE, ENOBUFS, ENOMEM)",
+                                       ["route", "leg", "reason"], registry=r)
         self.handshakes = Counter("siptap_handshakes", "TLS handshakes by leg, result and reason",
                                   ["route", "leg", "result", "reason"], registry=r)
         self.sip_message_counts = sip_message_counts
