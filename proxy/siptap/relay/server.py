@@ -137,3 +137,25 @@ async def open_shared_listeners(port: int, host: str | None) -> list[trio.Socket
 
 def _addr(sockaddr: tuple[Any, ...]) -> tuple[str, int]:
     return (str(sockaddr[0]), int(sockaddr[1]))
+
+
+def listen_problem(endpoint: Endpoint) -> str | None:
+    """Whether ``endpoint`` could be listened on now, as :func:`trio.open_tcp_listeners` would
+    (every address it resolves to, SO_REUSEADDR, IPv6-only sockets): the problem, or None.
+    For ``siptap check``; the sockets are closed at once. On Linux a bind with SO_REUSEADDR
+    fails exactly when another socket listens there (a TIME_WAIT leftover does not count)."""
+    try:
+        addresses = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve {endpoint.host!r}: {exc.strerror or exc}"
+    for family, type_, proto, _name, sockaddr in addresses:
+        with socket.socket(family, type_, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                return f"cannot listen on {endpoint}: {exc.strerror or exc}"
+    return None
