@@ -8,7 +8,7 @@
   ::test_keylog_appends_and_narrows_existing_file, SRTP keys ::test_srtp_file_0600_one_line_per_key,
   pcap tests/mirror/test_pcap.py::test_dialog_reads_as_sip and ::test_rotation_by_size_each_file_standalone,
   end to end tests/integration/test_mirror_e2e.py, the demo's captures tests/tools/test_demo.py, lab
-  keys tests/test_certs.py.
+  keys tests/test_certs.py; every writer under umask 0 (the demo's log too) tests/test_file_modes.py.
 - The metrics endpoint binds loopback unless told otherwise.
 - Logs carry key *material* by design (NSS lines, master secrets) but never a private key: a
   debug-level `siptap run` through a full call, a refused handshake and a reload is searched

@@ -5,7 +5,8 @@ re-reads the config file and rebuilds every TLS context (certificates, CA bundle
 allow-lists); if anything fails the old contexts stay and the error is logged. SIGTERM or
 SIGINT stops the listeners, lets live connections finish for ``drain_timeout``, cancels the
 rest, then flushes the mirror. While it runs, a watch logs ``crl_expiring``/``crl_expired``
-for the CRLs in force (siptap.tls.crl_watch) and keeps their nextUpdate in a gauge.
+for the CRLs in force (siptap.tls.crl_watch) and ``certificate_expiring``/``certificate_expired``
+for its own certificates and CAs (siptap.tls.cert_watch), and keeps their dates in gauges.
 
 As one of ``workers`` processes (``worker=(index, count)``, started by
 :mod:`siptap.supervisor`) the app is the same except: its listeners set SO_REUSEPORT, its
@@ -34,12 +35,14 @@ from siptap.mirror.events import MirrorEvent
 from siptap.mirror.fanout import Fanout
 from siptap.mirror.local import LocalFeed
 from siptap.mirror.observer import Observer, Publish
+from siptap.relay.fd_limit import ensure_fd_limit
 from siptap.relay.feed import MirrorFeed
 from siptap.relay.server import RouteListener
 from siptap.relay.session import SessionPlan
 from siptap.relay.tap import MirrorTap
+from siptap.tls.cert_watch import CertificateWatch, certificate_entries
 from siptap.tls.contexts import build_client_context, build_server_context
-from siptap.tls.crl_watch import CrlEntry, CrlWatch, crl_entries
+from siptap.tls.crl_watch import CrlWatch, crl_entries
 
 # Multiprocess metrics: how often a worker copies its mirror counters into the shared files.
 MIRROR_METRICS_INTERVAL = 1.0
@@ -176,7 +179,7 @@ class App:
         self.shutdown_requested = trio.Event()
         self.stopped = trio.Event()
         self._connections_scope: trio.CancelScope | None = None
-        self._use_crls(crl_entries(config))
+        self._use_watches(config)
 
     def _observe_here(self, config: Config, observer: Callable[[MirrorEvent], object] | None,
                       sip_counts: SipMessageCounts) -> MirrorFeed:
@@ -201,6 +204,7 @@ class App:
 
     async def run(self, *, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED,
                   handle_signals: bool = True) -> None:
+        ensure_fd_limit(self.config, self.log, with_sinks=self.fanout is not None)
         if self.config.log.key_material:
             self.log.warning("key_material_in_logs",
                              detail="TLS secrets are logged (log.key_material = true): treat these logs as secret")
@@ -224,7 +228,7 @@ class App:
                 mirror.start_soon(self._signals)
             if self.metrics.multiprocess:
                 mirror.start_soon(self._sync_metrics)
-            mirror.start_soon(self._watch_crls)
+            mirror.start_soon(self._watch_expiry)
             await self._serve(task_status)
             # Only now, with every session gone (each handed over its closed record on the
             # way out), is the mirror flushed and closed: nothing can publish after this.
@@ -267,23 +271,33 @@ class App:
             self._connections_scope = connections.cancel_scope
             connections.cancel_scope.deadline = trio.current_time() + self.config.drain_timeout
 
-    def _use_crls(self, entries: list[CrlEntry]) -> None:
-        self.crl_watch = CrlWatch(entries)
-        self.metrics.set_crls(entries)
-        changed = getattr(self, "_crls_changed", None)
+    def _use_watches(self, config: Config) -> None:
+        """The CRLs and certificates ``config`` puts in force (start-up, reload): their
+        watches and gauges."""
+        crls = crl_entries(config)
+        self.crl_watch = CrlWatch(crls)
+        self.metrics.set_crls(crls)
+        certificates = certificate_entries(config)
+        self.certificate_watch = CertificateWatch(certificates)
+        self.metrics.set_certificates(certificates)
+        changed = getattr(self, "_watches_changed", None)
         if changed is not None:
             changed.set()
-        self._crls_changed = trio.Event()
+        self._watches_changed = trio.Event()
 
-    async def _watch_crls(self) -> None:
-        """Log ``crl_expiring``/``crl_expired`` (see siptap.tls.crl_watch) when they fall due."""
+    async def _watch_expiry(self) -> None:
+        """Log ``crl_expiring``/``crl_expired`` (siptap.tls.crl_watch) and
+        ``certificate_expiring``/``certificate_expired`` (siptap.tls.cert_watch) when they fall due."""
         while True:
-            watch, changed = self.crl_watch, self._crls_changed
+            watches, changed = (self.crl_watch, self.certificate_watch), self._watches_changed
             now = datetime.now(UTC)
-            for alarm in watch.due(now):
-                emit = self.log.error if alarm.event == "crl_expired" else self.log.warning
-                emit(alarm.event, **alarm.fields())
-            due = watch.next_check(now)
+            due: datetime | None = None
+            for watch in watches:
+                for alarm in watch.due(now):
+                    emit = self.log.error if alarm.event.endswith("_expired") else self.log.warning
+                    emit(alarm.event, **alarm.fields())
+                at = watch.next_check(now)
+                due = at if due is None or (at is not None and at < due) else due
             # The wall clock may jump; a long sleep is re-checked at least once a minute.
             delay = CRL_RECHECK if due is None else min(CRL_RECHECK, max(0.0, (due - now).total_seconds()))
             with trio.move_on_after(delay):
@@ -342,7 +356,7 @@ class App:
         added = sorted(set(new_plans) - unchanged)
         if added:
             self.log.warning("reload_routes_added", routes=added, detail="new routes and listen addresses need a restart")
-        self._use_crls(crl_entries(config))
+        self._use_watches(config)
         self.log.info("reloaded", routes=sorted(new_plans))
         return True
 

@@ -243,11 +243,44 @@ def _check(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     App(config)  # builds every context: opens and checks every file the config names
+    _check_expiry_and_ports(config)
     routes = ", ".join(f"{r.name} ({', '.join(map(str, r.listen))} -> {', '.join(str(u.address) for u in r.cores)})"
                        for r in config.routes)
     workers = f"; {config.worker_count} workers" if config.worker_count > 1 else ""
     print(f"{args.config}: OK: {routes}{workers}")
     return EXIT_OK
+
+
+def _check_expiry_and_ports(config: Config) -> None:
+    """What would bite soon or at once: every certificate siptap presents or trusts that
+    expires within 30 days (a warning) or has expired (an error), and every listen address
+    another process holds (an error naming its config key)."""
+    from datetime import UTC, datetime
+
+    from siptap.errors import ConfigError
+    from siptap.relay.server import listen_problem
+    from siptap.tls.cert_watch import certificate_entries
+
+    now = datetime.now(UTC)
+    for entry in certificate_entries(config):
+        state = entry.state(now)
+        if state == "expired":
+            error = ConfigError(str(config.path), entry.key, entry.describe(now))
+            error.hint = "replace it (lab PKI: `siptap certs init --force` or `siptap certs issue`)"
+            raise error
+        if state == "expiring":
+            print(f"siptap: warning: {config.path}: {entry.key}: {entry.describe(now)}", file=sys.stderr)
+    listens = [(f"route[{i}].listen", r.listen) for i, r in enumerate(config.routes)]
+    listens += [(f"route[{i}].reverse.listen", r.reverse.listen) for i, r in enumerate(config.routes) if r.reverse]
+    if config.metrics.enabled:
+        listens.append(("metrics.address", (config.metrics.address,)))
+    for key, endpoints in listens:
+        for endpoint in endpoints:
+            problem = listen_problem(endpoint)
+            if problem is not None:
+                error = ConfigError(str(config.path), key, problem)
+                error.hint = "is another siptap (or the SBC) already on that port? stop it or choose another"
+                raise error
 
 
 def _load_for_run(args: argparse.Namespace) -> Config:

@@ -39,6 +39,17 @@ class CrlInForce(Protocol):
     def next_update(self) -> datetime | None: ...
 
 
+class CertificateInForce(Protocol):
+    """A certificate the expiry gauge reports (:class:`siptap.tls.cert_watch.CertificateEntry`)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def not_after(self) -> datetime: ...
+
+
 # Relay latency: from a chunk's arrival (receive returned) to its forward (send returned).
 LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 0.25, 1.0)
 
@@ -124,6 +135,9 @@ class Metrics:
         self.connections_total = Counter("siptap_connections", "Connections accepted", ["route", "leg"], registry=r)
         self.connections_refused = Counter("siptap_connections_refused", "Connections refused",
                                            ["route", "reason"], registry=r)
+        self.accept_failures = Counter("siptap_accept_failures", "accept() attempts that failed for lack of "
+                                       "descriptors or kernel memory (EMFILE, ENFILE, ENOBUFS, ENOMEM)",
+                                       ["route", "leg", "reason"], registry=r)
         self.handshakes = Counter("siptap_handshakes", "TLS handshakes by leg, result and reason",
                                   ["route", "leg", "result", "reason"], registry=r)
         self.sip_message_counts = sip_message_counts
@@ -142,6 +156,10 @@ class Metrics:
         self.crl_next_update = Gauge("siptap_crl_next_update_timestamp_seconds",
                                      "nextUpdate of each CRL in force (Unix time): alert well before it passes",
                                      ["key", "issuer"], registry=r, multiprocess_mode="livemin")
+        self.certificate_expiry = Gauge("siptap_certificate_expiry_timestamp_seconds",
+                                        "notAfter of each certificate siptap presents or trusts (Unix time), "
+                                        "by the config key naming its file", ["key", "subject"], registry=r,
+                                        multiprocess_mode="livemin")
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, metric: Any, *labels: str) -> Any:
@@ -158,6 +176,16 @@ class Metrics:
         for entry in entries:
             if entry.next_update is not None:
                 self.crl_next_update.labels(entry.key, entry.issuer).set(entry.next_update.timestamp())
+
+    def set_certificates(self, entries: Iterable[CertificateInForce]) -> None:
+        """The certificates now configured (start-up, reload): the earliest notAfter per label set."""
+        earliest: dict[tuple[str, str], float] = {}
+        for entry in entries:
+            labels, ts = (entry.key, entry.subject), entry.not_after.timestamp()
+            earliest[labels] = min(ts, earliest.get(labels, ts))
+        self.certificate_expiry.clear()
+        for labels, ts in earliest.items():
+            self.certificate_expiry.labels(*labels).set(ts)
 
     def watch_mirror(self, stats: Callable[[], dict[str, dict[str, Any]]]) -> None:
         if not self.multiprocess:

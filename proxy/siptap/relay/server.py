@@ -8,10 +8,15 @@ With ``reuse_port`` (``workers`` > 1) every listening socket sets SO_REUSEPORT b
 binds, so the worker processes each bind the same address and the kernel spreads new
 connections over them (by a hash of the 4-tuple: a connection stays with the worker that
 accepted it; one long-lived trunk is one worker's).
+
+Each listening socket runs its own accept loop (:mod:`siptap.relay.accept`): when the
+process runs out of descriptors it logs ``accept_failed`` (rate-limited), counts
+``siptap_accept_failures_total`` and retries when one of this listener's connections ends.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 from typing import Any
 
@@ -20,6 +25,7 @@ import trio
 from siptap.config import Endpoint
 from siptap.errors import ListenError
 from siptap.log import LogWriter
+from siptap.relay.accept import ConnectionEnded, accept_loop
 from siptap.relay.session import SessionPlan, peer_address, run_session
 from siptap.relay.sockets import tune_socket
 
@@ -38,6 +44,7 @@ class RouteListener:
         self.refused = 0
         self.bound: list[tuple[str, int]] = []
         self.reuse_port = reuse_port
+        self.connection_ended = ConnectionEnded()
 
     async def serve(self, connections: trio.Nursery, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED) -> None:
         listeners: list[trio.SocketListener] = []
@@ -57,9 +64,18 @@ class RouteListener:
             self.log.info("listener_up", leg=self.leg, address=f"{host}:{port}", host=host, port=port)
         task_status.started(self.bound)
         try:
-            await trio.serve_listeners(self._handle, listeners, handler_nursery=connections)
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(functools.partial(
+                        accept_loop, listener, self._handle, connections, ended=self.connection_ended,
+                        log=self.log.bind(leg=self.leg), count_failure=self._count_accept_failure))
         finally:
             self.log.info("listener_down", leg=self.leg)
+
+    def _count_accept_failure(self, reason: str) -> None:
+        metrics = self.plan.metrics
+        if metrics is not None:
+            metrics.child(metrics.accept_failures, self.name, self.leg, reason).inc()
 
     async def _handle(self, tcp: trio.SocketStream) -> None:
         if self.active >= self.max_connections:
@@ -71,6 +87,7 @@ class RouteListener:
             self.log.warning("connection_refused", leg=self.leg, reason="max_connections",
                              limit=self.max_connections, peer=f"{peer[0]}:{peer[1]}")
             await tcp.aclose()
+            self.connection_ended.notify()
             return
         self.active += 1
         self.total += 1
@@ -88,6 +105,8 @@ class RouteListener:
             self.active -= 1
             if metrics is not None:
                 metrics.child(metrics.connections_active, self.name, self.leg).dec()
+            await trio.aclose_forcefully(tcp)  # as trio.serve_listeners did: never leak the descriptor
+            self.connection_ended.notify()  # a descriptor is free: an accept loop in back-off may retry
 
 
 async def open_shared_listeners(port: int, host: str | None) -> list[trio.SocketListener]:
@@ -118,3 +137,25 @@ async def open_shared_listeners(port: int, host: str | None) -> list[trio.Socket
 
 def _addr(sockaddr: tuple[Any, ...]) -> tuple[str, int]:
     return (str(sockaddr[0]), int(sockaddr[1]))
+
+
+def listen_problem(endpoint: Endpoint) -> str | None:
+    """Whether ``endpoint`` could be listened on now, as :func:`trio.open_tcp_listeners` would
+    (every address it resolves to, SO_REUSEADDR, IPv6-only sockets): the problem, or None.
+    For ``siptap check``; the sockets are closed at once. On Linux a bind with SO_REUSEADDR
+    fails exactly when another socket listens there (a TIME_WAIT leftover does not count)."""
+    try:
+        addresses = socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve {endpoint.host!r}: {exc.strerror or exc}"
+    for family, type_, proto, _name, sockaddr in addresses:
+        with socket.socket(family, type_, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                return f"cannot listen on {endpoint}: {exc.strerror or exc}"
+    return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from siptap.config import Config, load_config
 from siptap.errors import SiptapError
 from siptap.log import configure
 from siptap.mirror.events import KeyEvent, MirrorEvent, SipEvent
+from siptap.mirror.files import open_private_append
 from siptap.tools.lab.core import LabCore, core_context
 from siptap.tools.lab.customer import CustomerSession, customer_context
 from siptap.tools.pki import init_lab_pki
@@ -117,8 +119,9 @@ def main(config_path: Path, *, calls: int = 3, forever: bool = False, out: IO[st
     certs = ensure_lab_pki(config_path, out)
     config = load_config(config_path)
     log_file = config_path.parent / "captures" / "siptap.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "a", encoding="utf-8") as stream:
+    # The log holds master secrets, key-log lines and SRTP keys ([log] key_material): created
+    # 0600 in a 0700 folder whatever the umask, and an older, wider file is narrowed first.
+    with os.fdopen(open_private_append(log_file), "a", encoding="utf-8") as stream:
         writer = configure(dataclasses.replace(config.log, format="json"), stream)
         try:
             trio.run(functools.partial(run_demo, config, certs, calls=calls, forever=forever, out=out))

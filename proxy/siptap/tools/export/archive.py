@@ -23,7 +23,7 @@ def write_bundle(bundle: Bundle, out: Path, *, force: bool = False) -> Path:
             raise ExportError(f"{out} is not a siptap bundle folder: not replacing it, even with --force")
     if archive.exists() and not force:
         raise ExportError(f"{archive} already exists", "choose another --out, or add --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # created for the bundle: no wider than it
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # 0700
     try:
         for name, data in bundle.files.items():
