@@ -21,17 +21,40 @@ from siptap.tls import descriptor_io
 from siptap.tls.records import RecordLayer
 from siptap.tls.stream_locks import FifoMutex
 
+# The three rules this module keeps (they moved here from the stream's docstring with the
+# code that keeps them):
+# * after each OpenSSL call, new outgoing bytes are moved synchronously (no await in
+#   between) from the BIO into the outbox, so records keep the order in which OpenSSL
+#   produced them even when two tasks (the relay's two pumps) use the stream at once;
+#   whoever holds the send lock sends the whole outbox, and a caller returns only once its
+#   own bytes were handed to the transport (flush);
+# * when OpenSSL wants input, one task reads the transport into the incoming BIO (the
+#   receive lock); a task that waited for that lock while another task did the read just
+#   retries, since the other task's bytes may be what it needed (the fill count, _fill);
+# * errors flush first, so the peer gets OpenSSL's alert rather than a bare EOF (retry,
+#   retry_records).
+# What breaks without each: bad_record_mac at the peer; a relay that hangs with the answer
+# it waits for already in the BIO; handshake failures that the peer's log shows as "EOF".
+# tests/tls/test_stream.py::test_large_transfer_both_ways_concurrently runs both pumps
+# through one stream at once, the shape the first two rules exist for.
+
 T = TypeVar("T")
 A = TypeVar("A")
 
 _RECEIVE_SIZE = descriptor_io.READ_SIZE  # one transport read: several records when the peer is fast
 _CLOSE_NOTIFY_TIMEOUT = 2.0  # how long an alert or close_notify may take to leave before we give up on it
+# (An alert is a few dozen bytes: a peer that still reads takes it within a round trip, so
+# the bound only ever bites on a peer that stopped reading, and then it caps how long a
+# teardown holds the relay's task.)
 _RECORD_SIZE = 16384  # one TLS record's plaintext at most: no bigger buffer is useful per recv
+# (It also sizes PortableRecords' per-read allocation, which pyOpenSSL makes at the size asked.)
 
 
 class RecordPump:
     """One TLS connection's byte mover: OpenSSL's BIOs on one side, the transport on the other."""
 
+    # Slots: one pump per leg of every proxied connection, kept for as long as the
+    # connection idles (hours on a trunk); no instance dict per leg.
     __slots__ = (
         "_fill_count", "_outbox", "_read_error", "_recv_lock", "_send_lock", "_socket_drained",
         "conn", "records", "sniffer", "socket", "transport_eof", "transport_stream", "yielded",
@@ -42,16 +65,24 @@ class RecordPump:
         self.conn = conn
         self.records = records
         self.transport_stream = transport_stream
+        # The server leg's ClientHello sniffer, fed from _fill because that is where the
+        # client's raw bytes pass; the stream sets it to None once the handshake succeeded,
+        # so an idle connection does not keep the client's hello.
         self.sniffer = sniffer
         # A trio SocketStream is driven through its file descriptor (see _transport_receive).
         # Exactly SocketStream, not a subclass: a subclass may override send_all/receive_some,
         # and going around them to the descriptor would skip what it added.
         self.socket = transport_stream.socket if type(transport_stream) is trio.SocketStream else None
         self._outbox: list[bytes] = []
+        # FifoMutex, not trio.Lock: free in the common uncontended case (no scheduling
+        # point), a few slots instead of ~0.4 KiB per lock (see siptap.tls.stream_locks).
         self._send_lock = FifoMutex()
         self._recv_lock = FifoMutex()
         self._fill_count = 0  # transport reads so far; see _fill
         self._read_error: SSL.Error | None = None  # met while draining; raised by the next read
+        # Public because it crosses the module line: only the transport read down here
+        # knows whether it waited, and only OpenSSLStream.receive_some, which resets it per
+        # call, knows whether it still owes its caller a checkpoint.
         self.yielded = False  # did this receive_some reach a scheduling point? see OpenSSLStream.receive_some
         self.transport_eof = False  # latched: the transport said EOF once, it will not say more
         self._socket_drained = False  # the last read left the socket empty: wait before the next
@@ -237,6 +268,8 @@ class RecordPump:
             self._read_error = None
             raise error
         records = self.records
+        # Never more than ``size`` in total: what does not fit stays inside OpenSSL (or the
+        # BIO) for the next call, which test_receive_stops_at_max_bytes_and_keeps_the_rest pins.
         first = records.read(min(size, _RECORD_SIZE))
         if first is None or len(first) >= size or not records.may_have_plaintext():
             return first  # "want read", full, or nothing more buffered: the common single record
@@ -251,6 +284,8 @@ class RecordPump:
                 # one-record-per-call loop would have, and raise this on the next call. Any
                 # alert OpenSSL wrote stays in the outgoing BIO for retry_records' flush.
                 self._read_error = exc
+                # Pinned by test_close_notify_behind_data_comes_after_the_data and
+                # test_eof_without_close_notify_behind_data (tests/tls/test_stream_batching.py).
                 break
             if more is None:  # the rest is an incomplete record: the transport must bring it
                 break
@@ -283,4 +318,9 @@ class RecordPump:
             output = records.take_output()
             if output:
                 outbox.append(output)
+        # Progress is returned even when it is partial: retry_records flushes what was made
+        # before anything waits, and send_all comes back with the rest. None only when not
+        # one byte was taken, which is what sends retry_records to the transport for input.
+        # test_send_all_leaves_in_one_transport_write and test_a_large_send_is_written_in_
+        # batches (tests/tls/test_stream_batching.py) count the writes this makes.
         return taken or None

@@ -1,37 +1,10 @@
 """A trio Stream that speaks TLS through pyOpenSSL over memory BIOs.
 
-Theory of operation (after trio/_ssl.py). OpenSSL never touches the socket: bytes from the
-transport are written into the connection's incoming BIO, and whatever OpenSSL wants to send
-appears in its outgoing BIO. Every OpenSSL call goes through ``RecordPump.retry`` (handshake)
-or its data-path twin ``RecordPump.retry_records`` (read, write), in
-:mod:`siptap.tls.record_pump`, the only code that moves bytes between the BIOs and the
-transport; this module keeps the TLS state around it (handshake, close_notify, Stream API):
-
-* after each call, new outgoing bytes are moved synchronously (no await in between) from the
-  BIO into the pump's outbox, so records keep the order in which OpenSSL produced them even
-  when two tasks (the relay's two pumps) use the stream at once; whoever holds the send lock
-  sends the whole outbox, and a caller returns only once its own bytes were handed to the
-  transport;
-* when OpenSSL wants input, one task reads the transport into the incoming BIO (the receive
-  lock); a task that waited for that lock while another task did the read just retries, since
-  the other task's bytes may be what it needed (the fill count);
-* errors flush first, so the peer gets OpenSSL's alert rather than a bare EOF.
-
-One transport operation per burst, not per record: a receive_some returns every record that
-the transport already delivered (up to ``max_bytes``), and a send_all encrypts its data
-(64 KiB at a time) before one transport write. On a relay whose peer writes faster than one
-message per wake-up, a burst then costs one read, one checkpoint and one forwarded write,
-where a record at a time cost a checkpoint and a write per record.
-
-The data path calls OpenSSL through the record layer of :mod:`siptap.tls.records` (the cffi
-fast path, or pyOpenSSL's public API with ``portable_records=True``) and drives a trio
-SocketStream through its non-blocking descriptor (:mod:`siptap.tls.descriptor_io`): both save
-per-message costs that dominated a relayed SIP message. Partial writes are enabled: an
-SSL_write takes at most one 16 KiB record, so the send path loops, and retries "want read"
-with the rest of the same buffer. With memory BIOs
-WantWriteError does not occur. Renegotiation is disabled by the contexts, so after the
-handshake a send never needs a read, and a read produces output only for TLS 1.3
-post-handshake messages (session tickets, key updates).
+:class:`OpenSSLStream` is a ``trio.abc.Stream`` (it passes trio's conformance suite,
+``trio.testing.check_two_way_stream``, over memory streams, and over TCP sockets once a
+subclass adds the checkpoint a fast socket send_all skips: see :mod:`siptap.tls.descriptor_io`)
+with what the relay needs on top: an explicit :meth:`~OpenSSLStream.do_handshake` that raises
+HandshakeFailed with a classified reason, the handshake's facts, and how the peer ended.
 
 Cancellation: as with trio.SSLStream, a send_all or handshake cancelled while its records are
 half written to the transport leaves the stream broken (the peer would see a truncated
@@ -55,8 +28,52 @@ from siptap.tls.record_pump import RecordPump
 from siptap.tls.records import records_for
 from siptap.tls.stream_locks import DirectionGuard
 
+# Theory of operation (after trio/_ssl.py, which keeps its own in a comment like this one).
+#
+# OpenSSL never touches the socket: bytes from the transport are written into the
+# connection's incoming BIO, and whatever OpenSSL wants to send appears in its outgoing BIO.
+# Moving those bytes is the job of siptap.tls.record_pump: every OpenSSL call this module
+# makes runs inside RecordPump.retry (the handshake) or RecordPump.retry_records (read,
+# write), which flush what the call produced and read the transport when OpenSSL asks, with
+# the ordering and locking rules written there. This module keeps the TLS state around the
+# pump: who may handshake and what a failed one leaves behind, what close_notify has been
+# sent or received, and the guarantees trio's Stream API makes to its callers.
+#
+# One transport operation per burst, not per record: a receive_some returns every record
+# that the transport already delivered (up to max_bytes), and a send_all encrypts its data
+# (64 KiB at a time) before one transport write. On a relay whose peer writes faster than
+# one message per wake-up, a burst then costs one read, one checkpoint and one forwarded
+# write, where a record at a time cost a checkpoint and a write per record
+# (tests/tls/test_stream_batching.py pins both halves).
+#
+# The data path calls OpenSSL through the record layer of siptap.tls.records (the cffi fast
+# path, or pyOpenSSL's public API with portable_records=True) and drives a trio SocketStream
+# through its non-blocking descriptor (siptap.tls.descriptor_io): both save per-message
+# costs that dominated a relayed SIP message. Partial writes are enabled: an SSL_write takes
+# at most one 16 KiB record, so the send path loops, and retries "want read" with the rest of
+# the same buffer. With memory BIOs WantWriteError does not occur. Renegotiation is disabled
+# by the contexts, so after the handshake a send never needs a read, and a read produces
+# output only for TLS 1.3 post-handshake messages (session tickets, key updates).
+#
+# The states a stream goes through, and why each flag is separate:
+# * handshake: _handshake_lock (held by whichever task drives it; both pumps may try at
+#   once), then either _handshake_done with facts and no observer, or _handshake_error,
+#   which every later caller gets. facts can be discarded while done stays true, which is
+#   why "done" is not "facts is not None".
+# * sending: _sent_close_notify is set by send_eof or aclose, before the alert leaves, so
+#   nothing can be written after it; the receiving direction stays usable (TLS half-close,
+#   which the relay uses to let the other direction finish).
+# * receiving: close_notify_received or eof_without_close_notify, whichever came first,
+#   tells the relay how the peer ended: close_notify is passed on as a half-close, a bare EOF (a
+#   truncation, or a crashed peer) tears both legs down (relay/session.py).
+# * closed: _closed is set first thing in aclose, so any later call fails as closed, and a
+#   handshake the close interrupted is reported as closed rather than as the peer's failure.
+
 _RECEIVE_SIZE = descriptor_io.READ_SIZE  # one transport read: several records when the peer is fast
 _SEND_BATCH = 65536  # plaintext encrypted per transport write: four full records, or a burst of SIP
+# Also the bound on what one send_all holds as ciphertext while a slow peer's socket has no
+# room: a larger batch would make every stalled leg keep more memory, a smaller one would
+# split the relay's biggest bursts (its receives are 64 KiB too) into several writes.
 
 
 class OpenSSLStream(trio.abc.Stream):
@@ -80,7 +97,13 @@ class OpenSSLStream(trio.abc.Stream):
         send_sni: bool = True,
         portable_records: bool = False,
     ) -> None:
+        # Public, as on trio.SSLStream: the relay reads the TCP addresses of the dialled leg
+        # from it (relay/session.py), for the opened record and the pcap sink.
         self.transport_stream = transport_stream
+        # One observer per connection: the context's callbacks are shared by every
+        # connection made from it, so per-connection facts (the first verify error, the key
+        # log lines, the expected hostname) need a home that the callback can find from the
+        # SSL object alone: app data, below.
         observer = HandshakeObserver(leg=leg, role="server" if server_side else "client")
         self.observer: HandshakeObserver | None = observer
         # No socket: pyOpenSSL then gives the connection a pair of memory BIOs, and every byte
@@ -88,16 +111,31 @@ class OpenSSLStream(trio.abc.Stream):
         # callbacks (verify, key log) can find this connection's scratchpad.
         conn = SSL.Connection(context, None)
         conn.set_app_data(observer)
+        # The role must be set before the first OpenSSL call: a socketless Connection has no
+        # accept() or connect() to imply it, and do_handshake without it fails with
+        # "connection type not set" (checked on this pyOpenSSL).
         if server_side:
             conn.set_accept_state()
+            # Only the server side sees a ClientHello; a client knows its own offer. The
+            # sniffer reads the raw bytes because pyOpenSSL offers no way to read what a
+            # refused client offered (its suites, versions) once the handshake has failed.
             observer.sniffer = ClientHelloSniffer()
         else:
             conn.set_connect_state()
+            # No SNI for an IP literal: RFC 6066 allows only host names there. send_sni is
+            # the route's switch to leave SNI out altogether (ClientTlsSettings.send_sni).
+            # idna: a non-ASCII name goes on the wire as its A-label form.
             if server_hostname and send_sni and not _is_ip(server_hostname):
                 conn.set_tlsext_host_name(server_hostname.encode("idna"))
+            # Checked in the context's verify callback (siptap.tls.contexts), not by
+            # OpenSSL's own host check, so a mismatch becomes a policy failure with the
+            # certificate's subject in it rather than a bare "certificate verify failed".
             if check_hostname and server_hostname:
                 observer.expected_hostname = server_hostname
         self._conn = conn
+        # The certificate cache lives on the context, so a reload (new context) starts a new
+        # cache and connections of one context share it; a context not built by
+        # siptap.tls.contexts has none, and the facts are then computed uncached.
         certificates = context.get_app_data()  # see siptap.tls.contexts: the context's cache
         self._certificates = certificates if isinstance(certificates, CertificateCache) else None
         self._pump = RecordPump(conn, records_for(conn, portable=portable_records), transport_stream,
@@ -106,6 +144,9 @@ class OpenSSLStream(trio.abc.Stream):
         # which both pumps may start at once (send_all and receive_some handshake implicitly).
         # Dropped once the handshake succeeded, to save its memory on idle connections.
         self._handshake_lock: trio.Lock | None = trio.Lock()
+        # Guards for trio's Stream contract (one task per direction), kept apart from the
+        # pump's locks: those serialise the two directions' transport I/O inside a call that
+        # is allowed; these reject a call that is not (two concurrent send_all calls).
         self._send_guard = DirectionGuard("sending on this TLS stream")
         self._recv_guard = DirectionGuard("receiving on this TLS stream")
         self._handshake_done = False
@@ -126,6 +167,8 @@ class OpenSSLStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
         else:
             await self._handshake_under(lock, timeout)
+        # A RuntimeError, not HandshakeFailed: the handshake succeeded, and asking for facts
+        # after discard_facts is the caller's mistake (test_handshake_records_are_let_go).
         if self.facts is None:
             raise RuntimeError("the handshake's facts were discarded")
         return self.facts
@@ -143,6 +186,10 @@ class OpenSSLStream(trio.abc.Stream):
                 # does not start a clock of its own, it finds the outcome (done or the error).
                 with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
                     await self._handshake_once()
+                # cancelled_caught is true only for this scope's own deadline: an outer
+                # cancellation passes through as Cancelled and records no error, which leaves
+                # the stream half way through a handshake; its owner is cancelling and will
+                # close it (see "Cancellation" in the module docstring).
                 if scope.cancelled_caught:
                     # A timeout is final too (the peer is half way through a handshake we
                     # abandoned); the state string says how far it got, for the log.
@@ -161,10 +208,15 @@ class OpenSSLStream(trio.abc.Stream):
 
     async def _handshake_once(self) -> None:
         observer = self.observer
+        # Holds: we are under the handshake lock with neither done nor an error recorded,
+        # and the observer is dropped only on the success that sets done.
         assert observer is not None
         try:
             await self._pump.retry(self._conn.do_handshake)
         except SSL.Error as exc:
+            # The observer is what turns OpenSSL's text into a reason: the exception alone
+            # says "certificate verify failed" for an unknown CA, an expired certificate and
+            # a refused allow-list alike; the callback recorded which (see classify_failure).
             failure = classify_failure(exc, observer)
             if failure.reason == FailureReason.PEER_CLOSED.value:
                 # Where it stopped tells "refused our offer silently" from "went away".
@@ -201,6 +253,9 @@ class OpenSSLStream(trio.abc.Stream):
 
     async def _ensure_handshake(self) -> None:
         """Implicit handshake for send/receive: a failure is a broken stream, as trio expects."""
+        # The relay always calls do_handshake itself, to log the classified reason; this is
+        # for generic Stream users (trio's conformance suite sends and receives straight
+        # away), for whom a Stream method may raise only trio's resource errors.
         if not self._handshake_done:
             try:
                 await self.do_handshake()
@@ -219,6 +274,9 @@ class OpenSSLStream(trio.abc.Stream):
             await self._ensure_handshake()
             if self._sent_close_notify:
                 raise trio.ClosedResourceError("send_eof() was called; cannot send more")
+            # Nothing to send is still a checkpoint (trio's contract), and must not reach
+            # OpenSSL: an SSL_write of 0 bytes fails, and pyOpenSSL reports it as
+            # SysCallError "Unexpected EOF", which would break a healthy stream.
             if not data:
                 await trio.lowlevel.checkpoint()
                 return
@@ -266,7 +324,9 @@ class OpenSSLStream(trio.abc.Stream):
             try:
                 data = await pump.retry_records(pump.read_buffered, size)
             except SSL.ZeroReturnError:
-                # The peer's close_notify: a clean end of its direction.
+                # The peer's close_notify: a clean end of its direction. OpenSSL answers every
+                # later read the same way, so a repeated receive_some keeps returning b"", as
+                # trio's Stream contract asks after end of stream.
                 self.close_notify_received = True
                 data = b""
             # The transport ended without close_notify. OpenSSL reports that as a SysCallError
@@ -283,6 +343,9 @@ class OpenSSLStream(trio.abc.Stream):
                     raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
                 self.eof_without_close_notify = True
                 data = b""
+            # Unlike close_notify, this b"" is not repeated: OpenSSL is in an error state after
+            # the EOF, and a second receive_some raises BrokenResourceError (measured). The
+            # relay never asks twice: it tears both legs down on the first.
         if not pump.yielded:
             # Served from bytes already buffered (or EOF already seen): still a scheduling
             # point, as trio streams promise, so a busy relay cannot starve other tasks.
@@ -314,12 +377,20 @@ class OpenSSLStream(trio.abc.Stream):
             await self._pump.flush()
 
     async def wait_send_all_might_not_block(self) -> None:
+        # Only the transport can make a send wait: OpenSSL writes into a memory BIO that grows.
+        # The send guard makes this conflict with send_all, as trio's semantics ask. Unlike
+        # trio.SSLStream it does not take the pump's send lock inside: if a receive's flush
+        # (a TLS 1.3 post-handshake reply) is waiting for room on the same socket, two tasks
+        # wait for it to be writable, which trio refuses with BusyResourceError. Nothing in
+        # siptap calls this method, so that gap is left open.
         with self._send_guard:
             self._check_open()
             await self.transport_stream.wait_send_all_might_not_block()
 
     async def aclose(self) -> None:
         """Send close_notify if we can within a short bound, then close the transport."""
+        # Idempotent, as trio's AsyncResource contract asks: a second aclose (an owner's
+        # cleanup after an earlier close) is a checkpoint, not an error.
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
@@ -336,6 +407,8 @@ class OpenSSLStream(trio.abc.Stream):
                     self._conn.shutdown()
                 except SSL.Error:
                     pass  # an OpenSSL already in error has nothing clean to say; just close
+                # Quietly, unlike send_eof: the caller is closing anyway, and a peer that is
+                # already gone must not turn a close into an exception.
                 await self._pump.flush_quietly()
         finally:
             await self.transport_stream.aclose()
@@ -347,6 +420,8 @@ class OpenSSLStream(trio.abc.Stream):
 
 @functools.lru_cache(maxsize=64)  # configured server names: a handful; a miss raises inside
 def _is_ip(name: str) -> bool:
+    # Brackets stripped: an IPv6 literal may be written URL-style ("[2001:db8::1]") in a
+    # server name, and it must not go out as SNI either way.
     try:
         ipaddress.ip_address(name.strip("[]"))
     except ValueError:
