@@ -140,7 +140,7 @@ class FastRecords:
 
     def read(self, size: int) -> bytes | None:
         # One SSL_read returns the plaintext of at most one record (several only with
-        # read_ahead, which is off): RecordPump.read_buffered loops to drain a burst.
+        # read_ahead, which is off): RecordIO.read_buffered loops to drain a burst.
         # The min() is memory safety, not tuning: the shared buffer is BIO_READ_SIZE bytes
         # and SSL_read writes as much as it is told it may, so a larger ``size`` would let
         # OpenSSL write past the buffer's end. The stream asks for 16 KiB at most today; this
@@ -190,7 +190,7 @@ class FastRecords:
         # first makes the usual case (nothing to send after a read) one cheap call.
         # Reading the BIO empty matters beyond sending: a BIO_s_mem keeps its buffer as big
         # as the most it ever held, so the stream takes output after every record it
-        # encrypts, and the BIO never holds more than one record (see OpenSSLStream._encrypt).
+        # encrypts, and the BIO never holds more than one record (see RecordIO.encrypt).
         pending: int = _lib.BIO_get_mem_data(self._from, _ffi.NULL)
         if pending <= 0:
             return b""

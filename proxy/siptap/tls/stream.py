@@ -24,7 +24,7 @@ from siptap.sansio.handshake import FailureReason, HandshakeFacts
 from siptap.sansio.tls_hello import ClientHelloSniffer
 from siptap.tls import descriptor_io
 from siptap.tls.facts import CertificateCache, HandshakeObserver, classify_failure, collect_facts
-from siptap.tls.record_pump import RecordPump
+from siptap.tls.record_io import RecordIO
 from siptap.tls.records import records_for
 from siptap.tls.stream_locks import DirectionGuard
 
@@ -32,11 +32,11 @@ from siptap.tls.stream_locks import DirectionGuard
 #
 # OpenSSL never touches the socket: bytes from the transport are written into the
 # connection's incoming BIO, and whatever OpenSSL wants to send appears in its outgoing BIO.
-# Moving those bytes is the job of siptap.tls.record_pump: every OpenSSL call this module
-# makes runs inside RecordPump.retry (the handshake) or RecordPump.retry_records (read,
+# Moving those bytes is the job of siptap.tls.record_io: every OpenSSL call this module
+# makes runs inside RecordIO.retry (the handshake) or RecordIO.retry_records (read,
 # write), which flush what the call produced and read the transport when OpenSSL asks, with
 # the ordering and locking rules written there. This module keeps the TLS state around the
-# pump: who may handshake and what a failed one leaves behind, what close_notify has been
+# byte mover: who may handshake and what a failed one leaves behind, what close_notify has been
 # sent or received, and the guarantees trio's Stream API makes to its callers.
 #
 # One transport operation per burst, not per record: a receive_some returns every record
@@ -107,7 +107,7 @@ class OpenSSLStream(trio.abc.Stream):
         observer = HandshakeObserver(leg=leg, role="server" if server_side else "client")
         self.observer: HandshakeObserver | None = observer
         # No socket: pyOpenSSL then gives the connection a pair of memory BIOs, and every byte
-        # goes through the RecordPump's flush/fill. The observer rides as app data so the context's
+        # goes through RecordIO's flush/fill. The observer rides as app data so the context's
         # callbacks (verify, key log) can find this connection's scratchpad.
         conn = SSL.Connection(context, None)
         conn.set_app_data(observer)
@@ -138,15 +138,15 @@ class OpenSSLStream(trio.abc.Stream):
         # siptap.tls.contexts has none, and the facts are then computed uncached.
         certificates = context.get_app_data()  # see siptap.tls.contexts: the context's cache
         self._certificates = certificates if isinstance(certificates, CertificateCache) else None
-        self._pump = RecordPump(conn, records_for(conn, portable=portable_records), transport_stream,
+        self._record_io = RecordIO(conn, records_for(conn, portable=portable_records), transport_stream,
                                 observer.sniffer)
         # A trio.Lock (not FifoMutex) for the handshake: it is held across the whole handshake,
         # which both pumps may start at once (send_all and receive_some handshake implicitly).
         # Dropped once the handshake succeeded, to save its memory on idle connections.
         self._handshake_lock: trio.Lock | None = trio.Lock()
-        # Guards for trio's Stream contract (one task per direction), kept apart from the
-        # pump's locks: those serialise the two directions' transport I/O inside a call that
-        # is allowed; these reject a call that is not (two concurrent send_all calls).
+        # Guards for trio's Stream contract (one task per direction), kept apart from
+        # RecordIO's locks: those serialise the two directions' transport I/O inside a call
+        # that is allowed; these reject a call that is not (two concurrent send_all calls).
         self._send_guard = DirectionGuard("sending on this TLS stream")
         self._recv_guard = DirectionGuard("receiving on this TLS stream")
         self._handshake_done = False
@@ -212,7 +212,7 @@ class OpenSSLStream(trio.abc.Stream):
         # and the observer is dropped only on the success that sets done.
         assert observer is not None
         try:
-            await self._pump.retry(self._conn.do_handshake)
+            await self._record_io.retry(self._conn.do_handshake)
         except SSL.Error as exc:
             # The observer is what turns OpenSSL's text into a reason: the exception alone
             # says "certificate verify failed" for an unknown CA, an expired certificate and
@@ -244,12 +244,12 @@ class OpenSSLStream(trio.abc.Stream):
         # (renegotiation is off; TLS 1.3 tickets and key updates neither verify nor log keys).
         self._conn.set_app_data(None)
         self.observer = None
-        self._pump.sniffer = None  # the observer's: let it go with the client's hello
+        self._record_io.sniffer = None  # the observer's: let it go with the client's hello
         self._handshake_lock = None  # a task waiting on it holds its own reference
         # The handshake's BIO buffers (certificate flights) would otherwise stay allocated for
         # the life of the connection; see FastRecords.renew_bios. Safe here: no await since the
         # handshake's last flush, so no other task is between an OpenSSL call and its flush.
-        self._pump.renew_bios()
+        self._record_io.renew_bios()
 
     async def _ensure_handshake(self) -> None:
         """Implicit handshake for send/receive: a failure is a broken stream, as trio expects."""
@@ -284,14 +284,14 @@ class OpenSSLStream(trio.abc.Stream):
             view = memoryview(data)
             total = len(view)
             offset = 0
-            pump = self._pump
+            record_io = self._record_io
             try:
                 # Batches of _SEND_BATCH: a SIP burst (at most the relay's 64 KiB receive)
                 # is one batch, one transport write; a bulk send is encrypted as it is
                 # written instead of all at once into memory. A batch cut mid-record is
                 # harmless: record boundaries carry no meaning in a byte stream.
                 while offset < total:
-                    offset += await pump.retry_records(pump.encrypt, view[offset:offset + _SEND_BATCH])
+                    offset += await record_io.retry_records(record_io.encrypt, view[offset:offset + _SEND_BATCH])
             except SSL.Error as exc:
                 # Not retryable: OpenSSL's connection is in an error state, and part of the
                 # data may have left. trio's Stream contract says broken, so broken it is.
@@ -309,8 +309,8 @@ class OpenSSLStream(trio.abc.Stream):
         # cancellation point comes first and the closing checkpoint below is shielded, the
         # order trio's SSLStream uses (checkpoint_if_cancelled / cancel_shielded_checkpoint).
         await trio.lowlevel.checkpoint_if_cancelled()
-        pump = self._pump
-        pump.yielded = False
+        record_io = self._record_io
+        record_io.yielded = False
         with self._recv_guard:
             self._check_open()
             await self._ensure_handshake()
@@ -320,9 +320,9 @@ class OpenSSLStream(trio.abc.Stream):
             # No "read the transport first when the BIO is empty" shortcut: OpenSSL's record
             # layer may hold bytes it already took from the BIO, which only recv() can tell.
             # When the BIO is empty that first OpenSSL call is a cheap "want read", and the
-            # transport read that follows comes before any checkpoint (see RecordPump._fill).
+            # transport read that follows comes before any checkpoint (see RecordIO._fill).
             try:
-                data = await pump.retry_records(pump.read_buffered, size)
+                data = await record_io.retry_records(record_io.read_buffered, size)
             except SSL.ZeroReturnError:
                 # The peer's close_notify: a clean end of its direction. OpenSSL answers every
                 # later read the same way, so a repeated receive_some keeps returning b"", as
@@ -334,19 +334,19 @@ class OpenSSLStream(trio.abc.Stream):
             # orderly EOF for the relay if and only if we saw the transport end. Anything else
             # is a broken stream.
             except SSL.SysCallError as exc:
-                if not pump.transport_eof:
+                if not record_io.transport_eof:
                     raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
                 self.eof_without_close_notify = True
                 data = b""
             except SSL.Error as exc:
-                if not (pump.transport_eof and "unexpected eof" in str(exc).lower()):
+                if not (record_io.transport_eof and "unexpected eof" in str(exc).lower()):
                     raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
                 self.eof_without_close_notify = True
                 data = b""
             # Unlike close_notify, this b"" is not repeated: OpenSSL is in an error state after
             # the EOF, and a second receive_some raises BrokenResourceError (measured). The
             # relay never asks twice: it tears both legs down on the first.
-        if not pump.yielded:
+        if not record_io.yielded:
             # Served from bytes already buffered (or EOF already seen): still a scheduling
             # point, as trio streams promise, so a busy relay cannot starve other tasks.
             # Shielded: ``data`` is already out of OpenSSL, and a Cancelled raised here would
@@ -367,19 +367,19 @@ class OpenSSLStream(trio.abc.Stream):
             self._sent_close_notify = True
             # SSL_shutdown writes close_notify into the outgoing BIO and returns without waiting
             # for the peer's: that is TLS's half-close, and not waiting is what lets the other
-            # direction carry on. Hence no pump.retry: "want read" does not apply here.
+            # direction carry on. Hence no RecordIO.retry: "want read" does not apply here.
             try:
                 self._conn.shutdown()
             except SSL.Error as exc:
                 raise trio.BrokenResourceError(f"TLS shutdown failed: {exc}") from exc
             # Not quietly: the relay half-closes with this, and a close_notify that could not
             # leave must surface as a broken stream so the other direction is torn down too.
-            await self._pump.flush()
+            await self._record_io.flush()
 
     async def wait_send_all_might_not_block(self) -> None:
         # Only the transport can make a send wait: OpenSSL writes into a memory BIO that grows.
         # The send guard makes this conflict with send_all, as trio's semantics ask. Unlike
-        # trio.SSLStream it does not take the pump's send lock inside: if a receive's flush
+        # trio.SSLStream it does not take RecordIO's send lock inside: if a receive's flush
         # (a TLS 1.3 post-handshake reply) is waiting for room on the same socket, two tasks
         # wait for it to be writable, which trio refuses with BusyResourceError. Nothing in
         # siptap calls this method, so that gap is left open.
@@ -409,7 +409,7 @@ class OpenSSLStream(trio.abc.Stream):
                     pass  # an OpenSSL already in error has nothing clean to say; just close
                 # Quietly, unlike send_eof: the caller is closing anyway, and a peer that is
                 # already gone must not turn a close into an exception.
-                await self._pump.flush_quietly()
+                await self._record_io.flush_quietly()
         finally:
             await self.transport_stream.aclose()
 

@@ -1,11 +1,11 @@
 """Moves TLS records between an OpenSSL connection's memory BIOs and a trio transport.
 
-:class:`RecordPump` is the choke point of :class:`~siptap.tls.stream.OpenSSLStream` (after
-trio/_ssl.py's ``_retry``): every OpenSSL call the stream makes runs in :meth:`RecordPump.retry`
-(handshake) or :meth:`RecordPump.retry_records` (read, write), and those two loops, with
-:meth:`~RecordPump.flush` and the fill behind them, are the only code that touches the
-transport. The stream keeps the TLS state (handshake, close_notify, trio's Stream API); the
-pump keeps the byte-moving state (outbox, the two direction locks, the fill count, EOF).
+:class:`RecordIO` is the choke point of :class:`~siptap.tls.stream.OpenSSLStream` (after
+trio/_ssl.py's ``_retry``): every OpenSSL call the stream makes runs in :meth:`RecordIO.retry`
+(handshake) or :meth:`RecordIO.retry_records` (read, write), and those two loops, with
+:meth:`~RecordIO.flush` and the fill behind them, are the only code that touches the
+transport. The stream keeps the TLS state (handshake, close_notify, trio's Stream API);
+RecordIO keeps the byte-moving state (outbox, the two direction locks, the fill count, EOF).
 """
 
 from __future__ import annotations
@@ -50,10 +50,10 @@ _RECORD_SIZE = 16384  # one TLS record's plaintext at most: no bigger buffer is 
 # (It also sizes PortableRecords' per-read allocation, which pyOpenSSL makes at the size asked.)
 
 
-class RecordPump:
+class RecordIO:
     """One TLS connection's byte mover: OpenSSL's BIOs on one side, the transport on the other."""
 
-    # Slots: one pump per leg of every proxied connection, kept for as long as the
+    # Slots: one per leg of every proxied connection, kept for as long as the
     # connection idles (hours on a trunk); no instance dict per leg.
     __slots__ = (
         "_fill_count", "_outbox", "_read_error", "_recv_lock", "_send_lock", "_socket_drained",
