@@ -53,7 +53,7 @@ class CheckpointingSend(OpenSSLStream):
     """OpenSSLStream whose successful send_all ends in a checkpoint, for the conformance suite.
 
     Over a socket, send_all deliberately has no scheduling point when the kernel takes the
-    bytes at once (see "the transport" in siptap.tls.stream: the pump's next receive yields
+    bytes at once (see "the transport" in siptap.tls.record_io: the pump's next receive yields
     anyway, and a pass through the scheduler per relayed message is measurable). trio's
     suite asserts every send_all is a checkpoint, so this adds exactly that and nothing else;
     test_send_all_over_a_socket_does_not_yield pins the deviation itself."""
@@ -86,8 +86,8 @@ async def test_two_way_stream_over_tcp_sockets(contexts, portable: bool) -> None
 
     await trio.testing.check_two_way_stream(stream_maker, None)
     for stream in made:
-        assert type(stream.transport_stream) is trio.SocketStream and stream._socket is not None
-        assert isinstance(stream._records, PortableRecords if portable else FastRecords)
+        assert type(stream.transport_stream) is trio.SocketStream and stream._record_io.socket is not None
+        assert isinstance(stream._record_io.records, PortableRecords if portable else FastRecords)
 
 
 async def test_send_all_over_a_socket_does_not_yield(contexts) -> None:
@@ -166,7 +166,7 @@ async def test_portable_records_relay_a_sip_message_between_real_peers(pki: Path
             handshakes.start_soon(customer.do_handshake)
             handshakes.start_soon(accepted.do_handshake)
             handshakes.start_soon(dialled.do_handshake)
-        assert isinstance(accepted._records, PortableRecords) and isinstance(dialled._records, PortableRecords)
+        assert isinstance(accepted._record_io.records, PortableRecords) and isinstance(dialled._record_io.records, PortableRecords)
         assert accepted.facts is not None and accepted.facts.rsa_key_exchange
         assert accepted.facts.peer_chain[0].common_name == "customer"
         assert dialled.facts is not None and dialled.facts.version == maximum.name.replace("_", ".")

@@ -1,4 +1,4 @@
-"""Reads and writes on a trio socket's non-blocking descriptor, for :mod:`siptap.tls.stream`.
+"""Reads and writes on a trio socket's non-blocking descriptor, for :mod:`siptap.tls.record_io`.
 
 OpenSSLStream drives a trio SocketStream through its descriptor rather than through the
 SocketStream's methods, and waits (wait_readable / wait_writable) only when the kernel says
@@ -19,8 +19,9 @@ EPOLL_CTL_MOD, and trio has no public way to keep an interest registered across 
 Watching a descriptor set of our own in a second epoll instance would still cost trio's
 re-arm of that instance per wake-up, plus a second epoll_wait.
 
-Both functions are called with the stream's lock for their direction held (``_recv_lock`` /
-``_send_lock``), so one task at a time reads, and one writes, each socket.
+Both functions are called by :class:`~siptap.tls.record_io.RecordIO` with its lock for
+their direction held (``_recv_lock`` / ``_send_lock``), so one task at a time reads, and one
+writes, each socket.
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ try:
     from OpenSSL._util import ffi as _ffi
     from OpenSSL._util import lib as _lib
 except ImportError:  # pragma: no cover - a pyOpenSSL without the private bindings
+    # Resolved once, at import: records_for then decides per connection with one ``is None``,
+    # and a pyOpenSSL that dropped these names still runs the proxy (on PortableRecords)
+    # instead of failing to import the module every TLS leg needs.
     _ffi = _lib = None
 
 __all__ = ["FastRecords", "PortableRecords", "RecordLayer", "records_for"]
@@ -43,6 +46,12 @@ BIO_READ_SIZE = 65536
 
 class RecordLayer(Protocol):
     """What :class:`~siptap.tls.stream.OpenSSLStream` asks of OpenSSL after construction."""
+
+    # A Protocol, not a base class: the two adapters share no code, both keep __slots__ (no
+    # instance dict on an object every leg of every connection carries), and mypy --strict
+    # checks each against these signatures, so an adapter that drifts fails the type gate
+    # rather than a relay. The stream calls through this type only: that is what lets
+    # tests/tls/test_stream_batching.py and test_stream_transports.py run every case on both.
 
     def read(self, size: int) -> bytes | None:
         """Plaintext (at most ``size`` bytes), b"" never; None when OpenSSL needs more input."""
@@ -69,6 +78,9 @@ class RecordLayer(Protocol):
         ...
 
 
+# A list filled on first use rather than a global made at import: importing this module
+# then allocates nothing, and a process that never runs the fast path (portable records, or
+# no private bindings, when _ffi is None and could not make it) never pays for the buffer.
 _SHARED: list[object] = []  # the cffi char[] buffer, made on first use (cffi objects are unstubbed)
 
 
@@ -114,6 +126,11 @@ class FastRecords:
     __slots__ = ("_buf", "_conn", "_from", "_into", "_raise", "_ssl")
 
     def __init__(self, conn: SSL.Connection) -> None:
+        # Every private name is read here, once: a pyOpenSSL that renamed one fails now, with
+        # AttributeError, before a byte has moved, and records_for falls back to the public
+        # API. Read on first use instead, the same rename would break a stream half way
+        # through its handshake. Keeping them in slots also saves, per record, the lookup
+        # through the Connection (and, for _raise, making a bound method).
         self._conn = conn
         self._ssl = conn._ssl
         self._into = conn._into_ssl
@@ -123,8 +140,14 @@ class FastRecords:
 
     def read(self, size: int) -> bytes | None:
         # One SSL_read returns the plaintext of at most one record (several only with
-        # read_ahead, which is off): OpenSSLStream._read_buffered loops to drain a burst.
+        # read_ahead, which is off): RecordIO.read_buffered loops to drain a burst.
+        # The min() is memory safety, not tuning: the shared buffer is BIO_READ_SIZE bytes
+        # and SSL_read writes as much as it is told it may, so a larger ``size`` would let
+        # OpenSSL write past the buffer's end. The stream asks for 16 KiB at most today; this
+        # holds whatever a future caller asks.
         result: int = _lib.SSL_read(self._ssl, self._buf, min(size, BIO_READ_SIZE))
+        # > 0 is plaintext; 0 is never "no data" here: close_notify and EOF come back as
+        # errors, so the protocol's b"" (end of stream) is decided by the stream, not by us.
         if result > 0:
             data: bytes = _ffi.buffer(self._buf, result)[:]  # a copy: the buffer is shared
             return data
@@ -136,6 +159,10 @@ class FastRecords:
         if _lib.SSL_get_error(self._ssl, result) == _lib.SSL_ERROR_WANT_READ:
             return None
         self._raise(self._ssl, result)  # raises ZeroReturnError (close_notify), SysCallError, ...
+        # Not reached (result <= 0 always has an error for _raise_ssl_error to raise). Kept so
+        # that a translation that ever returned fails loudly: falling through would return
+        # None, which the stream takes for "want read", waiting on a transport with nothing
+        # more to bring.
         raise SSL.Error("SSL_read failed without an error")  # pragma: no cover
 
     def write(self, data: memoryview) -> int | None:
@@ -143,21 +170,27 @@ class FastRecords:
         # ends the loan before we return. pyOpenSSL's contexts set ENABLE_PARTIAL_WRITE (so a
         # write takes at most one record and returns its size) and ACCEPT_MOVING_WRITE_BUFFER
         # (so a retry after "want read" may pass the rest of the data from a new view).
+        # Never called with empty data (send_all returns before, encrypt loops while data
+        # remains), and that matters: an SSL_write of 0 bytes returns 0, which pyOpenSSL
+        # translates to SysCallError(-1, "Unexpected EOF") (measured on this pyOpenSSL), a
+        # misleading "peer went away" for a caller that only had nothing to send.
         with _ffi.from_buffer(data) as buf:
             result: int = _lib.SSL_write(self._ssl, buf, len(data))
         if result > 0:
             return result
+        # After the handshake, with renegotiation off, "want read" is rare on a write; it is
+        # still reported as None so the stream's retry loop, not this layer, goes for input.
         if _lib.SSL_get_error(self._ssl, result) == _lib.SSL_ERROR_WANT_READ:
             return None
         self._raise(self._ssl, result)
-        raise SSL.Error("SSL_write failed without an error")  # pragma: no cover
+        raise SSL.Error("SSL_write failed without an error")  # pragma: no cover - as in read
 
     def take_output(self) -> bytes:
         # BIO_get_mem_data with a NULL pointer only reports how much is pending: checking
         # first makes the usual case (nothing to send after a read) one cheap call.
         # Reading the BIO empty matters beyond sending: a BIO_s_mem keeps its buffer as big
         # as the most it ever held, so the stream takes output after every record it
-        # encrypts, and the BIO never holds more than one record (see OpenSSLStream._encrypt).
+        # encrypts, and the BIO never holds more than one record (see RecordIO.encrypt).
         pending: int = _lib.BIO_get_mem_data(self._from, _ffi.NULL)
         if pending <= 0:
             return b""
@@ -170,6 +203,8 @@ class FastRecords:
                 break  # cannot happen for a memory BIO that reported ``pending``; never loop
             chunks.append(_ffi.buffer(self._buf, n)[:])
             pending -= n
+        # One chunk (anything up to 64 KiB: every relayed message, every handshake flight) is
+        # returned as it is; a join would copy it once more for nothing.
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def give_input(self, data: bytes) -> None:
@@ -202,8 +237,12 @@ class FastRecords:
         arrive with its Finished), and so does the end of input. SSL_set_bio frees the old
         pair; pyOpenSSL's own references are updated, since bio_write and bio_shutdown use them.
         """
+        # BIO_s_mem, the type pyOpenSSL gives a Connection built without a socket. A new one
+        # answers an empty read with -1 and "retry" (its eof_return is -1): that is what makes
+        # SSL_read on a drained BIO report WANT_READ instead of EOF; see the ``eof`` branch.
         into = _lib.BIO_new(_lib.BIO_s_mem())
         out = _lib.BIO_new(_lib.BIO_s_mem())
+        # Only an optimisation is lost when this fails: the old pair still works, just bigger.
         if into == _ffi.NULL or out == _ffi.NULL:  # pragma: no cover - out of memory: keep the old pair
             for bio in (into, out):
                 if bio != _ffi.NULL:
@@ -218,16 +257,24 @@ class FastRecords:
                 n: int = _lib.BIO_read(old, self._buf, min(pending, BIO_READ_SIZE))
                 if n <= 0:  # pragma: no cover - a memory BIO hands out what it reports
                     break
+                # Unchecked: a memory BIO refuses a write only when it cannot grow (out of
+                # memory), and the SSL object is still on the old pair, so nothing can run
+                # between this copy and the swap. test_record_arriving_with_the_finished_
+                # survives_the_fresh_bios (tests/tls/test_stream.py) pins that input survives.
                 _lib.BIO_write(new, self._buf, n)
                 pending -= n
         if eof:
             # The transport already ended: the new incoming BIO must say EOF (return 0) once
-            # drained, as bio_shutdown made the old one say, or a read would wait forever.
+            # drained, as bio_shutdown made the old one say (pyOpenSSL's bio_shutdown is this
+            # same BIO_set_mem_eof_return(bio, 0)), or a read would wait forever.
             _lib.BIO_set_mem_eof_return(into, 0)
         # SSL_set_bio takes ownership of the new pair and frees the old one (two distinct
         # BIOs, so each is freed once). From here the old pointers dangle: replace ours and
         # pyOpenSSL's in the same synchronous step, before anything can call bio_write.
         _lib.SSL_set_bio(self._ssl, into, out)
+        # pyOpenSSL's bio_write (our give_input) and bio_shutdown read conn._into_ssl on every
+        # call; left pointing at the freed BIO they would write into freed memory: a crash
+        # or a silently corrupt stream, never a Python exception.
         self._conn._into_ssl = self._into = into
         self._conn._from_ssl = self._from = out
 
@@ -244,6 +291,10 @@ class PortableRecords:
         # pyOpenSSL raises WantReadError for "need more input": the one exception this layer
         # turns into None, so that the stream above sees the same protocol as FastRecords.
         # Every other exception (ZeroReturnError, SysCallError, Error) passes through as is.
+        # recv allocates a ``size``-byte buffer per call: the stream asks for one record's
+        # worth (16 KiB at most), not the 64 KiB a transport read can bring, so that per-call
+        # allocation stays one record's size. This per-read allocation and the exception
+        # below are the costs FastRecords exists to avoid.
         try:
             return self._conn.recv(size)
         except SSL.WantReadError:
@@ -259,6 +310,9 @@ class PortableRecords:
 
     def take_output(self) -> bytes:
         # bio_read raises WantReadError once the outgoing BIO is empty: that ends the loop.
+        # There is no public "how much is pending" to ask first, so every take, including
+        # the usual empty one after a read, pays one raised exception (plus a 64 KiB
+        # allocation per bio_read): the fast path's BIO_get_mem_data check avoids both.
         chunks = []
         while True:
             try:
@@ -268,6 +322,8 @@ class PortableRecords:
         return b"".join(chunks)
 
     def give_input(self, data: bytes) -> None:
+        # A memory BIO takes everything it is given (it grows), so there is no partial
+        # write to loop on; pyOpenSSL raises if BIO_write ever fails.
         self._conn.bio_write(data)
 
     def may_have_plaintext(self) -> bool:
@@ -278,11 +334,18 @@ class PortableRecords:
 
     def renew_bios(self, *, eof: bool) -> None:
         """Not possible through the public API: the BIOs keep their handshake-sized buffers."""
+        # A no-op rather than an error: the renewal only saves memory (about 13 KiB per idle
+        # proxied connection), and a fallback that must keep the proxy running cannot fail
+        # the handshake over an optimisation.
 
 
 def records_for(conn: SSL.Connection, *, portable: bool = False) -> RecordLayer:
     """The record layer for ``conn``: the fast path unless ``portable`` is asked for or the
     private bindings it needs are missing."""
+    # A silent fallback: a pyOpenSSL upgrade that moved the private names should cost speed
+    # (about a raised exception and an allocation per record), not the service. ``portable``
+    # is how the tests select the fallback on purpose, so it is run, not just present:
+    # test_stream_batching.py and test_stream_transports.py take both values.
     if portable or _lib is None:
         return PortableRecords(conn)
     try:

@@ -1,35 +1,10 @@
 """A trio Stream that speaks TLS through pyOpenSSL over memory BIOs.
 
-Theory of operation (after trio/_ssl.py). OpenSSL never touches the socket: bytes from the
-transport are written into the connection's incoming BIO, and whatever OpenSSL wants to send
-appears in its outgoing BIO. Every OpenSSL call goes through :meth:`_retry` (handshake,
-shutdown) or its data-path twin :meth:`_retry_records` (read, write), the only code that
-moves bytes between the BIOs and the transport:
-
-* after each call, new outgoing bytes are moved synchronously (no await in between) from the
-  BIO into ``_outbox``, so records keep the order in which OpenSSL produced them even when two
-  tasks (the relay's two pumps) use the stream at once; whoever holds ``_send_lock`` sends the
-  whole outbox, and a caller returns only once its own bytes were handed to the transport;
-* when OpenSSL wants input, one task reads the transport into the incoming BIO (``_recv_lock``); a task
-  that waited for that lock while another task did the read just retries, since the other
-  task's bytes may be what it needed (``_fill_count``);
-* errors flush first, so the peer gets OpenSSL's alert rather than a bare EOF.
-
-One transport operation per burst, not per record: a receive_some returns every record that
-the transport already delivered (up to ``max_bytes``), and a send_all encrypts its data
-(64 KiB at a time) before one transport write. On a relay whose peer writes faster than one
-message per wake-up, a burst then costs one read, one checkpoint and one forwarded write,
-where a record at a time cost a checkpoint and a write per record.
-
-The data path calls OpenSSL through the record layer of :mod:`siptap.tls.records` (the cffi
-fast path, or pyOpenSSL's public API with ``portable_records=True``) and drives a trio
-SocketStream through its non-blocking descriptor (:mod:`siptap.tls.descriptor_io`): both save
-per-message costs that dominated a relayed SIP message. Partial writes are enabled: an
-SSL_write takes at most one 16 KiB record, so the send path loops, and retries "want read"
-with the rest of the same buffer. With memory BIOs
-WantWriteError does not occur. Renegotiation is disabled by the contexts, so after the
-handshake a send never needs a read, and a read produces output only for TLS 1.3
-post-handshake messages (session tickets, key updates).
+:class:`OpenSSLStream` is a ``trio.abc.Stream`` (it passes trio's conformance suite,
+``trio.testing.check_two_way_stream``, over memory streams, and over TCP sockets once a
+subclass adds the checkpoint a fast socket send_all skips: see :mod:`siptap.tls.descriptor_io`)
+with what the relay needs on top: an explicit :meth:`~OpenSSLStream.do_handshake` that raises
+HandshakeFailed with a classified reason, the handshake's facts, and how the peer ended.
 
 Cancellation: as with trio.SSLStream, a send_all or handshake cancelled while its records are
 half written to the transport leaves the stream broken (the peer would see a truncated
@@ -40,8 +15,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable
-from typing import TypeVar
 
 import trio
 from OpenSSL import SSL
@@ -51,16 +24,56 @@ from siptap.sansio.handshake import FailureReason, HandshakeFacts
 from siptap.sansio.tls_hello import ClientHelloSniffer
 from siptap.tls import descriptor_io
 from siptap.tls.facts import CertificateCache, ContextData, HandshakeObserver, classify_failure, collect_facts
-from siptap.tls.records import RecordLayer, records_for
-from siptap.tls.stream_locks import DirectionGuard, FifoMutex
+from siptap.tls.record_io import RecordIO
+from siptap.tls.records import records_for
+from siptap.tls.stream_locks import DirectionGuard
 
-T = TypeVar("T")
-A = TypeVar("A")
+# Theory of operation (after trio/_ssl.py, which keeps its own in a comment like this one).
+#
+# OpenSSL never touches the socket: bytes from the transport are written into the
+# connection's incoming BIO, and whatever OpenSSL wants to send appears in its outgoing BIO.
+# Moving those bytes is the job of siptap.tls.record_io: every OpenSSL call this module
+# makes runs inside RecordIO.retry (the handshake) or RecordIO.retry_records (read,
+# write), which flush what the call produced and read the transport when OpenSSL asks, with
+# the ordering and locking rules written there. This module keeps the TLS state around the
+# byte mover: who may handshake and what a failed one leaves behind, what close_notify has been
+# sent or received, and the guarantees trio's Stream API makes to its callers.
+#
+# One transport operation per burst, not per record: a receive_some returns every record
+# that the transport already delivered (up to max_bytes), and a send_all encrypts its data
+# (64 KiB at a time) before one transport write. On a relay whose peer writes faster than
+# one message per wake-up, a burst then costs one read, one checkpoint and one forwarded
+# write, where a record at a time cost a checkpoint and a write per record
+# (tests/tls/test_stream_batching.py pins both halves).
+#
+# The data path calls OpenSSL through the record layer of siptap.tls.records (the cffi fast
+# path, or pyOpenSSL's public API with portable_records=True) and drives a trio SocketStream
+# through its non-blocking descriptor (siptap.tls.descriptor_io): both save per-message
+# costs that dominated a relayed SIP message. Partial writes are enabled: an SSL_write takes
+# at most one 16 KiB record, so the send path loops, and retries "want read" with the rest of
+# the same buffer. With memory BIOs WantWriteError does not occur. Renegotiation is disabled
+# by the contexts, so after the handshake a send never needs a read, and a read produces
+# output only for TLS 1.3 post-handshake messages (session tickets, key updates).
+#
+# The states a stream goes through, and why each flag is separate:
+# * handshake: _handshake_lock (held by whichever task drives it; both pumps may try at
+#   once), then either _handshake_done with facts and no observer, or _handshake_error,
+#   which every later caller gets. facts can be discarded while done stays true, which is
+#   why "done" is not "facts is not None".
+# * sending: _sent_close_notify is set by send_eof or aclose, before the alert leaves, so
+#   nothing can be written after it; the receiving direction stays usable (TLS half-close,
+#   which the relay uses to let the other direction finish).
+# * receiving: close_notify_received or eof_without_close_notify, whichever came first,
+#   tells the relay how the peer ended: close_notify is passed on as a half-close, a bare EOF (a
+#   truncation, or a crashed peer) tears both legs down (relay/session.py).
+# * closed: _closed is set first thing in aclose, so any later call fails as closed, and a
+#   handshake the close interrupted is reported as closed rather than as the peer's failure.
 
 _RECEIVE_SIZE = descriptor_io.READ_SIZE  # one transport read: several records when the peer is fast
-_CLOSE_NOTIFY_TIMEOUT = 2.0  # how long an alert or close_notify may take to leave before we give up on it
-_RECORD_SIZE = 16384  # one TLS record's plaintext at most: no bigger buffer is useful per recv
 _SEND_BATCH = 65536  # plaintext encrypted per transport write: four full records, or a burst of SIP
+# Also the bound on what one send_all holds as ciphertext while a slow peer's socket has no
+# room: a larger batch would make every stalled leg keep more memory, a smaller one would
+# split the relay's biggest bursts (its receives are 64 KiB too) into several writes.
 
 
 class OpenSSLStream(trio.abc.Stream):
@@ -84,46 +97,60 @@ class OpenSSLStream(trio.abc.Stream):
         send_sni: bool = True,
         portable_records: bool = False,
     ) -> None:
+        # Public, as on trio.SSLStream: the relay reads the TCP addresses of the dialled leg
+        # from it (relay/session.py), for the opened record and the pcap sink.
         self.transport_stream = transport_stream
+        # One observer per connection: the context's callbacks are shared by every
+        # connection made from it, so per-connection facts (the first verify error, the key
+        # log lines, the expected hostname) need a home that the callback can find from the
+        # SSL object alone: app data, below.
         observer = HandshakeObserver(leg=leg, role="server" if server_side else "client")
         self.observer: HandshakeObserver | None = observer
         # No socket: pyOpenSSL then gives the connection a pair of memory BIOs, and every byte
-        # goes through _flush/_fill below. The observer rides as app data so the context's
+        # goes through RecordIO's flush/fill. The observer rides as app data so the context's
         # callbacks (verify, key log) can find this connection's scratchpad.
         conn = SSL.Connection(context, None)
         conn.set_app_data(observer)
+        # The role must be set before the first OpenSSL call: a socketless Connection has no
+        # accept() or connect() to imply it, and do_handshake without it fails with
+        # "connection type not set" (checked on this pyOpenSSL).
         if server_side:
             conn.set_accept_state()
+            # Only the server side sees a ClientHello; a client knows its own offer. The
+            # sniffer reads the raw bytes because pyOpenSSL offers no way to read what a
+            # refused client offered (its suites, versions) once the handshake has failed.
             observer.sniffer = ClientHelloSniffer()
         else:
             conn.set_connect_state()
+            # No SNI for an IP literal: RFC 6066 allows only host names there. send_sni is
+            # the route's switch to leave SNI out altogether (ClientTlsSettings.send_sni).
+            # idna: a non-ASCII name goes on the wire as its A-label form.
             if server_hostname and send_sni and not _is_ip(server_hostname):
                 conn.set_tlsext_host_name(server_hostname.encode("idna"))
+            # Checked in the context's verify callback (siptap.tls.contexts), not by
+            # OpenSSL's own host check, so a mismatch becomes a policy failure with the
+            # certificate's subject in it rather than a bare "certificate verify failed".
             if check_hostname and server_hostname:
                 observer.expected_hostname = server_hostname
         self._conn = conn
+        # The certificate cache lives on the context, so a reload (new context) starts a new
+        # cache and connections of one context share it; the version limit rides along so a
+        # tls13_only_client reason can name what limits this leg. A context not built by
+        # siptap.tls.contexts has neither: the facts are then computed uncached.
         data = context.get_app_data()  # see siptap.tls.contexts: the context's cache and limits
         self._certificates: CertificateCache | None = None
         if isinstance(data, ContextData):
             self._certificates = data.certificates
             observer.version_limit = data.version_limit
-        self._records: RecordLayer = records_for(conn, portable=portable_records)
-        # A trio SocketStream is driven through its file descriptor (see _transport_receive).
-        # Exactly SocketStream, not a subclass: a subclass may override send_all/receive_some,
-        # and going around them to the descriptor would skip what it added.
-        self._socket = transport_stream.socket if type(transport_stream) is trio.SocketStream else None
-        self._outbox: list[bytes] = []
-        self._send_lock = FifoMutex()
-        self._recv_lock = FifoMutex()
+        self._record_io = RecordIO(conn, records_for(conn, portable=portable_records), transport_stream,
+                                observer.sniffer)
         # A trio.Lock (not FifoMutex) for the handshake: it is held across the whole handshake,
         # which both pumps may start at once (send_all and receive_some handshake implicitly).
         # Dropped once the handshake succeeded, to save its memory on idle connections.
         self._handshake_lock: trio.Lock | None = trio.Lock()
-        self._fill_count = 0  # transport reads so far; see _fill
-        self._read_error: SSL.Error | None = None  # met while draining; raised by the next read
-        self._yielded = False  # did this receive_some reach a scheduling point? see receive_some
-        self._transport_eof = False  # latched: the transport said EOF once, it will not say more
-        self._socket_drained = False  # the last read left the socket empty: wait before the next
+        # Guards for trio's Stream contract (one task per direction), kept apart from
+        # RecordIO's locks: those serialise the two directions' transport I/O inside a call
+        # that is allowed; these reject a call that is not (two concurrent send_all calls).
         self._send_guard = DirectionGuard("sending on this TLS stream")
         self._recv_guard = DirectionGuard("receiving on this TLS stream")
         self._handshake_done = False
@@ -133,231 +160,6 @@ class OpenSSLStream(trio.abc.Stream):
         self.facts: HandshakeFacts | None = None
         self.close_notify_received = False
         self.eof_without_close_notify = False
-
-    # -- the transport: a trio SocketStream through its descriptor (siptap.tls.descriptor_io),
-    #    any other Stream through its methods ---------------------------------------------
-
-    async def _transport_receive(self) -> bytes:
-        # Called only by _fill, under _recv_lock: one reader at a time, so _socket_drained
-        # describes the last read of this socket, whoever's task made it.
-        sock = self._socket
-        if sock is None:
-            data = await self.transport_stream.receive_some(_RECEIVE_SIZE)
-            self._yielded = True  # a Stream's receive_some is always a checkpoint
-            # A Stream may return a bytearray (trio's memory streams do); the record layer and
-            # the ClientHello sniffer take bytes.
-            return data if type(data) is bytes else bytes(data)
-        data, waited = await descriptor_io.read(sock, wait_first=self._socket_drained)
-        if waited:
-            self._yielded = True
-        # b"" (EOF) counts as drained too; _fill latches EOF and never reads again.
-        self._socket_drained = len(data) < _RECEIVE_SIZE
-        return data
-
-    async def _transport_send(self, data: bytes) -> None:
-        # Called only by _flush, under _send_lock: one writer at a time, so two outboxes
-        # can never interleave on the wire even when a write has to wait for room.
-        if self._socket is None:
-            await self.transport_stream.send_all(data)
-        else:
-            await descriptor_io.write_all(self._socket, data)
-
-    # -- moving bytes between OpenSSL's BIOs and the transport --------------------------------
-
-    async def _flush(self) -> None:
-        # OpenSSL writes whole records into the outgoing BIO: take them synchronously, so
-        # records keep OpenSSL's order even when the two pumps use this stream at once.
-        # Why that is enough: a TLS record carries a sequence number (in its MAC or AEAD
-        # nonce), so records must reach the peer in the order OpenSSL made them, or the peer
-        # fails with bad_record_mac. Order is decided here, at the take, and the take runs
-        # in the same synchronous step as the OpenSSL call that produced the records (no
-        # await between them in _retry/_retry_records/_encrypt), so no other task's records
-        # can slip in between; after that the outbox is FIFO and one task drains it.
-        output = self._records.take_output()
-        if output:
-            self._outbox.append(output)
-        if not self._outbox:
-            return
-        await self._send_lock.acquire()  # no scheduling point when uncontended (the common case)
-        try:
-            # Whoever holds the lock sends everything queued, including what the other task
-            # appended while we were awaiting the transport (hence the loop). So when a waiter
-            # gets the lock and finds the outbox empty, its bytes already went out in order:
-            # "returned from _flush" always means "my records were handed to the transport".
-            outbox = self._outbox
-            while outbox:
-                # Everything queued goes in one transport write: a send_all's batch of
-                # records (see _encrypt) plus whatever the other pump queued meanwhile.
-                # The list is emptied before the await, so what is appended during the
-                # write is a new round of this loop, never sent twice or dropped.
-                data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
-                outbox.clear()
-                await self._transport_send(data)
-        finally:
-            self._send_lock.release()
-
-    async def _flush_quietly(self) -> None:
-        """Best effort, used on the error path: the alert matters, a dead peer does not."""
-        # Bounded, because the error path often runs against a peer that stopped reading:
-        # an alert stuck behind a full socket buffer must not hold the caller for ever.
-        try:
-            with trio.move_on_after(_CLOSE_NOTIFY_TIMEOUT):
-                await self._flush()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
-    async def _fill(self) -> None:
-        # Both pumps can want input at once (a receive waiting for data, a send whose TLS 1.3
-        # post-handshake message needs the peer's answer). One reads the transport; the other
-        # waits on the lock, and when it gets it, sees the count moved: new bytes went into the
-        # BIO meanwhile, which may be all it needed, so it returns to retry its OpenSSL call
-        # instead of blocking on a second read that might never be answered.
-        # Without that check, the waiter would read again although its record may already
-        # sit in the BIO: a relay whose peer sent one message and now waits for the answer
-        # would hang. The count is read before the lock, since what matters is "did a read
-        # complete after I found the BIO short", not "after I got the lock".
-        count = self._fill_count
-        await self._recv_lock.acquire()
-        try:
-            if count != self._fill_count:
-                return
-            # After EOF the transport has nothing more to say; asking again would block on a
-            # socket that will only ever report EOF (or raise on a closed descriptor).
-            data = b"" if self._transport_eof else await self._transport_receive()
-            observer = self.observer
-            if observer is not None and observer.sniffer is not None and not observer.sniffer.done:
-                # During the handshake the server leg keeps a copy of what the client sent,
-                # for failure reasons OpenSSL cannot give (what the client offered).
-                observer.sniffer.feed(data)
-            if data:
-                # Appended, never replaced: the BIO may still hold the start of a record
-                # that this read completes.
-                self._records.give_input(data)
-            else:
-                # EOF: tell OpenSSL, so its next read fails with "unexpected EOF" or returns the
-                # close_notify it already has, instead of "want read" for ever.
-                self._transport_eof = True
-                self._conn.bio_shutdown()
-            # Counted also at EOF: a waiting task must retry its OpenSSL call, which now
-            # reports the end, rather than read a transport that has ended.
-            self._fill_count += 1
-        finally:
-            self._recv_lock.release()
-
-    async def _retry(self, fn: Callable[..., T], *args: object) -> T:
-        """``fn`` (handshake, shutdown) until it stops raising WantReadError."""
-        # The loop every OpenSSL call runs in (trio's _retry, minus WantWrite: memory BIOs
-        # never fill). Order matters: call, then flush whatever the call produced (also when
-        # it wants input: a handshake step writes its flight and then waits for the answer,
-        # which will not come before the flight is sent), then read if asked, then call again.
-        while True:
-            want_read = False
-            try:
-                result = fn(*args)
-            except SSL.WantReadError:
-                want_read = True
-            except SSL.Error:
-                # A failed call usually left an alert in the outgoing BIO: send it before
-                # raising, so the peer learns why instead of seeing the connection drop.
-                await self._flush_quietly()
-                raise
-            # Also on success: the handshake's last call (the server's Finished) produces
-            # the flight that completes it for the peer, and returns without wanting more.
-            await self._flush()
-            if not want_read:
-                return result
-            await self._fill()
-
-    async def _retry_records(self, fn: Callable[[A], T | None], arg: A) -> T:
-        """The data-path twin of :meth:`_retry`: ``fn`` says "want read" by returning None."""
-        # A separate loop so the data path raises no exception for "want read" (see
-        # siptap.tls.records); the order of call, flush, fill is the same as in _retry.
-        # ``fn`` is _read_buffered or _encrypt: each does as many OpenSSL calls as it can
-        # without new input, synchronously, so one pass of this loop is one transport
-        # operation's worth of records, whatever the number of records.
-        while True:
-            try:
-                result = fn(arg)
-            except SSL.Error:
-                # Quietly: the SSL.Error is what the caller must see, not a transport error
-                # met while sending the alert that goes with it.
-                await self._flush_quietly()
-                raise
-            # Flush before returning, also after a read: a TLS 1.3 KeyUpdate asks for ours,
-            # and a read's output left in the BIO would wait for the next send, which on a
-            # one-way stream may never come. With nothing to send this is one cheap check.
-            await self._flush()
-            if result is not None:
-                return result
-            # "Want read" is reached with everything OpenSSL produced already sent (the
-            # flush above): waiting for the peer with our own request still queued would
-            # deadlock a handshake step or a TLS 1.3 exchange.
-            await self._fill()
-
-    # -- the data path's OpenSSL calls, one transport operation's worth at a time ------------
-
-    def _read_buffered(self, size: int) -> bytes | None:
-        """All the plaintext OpenSSL can give without new input (up to ``size``), or None.
-
-        Called by _retry_records like a single read. One transport read often delivers
-        several records (a peer that writes a burst, or messages that queued while we were
-        busy); returning them one per receive_some would cost a checkpoint (a scheduler
-        pass) and, in the relay, one forwarded write per record instead of one per burst.
-        """
-        error = self._read_error
-        if error is not None:
-            # The previous call returned plaintext and kept this for now: raise it where the
-            # caller's handling of a failed read is (close_notify, EOF, broken).
-            self._read_error = None
-            raise error
-        records = self._records
-        first = records.read(min(size, _RECORD_SIZE))
-        if first is None or len(first) >= size or not records.may_have_plaintext():
-            return first  # "want read", full, or nothing more buffered: the common single record
-        chunks = [first]
-        total = len(first)
-        while total < size:
-            try:
-                more = records.read(min(size - total, _RECORD_SIZE))
-            except SSL.Error as exc:
-                # A failure after plaintext (typically the peer's close_notify, sent in the
-                # same TCP segment as its last message): hand out the plaintext first, as a
-                # one-record-per-call loop would have, and raise this on the next call. Any
-                # alert OpenSSL wrote stays in the outgoing BIO for _retry_records' flush.
-                self._read_error = exc
-                break
-            if more is None:  # the rest is an incomplete record: the transport must bring it
-                break
-            chunks.append(more)
-            total += len(more)
-            if not records.may_have_plaintext():
-                break
-        return b"".join(chunks)
-
-    def _encrypt(self, data: memoryview) -> int | None:
-        """Encrypt as much of ``data`` as OpenSSL takes without new input, into the outbox.
-
-        How many bytes were taken, or None for none ("want read"); _retry_records then
-        flushes once, so a burst leaves in one transport write rather than one per record.
-        """
-        records = self._records
-        outbox = self._outbox
-        taken = 0
-        total = len(data)
-        while taken < total:
-            # Partial writes are on: each call encrypts at most one record. The caller
-            # retries with data[taken:], which ACCEPT_MOVING_WRITE_BUFFER allows.
-            written = records.write(data[taken:])
-            if written is None:
-                break  # TLS 1.3 may want the peer's answer first: flush, fill, come back
-            taken += written
-            # Take each record out of the BIO as it is made: a memory BIO never shrinks, so
-            # letting a batch accumulate there would keep a batch-sized buffer per idle leg.
-            # Synchronous, like _flush's take: records stay in OpenSSL's order in the outbox.
-            output = records.take_output()
-            if output:
-                outbox.append(output)
-        return taken or None
 
     # -- handshake ---------------------------------------------------------------------------
 
@@ -369,6 +171,8 @@ class OpenSSLStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
         else:
             await self._handshake_under(lock, timeout)
+        # A RuntimeError, not HandshakeFailed: the handshake succeeded, and asking for facts
+        # after discard_facts is the caller's mistake (test_handshake_records_are_let_go).
         if self.facts is None:
             raise RuntimeError("the handshake's facts were discarded")
         return self.facts
@@ -386,6 +190,10 @@ class OpenSSLStream(trio.abc.Stream):
                 # does not start a clock of its own, it finds the outcome (done or the error).
                 with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
                     await self._handshake_once()
+                # cancelled_caught is true only for this scope's own deadline: an outer
+                # cancellation passes through as Cancelled and records no error, which leaves
+                # the stream half way through a handshake; its owner is cancelling and will
+                # close it (see "Cancellation" in the module docstring).
                 if scope.cancelled_caught:
                     # A timeout is final too (the peer is half way through a handshake we
                     # abandoned); the state string says how far it got, for the log.
@@ -404,10 +212,15 @@ class OpenSSLStream(trio.abc.Stream):
 
     async def _handshake_once(self) -> None:
         observer = self.observer
+        # Holds: we are under the handshake lock with neither done nor an error recorded,
+        # and the observer is dropped only on the success that sets done.
         assert observer is not None
         try:
-            await self._retry(self._conn.do_handshake)
+            await self._record_io.retry(self._conn.do_handshake)
         except SSL.Error as exc:
+            # The observer is what turns OpenSSL's text into a reason: the exception alone
+            # says "certificate verify failed" for an unknown CA, an expired certificate and
+            # a refused allow-list alike; the callback recorded which (see classify_failure).
             failure = classify_failure(exc, observer)
             if failure.reason == FailureReason.PEER_CLOSED.value:
                 # Where it stopped tells "refused our offer silently" from "went away".
@@ -435,14 +248,18 @@ class OpenSSLStream(trio.abc.Stream):
         # (renegotiation is off; TLS 1.3 tickets and key updates neither verify nor log keys).
         self._conn.set_app_data(None)
         self.observer = None
+        self._record_io.sniffer = None  # the observer's: let it go with the client's hello
         self._handshake_lock = None  # a task waiting on it holds its own reference
         # The handshake's BIO buffers (certificate flights) would otherwise stay allocated for
         # the life of the connection; see FastRecords.renew_bios. Safe here: no await since the
         # handshake's last flush, so no other task is between an OpenSSL call and its flush.
-        self._records.renew_bios(eof=self._transport_eof)
+        self._record_io.renew_bios()
 
     async def _ensure_handshake(self) -> None:
         """Implicit handshake for send/receive: a failure is a broken stream, as trio expects."""
+        # The relay always calls do_handshake itself, to log the classified reason; this is
+        # for generic Stream users (trio's conformance suite sends and receives straight
+        # away), for whom a Stream method may raise only trio's resource errors.
         if not self._handshake_done:
             try:
                 await self.do_handshake()
@@ -461,6 +278,9 @@ class OpenSSLStream(trio.abc.Stream):
             await self._ensure_handshake()
             if self._sent_close_notify:
                 raise trio.ClosedResourceError("send_eof() was called; cannot send more")
+            # Nothing to send is still a checkpoint (trio's contract), and must not reach
+            # OpenSSL: an SSL_write of 0 bytes fails, and pyOpenSSL reports it as
+            # SysCallError "Unexpected EOF", which would break a healthy stream.
             if not data:
                 await trio.lowlevel.checkpoint()
                 return
@@ -468,13 +288,14 @@ class OpenSSLStream(trio.abc.Stream):
             view = memoryview(data)
             total = len(view)
             offset = 0
+            record_io = self._record_io
             try:
                 # Batches of _SEND_BATCH: a SIP burst (at most the relay's 64 KiB receive)
                 # is one batch, one transport write; a bulk send is encrypted as it is
                 # written instead of all at once into memory. A batch cut mid-record is
                 # harmless: record boundaries carry no meaning in a byte stream.
                 while offset < total:
-                    offset += await self._retry_records(self._encrypt, view[offset:offset + _SEND_BATCH])
+                    offset += await record_io.retry_records(record_io.encrypt, view[offset:offset + _SEND_BATCH])
             except SSL.Error as exc:
                 # Not retryable: OpenSSL's connection is in an error state, and part of the
                 # data may have left. trio's Stream contract says broken, so broken it is.
@@ -492,7 +313,8 @@ class OpenSSLStream(trio.abc.Stream):
         # cancellation point comes first and the closing checkpoint below is shielded, the
         # order trio's SSLStream uses (checkpoint_if_cancelled / cancel_shielded_checkpoint).
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._yielded = False
+        record_io = self._record_io
+        record_io.yielded = False
         with self._recv_guard:
             self._check_open()
             await self._ensure_handshake()
@@ -502,11 +324,13 @@ class OpenSSLStream(trio.abc.Stream):
             # No "read the transport first when the BIO is empty" shortcut: OpenSSL's record
             # layer may hold bytes it already took from the BIO, which only recv() can tell.
             # When the BIO is empty that first OpenSSL call is a cheap "want read", and the
-            # transport read that follows comes before any checkpoint (see _fill).
+            # transport read that follows comes before any checkpoint (see RecordIO._fill).
             try:
-                data = await self._retry_records(self._read_buffered, size)
+                data = await record_io.retry_records(record_io.read_buffered, size)
             except SSL.ZeroReturnError:
-                # The peer's close_notify: a clean end of its direction.
+                # The peer's close_notify: a clean end of its direction. OpenSSL answers every
+                # later read the same way, so a repeated receive_some keeps returning b"", as
+                # trio's Stream contract asks after end of stream.
                 self.close_notify_received = True
                 data = b""
             # The transport ended without close_notify. OpenSSL reports that as a SysCallError
@@ -514,16 +338,19 @@ class OpenSSLStream(trio.abc.Stream):
             # orderly EOF for the relay if and only if we saw the transport end. Anything else
             # is a broken stream.
             except SSL.SysCallError as exc:
-                if not self._transport_eof:
+                if not record_io.transport_eof:
                     raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
                 self.eof_without_close_notify = True
                 data = b""
             except SSL.Error as exc:
-                if not (self._transport_eof and "unexpected eof" in str(exc).lower()):
+                if not (record_io.transport_eof and "unexpected eof" in str(exc).lower()):
                     raise trio.BrokenResourceError(f"TLS receive failed: {exc}") from exc
                 self.eof_without_close_notify = True
                 data = b""
-        if not self._yielded:
+            # Unlike close_notify, this b"" is not repeated: OpenSSL is in an error state after
+            # the EOF, and a second receive_some raises BrokenResourceError (measured). The
+            # relay never asks twice: it tears both legs down on the first.
+        if not record_io.yielded:
             # Served from bytes already buffered (or EOF already seen): still a scheduling
             # point, as trio streams promise, so a busy relay cannot starve other tasks.
             # Shielded: ``data`` is already out of OpenSSL, and a Cancelled raised here would
@@ -544,22 +371,30 @@ class OpenSSLStream(trio.abc.Stream):
             self._sent_close_notify = True
             # SSL_shutdown writes close_notify into the outgoing BIO and returns without waiting
             # for the peer's: that is TLS's half-close, and not waiting is what lets the other
-            # direction carry on. Hence no _retry: "want read" does not apply here.
+            # direction carry on. Hence no RecordIO.retry: "want read" does not apply here.
             try:
                 self._conn.shutdown()
             except SSL.Error as exc:
                 raise trio.BrokenResourceError(f"TLS shutdown failed: {exc}") from exc
             # Not quietly: the relay half-closes with this, and a close_notify that could not
             # leave must surface as a broken stream so the other direction is torn down too.
-            await self._flush()
+            await self._record_io.flush()
 
     async def wait_send_all_might_not_block(self) -> None:
+        # Only the transport can make a send wait: OpenSSL writes into a memory BIO that grows.
+        # The send guard makes this conflict with send_all, as trio's semantics ask. Unlike
+        # trio.SSLStream it does not take RecordIO's send lock inside: if a receive's flush
+        # (a TLS 1.3 post-handshake reply) is waiting for room on the same socket, two tasks
+        # wait for it to be writable, which trio refuses with BusyResourceError. Nothing in
+        # siptap calls this method, so that gap is left open.
         with self._send_guard:
             self._check_open()
             await self.transport_stream.wait_send_all_might_not_block()
 
     async def aclose(self) -> None:
         """Send close_notify if we can within a short bound, then close the transport."""
+        # Idempotent, as trio's AsyncResource contract asks: a second aclose (an owner's
+        # cleanup after an earlier close) is a checkpoint, not an error.
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
@@ -576,7 +411,9 @@ class OpenSSLStream(trio.abc.Stream):
                     self._conn.shutdown()
                 except SSL.Error:
                     pass  # an OpenSSL already in error has nothing clean to say; just close
-                await self._flush_quietly()
+                # Quietly, unlike send_eof: the caller is closing anyway, and a peer that is
+                # already gone must not turn a close into an exception.
+                await self._record_io.flush_quietly()
         finally:
             await self.transport_stream.aclose()
 
@@ -587,6 +424,8 @@ class OpenSSLStream(trio.abc.Stream):
 
 @functools.lru_cache(maxsize=64)  # configured server names: a handful; a miss raises inside
 def _is_ip(name: str) -> bool:
+    # Brackets stripped: an IPv6 literal may be written URL-style ("[2001:db8::1]") in a
+    # server name, and it must not go out as SNI either way.
     try:
         ipaddress.ip_address(name.strip("[]"))
     except ValueError:

@@ -50,7 +50,7 @@ class FifoMutex:
         self._waiters: trio.lowlevel.ParkingLot | None = None
 
     async def acquire(self) -> None:
-        # No checkpoint on the free path, on purpose: OpenSSLStream._flush takes this lock
+        # No checkpoint on the free path, on purpose: RecordIO.flush takes this lock
         # after every batch of OpenSSL calls, and a scheduling pass there would cost a loop
         # iteration per message. The callers' own awaits (the transport) provide the
         # checkpoints trio expects.
