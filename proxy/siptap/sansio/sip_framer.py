@@ -10,15 +10,12 @@ comes back out in exactly one event's ``data`` (in order), whether it framed as 
 The buffer is a state machine over the bytes not yet reported. Its five states are described
 where they are defined (``_IDLE`` to ``_SKIP``, below the event classes): each with what it
 waits for and why it may wait. The start-line grammar is :mod:`siptap.sansio.sip_start_line`,
-the Content-Length readings :mod:`siptap.sansio.content_length`, the resync rules
-:mod:`siptap.sansio.sip_resync`.
+the Content-Length readings :mod:`siptap.sansio.content_length`.
 
 The framer never gives up while the connection lives. What it cannot frame (garbage, a header
-block over ``max_header_size``, an invalid, conflicting or oversized Content-Length, a body
-that turns out to hold the next message) is reported as ``Unframeable`` and skipped up to the
-next plausible start line after a line end; the message found there is framed only if its
-header block is made of header lines. Memory stays bounded by the same limits: a skipped
-region is reported as it is read, never held.
+block over the limit, a bad or lying Content-Length) is reported as ``Unframeable`` as it is
+read, never held, and skipped to the next start line, whose header block must then be made of
+header lines (:mod:`siptap.sansio.sip_resync`).
 
 Bytes missing from the stream (the mirror lost a chunk: :meth:`SipFramer.gap`) enter
 ``_SKIP`` with reason ``"gap"``: what was buffered is reported, and resync starts at the first
@@ -39,7 +36,14 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 from siptap.sansio.content_length import content_length, simple_content_length
-from siptap.sansio.sip_resync import LINE_START_NEXT, embedded_start, header_block_is_plausible, next_line_start
+from siptap.sansio.sip_resync import (
+    LINE_START_NEXT,
+    MAYBE_EMBEDDED,
+    embedded_start,
+    header_block_is_plausible,
+    next_line_start,
+    swallowed_start,
+)
 from siptap.sansio.sip_start_line import MAYBE, NO, START_LINE, YES, classify_line, looks_like_tls
 
 __all__ = [
@@ -123,9 +127,8 @@ _BODY = "body"
 # as they are known to be garbage, so resync holds no more than one candidate line
 # (test_resync_holds_at_most_a_candidate_line). Blank lines inside garbage are garbage, not
 # keepalives: otherwise where a chunk ended would decide whether they were a pong.
-# A limit hit or a Content-Length refused lands here too, with its own reason: the region
-# after it (the rest of the header block, a body of unknown length) is skipped the same way,
-# and the message found after it must prove itself by its header block (_resyncing).
+# A limit hit or a Content-Length refused lands here too, with its own reason; the message
+# found after any skip must prove itself by its header block (_resyncing).
 _SKIP = "skip"
 
 # Unframeable reasons. Consumers match on them (mirror/observed.py counts "gap" bytes as part
@@ -324,9 +327,10 @@ class SipFramer:
             total = header_end + length
             if total > n:
                 return pos  # body incomplete: buffer from the message start, not from here
-            # A body holding the next message (its Content-Length lied) is the state machine's
-            # to report. The check is one regex search for "SIP/2.0" on an ordinary body.
-            if length and embedded_start(data, pos, header_end, total) >= 0:
+            # A header block (lost blank line) or body (lying Content-Length) that may hold the
+            # next message's start line: the state machine decides (sip_resync). One regex
+            # search for the version not followed by "/" (Via's SIP/2.0/TLS) per message.
+            if MAYBE_EMBEDDED.search(data, crlf, total) is not None:
                 return pos
             # Slicing copies; a chunk that is exactly one message (the usual case) is reused.
             message = data if pos == 0 and total == n else data[pos:total]
@@ -381,13 +385,19 @@ class SipFramer:
         if not self._body_length:
             return False
         at = embedded_start(buf, 0, self._header_end, end)
-        if at < 0:
-            return False
-        events.append(Unframeable(bytes(buf[:at]), f"Content-Length {self._body_length} runs into the next message"))
-        del buf[:at]
+        if at >= 0:
+            self._resync_at(at, f"Content-Length {self._body_length} runs into the next message", events)
+        return at >= 0
+
+    def _resync_at(self, at: int, reason: str, events: list[Event]) -> None:
+        """A message's start line was found at ``at`` inside the message being read: report
+        what precedes it and frame from there. Found by resync, the bytes before it belong to
+        the region being skipped (its reason); the message found still has to pass the header
+        check (_resyncing)."""
+        events.append(Unframeable(bytes(self._buf[:at]), self._skip_reason if self._resyncing else reason))
+        del self._buf[:at]
         self._state = _IDLE
-        self._resyncing = True  # the message found there still has to pass the header check
-        return True
+        self._resyncing = True
 
     def _idle(self, events: list[Event]) -> bool:
         """Between messages: keepalives are decided only once the next byte is known."""
@@ -493,6 +503,12 @@ class SipFramer:
             self._scan_from = max(0, len(buf) - 3)
             return False
         header_end = end + 4
+        # The block ran on into the next message (its blank line is missing): report it up to
+        # that start line and frame from there (test_a_missing_blank_line_costs_one_message).
+        at = swallowed_start(buf, 0, header_end)
+        if at >= 0:
+            self._resync_at(at, "header block runs into the next start line", events)
+            return True
         # Found by resync: a start line alone is weak evidence (a body line being skipped may
         # look like one); a block of header lines is strong. Refused, the candidate and its
         # block go on being skipped, in the same region (the reason stays).
@@ -574,8 +590,7 @@ class SipFramer:
         del buf[:cut]
 
     def _skip_after_headers(self, events: list[Event], header_end: int, reason: str) -> None:
-        """The header block is read but its Content-Length cannot be trusted: report the block
-        and skip what follows (a body of unknown length) up to the next start line."""
+        """The Content-Length cannot be trusted: report the header block, skip the body."""
         events.append(Unframeable(bytes(self._buf[:header_end]), reason))
         del self._buf[:header_end]
         self._enter_skip(reason)

@@ -5,8 +5,9 @@ oversized header block, or a Content-Length it cannot trust, it skips to the nex
 start line (:func:`next_line_start`) and then checks the header block that follows it
 (:func:`header_block_is_plausible`) before framing a message there again: a line that merely
 looks like a start line (a ``SIP/2.0 200 OK`` inside a sipfrag body being skipped) is refused
-by the lines after it. :func:`embedded_start` catches the other way a stream goes wrong: a
-Content-Length larger than the body, so that the "body" holds the next message.
+by the lines after it. :func:`embedded_start` catches a Content-Length larger than the body,
+so that the "body" holds the next message; :func:`swallowed_start` a header block whose blank
+line is missing (or damaged), so that it runs on into the next message's start line.
 
 Pure functions over a buffer, no framer state: each answer depends only on the bytes passed,
 never on where a chunk ended, which is what keeps the framer's events split-invariant.
@@ -15,10 +16,11 @@ never on where a chunk ended, which is what keeps the framer's events split-inva
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from siptap.sansio.sip_start_line import NO, START_LINE, classify_line
 
-__all__ = ["LINE_START_NEXT", "embedded_start", "header_block_is_plausible", "next_line_start"]
+__all__ = ["LINE_START_NEXT", "MAYBE_EMBEDDED", "embedded_start", "header_block_is_plausible", "next_line_start", "swallowed_start"]
 
 _CR = 0x0D
 
@@ -28,7 +30,9 @@ _CR = 0x0D
 # body's text or the next message's start line.
 _HEADER_LINE = re.compile(rb"[A-Za-z0-9\-.!%*_+`'~]+[ \t]*:")
 # Every start line holds the version; a body without it (every SDP body) needs no line scan.
-_VERSION = re.compile(rb"(?i:SIP/2\.0)")
+# In capitals only, as every SIP stack writes it: a find is several times cheaper than a
+# case-blind regex search, and this runs for every body the mirror frames.
+_VERSION = b"SIP/2.0"
 # Bodies that may legitimately carry a SIP message or fragment (message/sipfrag in a NOTIFY
 # for REFER, message/sip, multipart wrapping either): their Content-Length is trusted.
 _SIP_CARRYING_TYPE = re.compile(rb"(?im)^(?:content-type|c)[ \t]*:[ \t]*(?:message|multipart)/")
@@ -90,19 +94,26 @@ def embedded_start(buf: bytes | bytearray, start: int, header_end: int, end: int
     message is then framed as its Content-Length says and resync happens after it.
     """
     # The cheap refusal first: nearly every body (SDP) holds no "SIP/2.0" at all.
-    if _VERSION.search(buf, header_end, end) is None:
+    if buf.find(_VERSION, header_end, end) < 0:
         return -1
     if _SIP_CARRYING_TYPE.search(buf, start, header_end) is not None:
         return -1
-    line = header_end
-    while line < end:
-        line_end = buf.find(b"\r\n", line, end)
-        if line_end < 0:
-            return -1
-        if START_LINE.fullmatch(buf, line, line_end) and _headers_follow(buf, line_end + 2, end):
+    for line, line_end in _start_lines(buf, header_end, end):
+        if _headers_follow(buf, line_end + 2, end):
             return line
-        line = line_end + 2
     return -1
+
+
+def _start_lines(buf: bytes | bytearray, pos: int, end: int) -> Iterator[tuple[int, int]]:
+    """Each complete start line in ``buf[pos:end]`` at a line start (``pos``, or after an LF:
+    a bare LF starts a line, as for resync), with the index of its CRLF."""
+    while pos < end:
+        line_end = buf.find(b"\r\n", pos, end)
+        if line_end < 0:
+            return
+        if START_LINE.fullmatch(buf, pos, line_end):
+            yield pos, line_end
+        pos = buf.find(b"\n", pos, end) + 1  # found: at the latest, the LF of line_end
 
 
 def _headers_follow(buf: bytes | bytearray, pos: int, end: int) -> bool:
@@ -117,3 +128,32 @@ def _headers_follow(buf: bytes | bytearray, pos: int, end: int) -> bool:
         headers += 1
         pos = line_end + 2
     return headers > 0
+
+
+# What a start line inside a header block must contain: a request line ends with the version,
+# a status line begins with it. A Via header's "SIP/2.0/TLS" is neither, so an ordinary block
+# is cleared by two C-speed finds (the check runs for every message the mirror frames; the
+# version in capitals only, as for _VERSION).
+_REQUEST_END = b" SIP/2.0\r\n"
+_STATUS_START = b"\nSIP/2.0 "
+# Every start line that swallowed_start or embedded_start can find holds this (its version
+# then SP or CR): the framer's fast path searches a message's header block and body for it
+# once and leaves the few messages that hold it to the state machine and these functions.
+MAYBE_EMBEDDED = re.compile(rb"SIP/2\.0[ \r]")
+
+
+def swallowed_start(buf: bytes | bytearray, start: int, header_end: int) -> int:
+    """Where, inside the header block of the message at ``start``, the next message's start
+    line begins (a line that is a start line and not a header line): -1 if nowhere.
+
+    A header block never holds a start line; one that does lost its blank line (a broken
+    peer, or bytes damaged on the way) and ran on into the next message, whose header block's
+    end it then took for its own.
+    """
+    first = buf.find(b"\r\n", start, header_end)
+    if buf.find(_REQUEST_END, first, header_end) < 0 and buf.find(_STATUS_START, first, header_end) < 0:
+        return -1
+    for line, line_end in _start_lines(buf, first + 2, header_end):
+        if not _HEADER_LINE.match(buf, line, line_end):
+            return line
+    return -1
