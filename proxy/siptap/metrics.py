@@ -54,6 +54,13 @@ class CertificateInForce(Protocol):
 LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 0.25, 1.0)
 
 
+# The mirror's gap and unobserved-bytes counters: name, help (labels are the collector's).
+_GAPS = ("siptap_mirror_gaps", "Gaps in the mirror's copy of a stream (records the relay could not send)")
+_GAP_BYTES = ("siptap_mirror_gap_bytes", "Bytes missing from the mirror's copy")
+_UNOBSERVED = ("siptap_mirror_unobserved_bytes",
+               "Stream bytes the mirror could not frame as SIP, by cause (unframeable: skipped; gap: lost)")
+
+
 class SipMessageCounts:
     """``siptap_sip_messages_total{route,direction,kind}`` as plain integers.
 
@@ -76,11 +83,20 @@ class SipMessageCounts:
         self._directions: dict[tuple[str, str], dict[str, int]] = {}
         self.gaps: dict[str, int] = {}  # by route: holes in the mirror's view of a stream
         self.gap_bytes: dict[str, int] = {}  # by route: bytes in those holes
+        # by (route, cause): stream bytes no framed message or keepalive covers; cause
+        # "unframeable" (the peer's: garbage, oversized or lying messages, truncation) or "gap"
+        # (the mirror's: bytes missing, and partial messages around the hole).
+        self.unobserved_bytes: dict[tuple[str, str], int] = {}
 
     def count_gap(self, route: str, missing: int) -> None:
         """A gap the observer reported (rare: no need for a dict per direction)."""
         self.gaps[route] = self.gaps.get(route, 0) + 1
         self.gap_bytes[route] = self.gap_bytes.get(route, 0) + missing
+
+    def count_unobserved(self, route: str, cause: str, size: int) -> None:
+        """Bytes the mirror could not frame (rare, per skipped piece: no per-direction dict)."""
+        key = (route, cause)
+        self.unobserved_bytes[key] = self.unobserved_bytes.get(key, 0) + size
 
     def for_direction(self, route: str, direction: str) -> dict[str, int]:
         """The counts of one route and direction, by kind (:func:`message_kind`), to increment."""
@@ -100,16 +116,18 @@ class SipMessageCounts:
         for (route, direction, kind), n in self.snapshot().items():
             family.add_metric([route, direction, kind], n)
         yield family
-        gaps = CounterMetricFamily("siptap_mirror_gaps", "Gaps in the mirror's copy of a stream (records the relay "
-                                   "could not send)", labels=["route"])
-        gap_bytes = CounterMetricFamily("siptap_mirror_gap_bytes", "Bytes missing from the mirror's copy",
-                                        labels=["route"])
+        gaps = CounterMetricFamily(*_GAPS, labels=["route"])
+        gap_bytes = CounterMetricFamily(*_GAP_BYTES, labels=["route"])
         for route, n in list(self.gaps.items()):
             gaps.add_metric([route], n)
         for route, n in list(self.gap_bytes.items()):
             gap_bytes.add_metric([route], n)
         yield gaps
         yield gap_bytes
+        unobserved = CounterMetricFamily(*_UNOBSERVED, labels=["route", "cause"])
+        for (route, cause), n in list(self.unobserved_bytes.items()):
+            unobserved.add_metric([route, cause], n)
+        yield unobserved
 
     def describe(self) -> list[Any]:
         # The family's name, so that registering this beside a Counter of the same name fails
@@ -142,6 +160,8 @@ class Metrics:
                                   ["route", "leg", "result", "reason"], registry=r)
         self.sip_message_counts = sip_message_counts
         self._sip_messages_seen: dict[tuple[str, str, str], int] = {}
+        self._mirror_counters: tuple[Counter, Counter, Counter] | None = None  # made by sync_sip_messages
+        self._mirror_counts_seen: dict[tuple[str, ...], int] = {}
         self.sip_messages: Counter | None = None
         if sip_message_counts is not None and not multiprocess:
             r.register(sip_message_counts)
@@ -227,6 +247,24 @@ class Metrics:
             if delta > 0:
                 self.child(counter, *labels).inc(delta)
                 seen[labels] = now
+        # The gap and unobserved-bytes counts too: without this they were only ever exported
+        # by a single process (the collector), never by the mirror process under a supervisor.
+        if self._mirror_counters is None:
+            r = self.registry
+            self._mirror_counters = (Counter(*_GAPS, ["route"], registry=r), Counter(*_GAP_BYTES, ["route"], registry=r),
+                                     Counter(*_UNOBSERVED, ["route", "cause"], registry=r))
+        gaps, gap_bytes, unobserved = self._mirror_counters
+        seen_counts = self._mirror_counts_seen
+        sources: list[tuple[str, Any, dict[Any, int]]] = [
+            ("gaps", gaps, counts.gaps), ("gap_bytes", gap_bytes, counts.gap_bytes),
+            ("unobserved", unobserved, counts.unobserved_bytes)]
+        for name, metric, values in sources:
+            for key, now in list(values.items()):
+                labels = key if isinstance(key, tuple) else (key,)
+                delta = now - seen_counts.get((name, *labels), 0)
+                if delta > 0:
+                    self.child(metric, *labels).inc(delta)
+                    seen_counts[(name, *labels)] = now
 
     def serve(self, host: str, port: int) -> tuple[str, int]:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)

@@ -164,6 +164,20 @@ def corpus() -> dict[str, dict[str, bytes]]:
         # Control prefix (first byte < 8, see targets._Input): tiny header/message limits.
         "small-limits.bin": b"\x03\x40\x10" + invite(),
     }
+    # What the framer skips and resynchronises after (issue 13), each followed by messages.
+    tiny = b"BYE sip:x SIP/2.0\r\nCall-ID: t\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    sip.update({
+        # header limit 4 + 0xc8 = 204: the first header block exceeds it, the BYE does not
+        "resync-oversized-header.bin": b"\x01\xc8" + ACK.replace(b"\r\n\r\n", b"\r\nX-Pad: " + b"p" * 300 + b"\r\n\r\n")
+        + tiny + b"\r\n\r\n" + tiny,
+        "resync-lying-content-length.sip": BYE.replace(b"Content-Length: 0", b"Content-Length: 300") + OPTIONS + ACK,
+        "resync-invalid-content-length.sip": BYE.replace(b"Content-Length: 0", b"Content-Length: -4") + b"body\r\n"
+        + OPTIONS,
+        "resync-missing-blank-line.sip": BYE[:-2] + OPTIONS + ACK,
+        "resync-binary-mid-stream.bin": ACK + bytes(range(256)) + b"\r\n" + BYE,
+        "resync-sipfrag-body.sip": OPTIONS.replace(b"Content-Length: 0", b"Content-Type: message/sipfrag\r\n"
+                                                   b"Content-Length: 16") + b"SIP/2.0 200 OK\r\n" + BYE,
+    })
     return {
         "sip_framer": dict(sip),
         "sip_message": {k: v for k, v in sip.items() if k.endswith(".sip")},

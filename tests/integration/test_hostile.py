@@ -349,7 +349,7 @@ async def test_ten_megabytes_without_header_end_relayed_with_bounded_memory(pki:
     assert closed[0]["closed_by"] == "customer" and "close_notify" in closed[0]["reason"]
     # Memory (a bound, not a timing threshold): siptap's peak resident set since the baseline grew
     # by less than the payload, so it never held the header it could not frame (measured here:
-    # ~0.3 MiB; the framer gives up at 16 KiB and relays chunk by chunk).
+    # ~0.3 MiB; the framer skips the header past 16 KiB as it streams by, holding none of it).
     growth = (peak_kib - a.baseline_rss_kib) * 1024
     assert growth < 8 * MiB, f"resident set {a.baseline_rss_kib} KiB before, peak {peak_kib} KiB during 10 MiB"
 

@@ -154,11 +154,18 @@ def test_sdp_a_crypto_publishes_an_srtp_key_for_each_mirrored_leg_and_logs_it() 
     assert not {"inline", "master_key", "master_salt"} & set(quiet.log.find("srtp_key")[0])
 
 
-def test_unframeable_bytes_are_reported_once() -> None:
+def test_unframeable_bytes_are_reported_once_when_the_region_ends() -> None:
+    # Until issue 13 the line came at the first unframeable run, without offset or full size;
+    # now it comes once the region is known whole (here at the close), and says both.
     record = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(range(200))
-    run = Run().feed(OPENED, *chunks(record + bytes(range(256)), [5]))
-    assert run.log.names() == ["unframeable"] and run.published == []
-    assert run.log.events[0]["reason"] == "TLS record where cleartext SIP was expected"
+    garbage = record + bytes(range(256))
+    run = Run().feed(OPENED, *chunks(garbage, [5]))
+    assert run.log.names() == [] and run.published == []
+    assert run.counts.unobserved_bytes == {("lab", "unframeable"): len(garbage)}  # counted as it is skipped
+    run.feed(closed(len(garbage)))
+    line = run.log.find("unframeable")[0]
+    assert line["reason"] == "TLS record where cleartext SIP was expected"
+    assert (line["offset"], line["size"], line["head"]) == (0, len(garbage), garbage[:64])
 
 
 # -- gaps --------------------------------------------------------------------------------------

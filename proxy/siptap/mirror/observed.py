@@ -32,6 +32,9 @@ Publish = Callable[[MirrorEvent], object]
 # imported: the framer keeps its reason strings private, and this one is part of what it
 # reports (the string, not a name, is the interface).
 _GAP = "gap"
+# How much of a skipped region its log line shows: enough to recognise a TLS record or a
+# protocol mismatch, without putting a whole (maybe secret-bearing) run in the log.
+_HEAD = 64
 
 
 class Direction:
@@ -48,7 +51,8 @@ class Direction:
         "_log_messages",
         "_log_payloads",
         "_publish",
-        "_reported_unframeable",
+        "_region",
+        "_reported_to",
         "_route",
         "_sip_line",
         "duplicate_bytes",
@@ -76,8 +80,9 @@ class Direction:
         self._counts = counts.for_direction(route, name)
         # The whole counter too, for gaps: rare, so counted by route there, not per direction.
         self._gap_counts = counts
-        # The route's max_sip_message (Observer.from_config): a message over it makes the
-        # framer give up on the direction. The header limit stays the framer's default.
+        # The route's max_sip_message (Observer.from_config): a message over it is skipped
+        # (one unframeable region) and framing goes on after it. The header limit stays the
+        # framer's default.
         self.framer = SipFramer(max_message_size=max_message_size)
         # (leg, from_client on that leg) for each mirrored leg, accepted leg first.
         # Empty until ConnectionOpened names the legs (ObservedConnection.add_leg): a direction
@@ -90,12 +95,15 @@ class Direction:
         self._log_key_material = log_key_material
         # False: not made yet; None: event_writer cannot render this logger's lines.
         self._sip_line: Callable[[dict[str, Any]], None] | Literal[False] | None = False
-        # Whether an "unframeable" warning was written for this direction: a stream that is
-        # not SIP would otherwise log a line per chunk (see _unframeable).
-        self._reported_unframeable = False
+        # The skipped region being read (see _unframeable): None, or [offset, size, reason,
+        # head]. Reported once, when it ends, so that one line says where and how much.
+        self._region: list[Any] | None = None
         # Offsets are per direction and count from the connection's first byte, as the relay
         # numbers them (sansio/chunk_records): comparing is how holes and replays are found.
         self.expected = 0  # offset of the next byte of this direction's stream
+        # Offset of the next byte the framer will report: every byte fed comes back in exactly
+        # one event, in order, so each event's offset is the sum of the sizes before it.
+        self._reported_to = 0
         # The counts below are what connection_observed reports at the end (observer._finish
         # sums the two directions); nothing reads them per message.
         self.messages = 0
@@ -134,13 +142,7 @@ class Direction:
         # Advanced before framing: whatever the framer does with them, these bytes were
         # received, and the next chunk's offset is checked against their end.
         self.expected += len(data)
-        framer = self.framer
-        # A framer that gave up would only hand the chunk back as "not observing": counting it
-        # here skips building that event and its bytes() copy for every later chunk.
-        if not framer.observing:
-            self.unframeable_bytes += len(data)
-            return
-        events = framer.feed(data)
+        events = self.framer.feed(data)
         # Most chunks that do not end a message return no events: skip the loop's setup.
         if events:
             self._events(events, ts)
@@ -154,15 +156,19 @@ class Direction:
         self.gaps += 1
         self.missing_bytes += missing
         self._gap_counts.count_gap(self._route, missing)
+        self._gap_counts.count_unobserved(self._route, "gap", missing)
+        # A region being skipped ends at the hole: its line comes first, in stream order.
+        self._end_region()
         self._log.warning("gap", direction=self.name, cause=cause, offset=offset, missing=missing, chunks=chunks,
                           other_records=other_records)
         # Past the hole: a Dropped marker reports it before the next chunk arrives, and the
         # chunk (at offset + missing) must then not report it a second time
         # (test_a_dropped_marker_is_the_gap_report_and_the_next_chunk_is_not_a_second_one).
         self.expected = offset + missing
-        # A framer that gave up has nothing to resync (and gap() would return nothing).
-        if self.framer.observing:
-            self._events(self.framer.gap(), ts)
+        # What the framer held (before the hole) comes back as gap debris; then its reports
+        # continue after the hole.
+        self._events(self.framer.gap(), ts)
+        self._reported_to = self.expected
 
     # Called once per direction by observer._finish, after any tail gap was reported, so
     # that a message cut by the hole is reported as gap debris, not as truncated.
@@ -170,6 +176,7 @@ class Direction:
         # The framer reports what it still holds (a message cut off by the close) as
         # "truncated": logged as unframeable, so a connection that ends mid-message says so.
         self._events(self.framer.close(), ts)
+        self._end_region()
 
     # -- events out ------------------------------------------------------------------------
 
@@ -179,37 +186,51 @@ class Direction:
             # isinstance. Keepalives are counted only: a line each would say nothing that the
             # connection_observed line's keepalives count does not.
             if isinstance(event, SipMessage):
+                # Framing resumed: the region skipped before this message is complete.
+                if self._region is not None:
+                    self._end_region()
                 self._message(event, ts)
             elif isinstance(event, KeepAlive):
+                if self._region is not None:
+                    self._end_region()
                 self.keepalives += 1
             else:
                 # Unframeable: the only other kind the framer emits (Event is a closed union).
                 self._unframeable(event)
+            self._reported_to += len(event.data)
 
     def _unframeable(self, event: Unframeable) -> None:
+        size = len(event.data)
         # Bytes around a hole (the partial message before it, the debris after it) are the
         # gap's cost, already reported by report_gap: not the peer's fault, so not logged
         # as unframeable, and counted apart (resync_bytes) from garbage the peer sent.
         if event.reason == _GAP:
-            self.resync_bytes += len(event.data)  # part of the gap already reported
+            self.resync_bytes += size  # part of the gap already reported
+            self._gap_counts.count_unobserved(self._route, "gap", size)
             return
-        self.unframeable_bytes += len(event.data)
-        # Read after the feed that produced the event: False means this very run made the
-        # framer give up, which is worth a line even after an earlier unframeable one.
-        observing = self.framer.observing
-        # As relay/observe.py: the first unframeable run is reported, and the one that made
-        # the framer give up (a later "not observing" chunk is not).
-        if not self._reported_unframeable or not observing:
-            # The framer's later chunks all say "not observing": the give-up line already said
-            # it stopped, so those are counted (unframeable_bytes) but not logged again.
-            if not (self._reported_unframeable and event.reason == "not observing"):
-                # head: the first 64 bytes, enough to recognise a TLS record or a protocol
-                # mismatch, without putting a whole (maybe secret-bearing) run in the log.
-                self._log.warning("unframeable", direction=self.name, reason=event.reason, size=len(event.data),
-                                  head=event.data[:64], observing=observing)
-            # Set after the first line; the give-up line (observing False) is still written
-            # because the condition above lets it through whatever this flag says.
-            self._reported_unframeable = True
+        self.unframeable_bytes += size
+        # Counted as they are skipped, not when the region ends: the metric shows a stream that
+        # stopped being SIP at once, the region's line only when SIP resumes (or at the close).
+        self._gap_counts.count_unobserved(self._route, "unframeable", size)
+        region = self._region
+        # The framer reports a region in pieces (one per feed, as it is read, so that it never
+        # holds it); consecutive pieces of one reason are one region, reported once.
+        if region is not None and region[2] == event.reason:
+            region[1] += size
+            if len(region[3]) < _HEAD:  # a piece may be a few bytes: the head spans pieces
+                region[3] += event.data[: _HEAD - len(region[3])]
+            return
+        if region is not None:
+            self._end_region()
+        self._region = [self._reported_to, size, event.reason, event.data[:_HEAD]]
+
+    def _end_region(self) -> None:
+        """One ``unframeable`` line for the skipped region just ended: where it began in this
+        direction's stream (``offset``), how many bytes it held (``size``), why."""
+        region, self._region = self._region, None
+        if region is not None:
+            offset, size, reason, head = region
+            self._log.warning("unframeable", direction=self.name, reason=reason, offset=offset, size=size, head=head)
 
     def _message(self, message: SipMessage, ts: float) -> None:
         self.messages += 1

@@ -104,7 +104,8 @@ def content_length(buf: bytearray, header_end: int) -> tuple[int, str | None]:
     for value in values:
         value = value.strip()
         # Digits only: a sign, a unit or a folded "5 6" would let two parsers disagree on
-        # where the body ends, so anything else stops observation (the reason says why).
+        # where the body ends, so anything else is refused (the reason says why) and the framer
+        # skips the message, resynchronising after it.
         if not _DIGITS.fullmatch(value):
             return 0, f"invalid Content-Length: {value.decode('latin-1')!r}"
         # Leading zeros are legal (*DIGIT) and must not count toward the length check below.
@@ -113,7 +114,8 @@ def content_length(buf: bytearray, header_end: int) -> tuple[int, str | None]:
             return 0, f"Content-Length of {len(digits)} digits exceeds any max_message_size"
         numbers.add(int(digits))
     # Two Content-Length headers that disagree make the body boundary ambiguous: a classic
-    # request-smuggling shape. Never guess; stop observing instead (the relay still relays).
+    # request-smuggling shape. Never guess: the framer skips the message and resynchronises
+    # (the relay still relays).
     if len(numbers) > 1:
         shown = ", ".join(str(n) for n in sorted(numbers))
         return 0, f"invalid Content-Length: conflicting values {shown}"

@@ -7,10 +7,15 @@ forwarded every chunk before it calls ``feed()``: the framer only *observes*, an
 decides changes what goes on the wire. Bytes go in, events come out, and every input byte
 comes back out in exactly one event's ``data`` (in order), whether it framed as SIP or not.
 
-The buffer is a state machine over the bytes not yet reported. Its six states are described
-where they are defined (``_IDLE`` to ``_GAVE_UP``, below the event classes): each with what it
+The buffer is a state machine over the bytes not yet reported. Its five states are described
+where they are defined (``_IDLE`` to ``_SKIP``, below the event classes): each with what it
 waits for and why it may wait. The start-line grammar is :mod:`siptap.sansio.sip_start_line`,
 the Content-Length readings :mod:`siptap.sansio.content_length`.
+
+The framer never gives up while the connection lives. What it cannot frame (garbage, a header
+block over the limit, a bad or lying Content-Length) is reported as ``Unframeable`` as it is
+read, never held, and skipped to the next start line, whose header block must then be made of
+header lines (:mod:`siptap.sansio.sip_resync`).
 
 Bytes missing from the stream (the mirror lost a chunk: :meth:`SipFramer.gap`) enter
 ``_SKIP`` with reason ``"gap"``: what was buffered is reported, and resync starts at the first
@@ -31,6 +36,14 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
 from siptap.sansio.content_length import content_length, simple_content_length
+from siptap.sansio.sip_resync import (
+    LINE_START_NEXT,
+    MAYBE_EMBEDDED,
+    embedded_start,
+    header_block_is_plausible,
+    next_line_start,
+    swallowed_start,
+)
 from siptap.sansio.sip_start_line import MAYBE, NO, START_LINE, YES, classify_line, looks_like_tls
 
 __all__ = [
@@ -75,7 +88,8 @@ class Unframeable:
     """Bytes that could not be framed as SIP, kept raw so that nothing observed is lost."""
 
     data: bytes
-    # One of the module's reason strings (below) or a give-up message naming the limit hit.
+    # One of the module's reason strings (below), or a message naming the limit hit or the
+    # Content-Length refused; every later event of the same skipped region repeats it.
     reason: str
 
 
@@ -113,20 +127,16 @@ _BODY = "body"
 # as they are known to be garbage, so resync holds no more than one candidate line
 # (test_resync_holds_at_most_a_candidate_line). Blank lines inside garbage are garbage, not
 # keepalives: otherwise where a chunk ended would decide whether they were a pong.
+# A limit hit or a Content-Length refused lands here too, with its own reason; the message
+# found after any skip must prove itself by its header block (_resyncing).
 _SKIP = "skip"
-# A limit or an invalid Content-Length made framing unsafe or unbounded. The buffer is
-# reported and dropped, and every later chunk is reported as-is. Terminal on purpose: after
-# an ambiguous body boundary no later byte can be trusted to start a message, and a gap()
-# does not undo it either (test_a_framer_that_gave_up_stays_given_up).
-_GAVE_UP = "gave up"
 
 # Unframeable reasons. Consumers match on them (mirror/observed.py counts "gap" bytes as part
-# of a gap already reported, and logs "not observing" only once), so they are part of the
-# interface: changing a string changes what the mirror counts and logs.
+# of a gap already reported, and reports a skipped region per run of one reason), so they are
+# part of the interface: changing a string changes what the mirror counts and logs.
 _NOT_SIP = "not a SIP start line"
 _TLS = "TLS record where cleartext SIP was expected"
 _TRUNCATED = "truncated at end of stream"
-_NOT_OBSERVING = "not observing"
 _GAP = "gap"
 
 
@@ -162,16 +172,12 @@ class SipFramer:
         # Since the last gap() no message has been framed: a start line rejected now is still
         # the hole's debris, reported with reason "gap", not as a stream that is not SIP.
         self._after_gap = False
+        # Since the last skip no message has been framed: the candidate's header block must be
+        # made of header lines before it is believed (sip_resync.header_block_is_plausible).
+        self._resyncing = False
         # feed() or gap() after close() raise: a caller that keeps feeding a closed direction
         # has lost track of the connection, and silently framing on would hide that bug.
         self._closed = False
-
-    # Read by the mirror before each feed: once False it counts chunks as unframeable without
-    # calling feed() at all (mirror/observed.py, Direction.chunk).
-    @property
-    def observing(self) -> bool:
-        """False once a limit was hit: the stream can no longer be framed with bounded memory."""
-        return self._state != _GAVE_UP
 
     @property
     def buffered(self) -> int:
@@ -187,12 +193,8 @@ class SipFramer:
         # state; the early return also spares it the fast path's bytes() copy.
         if not data:
             return []
-        if self._state == _GAVE_UP:
-            # Nothing is buffered once framing gave up: each chunk goes straight back out, so a
-            # long-lived connection that stopped being SIP costs one event per chunk and no memory.
-            return [Unframeable(bytes(data), _NOT_OBSERVING)]
         events: list[Event] = []
-        if self._state == _IDLE and not self._buf:
+        if self._state == _IDLE and not self._buf and not self._resyncing:
             # The common case on a relay: the chunk starts at a message boundary (TLS records
             # usually carry whole messages). Frame what is complete straight from the chunk and
             # buffer only a trailing partial message: copying every chunk into the bytearray
@@ -226,10 +228,15 @@ class SipFramer:
         self._closed = True
         events: list[Event] = []
         buf = self._buf
+        if self._state == _BODY:
+            # A body cut short by the end of the stream may still hold whole messages that its
+            # Content-Length swallowed: frame them rather than report them as truncated.
+            self._check_body(buf, len(buf), events)
+            self._process(events)
         if self._state == _LINE and classify_line(buf, 0, self._max_header) == NO:
             # _line() re-checks a growing line only when it doubles, so the newest bytes may
             # never have been looked at: decide now, and resync as feed() would have.
-            self._enter_skip(_TLS if looks_like_tls(buf) else _NOT_SIP)
+            self._reject_line()
             self._process(events)
         # Only in _IDLE is a CRLF at the front an undecided keepalive; in any other state it
         # belongs to a line, a header block, a body or garbage.
@@ -252,14 +259,9 @@ class SipFramer:
         correctly now: it is reported as ``Unframeable(reason="gap")``. The next bytes are
         taken as a possible line start; until a plausible start line shows up they are
         reported as ``Unframeable(reason="gap")`` too, one event per run, as any resync is.
-        A framer that gave up stays given up (its limits were hit; a gap does not undo that).
         """
         if self._closed:
             raise RuntimeError("SipFramer.gap() after close()")
-        # A framer that gave up holds nothing and reports every chunk raw anyway: there is
-        # nothing to resync, and resuming framing could act on an ambiguous boundary.
-        if self._state == _GAVE_UP:
-            return []
         events: list[Event] = []
         # The buffered bytes belong to a message whose rest is in the hole: framing them with
         # what comes after would splice two messages into one.
@@ -311,7 +313,7 @@ class SipFramer:
             # empty: "INVITE ... SIP/2.0\r\n\r\n" ends at that very CRLF.
             end = data.find(b"\r\n\r\n", crlf, limit)
             # No header end in the window: incomplete, or over the limit. The state machine
-            # tells those apart (wait, or give up) from the bytes it buffers.
+            # tells those apart (wait, or skip) from the bytes it buffers.
             if end < 0:
                 return pos
             header_end = end + 4
@@ -325,6 +327,11 @@ class SipFramer:
             total = header_end + length
             if total > n:
                 return pos  # body incomplete: buffer from the message start, not from here
+            # A header block (lost blank line) or body (lying Content-Length) that may hold the
+            # next message's start line: the state machine decides (sip_resync). One regex
+            # search for the version not followed by "/" (Via's SIP/2.0/TLS) per message.
+            if MAYBE_EMBEDDED.search(data, crlf, total) is not None:
+                return pos
             # Slicing copies; a chunk that is exactly one message (the usual case) is reused.
             message = data if pos == 0 and total == n else data[pos:total]
             # header_end is relative to the message, not the chunk: consumers index
@@ -359,18 +366,38 @@ class SipFramer:
                 total = self._header_end + self._body_length
                 if len(buf) < total:
                     return
+                if self._check_body(buf, total, events):
+                    continue
                 # bytes() copies: the event must not alias the buffer that del mutates next.
                 events.append(SipMessage(bytes(buf[:total]), self._header_end, self._body_length))
                 del buf[:total]
                 self._state = _IDLE
-                # A message framed: resync after a gap is over (see feed()).
-                self._after_gap = False
-            elif state == _SKIP:
+                # A message framed: resync (after a gap or garbage) is over (see feed()).
+                self._after_gap = self._resyncing = False
+            else:  # _SKIP
                 # _skip always makes progress (it reports bytes, or leaves _SKIP at a
                 # candidate line), so it needs no "wait" answer.
                 self._skip(events)
-            else:  # _GAVE_UP: _give_up() already emptied the buffer
-                return
+
+    def _check_body(self, buf: bytearray, end: int, events: list[Event]) -> bool:
+        """_BODY: does the body so far (``buf[:end]``) hold the next message? Then its
+        Content-Length lied: report the message up to there and resync at it."""
+        if not self._body_length:
+            return False
+        at = embedded_start(buf, 0, self._header_end, end)
+        if at >= 0:
+            self._resync_at(at, f"Content-Length {self._body_length} runs into the next message", events)
+        return at >= 0
+
+    def _resync_at(self, at: int, reason: str, events: list[Event]) -> None:
+        """A message's start line was found at ``at`` inside the message being read: report
+        what precedes it and frame from there. Found by resync, the bytes before it belong to
+        the region being skipped (its reason); the message found still has to pass the header
+        check (_resyncing)."""
+        events.append(Unframeable(bytes(self._buf[:at]), self._skip_reason if self._resyncing else reason))
+        del self._buf[:at]
+        self._state = _IDLE
+        self._resyncing = True
 
     def _idle(self, events: list[Event]) -> bool:
         """Between messages: keepalives are decided only once the next byte is known."""
@@ -445,15 +472,15 @@ class SipFramer:
         # A refused line goes to resync, not to give-up: garbage before a message (a peer's
         # stray bytes, a TLS record on a cleartext leg) must not end observation for good.
         if verdict == NO:
-            self._enter_skip(_TLS if looks_like_tls(buf) else _NOT_SIP)
+            self._reject_line()
             return True
         # Still plausible and already max_header_size long: waiting longer would be unbounded,
         # and the same limit in _headers() covers the rest of the block. Checked at len(buf),
         # but classify_line looked only at the first max_header bytes, so the verdict is the
         # same however much was buffered
-        # (test_long_start_line_byte_at_a_time_gives_up_at_the_header_limit).
+        # (test_long_start_line_byte_at_a_time_is_skipped_at_the_header_limit).
         if len(buf) >= limit:
-            self._give_up(events, f"header block exceeds {limit} bytes without end")
+            self._enter_skip(f"header block exceeds {limit} bytes without end")
             return True
         return False
 
@@ -468,26 +495,42 @@ class SipFramer:
         # never: a header block that long is refused on any split.
         if end < 0:
             if len(buf) >= self._max_header:
-                self._give_up(events, f"header block exceeds {self._max_header} bytes without end")
+                # Skipped, not held: _skip reports the block as it streams past and frames
+                # again at the next start line, so a 10 MB header costs one region, no memory.
+                self._enter_skip(f"header block exceeds {self._max_header} bytes without end")
                 return True
             # Resume 3 bytes back: up to "\r\n\r" of the terminator may already be buffered.
             self._scan_from = max(0, len(buf) - 3)
             return False
         header_end = end + 4
+        # The block ran on into the next message (its blank line is missing): report it up to
+        # that start line and frame from there (test_a_missing_blank_line_costs_one_message).
+        at = swallowed_start(buf, 0, header_end)
+        if at >= 0:
+            self._resync_at(at, "header block runs into the next start line", events)
+            return True
+        # Found by resync: a start line alone is weak evidence (a body line being skipped may
+        # look like one); a block of header lines is strong. Refused, the candidate and its
+        # block go on being skipped, in the same region (the reason stays).
+        if self._resyncing and not header_block_is_plausible(buf, 0, header_end):
+            self._state = _SKIP
+            self._skip_at_line_start = False
+            return True
         # The reference reading, not the fast one: the state machine is what decides every
         # case the fast path declined, so it must accept folding, repeats and compact forms.
         length, error = content_length(buf, header_end)
-        # An invalid Content-Length ends observation rather than resyncing: the body boundary
-        # is unknown, so a resync could frame body bytes as messages
-        # (test_invalid_content_length_gives_up).
+        # An invalid Content-Length: the body boundary is unknown, so the header block is
+        # reported and what follows is skipped up to the next start line, which must then pass
+        # the header check (test_invalid_content_length_is_skipped_and_framing_resumes).
         if error is not None:
-            self._give_up(events, error)
+            self._skip_after_headers(events, header_end, error)
             return True
         # Decided now, before any body byte is buffered: waiting for an over-long body first
-        # would hold it all (test_oversized_content_length_gives_up_including_headers).
+        # would hold it all. The length is not trusted to skip by either (it may be a lie):
+        # resync finds the next message (test_oversized_content_length_is_skipped).
         if length > self._max_message:
             limit = self._max_message
-            self._give_up(events, f"Content-Length {length} exceeds max_message_size {limit}")
+            self._skip_after_headers(events, header_end, f"Content-Length {length} exceeds max_message_size {limit}")
             return True
         # Remembered for _BODY rather than re-read: the header block may be large, and the
         # body may arrive over many feeds.
@@ -495,6 +538,15 @@ class SipFramer:
         self._body_length = length
         self._state = _BODY
         return True
+
+    def _reject_line(self) -> None:
+        """The line at the front is not a start line: skip it. A candidate found by resync
+        that fails continues the region being skipped, under that region's reason."""
+        if self._resyncing:
+            self._state = _SKIP
+            self._skip_at_line_start = False
+        else:
+            self._enter_skip(_TLS if looks_like_tls(self._buf) else _NOT_SIP)
 
     def _enter_skip(self, reason: str) -> None:
         """Start reporting garbage; the reason is fixed for the whole run of it."""
@@ -510,12 +562,10 @@ class SipFramer:
 
         The candidate must begin at a byte after an LF and must not begin with CR: blank lines
         inside garbage stay garbage. Without a candidate the whole buffer is reported now, so
-        resync never accumulates garbage.
+        resync never accumulates garbage. A candidate leaves _SKIP with _resyncing set: its
+        header block decides whether it really is a message (_headers).
         """
         buf = self._buf
-        # pos: where the next LF search starts; every byte before it is known garbage.
-        pos = 0
-        n = len(buf)
         # A candidate is only a *plausible* start line (classify_line != NO): a line still
         # arriving may turn out not to be SIP, and then _line() sends it back here. That keeps
         # resync from holding garbage while it waits to be sure.
@@ -524,40 +574,25 @@ class SipFramer:
             self._skip_at_line_start = False
             if buf[0] != _CR and classify_line(buf, 0, self._max_header) != NO:
                 self._state = _IDLE
+                self._resyncing = True
                 return
-        # Line starts are found by LF alone, not CRLF: garbage need not use CRLF, and a bare
-        # LF still ends whatever line a confused peer thought it was sending.
-        while True:
-            lf = buf.find(b"\n", pos)
-            # No LF: the rest is the middle of a garbage line, garbage whatever follows, so
-            # it is reported now rather than held (resync never accumulates).
-            if lf < 0:
-                cut, resume = n, _SKIP  # still mid-line
-                break
-            start = lf + 1
-            # The LF is the last buffered byte: whether the next line is a candidate depends on
-            # bytes not here yet. Report up to and including the LF, remember the line start.
-            if start == n:
-                cut, resume = n, _SKIP
-                self._skip_at_line_start = True  # decide on the next chunk's first byte
-                break
-            # A CR here begins a blank line: inside garbage it is garbage, not a keepalive.
-            if buf[start] != _CR and classify_line(buf, start, self._max_header) != NO:
-                cut, resume = start, _IDLE
-                break
-            pos = start
+        start = next_line_start(buf, 0, self._max_header)
+        if start >= 0:
+            cut, self._state, self._resyncing = start, _IDLE, True
+        else:
+            # No candidate: the rest is garbage whatever follows, reported now rather than
+            # held. After a final LF the next chunk's first byte begins a line: decide then.
+            cut = len(buf)
+            self._skip_at_line_start = start == LINE_START_NEXT
         # One event per call, however many garbage lines it covers: the consumer counts and
-        # logs runs, and an event per line would multiply its work on a binary stream.
+        # reports regions, and an event per line would multiply its work on a binary stream.
         events.append(Unframeable(bytes(buf[:cut]), self._skip_reason))
         del buf[:cut]
-        self._state = resume
 
-    def _give_up(self, events: list[Event], reason: str) -> None:
-        """Stop observing: report everything buffered and hold nothing from now on."""
-        # Giving up is what keeps memory bounded when a peer sends a header block or body that
-        # never ends: the alternative, buffering until it does, is unbounded by construction.
-        # The buffered bytes (a whole header block, maybe) go out in one event, so the
-        # consumer's log line shows the head of what was refused.
-        events.append(Unframeable(bytes(self._buf), reason))
-        self._buf.clear()
-        self._state = _GAVE_UP
+    def _skip_after_headers(self, events: list[Event], header_end: int, reason: str) -> None:
+        """The Content-Length cannot be trusted: report the header block, skip the body."""
+        events.append(Unframeable(bytes(self._buf[:header_end]), reason))
+        del self._buf[:header_end]
+        self._enter_skip(reason)
+        # The byte after CRLFCRLF begins a line: with an empty body it is the next message.
+        self._skip_at_line_start = True
