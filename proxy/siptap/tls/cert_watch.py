@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from siptap.tls.alarm_repeat import RepeatLimit
 from siptap.tls.pem import load_certificate_chain
 
 if TYPE_CHECKING:
@@ -92,20 +93,14 @@ class CertificateWatch:
 
     def __init__(self, entries: list[CertificateEntry]) -> None:
         self.entries = entries
-        self._reported: dict[int, tuple[str, datetime]] = {}  # per entry: state last reported, when
+        self._repeat = RepeatLimit()
 
     def due(self, now: datetime) -> list[CertificateAlarm]:
         alarms = []
         for index, entry in enumerate(self.entries):
             state = entry.state(now)
-            if state == "ok":
-                self._reported.pop(index, None)
-                continue
-            last = self._reported.get(index)
-            if last is not None and last[0] == state and now - last[1] < REPEAT[state]:
-                continue
-            self._reported[index] = (state, now)
-            alarms.append(CertificateAlarm(f"certificate_{state}", entry, now))
+            if self._repeat.due(index, state, now, REPEAT.get(state, timedelta(0))):
+                alarms.append(CertificateAlarm(f"certificate_{state}", entry, now))
         return alarms
 
     def next_check(self, now: datetime) -> datetime | None:
@@ -113,13 +108,13 @@ class CertificateWatch:
         times = []
         for index, entry in enumerate(self.entries):
             state = entry.state(now)
-            last = self._reported.get(index)
+            last = self._repeat.last(index)
             if state == "ok":
                 times.append(entry.not_after - WARN_BEFORE)
                 continue
             if state == "expiring":
                 times.append(entry.not_after + timedelta(seconds=1))
-            times.append(last[1] + REPEAT[state] if last is not None else now)
+            times.append(last + REPEAT[state] if last is not None else now)
         return max(min(times), now) if times else None
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from siptap.tls.alarm_repeat import RepeatLimit
 from siptap.tls.pem import load_crls
 
 if TYPE_CHECKING:
@@ -96,20 +97,14 @@ class CrlWatch:
     def __init__(self, entries: list[CrlEntry], *, repeat: timedelta = REPEAT) -> None:
         self.entries = entries
         self.repeat = repeat
-        # Per entry: the state last reported, and when.
-        self._reported: dict[int, tuple[str, datetime]] = {}
+        self._repeat = RepeatLimit()
 
     def due(self, now: datetime) -> list[CrlAlarm]:
         alarms = []
         for index, entry in enumerate(self.entries):
             state = entry.state(now)
-            if state == "ok":
-                self._reported.pop(index, None)
+            if not self._repeat.due(index, state, now, self.repeat):
                 continue
-            last = self._reported.get(index)
-            if last is not None and last[0] == state and now - last[1] < self.repeat:
-                continue
-            self._reported[index] = (state, now)
             event = "crl_expired" if state == "expired" else "crl_expiring"
             assert entry.next_update is not None
             alarms.append(CrlAlarm(event, entry, entry.next_update - now))
@@ -125,13 +120,13 @@ class CrlWatch:
             if state == "ok":
                 times.append(entry.next_update - entry.warn_window)
             elif state == "expiring":
-                last = self._reported.get(index)
+                last = self._repeat.last(index)
                 times.append(entry.expires)
                 if last is not None:
-                    times.append(last[1] + self.repeat)
+                    times.append(last + self.repeat)
             else:
-                last = self._reported.get(index)
-                times.append(last[1] + self.repeat if last is not None else now)
+                last = self._repeat.last(index)
+                times.append(last + self.repeat if last is not None else now)
         return max(min(times), now) if times else None
 
 
