@@ -11,7 +11,6 @@ import json
 import re
 import shlex
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -22,24 +21,13 @@ from siptap.sansio.sip_message import parse_message
 from siptap.tools.export import parse_keylog
 from tests.integration.capture import require
 from tests.tools.call_lab import CallLab
+from tests.tools.test_export import bundle_bytes
 
 
 def export(capsys: pytest.CaptureFixture[str], lab: CallLab, out: Path, *argv: str) -> tuple[int, str, str]:
     code = cli.main(["export", "--config", str(lab.config), "--log", str(lab.log), "--out", str(out), *argv])
     stdout, err = capsys.readouterr()
     return code, stdout, err
-
-
-def everything(out: Path) -> dict[str, bytes]:
-    """Every file of the bundle folder and of its archive."""
-    files = {f"dir/{p.name}": p.read_bytes() for p in out.iterdir()}
-    with tarfile.open(out.with_name(out.name + ".tar.gz")) as tar:
-        for member in tar.getmembers():
-            if member.isfile():
-                extracted = tar.extractfile(member)
-                assert extracted is not None
-                files[f"tar/{member.name}"] = extracted.read()
-    return files
 
 
 def exported_call_ids(out: Path) -> list[str]:
@@ -87,7 +75,7 @@ def test_failed_call_by_status_and_number(call_lab: CallLab, tmp_path: Path, cap
     assert exported_call_ids(out) == [busy]
     assert "no TLS keys" in stdout
     assert sorted(p.name for p in out.iterdir()) == ["calls.pcapng", "srtp-keys.log", "summary.json", "summary.txt"]
-    for name, data in everything(out).items():
+    for name, data in bundle_bytes(out).items():
         for other in call_lab.calls.values():
             if other.call_id != busy:
                 assert other.call_id.encode() not in data, name
@@ -118,7 +106,7 @@ def test_with_keys_only_the_connection_involved_and_what_else_it_opens(
     assert re.search(r"^    \S+Z OPTIONS -> 200, 4 messages$", text, re.M)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["files"]["keys.log"]["also_decrypts"]["calls"] == 3
-    for data in everything(out).values():
+    for data in bundle_bytes(out).values():
         for other in others + [call_lab.calls[n].call_id for n in ("asserted", "unavailable")]:
             assert other.encode() not in data
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in out.iterdir())
