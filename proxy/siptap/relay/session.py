@@ -225,8 +225,14 @@ async def _serve(tcp: trio.SocketStream, plan: SessionPlan, log: LogWriter) -> N
         raise
     # A partial, not a closure over locals: relay_session calls it once, later, and it
     # binds only the plan and the bound log.
-    await relay_session(accepted, functools.partial(dial_upstream, plan, log), plan, log,
-                        conn=conn, conn_id=conn_id, peer=peer, local=local, started=started)
+    try:
+        await relay_session(accepted, functools.partial(dial_upstream, plan, log), plan, log,
+                            conn=conn, conn_id=conn_id, peer=peer, local=local, started=started)
+    finally:
+        # relay_session forgets the connection after its closed record on every path it
+        # returns by; this covers the one it does not (a bug raising out of it): the feed
+        # (a tap's owed marker and replay records) must not keep it for the worker's life.
+        plan.feed.forget(conn)
 
 
 async def dial_upstream(plan: SessionPlan, log: LogWriter) -> DialledLeg:
