@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import structlog.testing
 import trio
 
@@ -24,6 +25,7 @@ from siptap.sansio.chunk_records import (
     ConnectionClosed,
     ConnectionOpened,
     Dropped,
+    HandshakeDone,
     LegAddresses,
     Record,
     decode,
@@ -132,8 +134,9 @@ async def test_full_channel_drops_count_and_a_marker_precedes_the_next_record(tm
                 assert sent < 10_000
             sent -= 1  # the last one was refused
             tap.chunk(1, FROM_DIALLED, 0, b"y" * 50)
-            tap.record(1, encode(ConnectionClosed(1, TS, 1.0, 0, 0, "customer", "x")))
-            assert tap.dropped_totals() == {"records": 3, "bytes": 950}
+            held = encode(HandshakeDone(1, TS, "core", {"version": "TLSv1.3"}))
+            tap.record(1, held)  # a lifecycle record is held, not dropped
+            assert tap.dropped_totals() == {"records": 2, "bytes": 950}
             assert tap.owing == 1
             # The rate-limited line: the first drop is reported at once, the rest later.
             with trio.fail_after(10):
@@ -150,14 +153,86 @@ async def test_full_channel_drops_count_and_a_marker_precedes_the_next_record(tm
             tap.chunk(1, FROM_ACCEPTED, (sent + 1) * 900, data)
             after = _read_all(mirror)
             assert isinstance(after[0], Chunk) and after[0].conn == 2
-            marker = after[1]
+            # The held record, then the marker for the hole in the streams, then the chunk.
+            assert encode(after[1]) == held
+            marker = after[2]
             assert isinstance(marker, Dropped) and marker.conn == 1
             assert (marker.chunks_from_accepted, marker.bytes_from_accepted, marker.chunks_from_dialled,
-                    marker.bytes_from_dialled, marker.other_records) == (1, 900, 1, 50, 1)
-            assert isinstance(after[2], Chunk) and after[2].conn == 1 and after[2].offset == (sent + 1) * 900
-            assert len(after) == 3 and tap.owing == 0
+                    marker.bytes_from_dialled, marker.other_records) == (1, 900, 1, 50, 0)
+            assert isinstance(after[3], Chunk) and after[3].conn == 1 and after[3].offset == (sent + 1) * 900
+            assert len(after) == 4 and tap.owing == 0
             mirror.close()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_closed_record_refused_by_a_full_channel_still_reaches_the_mirror(tmp_path: Path) -> None:
+    """A connection whose last chunks and closed record met a full channel has no next record
+    to carry them: the tap's flusher sends the marker and then the closed record once the
+    mirror reads, so the mirror still ends the connection (its connection_observed summary)."""
+    path = tmp_path / "mirror.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(str(path))
+    listener.listen()
+    with listener:
+        async with trio.open_nursery() as nursery:
+            tap = MirrorTap(path, buffer_size=65536, warn_interval=3600)
+            await nursery.start(tap.run)
+            mirror, _ = listener.accept()
+            tap.record(1, encode(ConnectionOpened(1, TS, "x-1", "lab", LEGS)))
+            sent = 0
+            while tap.dropped_records == 0:
+                tap.chunk(1, FROM_ACCEPTED, sent * 900, b"x" * 900)
+                sent += 1
+                assert sent < 10_000
+            closed = encode(ConnectionClosed(1, TS, 1.0, sent * 900, 0, "customer", "close_notify"))
+            tap.record(1, closed)
+            tap.forget(1)
+            tap.forget(1)  # the session's second call on its way out changes nothing
+            assert tap.owing == 1
+            received = _read_all(mirror)  # room again: the flusher sends the rest unasked
+            with trio.fail_after(10):
+                while tap.owing:
+                    await trio.sleep(0.01)
+            received += _read_all(mirror)
+            mirror.close()
+            nursery.cancel_scope.cancel()
+    assert isinstance(received[0], ConnectionOpened)
+    assert [r.offset for r in received if isinstance(r, Chunk)] == [i * 900 for i in range(sent - 1)]
+    marker, last = received[-2:]
+    assert isinstance(marker, Dropped) and (marker.chunks_from_accepted, marker.bytes_from_accepted) == (1, 900)
+    assert encode(last) == closed
+    assert tap.abandoned == 0 and not tap._announced  # forgotten once delivered
+
+
+async def test_ended_connections_owing_a_mirror_that_is_down_are_bounded(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no mirror, every ending connection owes its records to the next one: at most
+    MAX_ENDED_OWING of them are kept, the oldest given up and counted; the next mirror gets
+    the rest replayed, whole."""
+    import siptap.relay.tap as tap_module
+
+    monkeypatch.setattr(tap_module, "MAX_ENDED_OWING", 3)
+    path = tmp_path / "mirror.sock"
+    async with trio.open_nursery() as nursery:
+        tap = MirrorTap(path, retry_interval=0.05, warn_interval=3600)
+        await nursery.start(tap.run)
+        assert not tap.connected
+        for conn in range(1, 6):
+            tap.record(conn, encode(ConnectionOpened(conn, TS, f"x-{conn}", "lab", LEGS)))
+            tap.chunk(conn, FROM_ACCEPTED, 0, b"lost")
+            tap.record(conn, encode(ConnectionClosed(conn, TS, 1.0, 4, 0, "customer", "close_notify")))
+            tap.forget(conn)
+        assert tap.abandoned == 2 and tap.owing == 3
+        handler = Collect()
+        receiver = ChannelReceiver(path, handler)
+        async with trio.open_nursery() as mirror:
+            await mirror.start(receiver.serve)
+            await handler.wait(6)  # opened + closed of connections 3, 4 and 5, unasked
+            receiver.stop()
+        nursery.cancel_scope.cancel()
+    assert [(type(r).__name__, r.conn) for _, r in handler.records] == [
+        (kind, conn) for conn in (3, 4, 5) for kind in ("ConnectionOpened", "ConnectionClosed")]
+    assert tap.owing == 0
 
 
 def _read_all(sock: socket.socket) -> list[Record]:
@@ -201,7 +276,7 @@ async def test_a_killed_mirror_is_counted_as_drops_until_a_new_one_listens(pki: 
             tap.chunk(3, FROM_ACCEPTED, 6, b"during")
             tap.record(3, encode(ConnectionOpened(3, TS, "x-3", "lab", LEGS)))
             tap.chunk(4, FROM_DIALLED, 0, b"other")
-            assert tap.dropped_totals() == {"records": 3, "bytes": 11} and tap.owing == 2
+            assert tap.dropped_totals() == {"records": 2, "bytes": 11} and tap.owing == 2
 
             second, control2 = start_mirror(config, channel)  # the same path: the stale socket is replaced
             await until(lambda: tap.connected)

@@ -16,14 +16,26 @@ death). The buffer is the channel's capacity: ``[mirror] channel_buffer`` asks f
 ``SO_SNDBUF``, which the kernel caps at ``net.core.wmem_max`` (and doubles, for its own
 accounting; a ~930-byte SIP chunk is charged ~1,970 bytes, so 4 MiB holds ~4,200 chunks).
 
-Drops. A refused record is dropped and counted: per connection (chunks and bytes per
-direction, other records) in a dict that holds a connection only while it owes the mirror a
+Drops. A refused chunk is dropped and counted: per connection (chunks and bytes per
+direction) in a dict that holds a connection only while it owes the mirror a
 :class:`~siptap.sansio.chunk_records.Dropped` marker, and in totals for the metric and the
 rate-limited ``mirror_channel_dropped`` line. Before that connection's next record goes
 through, the marker goes first: the mirror must learn of the hole before it sees bytes from
 the far side of it, or its framing would splice two halves of different messages. A marker
 that does not fit is simply retried (its counts grow) before the next record. A connection
 that owes nothing costs one dict lookup per record.
+
+Lifecycle records are never dropped, only held: they are few and small, and each is kept
+anyway for a replay (below), so a refused one stays owed and goes, in order, before that
+connection's next record (a trailing closed record after the marker, which must precede the
+connection's end). Losing one would lose what the mirror exists for: a keys record is the key
+log line, a closed record the ``connection_observed`` summary. A connection that ends owing
+(its closed record refused by a full channel) has no next record to carry what it owes: the
+:meth:`MirrorTap.run` task's flusher sends it as soon as there is room, off the data path, and
+the same flusher pushes every owed marker and replay after a reconnect instead of waiting for
+each connection's next record (an idle trunk may send none for minutes). Ended connections
+wait for at most :data:`MAX_ENDED_OWING` of them; beyond that (a mirror down for long on a
+busy box) the oldest are given up and counted as ``abandoned``, so memory stays bounded.
 
 Mirror down. Connecting is not the relay's job: :meth:`MirrorTap.run`, a trio task off the
 data path, connects (non-blocking ``connect`` on the Unix socket), watches the connection
@@ -56,9 +68,18 @@ import time
 import trio
 
 from siptap.log import LogWriter, get_logger
-from siptap.sansio.chunk_records import CHUNK_HEADER, FROM_ACCEPTED, KIND_CHUNK, MAGIC, VERSION, Dropped, encode
+from siptap.sansio.chunk_records import (
+    CHUNK_HEADER,
+    FROM_ACCEPTED,
+    KIND_CHUNK,
+    KIND_CLOSED,
+    MAGIC,
+    VERSION,
+    Dropped,
+    encode,
+)
 
-__all__ = ["DEFAULT_BUFFER", "MirrorTap"]
+__all__ = ["DEFAULT_BUFFER", "MAX_ENDED_OWING", "MirrorTap"]
 
 # 4 MiB asked, often capped to 208 KiB by net.core.wmem_max (README, [mirror]
 # channel_buffer): with the default cap the channel holds ~110 SIP-sized records,
@@ -72,6 +93,14 @@ RETRY_INTERVAL = 1.0  # between connection attempts while the mirror is down
 # flood the very log the operator reads to find out why; ten seconds of counts in one
 # line is README's "at most every 10 s".
 WARN_INTERVAL = 10.0  # at most one mirror_channel_dropped line per this many seconds
+
+# Ended connections whose last records still wait for room or for a mirror: each holds its
+# encoded lifecycle records (a few KiB with certificates), so 4,096 is at most some 20 MiB
+# while a mirror is down; beyond it the oldest are given up (counted: abandoned).
+MAX_ENDED_OWING = 4096
+# How often the flusher tries again while something is owed and the channel is connected but
+# full: 20 ms is well under the mirror's batch interval, and the loop stops once nothing is owed.
+FLUSH_INTERVAL = 0.02
 
 # A send refused for lack of room: drop the record, keep the connection. EMSGSIZE is one
 # datagram larger than the whole send buffer: that record can never fit, the next may.
@@ -105,10 +134,20 @@ class MirrorTap:
         # The connected socket, or None while the mirror is down: the data path's only test.
         self._sock: socket.socket | None = None
         # conn -> [chunks from accepted, bytes from accepted, chunks from dialled, bytes from
-        # dialled, other records] dropped since its last marker, then [5]: how many of its
-        # lifecycle records a new mirror has been sent again (-1: no replay owed); only
-        # connections owing a marker or a replay.
+        # dialled, other records (always 0: lifecycle records are held, not dropped)] dropped
+        # since its last marker, then [5]: how many of its lifecycle records a new mirror has
+        # been sent again (-1: no replay owed), [6]: the index in _announced of its first
+        # held (refused) lifecycle record not yet sent (-1: none); only connections owing a
+        # marker, a replay or held records.
         self._owed: dict[int, list[int]] = {}
+        # Connections that ended (forget) while owing, oldest first: the flusher sends what they
+        # owe; their _owed and _announced entries stay until it has. A dict as an ordered set.
+        self._ended_owing: dict[int, None] = {}
+        # Ended connections given up at MAX_ENDED_OWING: what they owed never reached a mirror.
+        self.abandoned = 0
+        # Set when something is owed that no data-path record may come to carry (a drop, an
+        # ended connection, a reconnect): wakes the flusher.
+        self._owing_changed = trio.Event()
         # conn -> its lifecycle records so far (encoded), for a replay to the next mirror; from
         # its first record until forget().
         self._announced: dict[int, list[bytes]] = {}
@@ -148,7 +187,7 @@ class MirrorTap:
         # first drop adds the connection to _owed) and in the totals.
         counts = self._owed.get(conn)
         if counts is None:
-            counts = self._owed[conn] = [0, 0, 0, 0, 0, -1]
+            counts = self._owed[conn] = [0, 0, 0, 0, 0, -1, -1]
         # Index 0/1 for the accepted side's chunks and bytes, 2/3 for the dialled side's.
         side = 0 if direction == FROM_ACCEPTED else 2
         counts[side] += 1
@@ -157,13 +196,16 @@ class MirrorTap:
         # Relayed payload bytes only: the headers of records never sent are not the operator's
         # concern, the missing stretch of SIP is.
         self.dropped_bytes += len(data)
-        # The data path only sets an Event (a no-op when already set): the log line is
-        # written by _report_drops, off the data path, at most every warn_interval.
+        # The data path only sets Events (no-ops when already set): the log line is written by
+        # _report_drops, off the data path, at most every warn_interval, and the flusher sends
+        # the marker as soon as there is room, even if this connection never sends again.
         self._dropping.set()
+        self._owing_changed.set()
 
     def record(self, conn: int, encoded: bytes) -> None:
         """A lifecycle record of ``conn`` (opened, handshake, keys, closed), already
-        ``chunk_records.encode``-d; dropped and counted like a chunk when it does not fit."""
+        ``chunk_records.encode``-d; held (sent before the connection's next record, or by the
+        flusher) when it does not fit, never dropped."""
         # Kept for a replay to the next mirror whether or not it goes through now: the replay
         # must tell the whole connection. The closed record too (forget() follows at once).
         announced = self._announced.get(conn)
@@ -185,20 +227,36 @@ class MirrorTap:
                 self._refused(exc)
         counts = self._owed.get(conn)
         if counts is None:
-            counts = self._owed[conn] = [0, 0, 0, 0, 0, -1]
-        # A lifecycle record carries no relayed bytes: counted only as a record. The mirror
-        # learns from the marker that something besides stream bytes was lost.
-        counts[4] += 1
-        self.dropped_records += 1
-        self._dropping.set()
+            counts = self._owed[conn] = [0, 0, 0, 0, 0, -1, -1]
+        # Held, not dropped: it is in _announced already (appended above). The first held
+        # record marks where _settle resumes; later ones follow it there (every record of an
+        # owing connection comes through here until _settle succeeds, so the held records are
+        # exactly _announced's tail from that index). A pending replay covers it already.
+        if counts[5] < 0 and counts[6] < 0:
+            counts[6] = len(self._announced[conn]) - 1
+        self._owing_changed.set()
 
     def forget(self, conn: int) -> None:
-        """``conn`` has ended: whatever it still owed the mirror can no longer be told in
-        order (its close record was among the drops). The totals keep the count."""
-        # Without this, a connection that dropped its last records would stay in _owed for
-        # the life of the worker: one entry per such connection, a slow leak on a busy box.
-        # The session calls it right after handing over the closed record.
-        self._owed.pop(conn, None)
+        """``conn`` has ended (called right after its closed record, and again, harmlessly,
+        on the session's way out): its state goes, unless it still owes the mirror a marker,
+        held records or a replay, which the flusher then sends when it can."""
+        if conn in self._owed:
+            # Already waiting (the session's second call): nothing changes.
+            if conn in self._ended_owing:
+                return
+            self._ended_owing[conn] = None
+            # Bounded: with the mirror down for long on a busy box, every ending connection
+            # owes; the oldest is given up rather than memory growing without limit.
+            if len(self._ended_owing) > MAX_ENDED_OWING:
+                oldest = next(iter(self._ended_owing))
+                del self._ended_owing[oldest]
+                self._owed.pop(oldest, None)
+                self._announced.pop(oldest, None)
+                self.abandoned += 1
+            self._owing_changed.set()
+            return
+        # Owing nothing: without this pop every connection's records would stay for the life
+        # of the worker, a slow leak on a busy box.
         self._announced.pop(conn, None)
 
     def _settle(self, sock: socket.socket, conn: int) -> bool:
@@ -223,21 +281,56 @@ class MirrorTap:
             # where they were). The next chunk's offset places it exactly: the mirror reports
             # everything before it as one gap ("joined mid-stream"). The drops stay counted
             # in the totals (metric, mirror_channel_dropped).
-            del self._owed[conn]
+            self._settled(conn)
             return True
-        try:
-            sock.send(encode(Dropped(conn, time.time(), *counts[:5])))
-        except OSError as exc:
-            self._refused(exc)
-            # The marker did not fit (or the mirror is gone): the caller drops its record too and
-            # adds it to these counts; the marker is tried again before the next record.
-            return False
+        records = self._announced.get(conn, ())
+        # Held lifecycle records first (they do not touch the byte streams, so their place
+        # relative to the dropped chunks does not matter to framing), except a trailing closed
+        # record: the mirror ends the connection on it, so it must come after the marker.
+        # counts[6] advances per record sent, so a refusal half-way resumes without duplicates.
+        if counts[6] >= 0:
+            end = len(records)
+            if records[end - 1][3] == KIND_CLOSED:  # the fourth byte is the record kind
+                end -= 1
+            try:
+                while counts[6] < end:
+                    sock.send(records[counts[6]])
+                    counts[6] += 1
+            except OSError as exc:
+                self._refused(exc)
+                return False
+        # A marker only for a hole in the streams; zeroed once sent, so that a refused closed
+        # record after it does not send it twice (and later drops start a new one).
+        if counts[0] or counts[2]:
+            try:
+                sock.send(encode(Dropped(conn, time.time(), *counts[:5])))
+            except OSError as exc:
+                self._refused(exc)
+                # The marker did not fit (or the mirror is gone): the caller drops its chunk too and
+                # adds it to these counts; the marker is tried again before the next record.
+                return False
+            counts[0] = counts[1] = counts[2] = counts[3] = 0
         # Only once the marker is in the channel: a refused marker leaves the counts in place,
-        # and the record that was to follow is dropped and added to them, so the next marker
+        # and the chunk that was to follow is dropped and added to them, so the next marker
         # tells the whole hole. tests/relay/test_tap.py,
         # test_full_channel_drops_count_and_a_marker_precedes_the_next_record, pins this.
-        del self._owed[conn]
+        if counts[6] >= 0:
+            try:
+                while counts[6] < len(records):
+                    sock.send(records[counts[6]])
+                    counts[6] += 1
+            except OSError as exc:
+                self._refused(exc)
+                return False
+        self._settled(conn)
         return True
+
+    def _settled(self, conn: int) -> None:
+        """``conn`` owes nothing any more; an ended one is forgotten for good."""
+        del self._owed[conn]
+        if conn in self._ended_owing:
+            del self._ended_owing[conn]
+            self._announced.pop(conn, None)
 
     def _refused(self, exc: OSError) -> None:
         """A failed send: the channel is full (drop, nothing else), or the mirror is gone."""
@@ -284,6 +377,8 @@ class MirrorTap:
             # The drop reporter lives as long as run(): drops happen whether the channel is up
             # (full) or down (no mirror), so it must not be tied to one connection.
             nursery.start_soon(self._report_drops)
+            # And the flusher: what is owed goes out as soon as there is room.
+            nursery.start_soon(self._flush_owed)
             # Log a state change once: a mirror down for an hour must not log 3,600 lines. Also
             # set after a lost connection, so the first failed reconnect is not logged again.
             down_logged = False
@@ -318,12 +413,14 @@ class MirrorTap:
                 for conn in self._announced:
                     owed = self._owed.get(conn)
                     if owed is None:
-                        self._owed[conn] = [0, 0, 0, 0, 0, 0]
+                        self._owed[conn] = [0, 0, 0, 0, 0, 0, -1]
                     else:
                         owed[5] = 0
                 # The data path starts sending on this line: the Event above was made first, so a
                 # refusal on the new socket sets the Event that _watch is about to wait on.
                 self._sock = sock
+                # The flusher replays at once, not at each connection's next record.
+                self._owing_changed.set()
                 self.log.info("mirror_channel_up", path=self.path,
                               # The buffer logged is what the kernel granted (doubled, and capped by wmem_max), not
                               # what was asked: an operator sees at once whether the cap applies.
@@ -401,6 +498,29 @@ class MirrorTap:
             nursery.start_soon(refused)
         return reason[0]
 
+    async def _flush_owed(self) -> None:
+        """Send what connections owe (markers, held records, replays) without waiting for their
+        next record: the only way for a connection that has ended, and the prompt way after a
+        reconnect or a burst of drops. Off the data path; never blocks it."""
+        while True:
+            await self._owing_changed.wait()
+            self._owing_changed = trio.Event()
+            while self._owed:
+                sock = self._sock
+                if sock is None:
+                    # Down: the reconnect sets _owing_changed; nothing can go until then.
+                    break
+                # Oldest first (dict order: first owed, first tried); stop at the first refusal,
+                # the channel is full (or gone) for the others too.
+                for conn in list(self._owed):
+                    if conn in self._owed and not self._settle(sock, conn):
+                        break
+                if self._owed:
+                    # Full: room comes as the mirror reads. A short sleep rather than
+                    # wait_writable: a SEQPACKET socket can poll writable while one large record
+                    # still does not fit, which would spin.
+                    await trio.sleep(FLUSH_INTERVAL)
+
     async def _report_drops(self) -> None:
         """``mirror_channel_dropped`` at the first drop, then at most once per warn_interval,
         with the counts since the last line: the data path only sets an Event."""
@@ -416,7 +536,9 @@ class MirrorTap:
                              bytes=self.dropped_bytes - reported_bytes, records_total=self.dropped_records,
                              # connected tells the two causes apart: True, the mirror is slow (channel full);
                              # False, it is gone (see mirror_channel_down).
-                             bytes_total=self.dropped_bytes, connected=self.connected, owing=len(self._owed))
+                             bytes_total=self.dropped_bytes, connected=self.connected, owing=len(self._owed),
+                             # Ended connections whose held records never reached a mirror (MAX_ENDED_OWING).
+                             abandoned=self.abandoned)
             reported_records, reported_bytes = self.dropped_records, self.dropped_bytes
             # The rate limit: the first drop is reported at once (the operator needs to know
             # now), and later ones wait until this sleep ends.
