@@ -91,3 +91,18 @@ def test_unobserved_bytes_are_exported_by_a_single_process_and_under_a_superviso
                                          {"route": "lab", "cause": "gap"}) >= 500
         assert registry.get_sample_value("siptap_mirror_gaps_total", {"route": "lab"}) == 1
     assert 0 < counts.unobserved_bytes[("lab", "unframeable")] <= skipped
+
+
+def test_gap_lines_are_rate_limited_per_direction_and_every_gap_is_still_accounted() -> None:
+    """An overloaded mirror gets a marker every few records: one gap line per direction per
+    GAP_LINE_INTERVAL (record time), the next line carries what was kept out, and the close
+    summarises the rest, so the lines still add up to every gap."""
+    markers = [Dropped(7, ts, chunks_from_accepted=1, bytes_from_accepted=10) for ts in (3.0, 4.0, 5.0, 20.0, 21.0)]
+    run = Run().feed(OPENED, *markers, closed(50))
+    gaps = run.log.find("gap")
+    assert [(g["offset"], g["missing"], g.get("suppressed_gaps"), g.get("suppressed_missing")) for g in gaps] == [
+        (0, 10, None, None), (30, 10, 2, 20)]
+    summary, = run.log.find("gaps_summarised")
+    assert (summary["direction"], summary["gaps"], summary["missing"]) == ("customer->core", 1, 10)
+    observed = run.log.find("connection_observed")[0]
+    assert observed["gaps"] == 5 and observed["missing_bytes"] == 50

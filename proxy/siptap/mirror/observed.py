@@ -32,6 +32,8 @@ Publish = Callable[[MirrorEvent], object]
 # imported: the framer keeps its reason strings private, and this one is part of what it
 # reports (the string, not a name, is the interface).
 _GAP = "gap"
+# At most one gap line per direction in this many seconds (of record time); see report_gap.
+GAP_LINE_INTERVAL = 10.0
 # How much of a skipped region its log line shows: enough to recognise a TLS record or a
 # protocol mismatch, without putting a whole (maybe secret-bearing) run in the log.
 _HEAD = 64
@@ -46,6 +48,7 @@ class Direction:
     __slots__ = (
         "_counts",
         "_gap_counts",
+        "_gap_lines",
         "_log",
         "_log_key_material",
         "_log_messages",
@@ -104,6 +107,10 @@ class Direction:
         # Offset of the next byte the framer will report: every byte fed comes back in exactly
         # one event, in order, so each event's offset is the sum of the sizes before it.
         self._reported_to = 0
+        # Rate limit of the gap lines, made at the first gap: [ts of the last gap line, gaps
+        # and missing bytes since then not given a line of their own]. One slot, None on the
+        # idle connections that never see a gap.
+        self._gap_lines: list[float] | None = None
         # The counts below are what connection_observed reports at the end (observer._finish
         # sums the two directions); nothing reads them per message.
         self.messages = 0
@@ -159,8 +166,22 @@ class Direction:
         self._gap_counts.count_unobserved(self._route, "gap", missing)
         # A region being skipped ends at the hole: its line comes first, in stream order.
         self._end_region()
-        self._log.warning("gap", direction=self.name, cause=cause, offset=offset, missing=missing, chunks=chunks,
-                          other_records=other_records)
+        # One line per gap, but at most one per GAP_LINE_INTERVAL per direction: an overloaded
+        # mirror sees a marker per connection every few records (6,773 gap lines in 40 s in
+        # bench/overload.py), which would bury the very log that says why. The counts are
+        # exact anyway: in the next line (suppressed_*), in gaps_summarised at the close, in
+        # connection_observed and in the metrics.
+        lines = self._gap_lines
+        if lines is not None and ts - lines[0] < GAP_LINE_INTERVAL:
+            lines[1] += 1
+            lines[2] += missing
+        else:
+            # The gaps kept out of the log since the previous line, if any, ride on this one.
+            suppressed = {} if lines is None or not lines[1] else {
+                "suppressed_gaps": int(lines[1]), "suppressed_missing": int(lines[2])}
+            self._log.warning("gap", direction=self.name, cause=cause, offset=offset, missing=missing, chunks=chunks,
+                              other_records=other_records, **suppressed)
+            self._gap_lines = [ts, 0, 0]
         # Past the hole: a Dropped marker reports it before the next chunk arrives, and the
         # chunk (at offset + missing) must then not report it a second time
         # (test_a_dropped_marker_is_the_gap_report_and_the_next_chunk_is_not_a_second_one).
@@ -177,6 +198,13 @@ class Direction:
         # "truncated": logged as unframeable, so a connection that ends mid-message says so.
         self._events(self.framer.close(), ts)
         self._end_region()
+        # The gaps the rate limit kept out of the log, so that the gap lines of a connection
+        # always account for all of them.
+        lines = self._gap_lines
+        if lines is not None and lines[1]:
+            self._log.warning("gaps_summarised", direction=self.name, gaps=int(lines[1]), missing=int(lines[2]),
+                              detail=f"gaps without a line of their own (at most one gap line per {GAP_LINE_INTERVAL:g} s)")
+            lines[1] = lines[2] = 0
 
     # -- events out ------------------------------------------------------------------------
 
