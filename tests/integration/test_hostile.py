@@ -340,11 +340,17 @@ async def test_ten_megabytes_without_header_end_relayed_with_bounded_memory(pki:
     assert len(big) == 1
     assert big[0].total == size and big[0].digest.digest() == hashlib.sha256(payload).digest()  # byte for byte
     unframeable = a.peer_events("unframeable", peer)
-    assert len(unframeable) == 1, unframeable
     assert unframeable[0]["direction"] == "customer->core"
     assert unframeable[0]["reason"] == "header block exceeds 16384 bytes without end"
     assert closed[0]["bytes_customer_to_core"] == size
-    assert observed[0]["unframeable_bytes"] == size
+    # Every byte is accounted for: skipped as unframeable, or, where the burst outran the
+    # mirror (a full channel: the relay dropped and counted those chunks), reported as a gap
+    # and the bytes around it as resync debris. Which share is which depends on how fast the
+    # mirror read; the sum does not.
+    gaps = a.peer_events("gap", peer)
+    missing = observed[0]["missing_bytes"]
+    assert (observed[0]["gaps"] > 0) == (missing > 0) == bool(gaps)
+    assert observed[0]["unframeable_bytes"] + missing + observed[0]["resync_bytes"] == size, observed[0]
     assert observed[0]["messages_customer_to_core"] == 0
     assert closed[0]["closed_by"] == "customer" and "close_notify" in closed[0]["reason"]
     # Memory (a bound, not a timing threshold): siptap's peak resident set since the baseline grew

@@ -187,3 +187,29 @@ async def test_deliver_runs_after_every_slice_of_records_and_at_the_end_of_a_bat
         receiver.stop()
     assert delivered_at[:3] == [DELIVER_EVERY, 2 * DELIVER_EVERY, total]
     assert delivered_at[-1] == total  # after channel_lost too: the connections it closed
+
+
+def test_a_wait_aims_at_a_number_of_records_at_the_last_rate_never_longer_than_the_interval() -> None:
+    from siptap.mirror.channel import _ChannelStats
+
+    receiver = ChannelReceiver(Path("unused.sock"), Collect(), batch_interval=0.1, target_batch=64)
+    stats = _ChannelStats()
+    stats.previous_started, stats.batch_started, stats.last_batch = 10.0, 10.01, 7  # 700 records/s
+    assert abs(receiver._pause(stats) - 64 / 700) < 1e-9
+    stats.last_batch = 1  # one record after a quiet spell: the longest wait
+    stats.previous_started = 0.0
+    assert receiver._pause(stats) == 0.1
+    stats.previous_started, stats.last_batch = 10.0, 31  # 3,100 records/s: a short wait
+    assert abs(receiver._pause(stats) - 64 / 3100) < 1e-9
+
+
+def test_the_target_is_a_quarter_of_what_the_channel_holds(tmp_path: Path) -> None:
+    from siptap.mirror.process import target_batch
+
+    cap = tmp_path / "wmem_max"
+    cap.write_text("4194304\n")
+    assert target_batch(4 * 1024 * 1024, str(cap)) == 64  # raised cap: the most
+    assert target_batch(65536, str(cap)) == 16  # a small channel_buffer
+    cap.write_text("212992\n")  # the kernel's default cap
+    assert target_batch(4 * 1024 * 1024, str(cap)) == 54
+    assert target_batch(4 * 1024 * 1024, str(tmp_path / "absent")) == 54  # not Linux: the default

@@ -139,7 +139,7 @@ class MirrorSettings:
     queue_size: int = 10000  # events held per sink before dropping (never block the relay)
     drain_timeout: float = 2.0  # at shutdown, how long sinks may take to flush their queues
     warn_interval: float = 10.0  # at most one "dropped" warning per sink per interval
-    batch_interval: float = 0.01  # the mirror, woken by an event, waits this long for more (0: deliver at once)
+    batch_interval: float = 0.1  # the longest the mirror, woken by a record, waits for more (0: at once)
     channel_buffer: int = 4 * MIB  # SO_SNDBUF of a worker's channel to the mirror process (kernel caps: wmem_max)
     hep: tuple[HepSinkSettings, ...] = ()
     jsonl: tuple[JsonlSinkSettings, ...] = ()

@@ -52,6 +52,8 @@ MAX_DATAGRAM = 256 * 1024
 BATCH_LIMIT = 1024
 # A batch this small means a quiet channel: the next wake-up waits a batch interval first.
 SMALL_BATCH = 32
+# What a wait for records aims to gather (see ChannelReceiver._pause), at most.
+TARGET_BATCH = 64
 # With a ``deliver`` callback, the sinks are given what the handler published after this many
 # records: a slice small enough that a flood of 64 KiB chunks (hundreds of messages each)
 # never overflows a sink's queue (``queue_size``) between two deliveries.
@@ -73,7 +75,7 @@ class ChannelReceiver:
 
     def __init__(self, path: str | os.PathLike[str], handler: RecordHandler, *, log: LogWriter | None = None,
                  drain_timeout: float = 2.0, batch_interval: float = 0.0,
-                 deliver: Callable[[], None] | None = None) -> None:
+                 deliver: Callable[[], None] | None = None, target_batch: int = TARGET_BATCH) -> None:
         self.path = Path(path)
         self.handler = handler
         # The mirror process passes Fanout.deliver_queued: the sinks get each slice of records'
@@ -86,6 +88,9 @@ class ChannelReceiver:
         # Woken by a record while the channel is quiet, wait this long before reading, so
         # that one wake-up serves the records of that interval (``[mirror] batch_interval``).
         self.batch_interval = batch_interval
+        # The records a wait aims to gather (_pause); the mirror process sizes it to the
+        # channel's capacity (process.py).
+        self.target_batch = target_batch
         self.channels = 0  # accepted so far (the last channel number)
         self.open_channels = 0
         self.records = 0  # handled, all channels
@@ -170,12 +175,12 @@ class ChannelReceiver:
                     await trio.lowlevel.wait_readable(sock)
                     # At lab rates a record arrives alone: reading it at once would cost a
                     # whole trio wake-up (epoll, scheduling, the loop) per SIP message, more
-                    # than observing it. Waiting a batch interval first lets the records of
-                    # that interval share one. Only after a small batch: under load the
-                    # channel never empties and waiting would only fill it (a full channel
-                    # is a drop, in the relay).
+                    # than observing it, and would find every cache cold. Waiting first lets
+                    # the records of that time share one wake-up and warm caches. Only after a
+                    # small batch: under load the channel never empties and waiting would only
+                    # fill it (a full channel is a drop, in the relay).
                     if self.batch_interval and stats.last_batch < SMALL_BATCH:
-                        await trio.sleep(self.batch_interval)
+                        await trio.sleep(self._pause(stats))
                 stats.eof = True
             self._waits.discard(waiting)
             if not stats.eof:
@@ -197,10 +202,27 @@ class ChannelReceiver:
         self.log.info("mirror_channel_closed", channel=channel, records=stats.records, invalid=stats.invalid,
                       handler_errors=stats.handler_errors, reason="worker closed" if stats.eof else "mirror stopping")
 
+    def _pause(self, stats: _ChannelStats) -> float:
+        """How long to let records gather: about ``target_batch`` of them at the rate the last
+        batch arrived at, never longer than ``batch_interval``.
+
+        A fixed wait fits one rate only. At 700 SIP messages a second (S3) 10 ms gathers 7 and
+        the mirror spent ~205 us a message; 100 ms gathers 70 and it spent ~115
+        (bench/results/2026-12-02-batching.md): the per-wake-up cost and the cold caches are
+        shared by more messages. Waiting for a count rather than a time keeps what sits in
+        the channel near ``target_batch`` records at any rate, well inside its capacity.
+        """
+        # The last batch's records arrived between the start of the batch before it and its own.
+        elapsed = stats.batch_started - stats.previous_started
+        rate = stats.last_batch / elapsed if elapsed > 0 else 0.0
+        return self.batch_interval if rate <= 0 else min(self.batch_interval, self.target_batch / rate)
+
     async def _batch(self, sock: socket.socket, channel: int, stats: _ChannelStats) -> bool:
         """Handle what is queued (up to BATCH_LIMIT records); True at EOF."""
         stats.drained = False
         stats.last_batch = 0
+        # The records read now arrived since the last batch started: _pause's rate.
+        stats.previous_started, stats.batch_started = stats.batch_started, trio.current_time()
         try:
             return await self._records(sock, channel, stats)
         finally:
@@ -255,11 +277,23 @@ class ChannelReceiver:
 
 
 class _ChannelStats:
-    __slots__ = ("drained", "eof", "handler_errors", "invalid", "last_batch", "records", "undelivered")
+    __slots__ = (
+        "batch_started",
+        "drained",
+        "eof",
+        "handler_errors",
+        "invalid",
+        "last_batch",
+        "previous_started",
+        "records",
+        "undelivered",
+    )
 
     def __init__(self) -> None:
         self.records = self.invalid = self.handler_errors = 0
         self.last_batch = 0  # records read by the last _batch()
         self.undelivered = 0  # records handled since the last deliver()
+        self.batch_started = 0.0  # trio time the last _batch() began
+        self.previous_started = 0.0  # and the one before it
         self.eof = False
         self.drained = False

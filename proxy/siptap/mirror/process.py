@@ -35,7 +35,7 @@ import trio
 from siptap.config import Config
 from siptap.log import LogWriter, get_logger
 from siptap.metrics import Metrics, SipMessageCounts
-from siptap.mirror.channel import ChannelReceiver, RecordHandler
+from siptap.mirror.channel import TARGET_BATCH, ChannelReceiver, RecordHandler
 from siptap.mirror.fanout import Fanout
 from siptap.mirror.observer import Observer
 
@@ -67,7 +67,8 @@ async def run_mirror(config: Config, channel: Path, control_fd: int | None = Non
     counts = SipMessageCounts()
     handler = (handler_factory or observe(config))(fanout, log, counts)
     receiver = ChannelReceiver(channel, handler, log=log, drain_timeout=config.mirror.drain_timeout,
-                               batch_interval=config.mirror.batch_interval, deliver=fanout.deliver_queued)
+                               batch_interval=config.mirror.batch_interval, deliver=fanout.deliver_queued,
+                               target_batch=target_batch(config.mirror.channel_buffer))
     control = socket.socket(fileno=control_fd) if control_fd is not None else None
     log.info("mirror_starting", pid=os.getpid(), channel=str(channel))
     try:
@@ -96,6 +97,25 @@ async def run_mirror(config: Config, channel: Path, control_fd: int | None = Non
     finally:
         if control is not None:
             control.close()
+
+
+# What the kernel charges a SIP-sized chunk record against the sender's buffer (tap.py's
+# docstring: a ~930-byte chunk costs ~1,970 bytes).
+_RECORD_CHARGE = 1970
+
+
+def target_batch(channel_buffer: int, wmem_max_path: str = "/proc/sys/net/core/wmem_max") -> int:
+    """How many records a receiver's wait may let gather: a quarter of what the channel holds
+    (the workers' send buffer: ``channel_buffer`` capped at ``net.core.wmem_max``, doubled by
+    the kernel), at most channel.TARGET_BATCH. A burst that quadruples the rate during a wait
+    still fits; with the kernel's default cap (208 KiB: ~216 records) that is 54."""
+    try:
+        with open(wmem_max_path) as f:
+            cap = int(f.read())
+    except (OSError, ValueError):
+        cap = 212992  # Linux's default
+    capacity = 2 * min(channel_buffer, cap) // _RECORD_CHARGE
+    return max(1, min(TARGET_BATCH, capacity // 4))
 
 
 async def _signals(receiver: ChannelReceiver, log: LogWriter) -> None:
