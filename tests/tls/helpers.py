@@ -80,7 +80,8 @@ class OpenSSLServer:
                     self.port = int(line.rsplit(":", 1)[1])
                     # s_server keeps printing per connection (with -Verify, the whole client
                     # chain); a pipe nobody reads would fill and stall it mid-handshake.
-                    threading.Thread(target=self._drain, args=(fd,), daemon=True).start()
+                    self._drainer = threading.Thread(target=self._drain, args=(fd,), daemon=True)
+                    self._drainer.start()
                     return
 
     @staticmethod
@@ -94,6 +95,16 @@ class OpenSSLServer:
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
+        # The drainer reads the pipe by descriptor number: it must have seen EOF (the process
+        # is gone) before the pipe is closed, or a later OpenSSLServer's pipe may get the same
+        # number and the old drainer would swallow its ACCEPT line (a CI run hung in read()
+        # that way). Closed explicitly, not whenever the Popen is collected.
+        drainer = getattr(self, "_drainer", None)
+        if drainer is not None:
+            drainer.join(10)
+        for pipe in (self.proc.stdout, self.proc.stdin):
+            if pipe is not None:
+                pipe.close()
 
     def __enter__(self) -> OpenSSLServer:
         return self
