@@ -70,7 +70,13 @@ async def main(connections: int, warmup: int, sinks: bool, concurrency: int, log
         core.peers.clear()
         spy = None
         if py_spy:
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "--gil", "-o", py_spy,
+            # --nonblocking: py-spy's default mode stops the process with ptrace per sample, and
+            # that corrupts pipe writes (2026-12-03: a plain QueueWriter writing JSON lines into a
+            # pipe lost bytes mid-line, ~90 lines in 150,000, only while py-spy sampled it in its
+            # default mode; never with SIGSTOP/SIGCONT storms or unsampled): the harness then
+            # reads spliced log lines. --subprocesses: the supervisor's children do the work.
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-r", "200", "--nonblocking",
+                                    "--subprocesses", "-o", py_spy,
                                     "--format", py_spy_format, "--pid", str(pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await trio.sleep(1)  # let py-spy attach (bench tool, not a test)
