@@ -8,11 +8,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from siptap.tls.pem import load_certificate_chain, load_private_key
+from tests.integration.peers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CERTS_HINT = "siptap: hint: for the lab PKI run `siptap certs init --dir certs` next to the config file"
@@ -23,8 +25,10 @@ def siptap(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def write_config(directory: Path, pki: Path, *, cert: Path | None = None, key: Path | None = None,
-                 customer: str = "", core_tls: str = "", name: str = "lab-check.toml") -> Path:
-    """A one-route config naming the session PKI by absolute path (the listen port is never bound)."""
+                 customer: str = "", core_tls: str = "", name: str = "lab-check.toml",
+                 listen_port: int | None = None) -> Path:
+    """A one-route config naming the session PKI by absolute path. Its listen port is a free
+    one (``check`` binds it for a moment to prove it can), unless ``listen_port`` says which."""
     path = directory / name
     path.write_text(f"""
 [log]
@@ -32,7 +36,7 @@ format = "json"
 
 [[route]]
 name = "lab"
-listen = "127.0.0.1:5061"
+listen = "127.0.0.1:{listen_port or free_port()}"
 core = {{ address = "127.0.0.1:5062", server_name = "localhost" }}
 
 [route.customer]
@@ -60,12 +64,23 @@ def assert_refused(result: subprocess.CompletedProcess[str], line: str, *, hint:
 # -- siptap check -------------------------------------------------------------------------------
 
 
+def listen_of(config: Path) -> str:
+    """The first route's listen address, as check prints it."""
+    return str(tomllib.loads(config.read_text())["route"][0]["listen"])
+
+
 def test_check_shipped_config_with_lab_pki_is_ok(tmp_path: Path, pki: Path) -> None:
-    shutil.copy(ROOT / "config.toml", tmp_path / "config.toml")
+    # The shipped file with only its two listening ports moved to free ones: check binds them
+    # for a moment, and 5061/9464 may be taken on a test machine (tests never use fixed ports).
+    listen, metrics = free_port(), free_port()
+    shipped = (ROOT / "config.toml").read_text()
+    assert shipped.count('"127.0.0.1:5061"') == 1 and shipped.count('"127.0.0.1:9464"') == 1
+    (tmp_path / "config.toml").write_text(shipped.replace('"127.0.0.1:5061"', f'"127.0.0.1:{listen}"')
+                                          .replace('"127.0.0.1:9464"', f'"127.0.0.1:{metrics}"'))
     (tmp_path / "certs").symlink_to(pki)
     result = siptap("check", cwd=tmp_path)  # default --config config.toml, paths against its folder
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == "config.toml: OK: lab (127.0.0.1:5061 -> 127.0.0.1:5062)\n"
+    assert result.stdout == f"config.toml: OK: lab (127.0.0.1:{listen} -> 127.0.0.1:5062)\n"
     assert not (tmp_path / "captures").exists()  # check starts nothing, creates nothing
 
 
@@ -115,7 +130,7 @@ def test_check_ec_server_key_with_forced_rsa(tmp_path: Path, pki: Path) -> None:
     config = write_config(tmp_path, pki, cert=pki / "ec-server.pem", key=key, customer='key_exchange = "any"')
     result = siptap("check", "--config", str(config), cwd=tmp_path)
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == f"{config}: OK: lab (127.0.0.1:5061 -> 127.0.0.1:5062)\n"
+    assert result.stdout == f"{config}: OK: lab ({listen_of(config)} -> 127.0.0.1:5062)\n"
 
 
 def test_check_bad_ciphers_named_in_their_own_section(tmp_path: Path, pki: Path) -> None:

@@ -107,8 +107,7 @@ def test_check_refuses_an_expired_ca(pki: Path, tmp_path: Path) -> None:
 def test_check_refuses_a_listen_address_in_use(pki: Path, tmp_path: Path) -> None:
     with busy_port() as holder:
         port = holder.getsockname()[1]
-        config = write_config(tmp_path, pki)
-        config.write_text(config.read_text().replace('listen = "127.0.0.1:5061"', f'listen = "127.0.0.1:{port}"'))
+        config = write_config(tmp_path, pki, listen_port=port)
         assert_refused(siptap("check", "--config", str(config), cwd=tmp_path),
                        f"siptap: error: {config}: route[0].listen: cannot listen on 127.0.0.1:{port}: "
                        "Address already in use",
