@@ -8,8 +8,9 @@ TARGET is a key of :data:`tests.fuzz.targets.TARGETS`. libFuzzer writes new inte
 into the *first* corpus folder: give it a scratch folder first and the committed corpus after
 it, so the committed seed corpus only grows by hand. A crash stops the run with exit code 1
 (an uncaught Python exception; atheris prints the traceback) and saves the input as
-``<-artifact_prefix>crash-<sha1>``; copy it into ``tests/fuzz/corpus/<target>/`` (named after
-what it found) so the replay test keeps it as a regression input.
+``<-artifact_prefix>crash-<sha1>``; copy it into ``tests/fuzz/corpus/<target>/`` as
+``regress-<what it found>`` so the replay test keeps it as a regression input (make_corpus.py
+rewrites the seeds and keeps only ``crash-*`` and ``regress-*`` files besides them).
 
 Only ``siptap.sansio`` (and the harnesses) are instrumented for coverage: the code under test.
 """
