@@ -128,7 +128,7 @@ def ladders_html(ladders: Sequence[Ladder], *, title: str, notes: Iterable[str] 
     body: list[str] = []
     for ladder in ladders:
         conns = sorted({r.conn for r in ladder.rows if r.conn})
-        failed = sum(1 for r in ladder.rows if r.failed)
+        failed = sum(1 for r in ladder.rows if r.failed and r.relay_of is None)  # a relayed copy is the same response
         body += ['<section class="call">',
                  f"<h2>call {_t(ladder.call_id)}</h2>",
                  f"<p>{_t(ladder.outcome)}; started {_t(iso(ladder.start_us))}; {len(ladder.rows)} messages"
