@@ -14,7 +14,7 @@ from html.parser import HTMLParser
 from siptap.sansio.sip_message import SipMessageView, parse_message
 from siptap.tools.export.json_log import parse_json_log
 from siptap.tools.export.keylog import parse_keylog
-from siptap.tools.export.legs import flow_legs
+from siptap.tools.export.legs import flow_legs, key_exchange_of
 from siptap.tools.ladder.model import CORE, ESBC, SIPTAP, FlowLeg, LegTls, build_ladder, build_ladders, infer_legs
 from siptap.tools.ladder.svg import ladders_html
 from siptap.tools.ladder.text import arrow, ladder_lines, ladders_text
@@ -142,8 +142,12 @@ def test_flow_legs_from_the_key_log_and_the_json_log() -> None:
     legs = flow_legs(by_flow, keylog, log)
     assert legs[CUSTOMER_FLOW] == FlowLeg("customer", True, "c-1", LegTls(
         "customer", "c-1", "TLSv1.2", "AES256-GCM-SHA384", "RSA", "O=lab,CN=esbc", "2029-03-07T06:51:54Z"))
-    # No handshake_done for the core leg: siptap's side from the key log's order (accepted leg first).
-    assert legs[CORE_FLOW] == FlowLeg("core", False, "c-1", LegTls("core", "c-1", "TLSv1.3", "TLS_AES_256_GCM_SHA384"))
+    # No handshake_done for the core leg: siptap's side from the key log's order (accepted leg first),
+    # the key exchange from the suite.
+    assert legs[CORE_FLOW] == FlowLeg("core", False, "c-1", LegTls(
+        "core", "c-1", "TLSv1.3", "TLS_AES_256_GCM_SHA384", "(EC)DHE"))
+    assert [key_exchange_of("TLSv1.2", c) for c in ("AES128-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-SHA",
+                                                    None)] == ["RSA", "ECDHE", "DHE", None]
     # A reverse route: the core leg is accepted (its entry first, or role=server in the log).
     reverse = parse_keylog("# conn=r-1 leg=core client=10.0.0.3:6000 server=10.0.0.2:5062\n"
                            "# conn=r-1 leg=customer client=10.0.0.2:50001 server=10.0.0.1:5061\n")
@@ -154,7 +158,7 @@ def test_flow_legs_from_the_key_log_and_the_json_log() -> None:
     only_log = parse_json_log('{"event": "handshake_done", "conn": "c-9", "leg": "core", "role": "client", '
                               '"client": "10.0.0.2:50000", "server": "10.0.0.3:5061", "version": "TLSv1.3"}\n')
     assert flow_legs({CORE_FLOW: []}, [], only_log)[CORE_FLOW] == FlowLeg("core", False, "c-9", LegTls(
-        "core", "c-9", "TLSv1.3"))
+        "core", "c-9", "TLSv1.3"))  # no suite: no key exchange guessed
 
 
 def test_text_ladder() -> None:

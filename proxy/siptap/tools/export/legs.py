@@ -68,6 +68,22 @@ def _tls(leg: str, conn: str, hs: Mapping[str, object] | None, version: str | No
     not_after = _text(peer.get("not_after"))
     if not_after and not_after.endswith("+00:00"):
         not_after = not_after[:-6] + "Z"
-    return LegTls(leg=leg, conn=conn, version=version or _text(hs.get("version")),
-                  cipher=cipher or _text(hs.get("cipher")), key_exchange=_text(hs.get("key_exchange")),
+    version = version or _text(hs.get("version"))
+    cipher = cipher or _text(hs.get("cipher"))
+    return LegTls(leg=leg, conn=conn, version=version, cipher=cipher,
+                  key_exchange=_text(hs.get("key_exchange")) or key_exchange_of(version, cipher),
                   peer_subject=_text(peer.get("subject")), peer_not_after=not_after)
+
+
+def key_exchange_of(version: str | None, cipher: str | None) -> str | None:
+    """The key exchange an OpenSSL suite name implies, for a leg the JSON log does not describe:
+    the key log's comment names the suite (``AES256-GCM-SHA384``: RSA, decryptable with the
+    server key; ``ECDHE-RSA-...``: ECDHE). TLS 1.3 always uses (EC)DHE; its group is in the log only."""
+    if not cipher:
+        return None
+    if version == "TLSv1.3" or cipher.startswith("TLS_"):
+        return "(EC)DHE"
+    prefix = cipher.split("-", 1)[0]
+    if prefix in ("ECDHE", "DHE", "PSK", "SRP", "ECDH", "DH"):
+        return prefix
+    return "RSA"
