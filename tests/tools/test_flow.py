@@ -9,18 +9,26 @@ red: the page did render, styles and all.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import struct
 import subprocess
+import uuid
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trio
 
 from siptap import cli
+from siptap.tools.lab.core import LabCore, core_context, start_lab_core
+from siptap.tools.lab.customer import IMG2020_CIPHERS, CustomerSession, customer_context
+from siptap.tools.pki import issue_leaf
 from tests.integration.capture import PEERS, require
-from tests.tools.call_lab import CallLab
+from tests.relay.harness import SiptapProcess, reverse_route, write_config
+from tests.tools.call_lab import CallLab, place_call
 
 # The busy call as siptap relayed it: (label, leg) per arrow, each message received then relayed.
 BUSY = [("INVITE", "customer"), ("INVITE", "core"), ("100 Trying", "core"), ("100 Trying", "customer"),
@@ -44,6 +52,20 @@ def arrows(text: str) -> list[tuple[str, str]]:
             span = next(i for i, lane in enumerate(lanes) if lane.strip())
             label = lanes[span].strip("-=<> ").removesuffix(" ✗")
             out.append((label, "customer" if span == 0 else "core"))
+    return out
+
+
+def directed(text: str) -> list[tuple[str, str, str]]:
+    """(label, from, to) of every row of a text ladder, the columns by name."""
+    out = []
+    for line in text.splitlines():
+        match = ROW.match(line)
+        if match:
+            lanes = match.group(1).split("|")[1:-1]
+            span = next(i for i, lane in enumerate(lanes) if lane.strip())
+            ends = [("E-SBC", "siptap"), ("siptap", "core")][span]
+            label = lanes[span].strip("-=<> ").removesuffix(" ✗")
+            out.append((label, *(ends if lanes[span].rstrip().endswith(">") else ends[::-1])))
     return out
 
 
@@ -124,6 +146,74 @@ def test_flow_html_is_private_and_never_replaced_silently(call_lab: CallLab, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy.html"]  # no temporary file left
     code, out, err = flow(capsys, call_lab, "--call-id", "lab-busy", "--html", str(tmp_path / "no" / "x.html"))
     assert code == 1 and "folder not found" in err
+
+
+@dataclass
+class ReverseLab:
+    config: Path
+    log: Path
+    call_id: str
+    esbc_port: int
+    reverse_port: int
+
+
+async def _reverse_captures(pki: Path, root: Path) -> ReverseLab:
+    """A reverse route: the core dials siptap, siptap dials the E-SBC; the core places one call."""
+    issue_leaf(root, "proxy-both", usage="both", ca_dir=pki)
+    mirror = f"""
+[mirror]
+legs = "both"
+[mirror.keylog]
+path = "{root}/captures/keys.log"
+[mirror.pcap]
+directory = "{root}/captures"
+"""
+    call_id = f"lab-reverse-{uuid.uuid4()}@core.invalid"
+    async with trio.open_nursery() as nursery:
+        esbc = LabCore(core_context(pki, cert="core", ciphers=IMG2020_CIPHERS))  # the E-SBC as the TLS server
+        esbc_port = await nursery.start(functools.partial(esbc.serve, "127.0.0.1", 0))
+        _core, core_port = await start_lab_core(nursery, pki)
+        config = write_config(root, pki, cores=[core_port], top=mirror)
+        config.write_text(config.read_text() + reverse_route(pki, root / "proxy-both", esbc_port))
+        siptap = SiptapProcess(config)
+        await siptap.start(nursery)
+        reverse_port = await siptap.port(leg="core")
+        core = await CustomerSession.connect("127.0.0.1", reverse_port, customer_context(pki, cert="proxy-client"))
+        assert await place_call(core, call_id, "+4940222", "+4930111") == 200
+        await core.aclose()
+        await siptap.wait_for("connection_closed")
+        assert await siptap.stop() == 0
+        nursery.cancel_scope.cancel()
+    log = root / "siptap.log"
+    log.write_text("".join(json.dumps(e) + "\n" for e in siptap.events))
+    return ReverseLab(config, log, call_id, esbc_port, reverse_port)
+
+
+@pytest.fixture(scope="module")
+def reverse_lab(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> ReverseLab:
+    return trio.run(_reverse_captures, pki, tmp_path_factory.mktemp("reverse-lab"))
+
+
+def test_flow_of_a_reverse_route_starts_at_the_core(reverse_lab: ReverseLab, capsys: pytest.CaptureFixture[str]) -> None:
+    """The core dialled siptap: its requests come from the right, the E-SBC (the TLS server) answers."""
+    expected = [("INVITE", "core", "siptap"), ("INVITE", "siptap", "E-SBC"),
+                ("100 Trying", "E-SBC", "siptap"), ("100 Trying", "siptap", "core"),
+                ("180 Ringing", "E-SBC", "siptap"), ("180 Ringing", "siptap", "core"),
+                ("200 OK", "E-SBC", "siptap"), ("200 OK", "siptap", "core"),
+                ("ACK", "core", "siptap"), ("ACK", "siptap", "E-SBC"),
+                ("BYE", "core", "siptap"), ("BYE", "siptap", "E-SBC"),
+                ("200 OK", "E-SBC", "siptap"), ("200 OK", "siptap", "core")]
+    for with_log in (True, False):  # siptap's side from handshake_done's role, else from the key log's order
+        code = cli.main(["flow", "--config", str(reverse_lab.config), "--call-id", reverse_lab.call_id,
+                         *(["--log", str(reverse_lab.log)] if with_log else [])])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert directed(out) == expected, with_log
+        header = out.splitlines()[2]
+        assert header.split() == [f"127.0.0.1:{reverse_lab.esbc_port}", f"127.0.0.1:{reverse_lab.reverse_port}",
+                                  header.split()[-1]]
+        assert "note: leg guessed" not in out
+        assert ("key exchange RSA" in out) and "TLSv1.2" in out  # the E-SBC leg: RSA-only suites
 
 
 def test_cli_help_lists_flow() -> None:
