@@ -9,6 +9,7 @@ the umask would show up as 0644/0666 here:
 - the file sinks' two openers (``open_private_append``: key log, SRTP keys;
   ``create_private``: each pcap file), every sink's only way to a file;
 - ``siptap export``'s bundle folder, its parts and its ``.tar.gz``;
+- ``siptap flow --html``'s page (SIP cleartext, like the captures);
 - ``siptap certs init/issue``'s keys.
 
 ``siptap probe`` writes no file (its report goes to stdout). ``siptap run`` writes its log
@@ -31,6 +32,7 @@ from siptap.mirror.files import create_private, open_private_append
 from siptap.tools import pki
 from siptap.tools.export.archive import write_bundle
 from siptap.tools.export.bundle import BUNDLE_FILES, Bundle
+from siptap.tools.ladder.command import write_private
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,6 +104,15 @@ def test_export_bundle_is_private_under_umask_0(tmp_path: Path, open_umask: None
         members = {m.name: m.mode & 0o777 for m in tar.getmembers()}
     assert members.pop("bundle") == 0o700
     assert set(members.values()) == {0o600}, members
+
+
+def test_flow_html_is_private_under_umask_0(tmp_path: Path, open_umask: None) -> None:
+    page = tmp_path / "ladder.html"
+    write_private(page, b"<!DOCTYPE html>")
+    assert mode(page) == 0o600
+    page.chmod(0o666)  # replaced (--force): the new page is 0600 again, not the old file's mode
+    write_private(page, b"<!DOCTYPE html>")
+    assert mode(page) == 0o600 and page.read_bytes() == b"<!DOCTYPE html>"
 
 
 def test_lab_pki_keys_are_0600_under_umask_0(tmp_path: Path, open_umask: None) -> None:

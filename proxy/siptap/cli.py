@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     from siptap.tools.calls.command import add_parser as add_calls_parser
 
     add_calls_parser(sub, common)
+    from siptap.tools.ladder.command import add_parser as add_flow_parser
+
+    add_flow_parser(sub, common)
     return parser
 
 
@@ -141,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             from siptap.tools.calls.command import run_from_args as run_calls
 
             return run_calls(args)
+        if args.command == "flow":
+            from siptap.tools.ladder.command import run_from_args as run_flow
+
+            return run_flow(args)
         if args.command == "demo":
             from siptap.tools.demo import main as demo_main
 

@@ -61,6 +61,29 @@ connect_timeout = 2.0
     return path
 
 
+def reverse_route(pki: Path, client_cert: Path, esbc_port: int) -> str:
+    """A ``[route.reverse]`` block to append to :func:`write_config`'s route: the core dials siptap's
+    reverse listener (any key exchange, up to TLS 1.3), siptap dials the E-SBC on ``esbc_port``
+    with ``client_cert`` (``.pem``/``.key``, serverAuth and clientAuth) and RSA-only suites."""
+    return f"""
+[route.reverse]
+listen = ["127.0.0.1:0"]
+[route.reverse.core_side]
+cert = "{pki}/proxy-server.pem"
+key = "{pki}/proxy-server.key"
+client_ca = "{pki}/ca.pem"
+key_exchange = "any"
+max_version = "TLSv1.3"
+[[route.reverse.customer]]
+address = "127.0.0.1:{esbc_port}"
+server_name = "localhost"
+[route.reverse.customer_tls]
+cert = "{client_cert.with_suffix('.pem')}"
+key = "{client_cert.with_suffix('.key')}"
+ca = "{pki}/ca.pem"
+"""
+
+
 class SiptapProcess:
     def __init__(self, config: Path) -> None:
         self.config = config

@@ -14,7 +14,7 @@ import trio
 from siptap.tools.lab.core import LabCore, core_context, start_lab_core
 from siptap.tools.lab.customer import IMG2020_CIPHERS, CustomerSession, customer_context
 from siptap.tools.pki import issue_leaf
-from tests.relay.harness import SiptapProcess, write_config
+from tests.relay.harness import SiptapProcess, reverse_route, write_config
 
 
 def peer_common_name(session: CustomerSession) -> str:
@@ -143,23 +143,7 @@ async def test_reverse_route_core_initiated_connection(pki: Path, tmp_path: Path
         esbc = LabCore(core_context(pki, cert="core", ciphers=IMG2020_CIPHERS))
         esbc_port = await nursery.start(functools.partial(esbc.serve, "127.0.0.1", 0))
         core, core_port = await start_lab_core(nursery, pki)
-        reverse = f"""
-[route.reverse]
-listen = ["127.0.0.1:0"]
-[route.reverse.core_side]
-cert = "{pki}/proxy-server.pem"
-key = "{pki}/proxy-server.key"
-client_ca = "{pki}/ca.pem"
-key_exchange = "any"
-max_version = "TLSv1.3"
-[[route.reverse.customer]]
-address = "127.0.0.1:{esbc_port}"
-server_name = "localhost"
-[route.reverse.customer_tls]
-cert = "{tmp_path}/proxy-both.pem"
-key = "{tmp_path}/proxy-both.key"
-ca = "{pki}/ca.pem"
-"""
+        reverse = reverse_route(pki, tmp_path / "proxy-both", esbc_port)
         config = write_config(tmp_path, pki, cores=[core_port])
         config.write_text(config.read_text() + reverse)
         siptap = SiptapProcess(config)

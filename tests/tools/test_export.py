@@ -9,6 +9,7 @@ and plain byte searches for everything that must not be there.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import tarfile
@@ -170,7 +171,7 @@ def test_export_one_call_holds_that_call_only(lab: LabCaptures, tmp_path: Path, 
     # The keys open connection A: its other two calls, named to the operator (not in the bundle).
     assert f"also decrypts 2 other call(s):\n  {lab.calls_a[0]}\n  {lab.calls_a[2]}\n" in stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["calls.pcapng", "keys.log", "srtp-keys.log", "summary.txt", "summary.json"])
+        ["calls.pcapng", "keys.log", "srtp-keys.log", "summary.txt", "summary.json", "ladder.html"])
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in out.iterdir())
     assert out.stat().st_mode & 0o777 == 0o700
 
@@ -219,7 +220,8 @@ def test_export_one_call_holds_that_call_only(lab: LabCaptures, tmp_path: Path, 
         assert all(line.split()[2] not in json.dumps(summary) for line in entry.lines)
     assert conn["connection_closed"]["reason"]
     text = (out / "summary.txt").read_text()
-    assert wanted in text and "INVITE sip:" in text and "CSeq 2 BYE" in text and "TLSv1.2" in text
+    assert wanted in text and "CSeq 2 BYE" in text and "TLSv1.2" in text
+    assert re.search(r"^ +\+\d\.\d{3} +Δ\d\.\d{3} \|--INVITE-+>\| .*  CSeq 1 INVITE  sip:", text, re.M)  # the ladder
 
     # Nothing of the other calls or connections anywhere: folder, archive, pcapng bytes.
     files = bundle_bytes(out)

@@ -74,7 +74,8 @@ def test_failed_call_by_status_and_number(call_lab: CallLab, tmp_path: Path, cap
     busy = call_lab.calls["busy"].call_id
     assert exported_call_ids(out) == [busy]
     assert "no TLS keys" in stdout
-    assert sorted(p.name for p in out.iterdir()) == ["calls.pcapng", "srtp-keys.log", "summary.json", "summary.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["calls.pcapng", "ladder.html", "srtp-keys.log", "summary.json",
+                                                     "summary.txt"]
     for name, data in bundle_bytes(out).items():
         for other in call_lab.calls.values():
             if other.call_id != busy:
@@ -133,7 +134,7 @@ def test_summary_reads_as_prose(call_lab: CallLab, tmp_path: Path, capsys: pytes
     # Relative times: the call's start once, then +seconds since it and the gap to the message before.
     [call] = summary["calls"]
     assert f"call {answered.call_id}\n  started {call['first']}, 14 messages over " in text
-    offsets = [float(m) for m in re.findall(r"^ +\+(\d+\.\d{3}) +Δ\d+\.\d{3}  ", text, re.M)]
+    offsets = [float(m) for m in re.findall(r"^ +\+(\d+\.\d{3}) +Δ\d+\.\d{3} \|", text, re.M)]
     assert len(offsets) == 14 and offsets[0] == 0.0 and offsets == sorted(offsets)
     assert [round(r["offset"], 3) for r in call["flow"]] == offsets
     # Certificates as a person reads them, not JSON.

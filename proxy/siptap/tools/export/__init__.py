@@ -45,6 +45,12 @@ keys) and ``<folder>.tar.gz`` of it:
     other calls). With ``--with-keys``, how many other calls (when, which request, which
     status; never their Call-IDs or parties) those keys decrypt in a raw capture; the
     command prints their Call-IDs to the operator.
+    Each call's flow is drawn as a text ladder (:mod:`siptap.tools.ladder`): E-SBC | siptap |
+    core with each leg's TLS facts, a message relayed by siptap on both legs, SDP and
+    ``a=crypto`` markers, failed responses marked.
+``ladder.html``
+    The same ladders as one self-contained HTML page with inline SVG (no script, no external
+    file, font or URL): opens offline in a browser.
 
 Nothing of an unselected call is copied: messages are filtered one by one, key entries by
 connection, SRTP lines by Call-ID, log facts by connection with an allow-list of fields.
@@ -56,7 +62,8 @@ The package, one job per module: :mod:`.captures` (the pcap sink's files, read b
 messages), :mod:`.keylog`, :mod:`.srtp_keys` and :mod:`.json_log` (the other inputs),
 :mod:`.selection` (what to export and from where), :mod:`.bundle` (the bundle's files in
 memory), :mod:`.pcapng` (``calls.pcapng``), :mod:`.summary` (``summary.json``/``.txt``),
-:mod:`.archive` (the folder and its ``.tar.gz`` on disk), :mod:`.command` (argparse and the run);
+:mod:`.legs` (which leg each flow is, for the ladder), :mod:`.archive` (the folder and its ``.tar.gz``
+on disk), :mod:`.command` (argparse and the run);
 :mod:`.addresses`, :mod:`.times` and :mod:`.errors` are what they say.
 """
 

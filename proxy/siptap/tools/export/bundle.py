@@ -12,14 +12,17 @@ from siptap.tools.export.captures import CaptureScan, Flow, Message, capture_fil
 from siptap.tools.export.errors import ExportError
 from siptap.tools.export.json_log import LogFacts, parse_json_log
 from siptap.tools.export.keylog import KeyEntry, flow_entries, parse_keylog
+from siptap.tools.export.legs import flow_legs
 from siptap.tools.export.pcapng import encode_pcapng
 from siptap.tools.export.selection import Selection, Sources, check_found
 from siptap.tools.export.srtp_keys import select_srtp_lines
 from siptap.tools.export.summary import Summary, build_summary, summary_text
 from siptap.tools.export.times import iso
+from siptap.tools.ladder.model import build_ladders
+from siptap.tools.ladder.svg import ladders_html
 
 # Every name a bundle folder may hold (keys.log only with keys): what --force may replace.
-BUNDLE_FILES = ("calls.pcapng", "keys.log", "srtp-keys.log", "summary.txt", "summary.json")
+BUNDLE_FILES = ("calls.pcapng", "keys.log", "srtp-keys.log", "summary.txt", "summary.json", "ladder.html")
 
 
 @dataclass(slots=True)
@@ -99,13 +102,16 @@ def build_bundle(sources: Sources, selection: Selection, *, keys: bool = False, 
     pcapng = encode_pcapng(chosen, scan, selection, keys_text.encode())
     summary = build_summary(sources, selection, scan, chosen, call_ids, conns, kept_entries, log_facts,
                             srtp_lines, keys=keys, also_decrypted=also)
+    ladders = build_ladders(chosen, flow_legs(by_flow, entries, log_facts))
     files = {"calls.pcapng": pcapng}
     if keys:
         files["keys.log"] = keys_text.encode()
     files |= {
         "srtp-keys.log": "".join(line + "\n" for line in srtp_lines).encode(),
-        "summary.txt": summary_text(summary).encode(),
+        "summary.txt": summary_text(summary, ladders).encode(),
         "summary.json": (json.dumps(summary, indent=2) + "\n").encode(),
+        "ladder.html": ladders_html(ladders, title=f"siptap export: {len(ladders)} call(s)",
+                                    notes=[f"selection: {selection.describe()['asked'] or _window(selection)}"]).encode(),
     }
     return Bundle(files=files, summary=summary, warnings=warnings, also_decrypted=also)
 
@@ -117,6 +123,10 @@ def _also_decrypted(scan: CaptureScan, entries: list[KeyEntry], log: LogFacts, c
     exposed = {flow for flow, picked in flow_entries(scan.messages, entries, log).items()
                if any(e.conn in conn_ids for e in picked)}
     return [c for c in group_calls(m for m in scan.messages if m.flow in exposed) if c.call_id not in selected]
+
+
+def _window(selection: Selection) -> str:
+    return f"messages between {_bound(selection.since_us)} and {_bound(selection.until_us)}"
 
 
 def _bound(ts_us: int | None) -> str:

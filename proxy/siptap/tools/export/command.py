@@ -20,7 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
         description="Select calls (by Call-ID, number, status, method and/or time window: the selectors of "
         "`siptap calls`) from siptap's captures (cleartext pcap sink, key log, SRTP keys, optionally the JSON log) "
         "and write one bundle folder plus a .tar.gz of it: calls.pcapng (just those calls' SIP messages, in "
-        "cleartext), srtp-keys.log (only those calls), summary.txt/summary.json (call flow, TLS facts) and, with "
+        "cleartext), srtp-keys.log (only those calls), summary.txt/summary.json (call flow as a ladder, TLS facts), "
+        "ladder.html (the ladders as a self-contained page for a browser) and, with "
         "--with-keys, keys.log (only the connections that carried them). Nothing from other calls is copied.",
         epilog="Paths default to the config's [mirror] section; --captures/--keylog/--srtp override it. Times are ISO "
         "8601 (no zone = UTC) or epoch seconds. A window alone exports every call's messages inside it; other "

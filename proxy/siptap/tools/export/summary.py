@@ -18,6 +18,8 @@ from siptap.tools.export.json_log import LogFacts
 from siptap.tools.export.keylog import KeyEntry
 from siptap.tools.export.selection import Selection, Sources
 from siptap.tools.export.times import iso
+from siptap.tools.ladder.model import Ladder
+from siptap.tools.ladder.text import ladder_lines
 
 
 class FlowRow(TypedDict):
@@ -201,7 +203,9 @@ def _flow_row(message: Message, entries: list[KeyEntry], start_us: int) -> FlowR
     }
 
 
-def summary_text(summary: Summary) -> str:
+def summary_text(summary: Summary, ladders: Sequence[Ladder] = ()) -> str:
+    """The summary for a person: per call its ladder (from ``ladders``: the JSON record has the
+    flow, the ladder adds the pairing of the two legs' copies and the SDP markers)."""
     sel = summary["selection"]
     lines = [f"siptap export bundle (siptap {summary['siptap_version']}, created {summary['created']})", ""]
     lines.append("selection: " + ("; ".join(
@@ -216,19 +220,17 @@ def summary_text(summary: Summary) -> str:
     lines += _keys_lines(files["keys.log"])
     lines.append(f"srtp-keys.log: {files['srtp-keys.log']['lines']} line(s)")
     lines.append("times: each call's start in UTC, then seconds since that start (+s) and since the message before (Δ)")
+    lines.append("ladders: E-SBC | siptap | core; a message siptap relayed shows twice (received, then relayed); "
+                 "=== and ✗: a response >= 400; ladder.html draws the same")
     for call in summary["calls"]:
         rows = call["flow"]
         span = rows[-1]["offset"] if rows else 0.0
         lines += ["", f"call {call['call_id']}",
                   f"  started {call['first']}, {call['messages']} messages over {duration(round(span * 1_000_000))}, "
                   f"connection(s) {', '.join(call['connections']) or '-'}"]
-        previous = 0.0
-        for row in rows:
-            arrow = f"{row['src']} -> {row['dst']}"
-            since_start, since_previous = f"+{row['offset']:.3f}", f"Δ{row['offset'] - previous:.3f}"
-            lines.append(f"  {since_start:>10} {since_previous:>9}  {row['leg'] or '-':8} {arrow:45} "
-                         f"{row['label'][:60]:60}  CSeq {row['cseq'] or '-'}")
-            previous = row["offset"]
+        ladder = next((ladder for ladder in ladders if ladder.call_id == call["call_id"]), None)
+        if ladder is not None:
+            lines += ["  " + line if line else "" for line in ladder_lines(ladder)]
     lines += ["", "TLS connections involved"]
     for conn in summary["connections"]:
         lines.append(f"  conn {conn['conn']} route {conn.get('route') or '-'}")
