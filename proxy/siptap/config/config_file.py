@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from siptap.addresses import Endpoint
+from siptap.config.listeners import check_listeners
 from siptap.config.loader import DEFAULT_PORT, INTERNAL, PARSE, TOML_NAME, Fail, Loader, choice, read_toml, tname
 from siptap.config.mirror import MirrorSettings
 from siptap.config.routes import DEFAULT_SIP_TLS_PORT, Route
@@ -91,14 +92,18 @@ def parse_config(data: dict[str, object], path: Path) -> Config:
     for index, name in enumerate(names):
         if name in names[:index]:
             raise ConfigError(str(path), f"route[{index}].name", f"route name {name!r} is used twice")
-    seen: dict[Endpoint, str] = {}
+    # Forward routes may share a listen address (config/listeners.py); a reverse route's
+    # address is its own: the core side has no routing.
+    seen: dict[Endpoint, tuple[str, bool]] = {}  # -> (route name, whether its reverse.listen)
     for index, route in enumerate(config.routes):
-        listens = [(e, "listen") for e in route.listen]
-        listens += [(e, "reverse.listen") for e in route.reverse.listen] if route.reverse else []
-        for endpoint, key in listens:
-            if endpoint in seen and endpoint.port != 0:
-                raise ConfigError(str(path), f"route[{index}].{key}", f"{endpoint} is also used by {seen[endpoint]}")
-            seen[endpoint] = f"route {route.name!r}"
+        mine = [(e, "listen", False) for e in route.listen]
+        mine += [(e, "reverse.listen", True) for e in route.reverse.listen] if route.reverse else []
+        for endpoint, key, reverse in mine:
+            other = seen.get(endpoint)
+            if other is not None and endpoint.port != 0 and (reverse or other[1] or other[0] == route.name):
+                raise ConfigError(str(path), f"route[{index}].{key}", f"{endpoint} is also used by route {other[0]!r}")
+            seen[endpoint] = (route.name, reverse)
+    check_listeners(config.routes, path)
     workers = config.worker_count
     if workers > 1:
         for index, route in enumerate(config.routes):
