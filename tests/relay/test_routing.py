@@ -19,6 +19,7 @@ from siptap.tools.lab.customer import CustomerSession, customer_context
 from siptap.tools.pki import issue_leaf
 from tests.integration.peers import free_port
 from tests.relay.harness import SiptapProcess
+from tests.relay.test_metrics import scrape
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,8 @@ ca = "{certs}/ca.pem"
 """
 
 
-def write(path: Path, *routes: str) -> Path:
-    path.write_text('drain_timeout = 5.0\n[log]\nformat = "json"\nlevel = "debug"\n' + "".join(routes))
+def write(path: Path, *routes: str, top: str = "") -> Path:
+    path.write_text(f'drain_timeout = 5.0\n{top}\n[log]\nformat = "json"\nlevel = "debug"\n' + "".join(routes))
     return path
 
 
@@ -89,6 +90,7 @@ async def test_customers_on_one_port_reach_their_cores_and_a_stranger_is_refused
                                                           f'"sha256:{sha256_fingerprint(initech)}"]'),
             # Whoever names special.example gets this route's certificate and core, whoever it is.
             route("special", port, port_b, certs, match='sni = ["special.example"]', cert="special-server"),
+            top='[metrics]\nenabled = true\naddress = "127.0.0.1:0"\n',
         )
         siptap = SiptapProcess(config)
         await siptap.start(nursery)
@@ -110,6 +112,16 @@ async def test_customers_on_one_port_reach_their_cores_and_a_stranger_is_refused
         refused = (await siptap.wait_for("connection_refused", reason="no_route"))[0]
         with trio.fail_after(10):
             assert await stranger.stream.receive_some() == b""  # close_notify, nothing relayed
+        # Counted with the other refusals, under the listener's name (no route was chosen);
+        # the handshakes that were routed, under their routes.
+        metrics_port = int((await siptap.wait_for("metrics_up"))[0]["port"])
+        wanted = {("siptap_connections_refused_total", (("reason", "no_route"), ("route", "acme|partners|special"))): 1.0}
+        wanted.update({("siptap_handshakes_total", (("leg", "customer"), ("reason", ""), ("result", "ok"),
+                                                    ("route", name))): count
+                       for name, count in (("acme", 1.0), ("partners", 2.0), ("special", 1.0))})
+        with trio.fail_after(10):
+            while {key: (await scrape(metrics_port)).get(key) for key in wanted} != wanted:
+                await trio.sleep(0.2)
         for session in (acme, globex, initech_session, special):
             await session.aclose()
         await siptap.wait_for("connection_closed", count=5)
