@@ -206,6 +206,7 @@ class App:
         self.metrics.watch_mirror(self.fanout.stats)
         fanout_publish = self.fanout.publish
         mirror_legs = config.mirror.mirror_legs
+        route_legs = {route.name: route.mirrored_legs(mirror_legs) for route in config.routes}
         publish: Publish = fanout_publish
         if observer is not None:
             def publish_and_show(event: MirrorEvent) -> bool:
@@ -213,10 +214,11 @@ class App:
                 return fanout_publish(event)
             publish = publish_and_show
             mirror_legs = mirror_legs | {"customer"}
+            route_legs = {name: legs | {"customer"} for name, legs in route_legs.items()}
         self.observer = Observer(
             publish=publish, log=self.log, mirror_legs=mirror_legs, log_settings=config.log,
             max_message_sizes={route.name: route.limits.max_sip_message for route in config.routes},
-            counts=sip_counts,
+            route_legs=route_legs, counts=sip_counts,
         )
         return LocalFeed(self.observer)
 

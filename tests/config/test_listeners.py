@@ -120,3 +120,13 @@ def test_match_keys_are_checked() -> None:
     refused(route("a", match='colour = "red"'), "route[0].match.colour", "unknown key")
     refused(route("a", match='client = ["cn:a"]', customer="verify_client = false"), "route[0].match.client",
             "needs customer.verify_client = true")
+
+
+def test_a_route_may_mirror_its_own_legs() -> None:
+    config = parse(route("a", match='client = ["cn:a"]') + route("b").replace('core = "127.0.0.1:5062"',
+                                                                             'core = "127.0.0.1:5062"\nmirror_legs = "both"'))
+    default = config.mirror.mirror_legs
+    assert default == {"customer"}
+    assert [r.mirrored_legs(default) for r in config.routes] == [{"customer"}, {"customer", "core"}]
+    refused(route("a").replace('core = "127.0.0.1:5062"', 'core = "127.0.0.1:5062"\nmirror_legs = "all"'),
+            "route[0].mirror_legs", "'all' is not one of customer, core, both")

@@ -16,6 +16,7 @@ from typing import ClassVar
 from siptap.addresses import Endpoint
 from siptap.config.allow import parse_allow_entries
 from siptap.config.loader import DEFAULTS, ONE_OR_MORE, TOML_NAME, choice
+from siptap.config.mirror import LEG_CHOICES
 
 # The six TLS_RSA_WITH_AES_* suites (OpenSSL names), strongest first. A server preferring
 # its own order with only these makes a client that lists ECDHE first still pick RSA.
@@ -215,3 +216,11 @@ class Route:
     reverse: ReverseRoute | None = None
     # Needed only where routes share a listen address; see RouteMatch.
     match: RouteMatch = RouteMatch()
+    # This route's connections: which legs' SIP is mirrored; None follows [mirror] legs.
+    mirror_legs: str | None = field(default=None, metadata=choice(*LEG_CHOICES))
+
+    def mirrored_legs(self, default: frozenset[str]) -> frozenset[str]:
+        """The legs mirrored for this route: its ``mirror_legs``, else ``default`` ([mirror] legs)."""
+        if self.mirror_legs is None:
+            return default
+        return frozenset({"customer", "core"}) if self.mirror_legs == "both" else frozenset({self.mirror_legs})
