@@ -65,3 +65,18 @@ async def test_sni_switches_certificate_client_cas_allow_list_and_suites(pki: Pa
     # The default context's CA store does not know foreign's CA.
     assert isinstance(results[2], HandshakeFailed) and results[2].reason == "unknown_ca"
     assert str(outcomes[("foreign", "localhost")]).startswith("error:")
+
+
+async def test_the_version_is_the_default_contexts_whatever_the_sni(pki: Path) -> None:
+    # Why siptap check makes the routes of one address agree on versions and key_exchange:
+    # OpenSSL picks the version before the servername callback runs, so a context chosen by SNI
+    # that allows TLS 1.3 does not get it (its suites do follow, as above).
+    server = OneShotServer(server_settings(pki))  # key_exchange "rsa": TLS 1.2 at most
+    serve_by_sni(server.ctx, {"localhost": build_server_context(server_settings(pki, key_exchange="any"))})
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery, server)
+        outcome = await attempt(port, customer_client_context(pki), "localhost")
+        facts = await server.receive.receive()
+        nursery.cancel_scope.cancel()
+    assert isinstance(facts, HandshakeFacts) and facts.version == "TLSv1.2"
+    assert outcome == ("ECDHE-RSA-AES256-GCM-SHA384", "proxy-server")
