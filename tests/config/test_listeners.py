@@ -130,3 +130,21 @@ def test_a_route_may_mirror_its_own_legs() -> None:
     assert [r.mirrored_legs(default) for r in config.routes] == [{"customer"}, {"customer", "core"}]
     refused(route("a").replace('core = "127.0.0.1:5062"', 'core = "127.0.0.1:5062"\nmirror_legs = "all"'),
             "route[0].mirror_legs", "'all' is not one of customer, core, both")
+
+
+def without_customer(text: str) -> str:
+    head, rest = text.split("[route.customer]", 1)
+    return head + "[route.core_tls]" + rest.split("[route.core_tls]", 1)[1]
+
+
+def test_a_sharing_route_may_leave_out_the_customer_block() -> None:
+    config = parse(route("a", match='client = ["cn:a"]', customer='allow = ["cn:a", "cn:b"]')
+                   + route("s", match='sni = ["S.example"], client = ["cn:s"]', cert="certs/s.pem")
+                   + without_customer(route("b", match='client = ["cn:b"]'))
+                   + without_customer(route("s2", match='sni = ["s.example"], client = ["cn:x"]')))
+    a, s, b, s2 = config.routes
+    assert b.customer == a.customer and b.customer.allow == ("cn:a", "cn:b")
+    assert s2.customer == s.customer  # the same SNI names take the same block
+    # Nothing to take it from: the loader's own error.
+    refused(route("a", listen='"127.0.0.1:5071"') + without_customer(route("b", match='client = ["cn:b"]')),
+            "route[1].customer", "missing (required)")
