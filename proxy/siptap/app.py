@@ -380,7 +380,10 @@ class App:
             # A new plan object for new connections; live sessions keep the one they were
             # accepted with (their contexts, limits, route), so a reload never disturbs a call.
             listener.plan = replace(plan)
-        added = sorted(set(new_plans) - served)
+        # Not served: a route on an address not listened on, or a reverse.listen not listened on.
+        reverse_served = {listener.name for listener in self.listeners if listener.leg == "core"}
+        added = sorted(route.name for route in config.routes if route.name not in served
+                       or (route.reverse is not None and route.name not in reverse_served))
         if added:
             self.log.warning("reload_routes_added", routes=added, detail="new listen addresses need a restart")
         self._use_watches(config)

@@ -160,7 +160,8 @@ async def test_sighup_reroutes_new_connections_and_a_live_one_keeps_its_core(cer
         # acme moves to core B, and a route for initech appears on the same address.
         write(config, route("acme", port, port_b, certs, match='client = ["cn:acme"]'),
               route("initech", port, port_a, certs, match='client = ["cn:initech"]'),
-              route("rest", port, port_b, certs, match='client = ["cn:globex"]'))
+              route("rest", port, port_b, certs, match='client = ["cn:globex"]'),
+              route("elsewhere", free_port(), port_a, certs))  # a new address: needs a restart
         siptap.signal(signal.SIGHUP)
         await siptap.wait_for("reloaded")
         fresh = await options_via(port, certs, "acme")
@@ -180,6 +181,7 @@ async def test_sighup_reroutes_new_connections_and_a_live_one_keeps_its_core(cer
         assert await siptap.stop() == 0
         nursery.cancel_scope.cancel()
     assert not siptap.find("reload_failed")
+    assert [e["routes"] for e in siptap.find("reload_routes_added")] == [["elsewhere"]]
     assert sorted(e["route"] for e in siptap.find("connection_closed") if e.get("reason") != "refused: no_route") \
         == ["acme", "acme", "initech"]
 
