@@ -79,6 +79,12 @@ def test_a_listener_wide_setting_must_agree() -> None:
             "route[1].limits.max_connections", "route 'a'")
     refused(route("a", match='client = ["cn:a"]') + route("b", customer="verify_depth = 2"),
             "route[1].customer.verify_depth")
+    # max_version as in force: with key_exchange "rsa" both are TLS 1.2, however written.
+    parse(route("a", match='client = ["cn:a"]') + route("b", customer='max_version = "TLSv1.2"', cert="certs/b.pem",
+                                                         match='sni = ["b.example"]'))
+    refused(route("a", match='client = ["cn:a"]', customer='key_exchange = "any"')
+            + route("b", customer='key_exchange = "any"\nmax_version = "TLSv1.2"', match='sni = ["b.example"]'),
+            "route[1].customer.max_version", "'TLSv1.2' here, 'TLSv1.3' in route 'a'")
 
 
 def test_one_handshake_block_per_sni_group() -> None:

@@ -114,7 +114,9 @@ def check_listeners(routes: tuple[Route, ...], path: Path) -> None:
                 fail(route, "listen", f"route {route.name!r} shares an address with route {first.name!r} "
                      f"({where}) but not all of them: routes that share a listener list the same addresses")
             for key in LISTENER_KEYS:
-                ours, theirs = getattr(route.customer, key), getattr(first.customer, key)
+                # max_version as in force (key_exchange "rsa" caps it at TLS 1.2 whatever is written).
+                attribute = "effective_max_version" if key == "max_version" else key
+                ours, theirs = getattr(route.customer, attribute), getattr(first.customer, attribute)
                 if ours != theirs:
                     fail(route, f"customer.{key}", f"{ours!r} here, {theirs!r} in route {first.name!r}: routes "
                          f"sharing {where} must agree on it (TLS settles it before the SNI or the client "
