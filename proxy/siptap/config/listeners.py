@@ -33,7 +33,7 @@ from siptap.errors import ConfigError
 # [route.customer] keys OpenSSL settles before the servername callback runs (the version is
 # negotiated, extended master secret and session resumption decided) or that it takes from
 # the first context only (verify mode and depth): one value per listen address.
-LISTENER_KEYS = ("min_version", "max_version", "key_exchange", "verify_client", "verify_depth", "resumption",
+LISTENER_KEYS = ("key_exchange", "min_version", "max_version", "verify_client", "verify_depth", "resumption",
                  "sngrep_compatible")
 # [route.limits] keys that apply before the route is known: the listener counts connections
 # before their handshake, and times the handshake.
