@@ -54,7 +54,8 @@ class RoutingTable:
                 return self._plans[route.name]
         return None
 
-    def __call__(self, facts: HandshakeFacts, log: LogWriter) -> SessionPlan | None:
+    def __call__(self, facts: HandshakeFacts | None, log: LogWriter) -> SessionPlan | None:
+        assert facts is not None  # the session calls it after a successful handshake, which leaves them
         leaf = facts.peer_chain[0] if facts.peer_chain else None
         plan = self.choose(facts.sni, leaf)
         if plan is not None:

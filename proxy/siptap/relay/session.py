@@ -107,7 +107,7 @@ class SessionPlan:
     metrics: Metrics | None = None
     # A listener shared by routes: picks the route's plan after the handshake, or refuses
     # (None). relay/routing.py's RoutingTable; None: this plan is the route.
-    router: Callable[[HandshakeFacts, LogWriter], SessionPlan | None] | None = None
+    router: Callable[[HandshakeFacts | None, LogWriter], SessionPlan | None] | None = None
 
 
 class HandshakenStream(Protocol):
@@ -227,9 +227,7 @@ async def _serve(tcp: trio.SocketStream, plan: SessionPlan, log: LogWriter) -> N
         # that was cancelled (the app's drain); a ClosedResourceError is the same shutdown.
         raise
     if plan.router is not None:  # who the customer is picks the route (relay/routing.py)
-        assert accepted.facts is not None  # a successful handshake's
-        chosen = plan.router(accepted.facts, log)
-        if chosen is None:  # logged and counted by the router
+        if (chosen := plan.router(accepted.facts, log)) is None:  # logged and counted by the router
             return await _close_early(accepted, log, started, "refused: no_route")
         plan, log = chosen, log.bind(route=chosen.route)
     # A partial, not a closure over locals: relay_session calls it once, later, and it
