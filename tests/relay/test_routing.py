@@ -187,16 +187,24 @@ async def test_sighup_reroutes_new_connections_and_a_live_one_keeps_its_core(cer
 
 
 def test_check_refuses_routes_that_cannot_share_an_address(certs: Path, tmp_path: Path) -> None:
+    port = free_port()  # check binds it for an instant
+    good = write(tmp_path / "good.toml", route("acme", port, 5062, certs, match='client = ["cn:acme"]'),
+                 route("globex", port, 5063, certs, match='sni = ["special.example"]', cert="special-server"))
+    result = subprocess.run([sys.executable, "-m", "siptap", "check", "--config", str(good)],
+                            capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == (f"{good}: OK: acme (127.0.0.1:{port} -> 127.0.0.1:5062), "
+                             f"globex (127.0.0.1:{port} -> 127.0.0.1:5063)\n")
     config = write(tmp_path / "shared.toml",
-                   route("acme", 5061, 5062, certs, match='client = ["cn:acme"]'),
-                   route("globex", 5061, 5062, certs).replace("[route.core_tls]",
+                   route("acme", port, 5062, certs, match='client = ["cn:acme"]'),
+                   route("globex", port, 5062, certs).replace("[route.core_tls]",
                                                               'key_exchange = "any"\n[route.core_tls]'))
     result = subprocess.run([sys.executable, "-m", "siptap", "check", "--config", str(config)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [
         f"siptap: error: {config}: route[1].customer.key_exchange: 'any' here, 'rsa' in route 'acme': routes sharing "
-        "127.0.0.1:5061 must agree on it (TLS settles it before the SNI or the client certificate can pick a route)"]
+        f"127.0.0.1:{port} must agree on it (TLS settles it before the SNI or the client certificate can pick a route)"]
 
 
 def _openssl_oneline(name: x509.Name) -> str:
