@@ -143,7 +143,7 @@ def test_check_bad_ciphers_named_in_their_own_section(tmp_path: Path, pki: Path)
     ("content", "problem"),
     [
         ('[[route]]\nname = "lab"\nlisten = "127.0.0.1:5061"\ncolour = "red"\n',
-         "route[0].colour: unknown key (known here: core, core_tls, customer, limits, listen, name, reverse)"),
+         "route[0].colour: unknown key (known here: core, core_tls, customer, limits, listen, match, mirror_legs, name, reverse)"),
     ],
 )
 def test_check_loader_errors(tmp_path: Path, content: str, problem: str) -> None:

@@ -28,6 +28,7 @@ import trio
 from OpenSSL import SSL
 
 from siptap.config import ClientTlsSettings, Config, Route, ServerTlsSettings, load_config
+from siptap.config.listeners import ListenerGroup, listener_groups
 from siptap.errors import CertificateError, ConfigError, ListenError, SiptapError
 from siptap.log import get_logger
 from siptap.metrics import Metrics, SipMessageCounts
@@ -37,6 +38,7 @@ from siptap.mirror.local import LocalFeed
 from siptap.mirror.observer import Observer, Publish
 from siptap.relay.fd_limit import ensure_fd_limit
 from siptap.relay.feed import MirrorFeed
+from siptap.relay.routing import listener_plan
 from siptap.relay.server import RouteListener
 from siptap.relay.session import SessionPlan
 from siptap.relay.tap import MirrorTap
@@ -133,6 +135,18 @@ def _build_plans(config: Config, route: Route, feed: MirrorFeed | None, metrics:
     return RoutePlans(forward, reverse)
 
 
+def _listener_plan(group: ListenerGroup, plans: dict[str, RoutePlans]) -> SessionPlan:
+    return listener_plan(group, {name: route_plans.forward for name, route_plans in plans.items()})
+
+
+def _same_listener(listener: RouteListener, groups: list[ListenerGroup]) -> ListenerGroup | None:
+    """The group of a reloaded config that ``listener`` serves: the same addresses (and, for
+    port-0 listeners, which are never shared, the same name)."""
+    same = [g for g in groups if set(g.listen) == set(listener.endpoints)]
+    named = [g for g in same if g.name == listener.name]
+    return named[0] if named else (same[0] if same else None)
+
+
 class App:
     """One relay process: listeners, sessions, signals, reload, drain.
 
@@ -168,12 +182,16 @@ class App:
         else:
             self.feed = self._observe_here(config, observer, sip_counts)
         self.listeners: list[RouteListener] = []
+        plans = {route.name: build_plans(config, route, self.feed, self.metrics) for route in config.routes}
+        # One customer-side listener per address, however many routes share it (relay/routing.py).
+        for group in listener_groups(config.routes):
+            self.listeners.append(RouteListener(group.name, "customer", group.listen, _listener_plan(group, plans),
+                                                group.routes[0].limits.max_connections, self.log,
+                                                reuse_port=worker is not None))
         for route in config.routes:
-            plans = build_plans(config, route, self.feed, self.metrics)
-            self.listeners.append(RouteListener(route.name, "customer", route.listen, plans.forward,
-                                                route.limits.max_connections, self.log, reuse_port=worker is not None))
-            if plans.reverse is not None and route.reverse is not None:
-                self.listeners.append(RouteListener(route.name, "core", route.reverse.listen, plans.reverse,
+            reverse = plans[route.name].reverse
+            if reverse is not None and route.reverse is not None:
+                self.listeners.append(RouteListener(route.name, "core", route.reverse.listen, reverse,
                                                     route.limits.max_connections, self.log,
                                                     reuse_port=worker is not None))
         self.shutdown_requested = trio.Event()
@@ -188,6 +206,7 @@ class App:
         self.metrics.watch_mirror(self.fanout.stats)
         fanout_publish = self.fanout.publish
         mirror_legs = config.mirror.mirror_legs
+        route_legs = {route.name: route.mirrored_legs(mirror_legs) for route in config.routes}
         publish: Publish = fanout_publish
         if observer is not None:
             def publish_and_show(event: MirrorEvent) -> bool:
@@ -195,10 +214,11 @@ class App:
                 return fanout_publish(event)
             publish = publish_and_show
             mirror_legs = mirror_legs | {"customer"}
+            route_legs = {name: legs | {"customer"} for name, legs in route_legs.items()}
         self.observer = Observer(
             publish=publish, log=self.log, mirror_legs=mirror_legs, log_settings=config.log,
             max_message_sizes={route.name: route.limits.max_sip_message for route in config.routes},
-            counts=sip_counts,
+            route_legs=route_legs, counts=sip_counts,
         )
         return LocalFeed(self.observer)
 
@@ -341,21 +361,31 @@ class App:
         except SiptapError as exc:
             self.log.error("reload_failed", detail=str(exc), kept="previous certificates and settings")
             return False
+        groups = listener_groups(config.routes)
+        served: set[str] = set()
         for listener in self.listeners:
-            plans = new_plans.get(listener.name)
-            if plans is None:
-                self.log.warning("reload_route_missing", route=listener.name, detail="route kept as it was; restart to remove it")
-                continue
-            plan = plans.forward if listener.leg == "customer" else plans.reverse
+            plan: SessionPlan | None = None
+            if listener.leg == "customer":
+                # The listener's new routing table: the routes that now list its addresses.
+                group = _same_listener(listener, groups)
+                if group is not None:
+                    plan = _listener_plan(group, new_plans)
+                    served.update(route.name for route in group.routes)
+            elif (plans := new_plans.get(listener.name)) is not None:
+                plan = plans.reverse
             if plan is None:
+                self.log.warning("reload_route_missing", route=listener.name, leg=listener.leg,
+                                 detail="listener kept as it was; restart to remove it")
                 continue
             # A new plan object for new connections; live sessions keep the one they were
-            # accepted with (their contexts, limits), so a reload never disturbs a call.
+            # accepted with (their contexts, limits, route), so a reload never disturbs a call.
             listener.plan = replace(plan)
-        unchanged = {r.name for r in self.config.routes}
-        added = sorted(set(new_plans) - unchanged)
+        # Not served: a route on an address not listened on, or a reverse.listen not listened on.
+        reverse_served = {listener.name for listener in self.listeners if listener.leg == "core"}
+        added = sorted(route.name for route in config.routes if route.name not in served
+                       or (route.reverse is not None and route.name not in reverse_served))
         if added:
-            self.log.warning("reload_routes_added", routes=added, detail="new routes and listen addresses need a restart")
+            self.log.warning("reload_routes_added", routes=added, detail="new listen addresses need a restart")
         self._use_watches(config)
         self.log.info("reloaded", routes=sorted(new_plans))
         return True

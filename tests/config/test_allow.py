@@ -29,11 +29,11 @@ def test_empty_list_allows_any_verified_certificate() -> None:
 
 
 @pytest.mark.parametrize(("entry", "problem"), [
-    ("acme", "expected cn:NAME, san:NAME or sha256:HEX"),
-    ("cn:  ", "expected cn:NAME, san:NAME or sha256:HEX"),
+    ("acme", "expected cn:NAME, san:NAME, sha256:HEX or issuer:DN"),
+    ("cn:  ", "expected cn:NAME, san:NAME, sha256:HEX or issuer:DN"),
     ("sha256:abcd", "SHA-256 fingerprint needs 64 hex digits"),
     ("sha256:" + "g" * 64, "SHA-256 fingerprint needs 64 hex digits"),
-    ("uri:sip:x", "unknown kind 'uri' (cn, san, sha256)"),
+    ("uri:sip:x", "unknown kind 'uri' (cn, san, sha256, issuer)"),
 ])
 def test_bad_entry_names_itself(entry: str, problem: str) -> None:
     with pytest.raises(ValueError, match="allow-list entry") as caught:

@@ -132,6 +132,16 @@ def test_events_carry_the_fields_of_one_pass_and_each_direction_its_side() -> No
     assert run.log.find("sip")[1]["direction"] == "core->customer"
 
 
+def test_a_routes_own_mirror_legs_override_the_mirror_section() -> None:
+    # [mirror] legs = "customer", but route "lab" mirrors both; another route follows [mirror].
+    run = Run(mirror_legs=frozenset({"customer"}), route_legs={"lab": frozenset({"customer", "core"})})
+    run.feed(OPENED, *chunks(BYE))
+    assert [e.leg.leg for e in run.of(SipEvent)] == ["customer", "core"]
+    other = Run(mirror_legs=frozenset({"customer"}), route_legs={"elsewhere": frozenset({"core"})})
+    other.feed(OPENED, *chunks(BYE))
+    assert [e.leg.leg for e in other.of(SipEvent)] == ["customer"]
+
+
 def test_an_odd_message_falls_back_to_the_full_view() -> None:
     odd = BYE.replace(b"From: <sip:alice", b"From: \xc3\xa9 <sip:alice")  # non-ASCII: read_fields declines
     run = Run().feed(OPENED, *chunks(odd))

@@ -77,6 +77,19 @@ def test_descriptors_needed_counts_two_per_connection(pki: Path, tmp_path: Path)
     assert needed == MARGIN + 2 * 300 + 2
 
 
+def test_routes_sharing_an_address_share_its_budget(pki: Path, tmp_path: Path) -> None:
+    # Three routes on one address: one listener, one max_connections (the routes agree on it).
+    text = write_config(tmp_path, pki, cores=[5062], listen='"127.0.0.1:5070"', limits="max_connections = 300",
+                        extra_route='match = { client = ["cn:a"] }').read_text()
+    route = "[[route]]" + text.split("[[route]]", 1)[1]
+    config_path = tmp_path / "shared.toml"
+    config_path.write_text(text + route.replace('name = "test"', 'name = "b"').replace('"cn:a"', '"cn:b"')
+                           + route.replace('name = "test"', 'name = "c"').replace('"cn:a"', '"cn:c"'))
+    needed, keys = descriptors_needed(load_config(config_path), with_sinks=False)
+    assert keys == ("route[0].limits.max_connections",)
+    assert needed == MARGIN + 2 * 300 + 2
+
+
 def test_soft_limit_raised_to_hard_in_a_child() -> None:
     """In a subprocess (the limit is per process): soft 64, hard 256 -> 256."""
     hard = min(256, resource.getrlimit(resource.RLIMIT_NOFILE)[1])

@@ -5,6 +5,7 @@ dotted key path (``route[0].customer.key``). The package holds one job per modul
 
 - :mod:`~siptap.config.loader`: the generic TOML-to-dataclass loader (types, metadata, paths);
 - :mod:`~siptap.config.routes`: a route's listen addresses, TLS legs, cores and limits;
+- :mod:`~siptap.config.listeners`: routes that share a listen address, and what they must agree on;
 - :mod:`~siptap.config.allow`: parsing the customer allow-list (matching it is :mod:`siptap.tls.identity`'s);
 - :mod:`~siptap.config.mirror`: the ``[mirror]`` section;
 - :mod:`~siptap.config.config_file`: the top level (:class:`Config`) and :func:`load_config`.

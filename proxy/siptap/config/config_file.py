@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from siptap.addresses import Endpoint
+from siptap.config.listeners import check_listeners
 from siptap.config.loader import DEFAULT_PORT, INTERNAL, PARSE, TOML_NAME, Fail, Loader, choice, read_toml, tname
 from siptap.config.mirror import MirrorSettings
 from siptap.config.routes import DEFAULT_SIP_TLS_PORT, Route
@@ -84,6 +85,7 @@ def load_config(path: str | Path) -> Config:
 def parse_config(data: dict[str, object], path: Path) -> Config:
     if "path" in data:
         raise ConfigError(str(path), "path", "unknown key")
+    data = _inherit_customer_blocks(data)
     config: Config = Loader(path, default_port=DEFAULT_SIP_TLS_PORT).build(Config, data, "", internal={"path": path})
     if not config.routes:
         raise ConfigError(str(path), "route", "at least one [[route]] is required")
@@ -91,14 +93,18 @@ def parse_config(data: dict[str, object], path: Path) -> Config:
     for index, name in enumerate(names):
         if name in names[:index]:
             raise ConfigError(str(path), f"route[{index}].name", f"route name {name!r} is used twice")
-    seen: dict[Endpoint, str] = {}
+    # Forward routes may share a listen address (config/listeners.py); a reverse route's
+    # address is its own: the core side has no routing.
+    seen: dict[Endpoint, tuple[str, bool]] = {}  # -> (route name, whether its reverse.listen)
     for index, route in enumerate(config.routes):
-        listens = [(e, "listen") for e in route.listen]
-        listens += [(e, "reverse.listen") for e in route.reverse.listen] if route.reverse else []
-        for endpoint, key in listens:
-            if endpoint in seen and endpoint.port != 0:
-                raise ConfigError(str(path), f"route[{index}].{key}", f"{endpoint} is also used by {seen[endpoint]}")
-            seen[endpoint] = f"route {route.name!r}"
+        mine = [(e, "listen", False) for e in route.listen]
+        mine += [(e, "reverse.listen", True) for e in route.reverse.listen] if route.reverse else []
+        for endpoint, key, reverse in mine:
+            other = seen.get(endpoint)
+            if other is not None and endpoint.port != 0 and (reverse or other[1] or other[0] == route.name):
+                raise ConfigError(str(path), f"route[{index}].{key}", f"{endpoint} is also used by route {other[0]!r}")
+            seen[endpoint] = (route.name, reverse)
+    check_listeners(config.routes, path)
     workers = config.worker_count
     if workers > 1:
         for index, route in enumerate(config.routes):
@@ -110,3 +116,37 @@ def parse_config(data: dict[str, object], path: Path) -> Config:
                                       f"{workers} workers share each listen address, so every port must be fixed: "
                                       f"route[{index}].{key} is {endpoint} (port 0 would give each worker its own port)")
     return config
+
+
+def _inherit_customer_blocks(data: dict[str, object]) -> dict[str, object]:
+    """``data`` with each ``[[route]]`` that has no ``[route.customer]`` given the block of the
+    first earlier route with the same ``listen`` and ``match.sni`` (as written): routes sharing
+    an address must repeat that block exactly (config/listeners.py), so they need not write it.
+    A route with no such earlier route stays without, and the loader says it is missing."""
+    routes = data.get("route")
+    if not isinstance(routes, list):
+        return data
+    tables = [dict(table) if isinstance(table, dict) else table for table in routes]
+    for index, table in enumerate(tables):
+        if not isinstance(table, dict) or "customer" in table:
+            continue
+        for earlier in tables[:index]:
+            if isinstance(earlier, dict) and "customer" in earlier and _sharing_key(earlier) == _sharing_key(table):
+                table["customer"] = earlier["customer"]
+                break
+    return {**data, "route": tables}
+
+
+def _sharing_key(table: dict[str, object]) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    """A raw route table's listen addresses and SNI names, as written (a lone string as a list)."""
+    match = table.get("match")
+    sni = _strings(match.get("sni", []) if isinstance(match, dict) else [])
+    return _strings(table.get("listen")), frozenset(n.lower().rstrip(".") for n in sni) if sni is not None else None
+
+
+def _strings(raw: object) -> frozenset[str] | None:
+    if isinstance(raw, str):
+        return frozenset({raw})
+    if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        return frozenset(raw)
+    return None  # not strings: the loader will say what is wrong with it

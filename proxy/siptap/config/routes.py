@@ -8,6 +8,7 @@ tables; the metadata and ``problems()`` methods carry what the field types canno
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -15,6 +16,7 @@ from typing import ClassVar
 from siptap.addresses import Endpoint
 from siptap.config.allow import parse_allow_entries
 from siptap.config.loader import DEFAULTS, ONE_OR_MORE, TOML_NAME, choice
+from siptap.config.mirror import LEG_CHOICES
 
 # The six TLS_RSA_WITH_AES_* suites (OpenSSL names), strongest first. A server preferring
 # its own order with only these makes a client that lists ECDHE first still pick RSA.
@@ -27,6 +29,7 @@ MODERN_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:ECDHE+AES:!aNULL:!eNULL
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 _TLS_ORDER = {v: i for i, v in enumerate(TLS_VERSIONS)}
 DEFAULT_SIP_TLS_PORT = 5061
+_SNI_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,45 @@ class ReverseRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """Which connections a route takes on a listen address it shares with other routes
+    (:mod:`siptap.config.listeners`): after the customer's handshake, the first route in
+    config order whose match holds is the connection's. Both keys must hold when both are
+    given; empty, the key does not narrow (a route with neither takes every connection)."""
+
+    # The verified client certificate: the allow-list's forms (cn:, san:, sha256:, issuer:).
+    client: tuple[str, ...] = ()
+    # The SNI names (exact, case-insensitive). A route without `sni` takes the connections
+    # whose SNI no route on its listener names, or that sent none (see listeners.py).
+    sni: tuple[str, ...] = ()
+
+    @property
+    def sni_names(self) -> frozenset[str]:
+        return frozenset(normalise_sni(name) for name in self.sni)
+
+    def __bool__(self) -> bool:
+        return bool(self.client or self.sni)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        try:
+            parse_allow_entries(self.client, what="entry")
+        except ValueError as exc:
+            out.append(("client", str(exc)))
+        for index, name in enumerate(self.sni):
+            if "*" in name:
+                out.append((f"sni[{index}]", f"{name!r}: wildcards are not supported; list each name"))
+            elif not _SNI_NAME.fullmatch(normalise_sni(name)):
+                out.append((f"sni[{index}]", f"{name!r} is not a host name (letters, digits, '-' and '.')"))
+        return out
+
+
+def normalise_sni(name: str) -> str:
+    """An SNI name as compared: lower case, no trailing dot (what OpenSSL hands over is ASCII)."""
+    return name.strip().rstrip(".").lower()
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     listen: tuple[Endpoint, ...] = field(metadata={ONE_OR_MORE: True})
@@ -172,3 +214,13 @@ class Route:
     core_tls: ClientTlsSettings
     limits: Limits = Limits()
     reverse: ReverseRoute | None = None
+    # Needed only where routes share a listen address; see RouteMatch.
+    match: RouteMatch = RouteMatch()
+    # This route's connections: which legs' SIP is mirrored; None follows [mirror] legs.
+    mirror_legs: str | None = field(default=None, metadata=choice(*LEG_CHOICES))
+
+    def mirrored_legs(self, default: frozenset[str]) -> frozenset[str]:
+        """The legs mirrored for this route: its ``mirror_legs``, else ``default`` ([mirror] legs)."""
+        if self.mirror_legs is None:
+            return default
+        return frozenset({"customer", "core"}) if self.mirror_legs == "both" else frozenset({self.mirror_legs})

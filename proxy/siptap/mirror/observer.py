@@ -87,6 +87,7 @@ class Observer:
         mirror_legs: frozenset[str] = frozenset({"customer"}),
         log_settings: LogSettings | None = None,
         max_message_sizes: Mapping[str, int] | None = None,
+        route_legs: Mapping[str, frozenset[str]] | None = None,
         counts: SipMessageCounts | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -94,6 +95,7 @@ class Observer:
         self._publish = publish
         self._log = log
         self._mirror_legs = mirror_legs
+        self._route_legs = dict(route_legs or {})  # a route's own mirror_legs, by route name
         self._log_messages = settings.sip_messages
         self._log_payloads = settings.sip_payloads
         self._log_key_material = settings.key_material
@@ -107,11 +109,12 @@ class Observer:
     @classmethod
     def from_config(cls, config: Config, *, publish: Publish, log: LogWriter,
                     counts: SipMessageCounts | None = None) -> Observer:
-        """The observer the mirror process runs for ``config``: its mirrored legs, log
-        settings and each route's ``max_sip_message``."""
+        """The observer the mirror process runs for ``config``: its mirrored legs (each
+        route's own ``mirror_legs``), log settings and each route's ``max_sip_message``."""
         return cls(
             publish=publish, log=log, mirror_legs=config.mirror.mirror_legs, log_settings=config.log,
             max_message_sizes={route.name: route.limits.max_sip_message for route in config.routes}, counts=counts,
+            route_legs={route.name: route.mirrored_legs(config.mirror.mirror_legs) for route in config.routes},
         )
 
     @property
@@ -201,9 +204,10 @@ class Observer:
             )
             self._connections[key] = connection
             self._unannounced.discard(key)
+        mirrored = self._route_legs.get(record.route, self._mirror_legs)
         for leg in record.legs:
             info = LegInfo(record.conn_id, record.route, leg.leg, client=leg.client, server=leg.server)
-            connection.add_leg(info, mirrored=leg.leg in self._mirror_legs)
+            connection.add_leg(info, mirrored=leg.leg in mirrored)
         for waiting in [*self._early.pop(key, ()), *connection.take_waiting()]:
             self.handle(key[0], waiting)
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass
 
-from siptap.config import Config
+from siptap.config import Config, Route
+from siptap.config.listeners import listener_groups
 from siptap.log import LogWriter
 
 # Descriptors per proxied connection: the accepted socket and the dialled one.
@@ -42,10 +43,14 @@ def descriptors_needed(config: Config, *, with_sinks: bool) -> tuple[int, tuple[
     behind it. ``with_sinks``: the mirror's sinks run in this process (the demo)."""
     needed = MARGIN
     keys = []
+    owners = _listener_owners(config)
     for index, route in enumerate(config.routes):
-        listeners = 1 if route.reverse is None else 2  # each listener admits up to max_connections
+        listeners = _listeners_of(route, owners)  # each listener admits up to max_connections
+        if listeners == 0:
+            continue
         needed += listeners * (PER_CONNECTION * route.limits.max_connections)
-        needed += len(route.listen) * 2 + (len(route.reverse.listen) * 2 if route.reverse is not None else 0)
+        needed += (len(route.listen) * 2 if route.name in owners else 0) + (
+            len(route.reverse.listen) * 2 if route.reverse is not None else 0)
         keys.append(f"route[{index}].limits.max_connections")
     if with_sinks:
         mirror = config.mirror
@@ -90,4 +95,15 @@ def ensure_fd_limit(config: Config, log: LogWriter, *, with_sinks: bool) -> FdBu
 
 
 def _connections(config: Config) -> int:
-    return sum(route.limits.max_connections * (1 if route.reverse is None else 2) for route in config.routes)
+    owners = _listener_owners(config)
+    return sum(route.limits.max_connections * _listeners_of(route, owners) for route in config.routes)
+
+
+def _listener_owners(config: Config) -> set[str]:
+    """The routes whose customer-side listener is counted: one per address, however many
+    routes share it (they share its max_connections too: config/listeners.py)."""
+    return {group.routes[0].name for group in listener_groups(config.routes)}
+
+
+def _listeners_of(route: Route, owners: set[str]) -> int:
+    return (route.name in owners) + (route.reverse is not None)

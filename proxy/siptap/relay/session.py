@@ -105,6 +105,9 @@ class SessionPlan:
     # None in tests and tools: every use below tests it, so the relay runs without
     # prometheus-client at all.
     metrics: Metrics | None = None
+    # A listener shared by routes: picks the route's plan after the handshake, or refuses
+    # (None). relay/routing.py's RoutingTable; None: this plan is the route.
+    router: Callable[[HandshakeFacts | None, LogWriter], SessionPlan | None] | None = None
 
 
 class HandshakenStream(Protocol):
@@ -223,6 +226,10 @@ async def _serve(tcp: trio.SocketStream, plan: SessionPlan, log: LogWriter) -> N
         # Re-raised, not swallowed: a cancellation works only if Cancelled reaches the scope
         # that was cancelled (the app's drain); a ClosedResourceError is the same shutdown.
         raise
+    if plan.router is not None:  # who the customer is picks the route (relay/routing.py)
+        if (chosen := plan.router(accepted.facts, log)) is None:  # logged and counted by the router
+            return await _close_early(accepted, log, started, "refused: no_route")
+        plan, log = chosen, log.bind(route=chosen.route)
     # A partial, not a closure over locals: relay_session calls it once, later, and it
     # binds only the plan and the bound log.
     try:

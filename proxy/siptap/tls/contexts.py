@@ -17,7 +17,8 @@ callback records the first verification failure, which OpenSSL's exception alone
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL, crypto
 
 from siptap.config import ClientTlsSettings, ServerTlsSettings
+from siptap.config.routes import normalise_sni
 from siptap.errors import CertificateError
 from siptap.sansio.handshake import FailureReason
 from siptap.tls.facts import CertificateCache, ContextData, HandshakeObserver
@@ -269,17 +271,43 @@ def build_server_context(settings: ServerTlsSettings, *, session_id: bytes = b"s
         _load_ca(ctx, settings.client_ca)
         # Advertise the acceptable CAs: E-SBCs holding several certificates pick by this list.
         ctx.load_client_ca(str(settings.client_ca).encode())
-        ctx.set_verify(
-            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
-            _make_verify_callback(AllowList.parse(settings.allow), certificates),
-        )
+        verify = _make_verify_callback(AllowList.parse(settings.allow), certificates)
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verify)
         ctx.set_verify_depth(settings.verify_depth)
+        data = ctx.get_app_data()
+        assert isinstance(data, ContextData)  # _new_context's
+        ctx.set_app_data(dataclasses.replace(data, verify=verify))  # the same cache, and the callback
         if settings.crl is not None:
             _use_crls(ctx, settings.crl, settings.client_ca, settings.crl_check)
     else:
         ctx.set_verify(SSL.VERIFY_NONE)
     ctx.set_keylog_callback(_keylog)
     return ctx
+
+
+def serve_by_sni(default: SSL.Context, by_name: Mapping[str, SSL.Context]) -> None:
+    """Make ``default`` switch a connection to ``by_name[SNI]`` when the client names one
+    (lower case, no trailing dot); any other name, or none, stays on ``default``.
+
+    OpenSSL calls this while it reads the ClientHello, after the version is chosen and before
+    the suite is: the switch brings the certificate and key, the CA store (client CAs and
+    CRLs), the advertised CA names and the suites; the verify callback (the allow-list) is
+    brought along here. What was settled before stays the first context's:
+    :data:`siptap.config.listeners.LISTENER_KEYS` lists those settings, which ``siptap check``
+    makes the routes of one address agree on. Set before ``default`` makes its first connection."""
+    verify_mode = default.get_verify_mode()
+
+    def switch(conn: SSL.Connection) -> None:
+        raw = conn.get_servername()
+        ctx = by_name.get(normalise_sni(raw.decode("ascii", "replace"))) if raw else None
+        if ctx is None or ctx is default:
+            return
+        conn.set_context(ctx)
+        data = ctx.get_app_data()
+        if isinstance(data, ContextData) and data.verify is not None:
+            conn.set_verify(verify_mode, data.verify)
+
+    default.set_tlsext_servername_callback(switch)
 
 
 def build_client_context(settings: ClientTlsSettings) -> SSL.Context:

@@ -12,6 +12,7 @@ failed") and the client's ClientHello.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
 
@@ -135,6 +136,9 @@ class ContextData:
 
     certificates: CertificateCache
     version_limit: str | None = None
+    # The context's verify callback: a connection the SNI switches to this context takes it
+    # along (OpenSSL keeps the first context's callback on the connection otherwise).
+    verify: Callable[..., bool] | None = None
 
 
 def _der_of(x509_ptr: object) -> bytes:

@@ -3,11 +3,14 @@
 Hostname/IP matching (RFC 6125: SANs only, a wildcard only as the whole leftmost label) for
 the core leg, and the customer allow-list. Both run inside the verify callback at depth 0 so
 a mismatch fails the handshake with an alert, as the peer expects, instead of a silent close.
+A route's ``match.client`` uses the same entries after the handshake, on the handshake's
+certificate summary (:func:`summary_matches`): one rule, two inputs.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -15,6 +18,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
 from siptap.config.allow import AllowEntries, parse_allow_entries
+from siptap.sansio.distinguished_name import common_name_of, parse_dn
+from siptap.sansio.handshake import CertificateSummary
 
 
 def common_name(cert: x509.Certificate) -> str | None:
@@ -87,10 +92,33 @@ class AllowList:
         allowed = self.entries
         if not allowed:
             return True
-        if common_name(cert) in allowed.common_names:
+        # Each part computed only when an entry of its kind could use it (the verify callback
+        # runs this per handshake).
+        return _matches(allowed, common_name(cert), subject_alt_names(cert),
+                        lambda: cert.fingerprint(hashes.SHA256()).hex(), lambda: cert.issuer.rfc4514_string())
+
+
+def summary_matches(entries: AllowEntries, leaf: CertificateSummary) -> bool:
+    """Whether a verified client certificate, as its handshake summary has it, matches any of
+    ``entries`` (a route's ``match.client``); the same rule as :meth:`AllowList.permits`."""
+    return _matches(entries, leaf.common_name, leaf.sans,
+                    lambda: leaf.sha256.replace(":", "").lower(), lambda: leaf.issuer)
+
+
+def _matches(allowed: AllowEntries, cn: str | None, sans: tuple[str, ...], sha256_hex: Callable[[], str],
+             issuer_rfc4514: Callable[[], str]) -> bool:
+    if cn is not None and cn in allowed.common_names:
+        return True
+    for san in sans:
+        lowered = san.lower()
+        if lowered in allowed.sans or lowered.partition(":")[2] in allowed.sans:
             return True
-        for san in subject_alt_names(cert):
-            lowered = san.lower()
-            if lowered in allowed.sans or lowered.partition(":")[2] in allowed.sans:
-                return True
-        return cert.fingerprint(hashes.SHA256()).hex() in allowed.fingerprints
+    if allowed.fingerprints and sha256_hex() in allowed.fingerprints:
+        return True
+    if allowed.issuers or allowed.issuer_common_names:
+        try:
+            issuer = parse_dn(issuer_rfc4514())
+        except ValueError:  # pragma: no cover - cryptography writes RFC 4514, which parses
+            return False
+        return issuer in allowed.issuers or common_name_of(issuer) in allowed.issuer_common_names
+    return False
