@@ -50,6 +50,7 @@ from siptap.relay.upstream import connect_first
 from siptap.sansio import chunk_records
 from siptap.sansio.chunk_records import FROM_ACCEPTED, FROM_DIALLED, LegAddresses
 from siptap.sansio.handshake import HandshakeFacts
+from siptap.tls.ocsp_check import OcspChecker
 from siptap.tls.stream import OpenSSLStream
 
 # (host, port) only: an IPv6 sockaddr's flow info and scope id are dropped (_addr), as
@@ -105,6 +106,9 @@ class SessionPlan:
     # None in tests and tools: every use below tests it, so the relay runs without
     # prometheus-client at all.
     metrics: Metrics | None = None
+    # OCSP per leg (README "Revocation (OCSP)"); None: ocsp = "off".
+    accepted_ocsp: OcspChecker | None = None
+    dialled_ocsp: OcspChecker | None = None
 
 
 class HandshakenStream(Protocol):
@@ -200,6 +204,10 @@ async def _serve(tcp: trio.SocketStream, plan: SessionPlan, log: LogWriter) -> N
         # Bounded: a client that connects and says nothing (a port scanner, a stuck E-SBC)
         # must not hold a socket and a task for ever; it ends as reason "timeout".
         await accepted.do_handshake(plan.limits.handshake_timeout)
+        # After the handshake, before anything is dialled: a responder may take a round trip
+        # (bounded by ocsp_timeout), and a refusal is a handshake failure like any other.
+        if plan.accepted_ocsp is not None:
+            await plan.accepted_ocsp.enforce(accepted, log)
     # tls/ maps OpenSSL's failure to a stable reason (README "Failed handshakes"): that
     # reason, not OpenSSL's text, is the metric label and the log field operators alert on.
     except HandshakeFailed as exc:
@@ -242,7 +250,7 @@ async def dial_upstream(plan: SessionPlan, log: LogWriter) -> DialledLeg:
     stream, upstream = await connect_first(
         plan.upstreams, plan.client_context, plan.client_settings,
         connect_timeout=plan.limits.connect_timeout, handshake_timeout=plan.limits.handshake_timeout,
-        log=log, leg=plan.dialled_leg, on_failure=_failure_counter(plan),
+        log=log, leg=plan.dialled_leg, on_failure=_failure_counter(plan), ocsp=plan.dialled_ocsp,
     )
     # The addresses of the TCP connection under the TLS: the opened record and the pcap
     # sink need the real 4-tuple of the dialled leg.

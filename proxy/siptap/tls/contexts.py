@@ -32,6 +32,7 @@ from siptap.errors import CertificateError
 from siptap.sansio.handshake import FailureReason
 from siptap.tls.facts import CertificateCache, ContextData, HandshakeObserver
 from siptap.tls.identity import AllowList, common_name, matches_hostname
+from siptap.tls.ocsp_check import request_staples
 from siptap.tls.pem import key_matches_certificate, load_certificate_chain, load_crls, load_private_key
 
 _VERSIONS = {
@@ -285,6 +286,8 @@ def build_server_context(settings: ServerTlsSettings, *, session_id: bytes = b"s
 def build_client_context(settings: ClientTlsSettings) -> SSL.Context:
     """The core-facing client: verifies the core, presents siptap's client certificate."""
     ctx = _new_context(settings.min_version, settings.max_version, settings.ciphers)
+    if settings.ocsp != "off":
+        request_staples(ctx)
     if settings.tls13_ciphersuites:
         ctx.set_tls13_ciphersuites(settings.tls13_ciphersuites.encode())
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)

@@ -16,8 +16,11 @@ path), one request per connection. ``requests`` counts the OCSP requests answere
 
 from __future__ import annotations
 
+import argparse
 import base64
+import sys
 import urllib.parse
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -39,13 +42,15 @@ _IO_TIMEOUT = 10.0  # a client that stalls mid-request is dropped
 class LabOcspResponder:
     """Answers OCSP requests for the lab CA in ``directory``."""
 
-    def __init__(self, directory: Path, *, validity: timedelta = timedelta(hours=1), delay: float = 0.0) -> None:
+    def __init__(self, directory: Path, *, validity: timedelta = timedelta(hours=1), delay: float = 0.0,
+                 report: Callable[[str], None] | None = None) -> None:
         self.directory = Path(directory)
         self.ca = load_certificate_chain(self.directory / "ca.pem")[0]
         key = load_private_key(self.directory / "ca.key")
         self._key: CertificateIssuerPrivateKeyTypes = key  # type: ignore[assignment]  # the lab CA's key: RSA or EC
         self.validity = validity
         self.delay = delay
+        self.report = report  # one line per answer (the CLI prints them)
         self.requests = 0
 
     def revoked(self) -> dict[int, datetime]:
@@ -77,6 +82,8 @@ class LabOcspResponder:
             return _unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
         now = now or datetime.now(UTC)
         revoked_on = self.revoked().get(request.serial_number)
+        if self.report is not None:
+            self.report(f"serial {request.serial_number:X}: {'revoked' if revoked_on else 'good'}")
         builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
             issuer_name_hash=request.issuer_name_hash, issuer_key_hash=request.issuer_key_hash,
             serial_number=request.serial_number, algorithm=algorithm,
@@ -139,3 +146,25 @@ class LabOcspResponder:
 
 def _unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
     return ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(serialization.Encoding.DER)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """``siptap certs ocsp``: serve until Ctrl-C (the CLI turns a bad folder into one error line)."""
+    from siptap.config.loader import Loader
+
+    listen = Loader(Path("--listen"), default_port=8888).endpoint(args.listen, "--listen", default_port=8888)
+    if args.validity <= 0 or args.delay < 0:
+        print("siptap: error: --validity must be positive and --delay not negative", file=sys.stderr)
+        return 2
+    responder = LabOcspResponder(args.dir, validity=timedelta(minutes=args.validity), delay=args.delay,
+                                 report=lambda line: print(line, flush=True))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(responder.serve, listen.host, listen.port)
+            host = f"[{listen.host}]" if ":" in listen.host else listen.host
+            print(f"lab OCSP responder for {responder.ca.subject.rfc4514_string()} on http://{host}:{port}/ "
+                  f"(revoked: what {args.dir / 'crl.pem'} lists; answers valid {args.validity:g} min)", flush=True)
+
+    trio.run(main)
+    return 0
