@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import trio
 from cryptography import x509
 from OpenSSL import SSL
 
@@ -82,6 +83,14 @@ class OcspOutcome:
     detail: str
 
 
+@dataclass(slots=True)
+class _Asking:
+    """A request under way, and its outcome once it is known (None if it was cancelled)."""
+
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    outcome: OcspOutcome | None = None
+
+
 class OcspChecker:
     """One leg's OCSP check (``policy`` "soft" or "hard"; "off" builds no checker)."""
 
@@ -99,6 +108,11 @@ class OcspChecker:
         self.cache = cache if cache is not None else OcspCache()
         self._fetch = fetch or self._post
         self._clock = clock or (lambda: datetime.now(UTC))
+        # One request per certificate at a time: a trunk whose connections all come back at
+        # once (siptap restarted, a failover) asks the responder once, and the others share
+        # its outcome, good or not, instead of each sending the same request (and, with a
+        # responder down, each waiting out its own timeout in turn).
+        self._asking: dict[CertId, _Asking] = {}
 
     async def _post(self, url: str, request: bytes) -> bytes:
         return await fetch_ocsp(url, request, timeout=self.timeout)
@@ -121,10 +135,25 @@ class OcspChecker:
                     self.cache.put(key, answer, self._clock())
                     return OcspOutcome(answer.status, "staple", f"stapled: {answer.describe()}")
                 problems.append("stapled response: status unknown")
+        while (asking := self._asking.get(key)) is not None:
+            await asking.done.wait()  # bounded: the request under way has its own timeout
+            if asking.outcome is not None:
+                return asking.outcome
+            # The asking handshake was cancelled (its connection went away): ask anew.
         cached = self.cache.get(key, self._clock())
         if cached is not None:
             return OcspOutcome(cached.status, "cache", f"cached until {cached.next_update:%Y-%m-%d %H:%M:%S} UTC: "
                                f"{cached.describe()}")
+        self._asking[key] = asking = _Asking()
+        try:
+            asking.outcome = await self._ask(leaf, issuer, key, problems)
+            return asking.outcome
+        finally:
+            del self._asking[key]
+            asking.done.set()
+
+    async def _ask(self, leaf: x509.Certificate, issuer: x509.Certificate, key: CertId,
+                   problems: list[str]) -> OcspOutcome:
         url = self.url or next(iter(responder_urls(leaf)), None)
         if url is None:
             problems.append("the certificate names no OCSP responder (AIA) and ocsp_url is not set")
@@ -145,7 +174,8 @@ class OcspChecker:
         """Check the peer of a handshaken ``stream``: return to let it in, raise HandshakeFailed
         (``ocsp_revoked``, or ``ocsp_unavailable`` under ``hard``) to refuse it."""
         chain = stream.verified_chain()
-        outcome = await self.status(chain, stream.ocsp_staple)
+        staple, stream.ocsp_staple = stream.ocsp_staple, None  # not kept for the connection's life
+        outcome = await self.status(chain, staple)
         whose = "client" if stream.server_side else "server"
         subject = chain[0].subject.rfc4514_string() if chain else "?"
         result = outcome.result

@@ -52,6 +52,8 @@ class LabOcspResponder:
         self.delay = delay
         self.report = report  # one line per answer (the CLI prints them)
         self.requests = 0
+        # When set, answers wait until the event is set (tests hold requests in flight with it).
+        self.hold: trio.Event | None = None
 
     def revoked(self) -> dict[int, datetime]:
         """Serial -> revocation date, from ``crl.pem`` (when this CA signed it)."""
@@ -136,6 +138,8 @@ class LabOcspResponder:
         self.requests += 1
         if self.delay:
             await trio.sleep(self.delay)
+        if self.hold is not None:
+            await self.hold.wait()
         answer = self.respond(body)
         headers = [("Content-Type", "application/ocsp-response"), ("Content-Length", str(len(answer))),
                    ("Connection", "close")]
