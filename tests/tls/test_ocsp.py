@@ -20,7 +20,9 @@ from siptap.tls.pem import load_certificate_chain, load_private_key
 from siptap.tools.ocsp_responder import LabOcspResponder
 from siptap.tools.pki import issue_leaf, revoke
 
-NOW = datetime.now(UTC).replace(microsecond=0)  # GeneralizedTime has whole seconds
+# One instant for every response built and checked here (collection may precede a test by minutes);
+# whole seconds, as GeneralizedTime has.
+NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def test_the_lab_responder_says_good_and_revoked(own_pki: Path) -> None:
     assert good.status == "good" and good.responder == ca.subject.rfc4514_string()
     assert good.next_update is not None and good.next_update - NOW == timedelta(hours=1)
     gone = cert(own_pki, "gone")
-    revoked = check_response(responder.respond(build_request(gone, ca)), gone, ca, now=NOW)
+    revoked = check_response(responder.respond(build_request(gone, ca), now=NOW), gone, ca, now=NOW)
     assert revoked.status == "revoked" and revoked.revocation_time is not None
     assert revoked.describe().startswith("revoked on ")
 
