@@ -6,6 +6,7 @@ core that staples its response (`openssl s_server -status_file`)."""
 from __future__ import annotations
 
 import shutil
+import signal
 import ssl
 import urllib.request
 from datetime import timedelta
@@ -100,6 +101,32 @@ async def test_good_then_cached_and_revoked_refused(own_pki: Path, tmp_path: Pat
     assert 'siptap_ocsp_checks_total{leg="customer",result="good",route="test",source="cache"} 1.0' in counted
     assert 'siptap_ocsp_checks_total{leg="customer",result="revoked",route="test",source="responder"} 1.0' in counted
     assert any('reason="ocsp_revoked"' in line and line.endswith(" 1.0") for line in handshakes), handshakes
+
+
+async def test_sighup_forgets_cached_answers(own_pki: Path, tmp_path: Path) -> None:
+    """A good answer is cached for an hour; after `siptap certs revoke` a SIGHUP makes the
+    next connection ask again, and the revoked customer is refused at once."""
+    responder = LabOcspResponder(own_pki, validity=timedelta(hours=1))
+    async with trio.open_nursery() as nursery:
+        ocsp_port = await nursery.start(responder.serve)
+        issue_leaf(own_pki, "late", usage="client")
+        core, core_port = await start_lab_core(nursery, own_pki)
+        siptap = SiptapProcess(write_config(tmp_path, own_pki, cores=[core_port],
+                                            customer=f'ocsp = "soft"\nocsp_url = "http://127.0.0.1:{ocsp_port}/"'))
+        await siptap.start(nursery)
+        port = await siptap.port()
+        await relayed(port, own_pki, "late")
+        revoke(own_pki, "late")
+        await relayed(port, own_pki, "late")  # still the cached good answer
+        assert responder.requests == 1
+        siptap.signal(signal.SIGHUP)
+        await siptap.wait_for("reloaded")
+        failed = await refused(siptap, port, own_pki, "late")
+        assert responder.requests == 2
+        assert await siptap.stop() == 0
+        nursery.cancel_scope.cancel()
+    assert failed["reason"] == "ocsp_revoked"
+    assert [e["source"] for e in siptap.find("ocsp_good")] == ["responder", "cache"]
 
 
 @pytest.mark.parametrize("policy", ["soft", "hard"])
