@@ -129,6 +129,57 @@ async def test_sighup_forgets_cached_answers(own_pki: Path, tmp_path: Path) -> N
     assert [e["source"] for e in siptap.find("ocsp_good")] == ["responder", "cache"]
 
 
+def handshake_twice(port: int, pki: Path, cert: str) -> list[bool]:
+    """Two TLS connections as ``cert``, the second resuming the first's session; whether
+    each was resumed. Blocking (the standard library's ssl: trio's SSLStream cannot resume)."""
+    import socket
+
+    ctx = customer_context(pki, cert=cert)
+    reused, session = [], None
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+            tls.sendall(b"\r\n\r\n")  # a keepalive: the connection is relayed, not refused
+            reused.append(tls.session_reused)
+            session = tls.session
+            try:
+                tls.unwrap()  # close_notify: a session ended cleanly stays resumable
+            except (ssl.SSLError, OSError):
+                pass  # the core's pong, or siptap's close, crossed our close_notify
+    return reused
+
+
+@pytest.mark.parametrize("cert", ["customer", "gone"])
+async def test_resumed_sessions_are_checked_too(own_pki: Path, tmp_path: Path, cert: str) -> None:
+    """With resumption = true a resumed session has no verified chain; siptap still checks
+    the session's certificate (its issuer remembered from the full handshake): good stays
+    good from the cache, and a revoked client cannot get in by resuming the session of the
+    connection it was refused on."""
+    issue_leaf(own_pki, "gone", usage="client")
+    revoke(own_pki, "gone")
+    responder = LabOcspResponder(own_pki)
+    async with trio.open_nursery() as nursery:
+        ocsp_port = await nursery.start(responder.serve)
+        core, core_port = await start_lab_core(nursery, own_pki)
+        siptap = SiptapProcess(write_config(
+            tmp_path, own_pki, cores=[core_port],
+            customer=f'resumption = true\nocsp = "hard"\nocsp_url = "http://127.0.0.1:{ocsp_port}/"'))
+        await siptap.start(nursery)
+        port = await siptap.port()
+        reused = await trio.to_thread.run_sync(handshake_twice, port, own_pki, cert)
+        await siptap.wait_for("connection_closed", count=2)
+        assert await siptap.stop() == 0
+        nursery.cancel_scope.cancel()
+    assert reused == [False, True]
+    assert responder.requests == 1  # the resumed session's answer came from the cache
+    if cert == "customer":
+        assert [e["source"] for e in siptap.find("ocsp_good")] == ["responder", "cache"]
+        assert siptap.find("handshake_failed") == []
+    else:
+        assert [e["reason"] for e in siptap.find("handshake_failed")] == ["ocsp_revoked"] * 2
+        assert core.connections == 0
+
+
 @pytest.mark.parametrize("policy", ["soft", "hard"])
 async def test_responder_down(own_pki: Path, tmp_path: Path, policy: str) -> None:
     dead = trio.socket.socket()

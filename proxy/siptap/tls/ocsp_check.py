@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 
 import trio
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from OpenSSL import SSL
 
 from siptap.config import ClientTlsSettings, ServerTlsSettings
@@ -113,6 +114,11 @@ class OcspChecker:
         # its outcome, good or not, instead of each sending the same request (and, with a
         # responder down, each waiting out its own timeout in turn).
         self._asking: dict[CertId, _Asking] = {}
+        # Each checked certificate's issuer, by the certificate's SHA-256: a resumed session
+        # brings only the peer's certificate (no verified chain), and its issuer is the one
+        # found when that session's full handshake was checked, in this process (a session
+        # or ticket never outlives its context, nor this checker built with it).
+        self._issuers: OrderedDict[bytes, x509.Certificate] = OrderedDict()
 
     async def _post(self, url: str, request: bytes) -> bytes:
         return await fetch_ocsp(url, request, timeout=self.timeout)
@@ -120,6 +126,7 @@ class OcspChecker:
     async def status(self, chain: Sequence[x509.Certificate], staple: bytes | None) -> OcspOutcome:
         """What OCSP says about ``chain[0]`` (issued by ``chain[1]``); never raises for the
         responder's or the peer's behaviour."""
+        chain = self._with_issuer(chain)
         if len(chain) < 2:
             return OcspOutcome("unavailable", "none", "no issuer certificate in the verified chain to ask about")
         leaf, issuer = chain[0], chain[1]
@@ -151,6 +158,21 @@ class OcspChecker:
         finally:
             del self._asking[key]
             asking.done.set()
+
+    def _with_issuer(self, chain: Sequence[x509.Certificate]) -> Sequence[x509.Certificate]:
+        """``chain``, completed with the remembered issuer when it is the leaf alone (a resumed
+        session); a full chain's issuer is remembered (bounded like the cache)."""
+        if not chain:
+            return chain
+        fingerprint = chain[0].fingerprint(hashes.SHA256())
+        if len(chain) >= 2:
+            self._issuers[fingerprint] = chain[1]
+            self._issuers.move_to_end(fingerprint)
+            while len(self._issuers) > self.cache.maxsize:
+                self._issuers.popitem(last=False)
+            return chain
+        issuer = self._issuers.get(fingerprint)
+        return [chain[0], issuer] if issuer is not None else chain
 
     async def _ask(self, leaf: x509.Certificate, issuer: x509.Certificate, key: CertId,
                    problems: list[str]) -> OcspOutcome:

@@ -264,10 +264,14 @@ class OpenSSLStream(trio.abc.Stream):
         self._record_io.renew_bios()
 
     def verified_chain(self) -> list[x509.Certificate]:
-        """The peer's verified chain, leaf first, up to the trusted CA (empty when the peer
-        was not verified or the session was resumed): what an OCSP check asks about."""
+        """The peer's verified chain, leaf first, up to the trusted CA: what an OCSP check asks
+        about. A resumed session has no verified chain (nothing was verified this time): then
+        only the peer's certificate, which the session keeps; empty without a peer certificate."""
         chain = self._conn.get_verified_chain(as_cryptography=True)
-        return list(chain) if chain else []
+        if chain:
+            return list(chain)
+        peer = self._conn.get_peer_certificate(as_cryptography=True)
+        return [peer] if peer is not None else []
 
     async def _ensure_handshake(self) -> None:
         """Implicit handshake for send/receive: a failure is a broken stream, as trio expects."""
