@@ -38,13 +38,14 @@ from siptap.mirror.local import LocalFeed
 from siptap.mirror.observer import Observer, Publish
 from siptap.relay.fd_limit import ensure_fd_limit
 from siptap.relay.feed import MirrorFeed
+from siptap.relay.plan import SessionPlan
 from siptap.relay.routing import listener_plan
 from siptap.relay.server import RouteListener
-from siptap.relay.session import SessionPlan
 from siptap.relay.tap import MirrorTap
 from siptap.tls.cert_watch import CertificateWatch, certificate_entries
 from siptap.tls.contexts import build_client_context, build_server_context
 from siptap.tls.crl_watch import CrlWatch, crl_entries
+from siptap.tls.ocsp_check import checker_for
 
 # Multiprocess metrics: how often a worker copies its mirror counters into the shared files.
 MIRROR_METRICS_INTERVAL = 1.0
@@ -120,7 +121,9 @@ def _build_plans(config: Config, route: Route, feed: MirrorFeed | None, metrics:
         route=route.name, accepted_leg="customer", dialled_leg="core",
         server_context=_context("customer", build_server_context, route.customer, session_id=session_id),
         client_context=_context("core_tls", build_client_context, route.core_tls), client_settings=route.core_tls,
-        upstreams=route.cores, limits=route.limits, log_settings=config.log, **extra,
+        upstreams=route.cores, limits=route.limits, log_settings=config.log,
+        accepted_ocsp=checker_for(route.customer, route=route.name, leg="customer", metrics=metrics),
+        dialled_ocsp=checker_for(route.core_tls, route=route.name, leg="core", metrics=metrics), **extra,
     )
     reverse = None
     if route.reverse is not None:
@@ -130,7 +133,9 @@ def _build_plans(config: Config, route: Route, feed: MirrorFeed | None, metrics:
             server_context=_context("reverse.core_side", build_server_context, rev.core_side, session_id=session_id),
             client_context=_context("reverse.customer_tls", build_client_context, rev.customer_tls),
             client_settings=rev.customer_tls,
-            upstreams=rev.customers, limits=route.limits, log_settings=config.log, **extra,
+            upstreams=rev.customers, limits=route.limits, log_settings=config.log,
+            accepted_ocsp=checker_for(rev.core_side, route=route.name, leg="core", metrics=metrics),
+            dialled_ocsp=checker_for(rev.customer_tls, route=route.name, leg="customer", metrics=metrics), **extra,
         )
     return RoutePlans(forward, reverse)
 

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--san", action="append", metavar="NAME",
                       help="SAN (DNS name or IP) for the server certificates; repeat; default: localhost 127.0.0.1 ::1")
     init.add_argument("--days", type=int, default=825, help="leaf validity in days (default: %(default)s)")
+    init.add_argument("--ocsp-url", metavar="URL", help="put this OCSP responder in every leaf's AIA "
+                      "(e.g. http://127.0.0.1:8888/ for `siptap certs ocsp`)")
 
     issue = certs_sub.add_parser("issue", parents=[common], help="mint one extra leaf signed by the lab CA (or a new foreign CA)",
                                  description="Mint an extra leaf, e.g. expired, wrong-EKU or foreign-CA ones for tests.")
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--ec", action="store_true", help="P-256 key instead of RSA-2048")
     issue.add_argument("--san", action="append", metavar="NAME", help="SAN (DNS name or IP); repeat")
     issue.add_argument("--force", action="store_true", help="overwrite existing files")
+    issue.add_argument("--ocsp-url", metavar="URL", help="put this OCSP responder in the leaf's AIA")
 
     revoke = certs_sub.add_parser("revoke", parents=[common], help="revoke a leaf: (re)write crl.pem signed by the lab CA",
                                   description="Add NAME.pem's serial to the lab CA's CRL (crl.pem, cumulative) and re-sign "
@@ -104,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--name", action="append", metavar="NAME", help="file stem of the certificate to revoke; repeat")
     revoke.add_argument("--dir", type=Path, default=Path("certs"), help="folder with ca.pem/ca.key (default: %(default)s)")
     revoke.add_argument("--days", type=int, default=30, help="nextUpdate in days from now (default: %(default)s)")
+    ocsp = certs_sub.add_parser("ocsp", parents=[common], help="run a lab OCSP responder for the lab CA (revoked: crl.pem)",
+                                description="Answer OCSP requests for the lab CA: revoked if crl.pem lists the "
+                                "certificate (`siptap certs revoke`), else good. Runs until Ctrl-C.")
+    ocsp.add_argument("--dir", type=Path, default=Path("certs"), help="folder with ca.pem/ca.key (default: %(default)s)")
+    ocsp.add_argument("--listen", default="127.0.0.1:8888", metavar="HOST:PORT",
+                      help="where to listen; port 0 picks a free one (default: %(default)s)")
+    ocsp.add_argument("--validity", type=float, default=60.0, metavar="MINUTES",
+                      help="nextUpdate this many minutes after each answer (default: %(default)s)")
+    ocsp.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
+                      help="answer this late (to show siptap's ocsp_timeout; default: %(default)s)")
     from siptap.tools.probe import add_parser as add_probe_parser
 
     add_probe_parser(sub, common)
@@ -211,7 +224,7 @@ def _certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.certs_command == "init":
         sans = tuple(args.san) if args.san else pki.DEFAULT_SANS
         try:
-            written = pki.init_lab_pki(args.dir, force=args.force, sans=sans, days=args.days)
+            written = pki.init_lab_pki(args.dir, force=args.force, sans=sans, days=args.days, ocsp_url=args.ocsp_url)
         except ValueError as exc:
             _error(str(exc))
             return EXIT_USAGE
@@ -224,6 +237,7 @@ def _certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 args.dir, args.name, usage=args.usage, days=args.days, expired=args.expired,
                 not_yet_valid=args.not_yet_valid, sans=tuple(args.san) if args.san else pki.DEFAULT_SANS,
                 key_type="ec" if args.ec else "rsa", self_ca=args.foreign_ca, force=args.force,
+                ocsp_url=args.ocsp_url,
             )
         except ValueError as exc:
             _error(str(exc))
@@ -240,6 +254,10 @@ def _certs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"wrote {path} ({len(serials)} revoked: {', '.join(f'{s:X}' for s in serials) or 'none'}; "
               f"next update in {args.days} days)")
         return EXIT_OK
+    if args.certs_command == "ocsp":
+        from siptap.tools.ocsp_responder import run_from_args
+
+        return run_from_args(args)
     parser.parse_args(["certs", "--help"])
     return EXIT_USAGE
 

@@ -168,6 +168,9 @@ class Metrics:
         else:
             self.sip_messages = Counter(SipMessageCounts.NAME, SipMessageCounts.HELP,
                                         ["route", "direction", "kind"], registry=r)
+        self.ocsp_checks = Counter("siptap_ocsp_checks", "OCSP checks by leg, result (good, revoked, "
+                                   "unavailable_allowed, unavailable_refused) and source of the answer",
+                                   ["route", "leg", "result", "source"], registry=r)
         self.bytes = Counter("siptap_relayed_bytes", "Bytes relayed", ["route", "direction"], registry=r)
         self.failovers = Counter("siptap_upstream_failovers", "Upstream attempts that failed and moved on",
                                  ["route", "leg"], registry=r)

@@ -11,7 +11,7 @@ from OpenSSL import SSL
 from siptap.config import ClientTlsSettings, Limits, LogSettings
 from siptap.mirror.events import MirrorEvent
 from siptap.relay.feed import MirrorFeed
-from siptap.relay.session import SessionPlan
+from siptap.relay.plan import SessionPlan
 from siptap.sansio import chunk_records
 from siptap.sansio.handshake import HandshakeFacts
 

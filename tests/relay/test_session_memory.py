@@ -24,7 +24,8 @@ from siptap.errors import UpstreamError
 from siptap.mirror.events import ConnectionClosed, KeyEvent, SipEvent, SrtpKeyEvent
 from siptap.mirror.local import LocalFeed
 from siptap.mirror.observer import Observer
-from siptap.relay.session import Dial, DialledLeg, SessionPlan, relay_session
+from siptap.relay.plan import SessionPlan
+from siptap.relay.session import Dial, DialledLeg, relay_session
 from siptap.sansio import chunk_records
 from siptap.sansio.chunk_records import FROM_ACCEPTED, FROM_DIALLED
 from tests.relay.memory import (

@@ -17,6 +17,7 @@ from siptap.addresses import Endpoint
 from siptap.config.allow import parse_allow_entries
 from siptap.config.loader import DEFAULTS, ONE_OR_MORE, TOML_NAME, choice
 from siptap.config.mirror import LEG_CHOICES
+from siptap.config.ocsp import DEFAULT_OCSP_TIMEOUT, OCSP_POLICIES, ocsp_problems
 
 # The six TLS_RSA_WITH_AES_* suites (OpenSSL names), strongest first. A server preferring
 # its own order with only these makes a client that lists ECDHE first still pick RSA.
@@ -53,6 +54,10 @@ class ServerTlsSettings:
     # PEM file of one or more CRLs, each signed by a CA in client_ca; reloaded on SIGHUP.
     crl: Path | None = None
     crl_check: str = field(default="leaf", metadata=choice("leaf", "chain"))  # chain: every CA too
+    # OCSP for the client's certificate (siptap.tls.ocsp_check): off, soft or hard.
+    ocsp: str = field(default="off", metadata=choice(*OCSP_POLICIES))
+    ocsp_url: str | None = None  # the responder; default: the certificate's AIA
+    ocsp_timeout: float = DEFAULT_OCSP_TIMEOUT
 
     @property
     def effective_ciphers(self) -> str:
@@ -84,6 +89,8 @@ class ServerTlsSettings:
             out.append(("verify_depth", "must be between 1 and 10"))
         if self.crl is not None and not self.verify_client:
             out.append(("crl", "a CRL needs verify_client = true"))
+        out += ocsp_problems(self.ocsp, self.ocsp_url, self.ocsp_timeout, verifying=self.verify_client,
+                             verify_key="verify_client")
         try:
             parse_allow_entries(self.allow)
         except ValueError as exc:
@@ -109,6 +116,10 @@ class ClientTlsSettings:
     allow_insecure_key_permissions: bool = False
     crl: Path | None = None  # CRLs for the peer's certificate, each signed by a CA in `ca`
     crl_check: str = field(default="leaf", metadata=choice("leaf", "chain"))
+    # OCSP for the server's certificate; its stapled response is accepted (status_request).
+    ocsp: str = field(default="off", metadata=choice(*OCSP_POLICIES))
+    ocsp_url: str | None = None
+    ocsp_timeout: float = DEFAULT_OCSP_TIMEOUT
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -118,6 +129,7 @@ class ClientTlsSettings:
             out.append(("crl", "a CRL needs verify = true and a `ca` bundle whose CA signed it"))
         if (self.cert is None) != (self.key is None):
             out.append(("key" if self.key is None else "cert", "cert and key go together: give both or neither"))
+        out += ocsp_problems(self.ocsp, self.ocsp_url, self.ocsp_timeout, verifying=self.verify, verify_key="verify")
         return out
 
 

@@ -22,7 +22,7 @@ from siptap.config.allow import AllowEntries, parse_allow_entries
 from siptap.config.listeners import ListenerGroup
 from siptap.config.routes import normalise_sni
 from siptap.log import LogWriter
-from siptap.relay.session import SessionPlan
+from siptap.relay.plan import SessionPlan
 from siptap.sansio.handshake import CertificateSummary, HandshakeFacts
 from siptap.tls.contexts import serve_by_sni
 from siptap.tls.identity import summary_matches

@@ -26,7 +26,8 @@ from siptap.config import Endpoint
 from siptap.errors import ListenError
 from siptap.log import LogWriter
 from siptap.relay.accept import ConnectionEnded, accept_loop
-from siptap.relay.session import SessionPlan, peer_address, run_session
+from siptap.relay.plan import SessionPlan
+from siptap.relay.session import peer_address, run_session
 from siptap.relay.sockets import tune_socket
 
 

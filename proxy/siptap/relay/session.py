@@ -34,18 +34,17 @@ import itertools
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
-from OpenSSL import SSL
 
-from siptap.config import ClientTlsSettings, Limits, LogSettings, Upstream
+from siptap.config import Upstream
 from siptap.errors import HandshakeFailed, UpstreamError
 from siptap.log import LogWriter
-from siptap.metrics import Metrics
-from siptap.relay.feed import MirrorFeed, NullFeed
+from siptap.relay.feed import MirrorFeed
 from siptap.relay.heap import HEAP
+from siptap.relay.plan import SessionPlan
 from siptap.relay.upstream import connect_first
 from siptap.sansio import chunk_records
 from siptap.sansio.chunk_records import FROM_ACCEPTED, FROM_DIALLED, LegAddresses
@@ -78,36 +77,6 @@ def new_connection_id() -> tuple[int, str]:
     # thread anyway: no two connections get the same number.
     number = next(_counter)
     return number, f"{_PROCESS_TAG}-{number}"
-
-
-# Frozen: the session keeps the plan it was accepted with. A SIGHUP reload builds a new
-# plan for new connections; a live connection keeps its contexts and limits, which is
-# why README says live connections are never re-checked.
-@dataclass(frozen=True, slots=True)
-class SessionPlan:
-    """Everything a session needs, captured at accept time (reload swaps the plan, not this)."""
-
-    route: str
-    # The leg names are the only difference between a forward and a reverse route in
-    # this module: they name log fields, metric labels and the ending's reasons.
-    accepted_leg: str  # "customer" (forward route) or "core" (reverse route)
-    dialled_leg: str
-    server_context: SSL.Context
-    client_context: SSL.Context
-    client_settings: ClientTlsSettings
-    # A tuple, in failover order ([[route.core]] or [[route.reverse.customer]]).
-    upstreams: tuple[Upstream, ...]
-    limits: Limits
-    log_settings: LogSettings
-    # NullFeed: observation off costs one no-op call per chunk, and the pumps need no
-    # "is there a feed" test on their path.
-    feed: MirrorFeed = field(default_factory=NullFeed)
-    # None in tests and tools: every use below tests it, so the relay runs without
-    # prometheus-client at all.
-    metrics: Metrics | None = None
-    # A listener shared by routes: picks the route's plan after the handshake, or refuses
-    # (None). relay/routing.py's RoutingTable; None: this plan is the route.
-    router: Callable[[HandshakeFacts | None, LogWriter], SessionPlan | None] | None = None
 
 
 class HandshakenStream(Protocol):
@@ -203,6 +172,14 @@ async def _serve(tcp: trio.SocketStream, plan: SessionPlan, log: LogWriter) -> N
         # Bounded: a client that connects and says nothing (a port scanner, a stuck E-SBC)
         # must not hold a socket and a task for ever; it ends as reason "timeout".
         await accepted.do_handshake(plan.limits.handshake_timeout)
+        if plan.router is not None:  # who the customer is picks the route (relay/routing.py)
+            if (chosen := plan.router(accepted.facts, log)) is None:  # logged and counted by the router
+                return await _close_early(accepted, log, started, "refused: no_route")
+            plan, log = chosen, log.bind(route=chosen.route)
+        # The chosen route's OCSP policy, before anything is dialled: a responder may take a round
+        # trip (bounded by ocsp_timeout), and a refusal is a handshake failure like any other.
+        if plan.accepted_ocsp is not None:
+            await plan.accepted_ocsp.enforce(accepted, log)
     # tls/ maps OpenSSL's failure to a stable reason (README "Failed handshakes"): that
     # reason, not OpenSSL's text, is the metric label and the log field operators alert on.
     except HandshakeFailed as exc:
@@ -226,10 +203,6 @@ async def _serve(tcp: trio.SocketStream, plan: SessionPlan, log: LogWriter) -> N
         # Re-raised, not swallowed: a cancellation works only if Cancelled reaches the scope
         # that was cancelled (the app's drain); a ClosedResourceError is the same shutdown.
         raise
-    if plan.router is not None:  # who the customer is picks the route (relay/routing.py)
-        if (chosen := plan.router(accepted.facts, log)) is None:  # logged and counted by the router
-            return await _close_early(accepted, log, started, "refused: no_route")
-        plan, log = chosen, log.bind(route=chosen.route)
     # A partial, not a closure over locals: relay_session calls it once, later, and it
     # binds only the plan and the bound log.
     try:
@@ -249,7 +222,7 @@ async def dial_upstream(plan: SessionPlan, log: LogWriter) -> DialledLeg:
     stream, upstream = await connect_first(
         plan.upstreams, plan.client_context, plan.client_settings,
         connect_timeout=plan.limits.connect_timeout, handshake_timeout=plan.limits.handshake_timeout,
-        log=log, leg=plan.dialled_leg, on_failure=_failure_counter(plan),
+        log=log, leg=plan.dialled_leg, on_failure=_failure_counter(plan), ocsp=plan.dialled_ocsp,
     )
     # The addresses of the TCP connection under the TLS: the opened record and the pcap
     # sink need the real 4-tuple of the dialled leg.

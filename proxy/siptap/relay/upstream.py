@@ -26,6 +26,7 @@ from siptap.config import ClientTlsSettings, Upstream
 from siptap.errors import HandshakeFailed, UpstreamError
 from siptap.log import LogWriter
 from siptap.relay.sockets import tune_socket
+from siptap.tls.ocsp_check import OcspChecker
 from siptap.tls.stream import OpenSSLStream
 
 # What each dialled leg reaches, in the words of log lines and errors: a reverse route dials
@@ -43,6 +44,7 @@ async def connect_first(
     log: LogWriter,
     leg: str = "core",
     on_failure: Callable[[str], None] | None = None,
+    ocsp: OcspChecker | None = None,
 ) -> tuple[OpenSSLStream, Upstream]:
     attempts: list[tuple[str, str]] = []
 
@@ -73,6 +75,8 @@ async def connect_first(
         )
         try:
             await stream.do_handshake(handshake_timeout)
+            if ocsp is not None:  # a revoked (or, under "hard", unchecked) upstream: the next one
+                await ocsp.enforce(stream, log)
         except trio.Cancelled:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await stream.aclose()

@@ -39,6 +39,10 @@ class FailureReason(str, enum.Enum):  # noqa: UP042 - str() and format() of memb
     CERTIFICATE_REVOKED = "certificate_revoked"
     CHAIN_TOO_LONG = "chain_too_long"
     CRL_UNUSABLE = "crl_unusable"  # our side: no CRL for the issuer, or it expired while running
+    # OCSP (checked after the handshake, siptap.tls.ocsp_check): the responder says revoked;
+    # or no usable answer (unreachable, too slow, unverifiable) under ocsp = "hard".
+    OCSP_REVOKED = "ocsp_revoked"
+    OCSP_UNAVAILABLE = "ocsp_unavailable"
     CERTIFICATE_INVALID = "certificate_invalid"
     HOSTNAME_MISMATCH = "hostname_mismatch"
     NOT_ALLOWED = "not_allowed"

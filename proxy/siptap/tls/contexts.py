@@ -34,6 +34,7 @@ from siptap.errors import CertificateError
 from siptap.sansio.handshake import FailureReason
 from siptap.tls.facts import CertificateCache, ContextData, HandshakeObserver
 from siptap.tls.identity import AllowList, common_name, matches_hostname
+from siptap.tls.ocsp_check import request_staples
 from siptap.tls.pem import key_matches_certificate, load_certificate_chain, load_crls, load_private_key
 
 _VERSIONS = {
@@ -313,6 +314,8 @@ def serve_by_sni(default: SSL.Context, by_name: Mapping[str, SSL.Context]) -> No
 def build_client_context(settings: ClientTlsSettings) -> SSL.Context:
     """The core-facing client: verifies the core, presents siptap's client certificate."""
     ctx = _new_context(settings.min_version, settings.max_version, settings.ciphers)
+    if settings.ocsp != "off":
+        request_staples(ctx)
     if settings.tls13_ciphersuites:
         ctx.set_tls13_ciphersuites(settings.tls13_ciphersuites.encode())
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)

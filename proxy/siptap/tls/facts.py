@@ -139,6 +139,9 @@ class ContextData:
     # The context's verify callback: a connection the SNI switches to this context takes it
     # along (OpenSSL keeps the first context's callback on the connection otherwise).
     verify: Callable[..., bool] | None = None
+    # A client context that asks each server for its stapled OCSP response (status_request);
+    # set by siptap.tls.ocsp_check.request_staples.
+    request_ocsp: bool = False
 
 
 def _der_of(x509_ptr: object) -> bytes:
@@ -184,6 +187,7 @@ class HandshakeObserver:
     policy_failure: tuple[FailureReason, str] | None = None
     sniffer: ClientHelloSniffer | None = None
     version_limit: str | None = None  # the context's (ContextData.version_limit)
+    ocsp_staple: bytes | None = None  # client side: the server's stapled OCSP response, if any
 
     def record_verify_error(self, errnum: int, depth: int, subject: str, text: str) -> None:
         if self.verify_error is None:

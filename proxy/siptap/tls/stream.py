@@ -17,6 +17,7 @@ import functools
 import ipaddress
 
 import trio
+from cryptography import x509
 from OpenSSL import SSL
 
 from siptap.errors import HandshakeFailed
@@ -105,6 +106,7 @@ class OpenSSLStream(trio.abc.Stream):
         # log lines, the expected hostname) need a home that the callback can find from the
         # SSL object alone: app data, below.
         observer = HandshakeObserver(leg=leg, role="server" if server_side else "client")
+        self.server_side = server_side
         self.observer: HandshakeObserver | None = observer
         # No socket: pyOpenSSL then gives the connection a pair of memory BIOs, and every byte
         # goes through RecordIO's flush/fill. The observer rides as app data so the context's
@@ -142,6 +144,8 @@ class OpenSSLStream(trio.abc.Stream):
         if isinstance(data, ContextData):
             self._certificates = data.certificates
             observer.version_limit = data.version_limit
+            if data.request_ocsp and not server_side:
+                conn.request_ocsp()  # status_request: the server may staple its OCSP response
         self._record_io = RecordIO(conn, records_for(conn, portable=portable_records), transport_stream,
                                 observer.sniffer)
         # A trio.Lock (not FifoMutex) for the handshake: it is held across the whole handshake,
@@ -158,6 +162,9 @@ class OpenSSLStream(trio.abc.Stream):
         self._closed = False
         self._sent_close_notify = False
         self.facts: HandshakeFacts | None = None
+        # The server's stapled OCSP response (client side, when the context asked for one),
+        # for siptap.tls.ocsp_check; kept apart from the facts, which the mirror publishes.
+        self.ocsp_staple: bytes | None = None
         self.close_notify_received = False
         self.eof_without_close_notify = False
 
@@ -244,6 +251,7 @@ class OpenSSLStream(trio.abc.Stream):
         # completed the handshake must not make the data path handshake again.
         self._handshake_done = True
         self.facts = collect_facts(self._conn, observer, self._certificates)
+        self.ocsp_staple = observer.ocsp_staple
         # The observer's work is done: no callback that writes to it runs after the handshake
         # (renegotiation is off; TLS 1.3 tickets and key updates neither verify nor log keys).
         self._conn.set_app_data(None)
@@ -254,6 +262,16 @@ class OpenSSLStream(trio.abc.Stream):
         # the life of the connection; see FastRecords.renew_bios. Safe here: no await since the
         # handshake's last flush, so no other task is between an OpenSSL call and its flush.
         self._record_io.renew_bios()
+
+    def verified_chain(self) -> list[x509.Certificate]:
+        """The peer's verified chain, leaf first, up to the trusted CA: what an OCSP check asks
+        about. A resumed session has no verified chain (nothing was verified this time): then
+        only the peer's certificate, which the session keeps; empty without a peer certificate."""
+        chain = self._conn.get_verified_chain(as_cryptography=True)
+        if chain:
+            return list(chain)
+        peer = self._conn.get_peer_certificate(as_cryptography=True)
+        return [peer] if peer is not None else []
 
     async def _ensure_handshake(self) -> None:
         """Implicit handshake for send/receive: a failure is a broken stream, as trio expects."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -61,12 +62,18 @@ async def run_demo(config: Config, certs: Path, *, calls: int, forever: bool, ou
         bound = await nursery.start(functools.partial(app.run, handle_signals=forever))
         host, port = bound[(route.name, "customer")][0]
         print(f"siptap listening on {host}:{port} (route {route.name!r}), lab core on {core_address}", file=out)
-        session = await CustomerSession.connect(host, port, customer_context(certs))
-        results = []
-        for i in range(calls):
-            results.append(await session.call(media_port=30000 + 2 * i))
-        options = await session.options()
-        await session.aclose()
+        try:
+            session = await CustomerSession.connect(host, port, customer_context(certs))
+            results = []
+            for i in range(calls):
+                results.append(await session.call(media_port=30000 + 2 * i))
+            options = await session.options()
+            await session.aclose()
+        except (EOFError, ssl.SSLError, trio.BrokenResourceError) as exc:
+            # siptap refused the lab customer: a revoked certificate (CRL, OCSP), an OCSP
+            # responder down under ocsp = "hard", no core. The log line says which.
+            raise DemoFailed(f"the lab customer's connection ended early ({exc}): see handshake_failed, "
+                             "no_upstream or upstream_failed in captures/siptap.log for the reason") from None
         _print_flow(seen, out)
         ok = all(r[-2:] == ["200", "200"] for r in results) and options.status_code == 200
         print(f"{calls} calls and 1 OPTIONS through siptap: {'all completed' if ok else 'FAILED'}", file=out)

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     PrivateKeyTypes,
 )
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from siptap.errors import CertificateError
 from siptap.tls.pem import key_matches_certificate, load_certificate_chain, load_crls, load_private_key
@@ -96,13 +96,15 @@ def init_lab_pki(
     force: bool = False,
     sans: Sequence[str] = DEFAULT_SANS,
     days: int = 825,
+    ocsp_url: str | None = None,
 ) -> list[Path]:
     """Create the lab CA and the four lab leaves in ``directory``; return the paths written.
 
     Server certificates (proxy-server, core) carry ``sans``; client certificates (proxy-client,
     customer) carry their own name as a DNS SAN. Without ``force``, raises
     :class:`CertificateError` naming the first target that already exists, before writing
-    anything. With ``force``, everything (the CA included) is regenerated.
+    anything. With ``force``, everything (the CA included) is regenerated. ``ocsp_url`` puts
+    that responder in every leaf's Authority Information Access (``siptap certs ocsp`` serves it).
     """
     directory = Path(directory)
     _check_days(days)
@@ -119,7 +121,7 @@ def init_lab_pki(
         leaf_key = _new_key("rsa")
         names: list[x509.GeneralName] = san_names if usage == "server" else [x509.DNSName(name)]
         cert = _build_leaf(
-            leaf_key, name, usage, names, ca_cert, ca_key, now - _CLOCK_SKEW, now + timedelta(days=days)
+            leaf_key, name, usage, names, ca_cert, ca_key, now - _CLOCK_SKEW, now + timedelta(days=days), ocsp_url
         )
         pems.append((directory / name, _cert_pem(cert), _key_pem(leaf_key)))
 
@@ -168,6 +170,7 @@ def issue_leaf(
     key_type: KeyType = "rsa",
     self_ca: str | None = None,
     force: bool = False,
+    ocsp_url: str | None = None,
 ) -> tuple[Path, Path]:
     """Mint ``directory/NAME.pem`` and ``NAME.key``, signed by a CA; return (cert, key) paths.
 
@@ -178,7 +181,7 @@ def issue_leaf(
     ``usage`` picks the Extended Key Usage: ``server`` (serverAuth), ``client`` (clientAuth),
     ``both``, or ``none`` (no EKU extension at all). ``expired`` makes the validity lie in the
     past (30 days ago to 1 day ago); ``not_yet_valid`` starts it tomorrow. ``key_type="ec"``
-    gives a P-256 key instead of RSA-2048.
+    gives a P-256 key instead of RSA-2048. ``ocsp_url``: an AIA OCSP responder URL in the leaf.
 
     Raises :class:`CertificateError` if the leaf files exist (unless ``force``) or the CA files
     cannot be loaded, and ``ValueError`` for contradictory arguments.
@@ -225,7 +228,7 @@ def issue_leaf(
         not_before, not_after = now - _CLOCK_SKEW, now + timedelta(days=days)
 
     leaf_key = _new_key(key_type)
-    cert = _build_leaf(leaf_key, name, usage, san_names, ca_cert, ca_key, not_before, not_after)
+    cert = _build_leaf(leaf_key, name, usage, san_names, ca_cert, ca_key, not_before, not_after, ocsp_url)
 
     _ensure_dir(directory)
     if new_ca is not None:
@@ -398,6 +401,7 @@ def _build_leaf(
     ca_key: CertificateIssuerPrivateKeyTypes,
     not_before: datetime,
     not_after: datetime,
+    ocsp_url: str | None = None,
 ) -> x509.Certificate:
     is_rsa = isinstance(key, rsa.RSAPrivateKey)
     builder = (
@@ -438,6 +442,9 @@ def _build_leaf(
         builder = builder.add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
     if san_names:
         builder = builder.add_extension(x509.SubjectAlternativeName(san_names), critical=False)
+    if ocsp_url:
+        builder = builder.add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+            AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]), critical=False)
     return builder.sign(ca_key, _hash_for(ca_key))
 
 
