@@ -281,3 +281,33 @@ async def test_stalled_collector_over_tls_counts_exactly_what_it_can_still_read(
     assert all(json.loads(line)["size"] == len(big.data) for line in complete)
     assert sink.sent + sink.dropped == published
     assert sink.drop_reasons["send timed out"] == 1
+
+
+@pytest.mark.parametrize(("close_notify", "reason"), [
+    (True, "peer closed the connection"),
+    (False, "peer closed the connection (without TLS close_notify)"),
+])
+async def test_collector_going_away_is_noticed_and_reconnected(pki: Path, close_notify: bool, reason: str) -> None:
+    ctx = collector_context(pki)
+    listener, port = await tls_collector(ctx)
+    sink = HepSink(hep_tls(pki, port), **_tls_link(pki, port, FAST))
+    fanout = Fanout([sink])
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(fanout.run)
+            stream = await accept_tls(listener, ctx)
+            await sink.link.wait_connected()
+            if close_notify:
+                await stream.aclose()
+            else:
+                stream.transport_stream.socket.close()  # a collector that crashed: no TLS goodbye
+            again = await accept_tls(listener, ctx)  # siptap is back after the back-off
+            await sink.link.wait_connected()
+            assert sink.link.connects == 2
+            fanout.publish(dialog_events()[0])
+            (packet,) = await read_hep(again, 1)
+            await fanout.aclose()
+            await again.aclose()
+    (down,) = [e for e in logs if e["event"] == "mirror_link_down"]
+    assert down["reason"] == reason
+    assert packet.payload == dialog_events()[0].data and sink.sent == 1

@@ -66,10 +66,15 @@ def client_context(tls: CollectorTls) -> ssl.SSLContext:
     return context
 
 
-def describe_failure(exc: BaseException, tls: CollectorTls) -> str:
-    """One line saying why a TLS connection to the collector failed or ended, from the error
-    trio raised (a BrokenResourceError whose cause is the ssl module's error)."""
+def describe_failure(exc: BaseException, tls: CollectorTls, *, handshake: bool = True) -> str:
+    """One line saying why a TLS connection to the collector failed (``handshake``) or ended,
+    from the error trio raised (a BrokenResourceError whose cause is the ssl module's error).
+    An established connection that ends without an alert is a collector that went away."""
     cause = _ssl_cause(exc)
+    ended = cause is None or isinstance(cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError))
+    if ended and not handshake:
+        return "peer closed the connection (without TLS close_notify)" if cause is not None else (
+            f"connection lost: {exc.__cause__ or exc}")
     if isinstance(cause, ssl.SSLCertVerificationError):
         if cause.verify_code in _NAME_MISMATCH:
             return (f"the collector's certificate does not carry the name {tls.server_name!r} "

@@ -2,7 +2,8 @@
 
 :class:`Link` is the client side of a socket to a peer that may come and go: TCP, TLS over
 TCP (siptap's client certificate out, the collector's verified: see
-:mod:`siptap.mirror.collector_tls`), UDP, Unix stream or Unix datagram. Theory of operation: a keeper task connects with exponential
+:mod:`siptap.mirror.collector_tls`), UDP, Unix stream or Unix datagram. Theory of operation:
+a keeper task connects with exponential
 back-off (0.5 s doubling to 30 s by default) and, for stream sockets, reads until EOF to
 notice the peer leaving; :meth:`Link.send` delivers one unit (a HEP packet, a JSON line or
 datagram) if connected, with a timeout, and otherwise reports why it could not. A peer that
@@ -147,13 +148,14 @@ class Link:
         finally:
             self._sock = self._raw = self._tls = None
 
-    def _describe(self, exc: BaseException) -> str:
+    def _describe(self, exc: BaseException, *, handshake: bool = True) -> str:
+        """Why connecting (``handshake``) or a live connection failed, in words."""
         if isinstance(exc, trio.TooSlowError):
             return "connect timed out" if self.tls is None else "connect or TLS handshake timed out"
         if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
             return describe_error(exc)
         assert self.tls is not None  # only a TLS link raises anything else
-        return describe_failure(exc, self.tls)
+        return describe_failure(exc, self.tls, handshake=handshake)
 
     async def _open(self) -> tuple[trio.socket.SocketType, socket.socket, trio.SSLStream[trio.SocketStream] | None]:
         """A connected socket: trio's, for waiting sends and reads, and the standard-library
@@ -200,7 +202,7 @@ class Link:
                             pass
                     self._down("peer closed the connection")
                 except (OSError, trio.BrokenResourceError) as exc:
-                    self._down(self._describe(exc), error=exc)
+                    self._down(self._describe(exc, handshake=False), error=exc)
                 nursery.cancel_scope.cancel()
 
             async def lost() -> None:
@@ -322,7 +324,7 @@ class Link:
             return self._timed_out()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             # A collector gone, or its alert (read by the watcher) already broke the session.
-            self._down(self._describe(exc), error=exc)
+            self._down(self._describe(exc, handshake=False), error=exc)
             return "send failed (tls)"
         return None
 
