@@ -81,21 +81,26 @@ def describe_failure(exc: BaseException, tls: CollectorTls, *, handshake: bool =
                     "(set server_name to a name in its certificate)")
         where = f"by the CA bundle {tls.ca}" if tls.ca else "by the system's CAs (set ca to the collector's CA)"
         return f"the collector's certificate is not trusted {where}: {cause.verify_message}"
-    if cause is None or isinstance(cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
-        return "the collector closed the connection during or right after the TLS handshake"
+    if cause is None or ended:
+        return "the collector closed the connection during the TLS handshake"
     reason = cause.reason or ""
     if reason == "WRONG_VERSION_NUMBER":
         return "the collector does not speak TLS (wrong version number): check its address and transport"
-    if "ALERT_" in reason:
-        alert = reason.split("ALERT_", 1)[1].lower()
-        if tls.cert is None and alert in ("certificate_required", "handshake_failure"):
-            return (f"the collector requires a client certificate and siptap has none (TLS alert {alert}): "
-                    "set cert and key")
-        if alert in _CLIENT_CERT_ALERTS:
-            return (f"the collector refused siptap's client certificate {tls.cert} (TLS alert {alert}): "
-                    "is it issued by a CA the collector trusts, and still valid?")
-        return f"the collector refused the TLS handshake (TLS alert {alert})"
-    return f"TLS failed: {reason or cause}"
+    if "ALERT_" not in reason:
+        return f"TLS failed: {reason or cause}"
+    alert = reason.split("ALERT_", 1)[1].lower()
+    if tls.cert is None and alert in _CLIENT_CERT_ALERTS:
+        return (f"the collector requires a client certificate and siptap has none (TLS alert {alert}): "
+                "set cert and key")
+    if tls.cert is None and alert == "handshake_failure":
+        # What a TLS 1.2 OpenSSL server sends for a missing client certificate, but also for
+        # no cipher in common: say both.
+        return (f"the collector refused the TLS handshake (TLS alert {alert}): it probably requires a client "
+                "certificate and siptap has none (set cert and key), or shares no cipher with siptap")
+    if alert in _CLIENT_CERT_ALERTS:
+        return (f"the collector refused siptap's client certificate {tls.cert} (TLS alert {alert}): "
+                "is it issued by a CA the collector trusts, and still valid?")
+    return f"the collector refused the TLS handshake (TLS alert {alert})"
 
 
 def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
