@@ -102,6 +102,15 @@ def _locate(config: Config, route: Route, exc: CertificateError) -> ConfigError:
     return ConfigError(str(config.path), f"route[{index}]", str(exc))
 
 
+def _locate_mirror(config: Config, exc: CertificateError) -> ConfigError:
+    """A mirror output's bad certificate, key or CA file, at the key that names it (build_sinks
+    puts that key in ``section``)."""
+    error = ConfigError(str(config.path), exc.section or "mirror", str(exc))
+    if "No such file" in exc.problem:
+        error.hint = "for the lab PKI run `siptap certs init --dir certs` next to the config file"
+    return error
+
+
 def _context(section: str, build: Callable[..., SSL.Context], settings: ServerTlsSettings | ClientTlsSettings,
              **kwargs: Any) -> SSL.Context:
     """``build(settings)``, recording in a CertificateError which config block it came from."""
@@ -207,7 +216,10 @@ class App:
     def _observe_here(self, config: Config, observer: Callable[[MirrorEvent], object] | None,
                       sip_counts: SipMessageCounts) -> MirrorFeed:
         """In-process observation: the relay's records go straight into an Observer here."""
-        self.fanout = Fanout.from_settings(config.mirror)
+        try:
+            self.fanout = Fanout.from_settings(config.mirror)
+        except CertificateError as exc:  # a TLS output's file (mirror.hep[N].cert, ...)
+            raise _locate_mirror(config, exc) from None
         self.metrics.watch_mirror(self.fanout.stats)
         fanout_publish = self.fanout.publish
         mirror_legs = config.mirror.mirror_legs

@@ -287,3 +287,37 @@ def tshark_sip(capture_file: Path, *options: str) -> list[WireSip]:
 def _first(value: Any) -> Any:
     return value[0] if isinstance(value, list) and value else value
 
+
+
+@contextlib.asynccontextmanager
+async def stunnel_collector(tmp: Path, pki: Path, *, connect_port: int, accept_port: int | None = None,
+                            name: str = "stunnel-collector", max_version: str = "TLSv1.3") -> AsyncIterator[Peer]:
+    """stunnel as a mirror collector's TLS front: TLS server on ``ports[0]`` (``accept_port``,
+    or a free one) with core.pem, requiring a client certificate from the lab CA, relaying the
+    cleartext to ``connect_port``. Start it again with the same ``accept_port`` to restart the
+    collector."""
+    workdir = _workdir(tmp, name)
+    accept_port = accept_port or free_port()
+    conf = workdir / "stunnel.conf"
+    conf.write_text(render("stunnel-collector.conf", ACCEPT_PORT=accept_port, CONNECT_PORT=connect_port, PKI=pki,
+                           MAX_VERSION=max_version))
+    async with running(name, [capture.PEERS["stunnel4"] or "stunnel4", str(conf)], workdir, [accept_port]) as peer:
+        yield peer
+
+
+@contextlib.asynccontextmanager
+async def kamailio_hep_collector(tmp: Path) -> AsyncIterator[Peer]:
+    """Kamailio 5.6 with sipcapture as a HEP collector on plain TCP (``ports`` = [tcp]): one
+    "HEP3 packet" log line per packet received, one "HEP-SIP" line per SIP message in them
+    (see peers/kamailio-hep.cfg)."""
+    workdir = _workdir(tmp, "kamailio-hep")
+    tcp_port = free_port()
+    (workdir / "db").mkdir(exist_ok=True)
+    cfg = workdir / "kamailio.cfg"
+    cfg.write_text(render("kamailio-hep.cfg", TCP_PORT=tcp_port, DB_DIR=workdir / "db"))
+    binary = capture.PEERS["kamailio"] or "kamailio"
+    check = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, f"kamailio -c rejected {cfg}:\n{check.stderr[-3000:]}"
+    argv = [binary, "-DD", "-E", "-f", str(cfg), "-w", str(workdir), "-Y", str(workdir), "-m", "64", "-M", "8"]
+    async with running("kamailio-hep", argv, workdir, [tcp_port]) as peer:
+        yield peer

@@ -111,6 +111,22 @@ def test_auth_key_chunk_is_plain_text() -> None:
     assert decode(data).correlation_id is None
 
 
+def test_auth_key_chunk_bytes_from_the_encoder_the_sinks_use() -> None:
+    # What a collector checks (heplify-server's HEPAuthKey, Kamailio's $hep(0x00e)): vendor 0,
+    # type 0x000E, length = 6 + key, the key as is; once per packet, for every packet of an
+    # encoder built with it (the HEP sink's cached encoder), and absent without one.
+    with_key = hep.Encoder(ip_proto=hep.IPPROTO_TCP, proto_type=hep.PROTO_SIP, capture_id=7, auth_key=b"lab-s3cret")
+    without = hep.Encoder(ip_proto=hep.IPPROTO_TCP, proto_type=hep.PROTO_SIP, capture_id=7)
+    cache: dict[tuple[tuple[str, int], tuple[str, int]], bytes] = {}
+    for payload in (b"OPTIONS sip:a SIP/2.0\r\n\r\n", b"SIP/2.0 200 OK\r\n\r\n"):
+        data = with_key.encode(1.5, ("192.0.2.1", 5061), ("192.0.2.2", 40000), payload, None, pair_cache=cache)
+        assert data.count(b"\x00\x00\x00\x0e\x00\x10lab-s3cret") == 1
+        assert decode(data).auth_key == b"lab-s3cret" and decode(data).payload == payload
+        plain = without.encode(1.5, ("192.0.2.1", 5061), ("192.0.2.2", 40000), payload, None)
+        assert b"lab-s3cret" not in plain and decode(plain).auth_key is None
+        assert len(data) == len(plain) + 6 + len(b"lab-s3cret")
+
+
 def test_log_type_and_empty_payload() -> None:
     packet = spec_packet(proto_type=hep.PROTO_LOG, payload=b"", correlation_id=b"cid")
     data = encode(packet)

@@ -15,6 +15,14 @@ Example (the shipped configuration)::
     [[mirror.hep]]                          # any number of collectors
     address = "127.0.0.1:9060"
 
+    [[mirror.hep]]                          # HEP over mutual TLS to a collector elsewhere
+    address = "homer.lab.example:9061"
+    transport = "tls"                       # "udp" | "tcp" | "tls"
+    cert = "certs/proxy-client.pem"         # siptap's client certificate and key (optional)
+    key = "certs/proxy-client.key"
+    ca = "certs/ca.pem"                     # verifies the collector (default: the system's CAs)
+    server_name = "homer.lab.example"       # the name its certificate must carry (default: the host)
+
     [[mirror.jsonl]]
     transport = "unix"                      # "unix" | "unix-dgram" | "tcp" | "udp"
     path = "captures/mirror.sock"           # unix transports; tcp/udp take `address`
@@ -42,15 +50,48 @@ from siptap.config.loader import DEFAULT_PORT, choice
 MIB = 1024 * 1024
 LEG_CHOICES = ("customer", "core", "both")
 HEP_COLLECTOR_PORT = 9060
+TLS_KEYS = ("cert", "key", "ca", "server_name")
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorTls:
+    """How an output with ``transport = "tls"`` reaches its collector: siptap's client
+    certificate and key (both or neither), the CA bundle that verifies the collector (None:
+    the system's trust store) and the name the collector's certificate must carry.
+    Built by the settings below (their ``tls`` property), not read from TOML itself."""
+
+    cert: Path | None
+    key: Path | None
+    ca: Path | None
+    server_name: str
+
+
+def _tls_problems(transport: str, cert: Path | None, key: Path | None, ca: Path | None,
+                  server_name: str | None) -> list[tuple[str, str]]:
+    """The TLS keys' cross-field checks, shared by the HEP and JSON-lines outputs."""
+    if transport != "tls":
+        for name, value in zip(TLS_KEYS, (cert, key, ca, server_name), strict=True):
+            if value is not None:
+                return [(name, f"only used with transport = \"tls\" (this output's transport is {transport!r})")]
+        return []
+    if (cert is None) != (key is None):
+        missing = "key" if key is None else "cert"
+        return [(missing, "missing: siptap's client certificate needs both cert and key "
+                          "(or neither, for a collector that asks for no client certificate)")]
+    if server_name is not None and not server_name.strip():
+        return [("server_name", "must not be empty (leave it out to check the address's host)")]
+    return []
 
 
 @dataclass(frozen=True, slots=True)
 class HepSinkSettings:
-    """One HEPv3 collector (Homer/heplify-server, sngrep ``-L``). A bare host gets HEP's
-    customary port 9060."""
+    """One HEPv3 collector (Homer/heplify-server, Kamailio sipcapture, sngrep ``-L``). A bare
+    host gets HEP's customary port 9060. Over ``tcp`` and ``tls`` the packets go back to back
+    on one stream, each delimited by its own length field (heplify-server's and OpenSIPS
+    proto_hep's convention)."""
 
     address: Endpoint = field(metadata={DEFAULT_PORT: HEP_COLLECTOR_PORT})
-    transport: str = field(default="udp", metadata=choice("udp", "tcp"))
+    transport: str = field(default="udp", metadata=choice("udp", "tcp", "tls"))
     capture_id: int = 2001  # HEP chunk 0x000c, 32-bit
     auth_key: str | None = None  # chunk 0x000e, sent in clear text
     node_name: str | None = None  # chunk 0x0013, capture agent name
@@ -58,6 +99,15 @@ class HepSinkSettings:
     # for SIP over TLS (some Homer views key on it).
     ip_proto: str = field(default="tcp", metadata=choice("tcp", "tls"))
     log_key_material: bool = True  # TLS keys and SRTP keys as HEP log packets (type 0x64)
+    # transport = "tls" only: see CollectorTls.
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    server_name: str | None = None
+
+    @property
+    def tls(self) -> CollectorTls | None:
+        return _collector_tls(self.transport, self.address, self.cert, self.key, self.ca, self.server_name)
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -65,19 +115,28 @@ class HepSinkSettings:
             out.append(("capture_id", "must fit 32 bits"))
         if self.address.port == 0:
             out.append(("address", "needs a port (collectors usually listen on 9060)"))
-        return out
+        return out + _tls_problems(self.transport, self.cert, self.key, self.ca, self.server_name)
 
 
 @dataclass(frozen=True, slots=True)
 class JsonlSinkSettings:
     """A JSON-lines mirror: one JSON object per line (stream transports) or per datagram.
     ``unix``/``unix-dgram`` connect to ``path`` (a reader's socket, relative to the config
-    folder); ``tcp``/``udp`` connect to ``address``. siptap is the client in every case."""
+    folder); ``tcp``/``udp``/``tls`` connect to ``address``. siptap is the client in every case."""
 
-    transport: str = field(default="unix", metadata=choice("unix", "unix-dgram", "tcp", "udp"))
+    transport: str = field(default="unix", metadata=choice("unix", "unix-dgram", "tcp", "udp", "tls"))
     path: Path | None = None
     address: Endpoint | None = None
     payload: bool = True  # include each SIP message's text
+    # transport = "tls" only: see CollectorTls.
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+    server_name: str | None = None
+
+    @property
+    def tls(self) -> CollectorTls | None:
+        return _collector_tls(self.transport, self.address, self.cert, self.key, self.ca, self.server_name)
 
     @property
     def is_unix(self) -> bool:
@@ -96,7 +155,14 @@ class JsonlSinkSettings:
                 return [("path", f"transport {self.transport!r} takes an address, not a path")]
             if self.address.port == 0:
                 return [("address", "needs a port")]
-        return []
+        return _tls_problems(self.transport, self.cert, self.key, self.ca, self.server_name)
+
+
+def _collector_tls(transport: str, address: Endpoint | None, cert: Path | None, key: Path | None,
+                   ca: Path | None, server_name: str | None) -> CollectorTls | None:
+    if transport != "tls" or address is None:
+        return None
+    return CollectorTls(cert=cert, key=key, ca=ca, server_name=server_name or address.host)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,10 @@ call. Key material goes as HEP *log* packets (protocol type 0x64, Kamailio's con
   SIP message whose SDP offered it; correlation id = its Call-ID, so Homer shows it with
   the call.
 
-Transport: UDP (one packet per datagram) or TCP (packets back to back; a collector frames
-on the length field), through :class:`siptap.mirror.link.Link`, which reconnects with
-back-off. While the collector is down, packets are dropped and counted; a collector that is
+Transport: UDP (one packet per datagram), TCP or TLS (packets back to back; a collector
+frames on the length field; TLS with siptap's client certificate and the collector's
+verified, :mod:`siptap.mirror.collector_tls`), through :class:`siptap.mirror.link.Link`,
+which reconnects with back-off. While the collector is down, packets are dropped and counted; a collector that is
 down at start-up is the same state, not an error. A message too large for one HEP packet
 (65535 octets with headers) is dropped with its own reason rather than truncated: a
 truncated SIP message would mislead whoever reads it.

@@ -1,7 +1,8 @@
 """JSON-lines mirror: every event as one JSON object, for users who script against siptap.
 
 Transports: a Unix stream socket (the default: a local tool listens on a path), a Unix
-datagram socket, TCP or UDP. siptap is the client and connects to the reader; over stream
+datagram socket, TCP, TLS (to a collector elsewhere: :mod:`siptap.mirror.collector_tls`) or
+UDP. siptap is the client and connects to the reader; over stream
 transports each object is one ``\\n``-terminated line, over datagram transports one object
 per datagram. JSON string escaping guarantees no raw newline inside an object. A reader
 that is absent (no socket file yet, ECONNREFUSED) is not an error: events are dropped and

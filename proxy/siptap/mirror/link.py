@@ -1,18 +1,24 @@
 """A self-healing socket to a collector, and the sink that writes one unit per event to it.
 
-:class:`Link` is the client side of a socket to a peer that may come and go: TCP, UDP, Unix
-stream or Unix datagram. Theory of operation: a keeper task connects with exponential
+:class:`Link` is the client side of a socket to a peer that may come and go: TCP, TLS over
+TCP (siptap's client certificate out, the collector's verified: see
+:mod:`siptap.mirror.collector_tls`), UDP, Unix stream or Unix datagram. Theory of operation:
+a keeper task connects with exponential
 back-off (0.5 s doubling to 30 s by default) and, for stream sockets, reads until EOF to
 notice the peer leaving; :meth:`Link.send` delivers one unit (a HEP packet, a JSON line or
 datagram) if connected, with a timeout, and otherwise reports why it could not. A peer that
 is down at start-up (collector not running, Unix socket path with no reader) is the normal
 "not connected" state, not an error to raise. A stream send that fails or times out
 half-way leaves a partial record on the wire, so the link drops that connection and
-reconnects; a datagram send that fails only loses that datagram.
+reconnects; a datagram send that fails only loses that datagram. Over TLS the handshake is
+part of connecting (within ``connect_timeout``); a handshake that fails is a connect that
+failed, logged with the reason in words (collector certificate not trusted, name mismatch,
+client certificate refused), and retried with the same back-off.
 
 Cost: :class:`LinkSink` encodes a batch, then sends each datagram with one non-blocking
 system call (falling back to trio's waiting send with its timeout only when the socket
-buffer is full), or joins a stream batch into one write with one timeout.
+buffer is full), or joins a stream batch into one write with one timeout (over TLS, in
+pieces of at most 16 KiB, one TLS record each, so ``partial`` knows what was written).
 """
 
 from __future__ import annotations
@@ -20,15 +26,19 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import ssl
 from typing import Literal, TypedDict
 
 import trio
 
+from siptap.config.mirror import CollectorTls
+from siptap.mirror.collector_tls import describe_failure
 from siptap.mirror.events import MirrorEvent
 from siptap.mirror.sink import Sink, describe_error, log
 
-STREAM_KINDS = ("tcp", "unix")
-LINK_KINDS = ("tcp", "udp", "unix", "unix-dgram")
+STREAM_KINDS = ("tcp", "tls", "unix")
+LINK_KINDS = ("tcp", "tls", "udp", "unix", "unix-dgram")
+TLS_PIECE = 16384  # plaintext per TLS record
 
 
 class LinkOptions(TypedDict, total=False):
@@ -39,12 +49,17 @@ class LinkOptions(TypedDict, total=False):
     backoff_max: float
     connect_timeout: float
     send_timeout: float
+    # kind "tls": the context (siptap.mirror.collector_tls.client_context) and what it was built from
+    tls_context: ssl.SSLContext
+    tls: CollectorTls
 
 
 class Link:
     """Client side of a socket to a peer that may be absent; see the module docstring.
 
-    ``target`` is ``(host, port)`` for tcp/udp, a filesystem path for the Unix kinds.
+    ``target`` is ``(host, port)`` for tcp/tls/udp, a filesystem path for the Unix kinds.
+    Kind ``tls`` needs ``tls_context`` and ``tls`` (the settings, for the expected name and
+    for describing failures).
     """
 
     def __init__(
@@ -57,9 +72,13 @@ class Link:
         backoff_max: float = 30.0,
         connect_timeout: float = 5.0,
         send_timeout: float = 1.0,
+        tls_context: ssl.SSLContext | None = None,
+        tls: CollectorTls | None = None,
     ) -> None:
         if kind not in LINK_KINDS:
             raise ValueError(f"unknown link kind {kind!r}")
+        if (kind == "tls") != (tls_context is not None and tls is not None):
+            raise ValueError("a tls link needs tls_context and tls; other kinds take neither")
         self.sink = sink
         self.kind = kind
         self.target = target if isinstance(target, tuple) else os.fspath(target)
@@ -70,6 +89,9 @@ class Link:
         self.stream = kind in STREAM_KINDS
         self._sock: trio.socket.SocketType | None = None
         self._raw: socket.socket | None = None  # the same socket, for non-blocking sends
+        self.tls_context = tls_context
+        self.tls = tls
+        self._tls: trio.SSLStream[trio.SocketStream] | None = None  # kind "tls": the session over _sock
         self.partial = 0  # octets of the current batch written so far (send_stream)
         self._connected = trio.Event()
         self._lost = trio.Event()
@@ -100,22 +122,21 @@ class Link:
             while True:
                 try:
                     with trio.fail_after(self.connect_timeout):
-                        sock, raw = await self._open()
-                except (OSError, trio.TooSlowError) as exc:
-                    reason = "connect timed out" if isinstance(exc, trio.TooSlowError) else describe_error(exc)
-                    self._down(reason, error=exc)
+                        sock, raw, tls = await self._open()
+                except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                    self._down(self._describe(exc), error=exc)
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, self.backoff_max)
                     continue
                 up_since = trio.current_time()
                 try:
-                    self._up(sock, raw)
+                    self._up(sock, raw, tls)
                     if self.stream:
-                        await self._watch_eof(sock)
+                        await self._watch_eof(sock, tls)
                     else:
                         await self._lost.wait()
                 finally:
-                    self._sock = self._raw = None
+                    self._sock = self._raw = self._tls = None
                     if self._connected.is_set():
                         self._connected = trio.Event()
                     sock.close()
@@ -125,12 +146,22 @@ class Link:
                 else:
                     backoff = self.backoff_initial
         finally:
-            self._sock = self._raw = None
+            self._sock = self._raw = self._tls = None
 
-    async def _open(self) -> tuple[trio.socket.SocketType, socket.socket]:
+    def _describe(self, exc: BaseException, *, handshake: bool = True) -> str:
+        """Why connecting (``handshake``) or a live connection failed, in words."""
+        if isinstance(exc, trio.TooSlowError):
+            return "connect timed out" if self.tls is None else "connect or TLS handshake timed out"
+        if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
+            return describe_error(exc)
+        assert self.tls is not None  # only a TLS link raises anything else
+        return describe_failure(exc, self.tls, handshake=handshake)
+
+    async def _open(self) -> tuple[trio.socket.SocketType, socket.socket, trio.SSLStream[trio.SocketStream] | None]:
         """A connected socket: trio's, for waiting sends and reads, and the standard-library
         socket it wraps (the same object, made non-blocking by trio), for the one-call
-        sends of the fast paths."""
+        sends of the fast paths; for kind ``tls`` also the TLS session over it, handshake
+        done (the fast paths are then unused: every byte goes through the session)."""
         target = self.target
         addr: str | tuple[object, ...]
         if isinstance(target, str):  # the Unix kinds: a filesystem path
@@ -141,27 +172,37 @@ class Link:
             family, addr = infos[0][0], infos[0][4]
         raw = socket.socket(family, socket.SOCK_STREAM if self.stream else socket.SOCK_DGRAM)
         sock = trio.socket.from_stdlib_socket(raw)
+        tls = None
         try:
-            if self.kind == "tcp":
+            if self.kind in ("tcp", "tls"):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await sock.connect(addr)
+            if self.tls_context is not None and self.tls is not None:
+                tls = trio.SSLStream(trio.SocketStream(sock), self.tls_context, server_hostname=self.tls.server_name)
+                await tls.do_handshake()
         except BaseException:
             sock.close()
             raise
-        return sock, raw
+        return sock, raw, tls
 
-    async def _watch_eof(self, sock: trio.socket.SocketType) -> None:
+    async def _watch_eof(self, sock: trio.socket.SocketType, tls: trio.SSLStream[trio.SocketStream] | None) -> None:
         """Collectors never talk back: anything read is discarded, EOF or an error means the
-        peer is gone. Also returns when a failed send marked the link lost."""
+        peer is gone. Also returns when a failed send marked the link lost. Over TLS 1.3 this
+        is also where a collector's refusal of siptap's client certificate shows: the server
+        checks it after the client's side of the handshake is done, and answers with an alert."""
         async with trio.open_nursery() as nursery:
 
             async def read() -> None:
                 try:
-                    while await sock.recv(4096):
-                        pass
+                    if tls is None:
+                        while await sock.recv(4096):
+                            pass
+                    else:
+                        while await tls.receive_some(4096):
+                            pass
                     self._down("peer closed the connection")
-                except OSError as exc:
-                    self._down(describe_error(exc), error=exc)
+                except (OSError, trio.BrokenResourceError) as exc:
+                    self._down(self._describe(exc, handshake=False), error=exc)
                 nursery.cancel_scope.cancel()
 
             async def lost() -> None:
@@ -171,13 +212,20 @@ class Link:
             nursery.start_soon(read)
             nursery.start_soon(lost)
 
-    def _up(self, sock: trio.socket.SocketType, raw: socket.socket) -> None:
+    def _up(self, sock: trio.socket.SocketType, raw: socket.socket,
+            tls: trio.SSLStream[trio.SocketStream] | None) -> None:
         self._sock = sock
         self._raw = raw
+        self._tls = tls
         self._lost = trio.Event()
         self.connects += 1
         self._connected.set()
-        log.info("mirror_link_up", sink=self.sink.name, link=str(self), after=self._down_reason)
+        details: dict[str, object] = {}
+        if tls is not None:
+            cipher = tls.cipher()
+            details = {"tls_version": tls.version(), "cipher": cipher[0] if cipher else None,
+                       "client_certificate": self.tls is not None and self.tls.cert is not None}
+        log.info("mirror_link_up", sink=self.sink.name, link=str(self), after=self._down_reason, **details)
         self._logged_down = False
 
     def _down(self, reason: str, error: BaseException | None = None) -> None:
@@ -190,7 +238,7 @@ class Link:
             log.warning("mirror_link_down", sink=self.sink.name, link=str(self), reason=reason,
                         retry="with back-off", hint="events are dropped and counted until it is back")
         if self._sock is not None:  # stop sending now; the keeper closes the socket
-            self._sock = self._raw = None
+            self._sock = self._raw = self._tls = None
             self._lost.set()
 
     async def send(self, data: bytes) -> str | None:
@@ -199,6 +247,8 @@ class Link:
         sock = self._sock
         if sock is None:
             return "peer down"
+        if self._tls is not None:
+            return await self.send_stream(data)
         try:
             with trio.fail_after(self.send_timeout):
                 if self.stream:
@@ -240,6 +290,8 @@ class Link:
         raw, sock = self._raw, self._sock
         if raw is None or sock is None:
             return "peer down"
+        if self._tls is not None:
+            return await self._send_tls(self._tls, data)
         try:
             try:
                 self.partial = raw.send(data)
@@ -254,6 +306,26 @@ class Link:
             return self._timed_out()
         except OSError as exc:
             return self._send_failed(exc)
+        return None
+
+    async def _send_tls(self, tls: trio.SSLStream[trio.SocketStream], data: bytes) -> str | None:
+        """:meth:`send_stream` over the TLS session: one ``send_all`` per piece of at most
+        one TLS record's worth, so ``partial`` counts what the kernel has taken, as it does
+        over TCP. A send cut short (timeout, cancellation) breaks the session: the link
+        reconnects."""
+        view = memoryview(data)
+        try:
+            with trio.fail_after(self.send_timeout):
+                while self.partial < len(data):
+                    piece = view[self.partial:self.partial + TLS_PIECE]
+                    await tls.send_all(piece)
+                    self.partial += len(piece)
+        except trio.TooSlowError:
+            return self._timed_out()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # A collector gone, or its alert (read by the watcher) already broke the session.
+            self._down(self._describe(exc, handshake=False), error=exc)
+            return "send failed (tls)"
         return None
 
     def _timed_out(self) -> str:
