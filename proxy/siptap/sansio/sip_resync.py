@@ -106,12 +106,18 @@ def embedded_start(buf: bytes | bytearray, start: int, header_end: int, end: int
 
 def _start_lines(buf: bytes | bytearray, pos: int, end: int) -> Iterator[tuple[int, int]]:
     """Each complete start line in ``buf[pos:end]`` at a line start (``pos``, or after an LF:
-    a bare LF starts a line, as for resync), with the index of its CRLF."""
+    a bare LF starts a line, as for resync), with the index of its CRLF, whose version is in
+    capitals (MAYBE_EMBEDDED, within the line and its CR)."""
     while pos < end:
         line_end = buf.find(b"\r\n", pos, end)
         if line_end < 0:
             return
-        if START_LINE.fullmatch(buf, pos, line_end):
+        # The grammar takes the version in any case, but the framer's fast path looks only for
+        # it in capitals (MAYBE_EMBEDDED) before it trusts a message whole: a "SiP/2.0 200 OK"
+        # line in a body that also holds a capital "SIP/2.0" (a Via) was found here and not
+        # there, so framing depended on how the stream was cut (a fuzz find, 2026-12-03:
+        # tests/fuzz/corpus/sip_framer/regress-mixed-case-version-in-body).
+        if START_LINE.fullmatch(buf, pos, line_end) and MAYBE_EMBEDDED.search(buf, pos, line_end + 1):
             yield pos, line_end
         pos = buf.find(b"\n", pos, end) + 1  # found: at the latest, the LF of line_end
 
