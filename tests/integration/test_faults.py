@@ -453,6 +453,19 @@ async def _options(session: CustomerSession) -> str:
     return call_id
 
 
+async def _dropped_after_observed(siptap: SiptapProcess, call_id: str) -> None:
+    """Wait until the mirror has observed both messages of ``call_id`` and then logged a
+    mirror_events_dropped line: the sinks get a slice's events in the same step that logs its
+    sip lines, so a drop line after them counts these too. A drop line alone is not enough:
+    it may report earlier drops while these still wait in the mirror's batch (up to
+    [mirror] batch_interval), to be delivered after the collector is back."""
+    await siptap.wait_for("sip", count=2, call_id=call_id)
+    observed = max(i for i, e in enumerate(siptap.events) if e.get("event") == "sip" and e.get("call_id") == call_id)
+    with trio.fail_after(20):
+        while not any(e.get("event") == "mirror_events_dropped" for e in siptap.events[observed:]):
+            await trio.sleep(0.01)  # polling a condition the mirror's log will meet, bounded
+
+
 async def test_hep_tcp_collector_down_at_start_gone_mid_run_and_back(pki: Path, tmp_path: Path) -> None:
     port = _free_port()
     top = f"""
@@ -467,7 +480,7 @@ transport = "tcp"
         bystander = await s.customer()  # one trunk through all phases: never disturbed
         # 1. Down at start: relaying works, the mirror counts drops.
         lost_1 = await _options(bystander)
-        await s.siptap.wait_for("mirror_events_dropped")
+        await _dropped_after_observed(s.siptap, lost_1)
         assert s.siptap.find("mirror_link_up") == []
         async with trio.open_nursery() as nursery:
             # 2. The collector comes up: siptap connects (back-off) and delivers.
@@ -478,9 +491,8 @@ transport = "tcp"
             # 3. It goes down mid-run: link down, drops counted, relay unaffected.
             collector.stop()
         await s.siptap.wait_for("mirror_link_down", count=2)
-        dropped_before = len(s.siptap.find("mirror_events_dropped"))
         lost_3 = await _options(bystander)
-        await s.siptap.wait_for("mirror_events_dropped", count=dropped_before + 1)
+        await _dropped_after_observed(s.siptap, lost_3)
         async with trio.open_nursery() as nursery:
             # 4. It comes back: delivery resumes.
             await nursery.start(collector.run)
