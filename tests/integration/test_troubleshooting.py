@@ -302,3 +302,17 @@ def test_console_format_renders_real_events_readably(tour: Tour) -> None:
     ok = next(line for line in sip if " sip 200 OK " in line)
     assert ok.split()[5] == f"call_id={tour.call_id}", ok
     assert sip[0].index("call_id=") < sip[0].index("conn=")
+
+
+def test_the_troubleshooting_table_covers_every_failure_reason() -> None:
+    """Every reason siptap can log for a failed handshake or dial has a row to look it up in."""
+    from siptap.sansio.handshake import FailureReason
+
+    section = README.read_text().split("\n## Troubleshooting\n", 1)[1].split("\n## ", 1)[0]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("| "))
+    upstream = (Path(__file__).resolve().parents[2] / "proxy/siptap/relay/upstream.py").read_text()
+    dial_reasons = set(re.findall(r'"(connect_\w+|no_route|name_unresolved|out_of_descriptors)"', upstream))
+    assert {"connect_refused", "connect_timeout", "out_of_descriptors", "connect_failed"} <= dial_reasons
+    missing = [reason for reason in [*(r.value for r in FailureReason), *sorted(dial_reasons)]
+               if f"`{reason}`" not in table]
+    assert missing == [], f"README Troubleshooting has no row for {missing}"
