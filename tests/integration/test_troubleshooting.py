@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import trio
 
+from siptap import log as siptap_log
 from siptap.config import LogSettings
 from siptap.log import configure, get_logger
 from siptap.tools.lab.core import start_lab_core
@@ -275,6 +277,9 @@ def test_readme_jq_line_over_a_real_log(line: str, tour: Tour) -> None:
 def test_console_format_renders_real_events_readably(tour: Tour) -> None:
     """The good call's events, logged again through the console renderer."""
     stream = io.StringIO()
+    # configure() is process-wide: put back what was there, or later tests in this process
+    # would log into this closed writer (and a leak test would count the lines it keeps).
+    saved_structlog, saved_log = structlog.get_config(), dict(siptap_log._configured)
     writer = configure(LogSettings(format="console", key_material=True), stream)
     try:
         for event in (e for e in tour.events if e.get("conn") == tour.conn):
@@ -282,6 +287,9 @@ def test_console_format_renders_real_events_readably(tour: Tour) -> None:
             get_logger().bind(conn=event["conn"], route=event.get("route")).info(event["event"], **fields)
     finally:
         writer.close()
+        structlog.configure(**saved_structlog)
+        siptap_log._configured.clear()
+        siptap_log._configured.update(saved_log)
     lines = stream.getvalue().splitlines()
     json_sizes = [len(json.dumps(e)) for e in tour.events if e.get("event") == "handshake_done"]
     assert max(json_sizes) > 1000  # what the console line replaces
