@@ -18,7 +18,8 @@ def _which(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
 
 
-PEERS = {name: _which(name) for name in ("tcpdump", "tshark", "sngrep", "openssl", "stunnel4", "kamailio", "sipp")}
+PEERS = {name: _which(name) for name in ("tcpdump", "tshark", "sngrep", "openssl", "stunnel4", "kamailio", "sipp",
+                                           "jq")}
 
 
 def require(*names: str) -> pytest.MarkDecorator:

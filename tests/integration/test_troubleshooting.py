@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -38,6 +37,7 @@ from siptap.config import LogSettings
 from siptap.log import configure, get_logger
 from siptap.tools.lab.core import start_lab_core
 from siptap.tools.lab.customer import CustomerSession
+from tests.integration.capture import require
 from tests.integration.peers import free_port
 from tests.relay.harness import SiptapProcess
 from tests.tls.helpers import customer_client_context
@@ -268,7 +268,7 @@ def test_every_readme_jq_line_is_checked() -> None:
         _check_for(line)
 
 
-@pytest.mark.skipif(shutil.which("jq") is None, reason="jq not installed (Debian package jq)")
+@require("jq")  # skips without jq, except in CI, where a missing peer is an error
 @pytest.mark.parametrize("line", readme_jq_lines())
 def test_readme_jq_line_over_a_real_log(line: str, tour: Tour) -> None:
     _check_for(line)(run_jq(line, tour), tour)
