@@ -88,7 +88,7 @@ def test_check_missing_cert_file_with_hint(tmp_path: Path, pki: Path) -> None:
     missing = tmp_path / "certs" / "proxy-server.pem"
     config = write_config(tmp_path, pki, cert=missing)
     assert_refused(siptap("check", "--config", str(config), cwd=tmp_path),
-                   f"siptap: error: {config}: route[0].customer.cert: {missing}: cannot read: No such file or directory",
+                   f"siptap: error: {config}: route[0].customer.cert (route 'lab'): {missing}: cannot read: No such file or directory",
                    hint=CERTS_HINT)
 
 
@@ -98,7 +98,7 @@ def test_check_world_readable_key(tmp_path: Path, pki: Path) -> None:
     key.chmod(0o644)
     config = write_config(tmp_path, pki, key=key)
     assert_refused(siptap("check", "--config", str(config), cwd=tmp_path),
-                   f"siptap: error: {config}: route[0].customer.key: {key}: "
+                   f"siptap: error: {config}: route[0].customer.key (route 'lab'): {key}: "
                    "private key is readable by group/others (mode 0644); chmod 600 it")
 
 
@@ -106,7 +106,7 @@ def test_check_key_does_not_match_certificate(tmp_path: Path, pki: Path) -> None
     cert, key = pki / "proxy-server.pem", pki / "serveronly.key"
     config = write_config(tmp_path, pki, cert=cert, key=key)
     assert_refused(siptap("check", "--config", str(config), cwd=tmp_path),
-                   f"siptap: error: {config}: route[0].customer.key: {key}: "
+                   f"siptap: error: {config}: route[0].customer.key (route 'lab'): {key}: "
                    f"private key does not match the certificate in {cert}")
 
 
@@ -115,7 +115,7 @@ def test_check_expired_server_certificate(tmp_path: Path, pki: Path) -> None:
     config = write_config(tmp_path, pki, cert=cert, key=pki / "expired.key")
     expired_on = load_certificate_chain(cert)[0].not_valid_after_utc
     assert_refused(siptap("check", "--config", str(config), cwd=tmp_path),
-                   f"siptap: error: {config}: route[0].customer.cert: {cert}: "
+                   f"siptap: error: {config}: route[0].customer.cert (route 'lab'): {cert}: "
                    f"certificate expired on {expired_on:%Y-%m-%d %H:%M} UTC")
 
 
@@ -124,7 +124,7 @@ def test_check_ec_server_key_with_forced_rsa(tmp_path: Path, pki: Path) -> None:
     config = write_config(tmp_path, pki, cert=pki / "ec-server.pem", key=key)
     kind = type(load_private_key(key)).__name__.removeprefix("_")
     assert_refused(siptap("check", "--config", str(config), cwd=tmp_path),
-                   f"siptap: error: {config}: route[0].customer.key: {key}: key is {kind}, but RSA key exchange "
+                   f"siptap: error: {config}: route[0].customer.key (route 'lab'): {key}: key is {kind}, but RSA key exchange "
                    'needs an RSA server key (use an RSA certificate, or key_exchange = "any")')
     # The same key is fine once ECDHE is allowed.
     config = write_config(tmp_path, pki, cert=pki / "ec-server.pem", key=key, customer='key_exchange = "any"')
@@ -136,14 +136,14 @@ def test_check_ec_server_key_with_forced_rsa(tmp_path: Path, pki: Path) -> None:
 def test_check_bad_ciphers_named_in_their_own_section(tmp_path: Path, pki: Path) -> None:
     config = write_config(tmp_path, pki, customer='ciphers = "AES256-GCM-SHA384"', core_tls='ciphers = "NO-SUCH-SUITE"')
     assert_refused(siptap("check", "--config", str(config), cwd=tmp_path),
-                   f"siptap: error: {config}: route[0].core_tls.ciphers: OpenSSL accepts none of 'NO-SUCH-SUITE'")
+                   f"siptap: error: {config}: route[0].core_tls.ciphers (route 'lab'): OpenSSL accepts none of 'NO-SUCH-SUITE'")
 
 
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
         ('[[route]]\nname = "lab"\nlisten = "127.0.0.1:5061"\ncolour = "red"\n',
-         "route[0].colour: unknown key (known here: core, core_tls, customer, limits, listen, match, mirror_legs, name, reverse)"),
+         "route[0].colour (route 'lab'): unknown key (known here: core, core_tls, customer, limits, listen, match, mirror_legs, name, reverse)"),
     ],
 )
 def test_check_loader_errors(tmp_path: Path, content: str, problem: str) -> None:
@@ -201,5 +201,5 @@ def test_problem_is_blamed_on_the_block_that_failed(tmp_path: Path, pki: Path) -
     config = load_config(config_path)
     with pytest.raises(ConfigError) as info:
         build_plans(config, config.routes[0])
-    assert str(info.value) == f"{config_path}: route[0].core_tls.ca: {missing}: cannot read: No such file or directory"
+    assert str(info.value) == f"{config_path}: route[0].core_tls.ca (route 'lab'): {missing}: cannot read: No such file or directory"
     assert info.value.hint == CERTS_HINT.removeprefix("siptap: hint: ")

@@ -61,7 +61,7 @@ def test_check_warns_about_a_server_certificate_expiring_in_ten_days(pki: Path, 
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{config}: OK: ")
     (line,) = result.stderr.splitlines()
-    assert line.startswith(f"siptap: warning: {config}: route[0].customer.cert: {cert}: certificate ")
+    assert line.startswith(f"siptap: warning: {config}: route[0].customer.cert (route 'lab'): {cert}: certificate ")
     assert "expires in 9 days" in line or "expires in 10 days" in line, line  # minutes after issue
 
 
@@ -76,7 +76,7 @@ def test_check_warns_about_an_expiring_ca_in_a_bundle(pki: Path, tmp_path: Path)
     result = siptap("check", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines() == [
-        f"siptap: warning: {config}: route[0].customer.client_ca: {bundle}: certificate CN=retiring CA expires in "
+        f"siptap: warning: {config}: route[0].customer.client_ca (route 'lab'): {bundle}: certificate CN=retiring CA expires in "
         f"5 days ({extra.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"]
 
 
@@ -88,7 +88,7 @@ def test_check_refuses_an_expired_client_certificate(pki: Path, tmp_path: Path) 
     result = siptap("check", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(
-        f"siptap: error: {config}: route[0].core_tls.cert: {pki / 'expired.pem'}: certificate expired on ")
+        f"siptap: error: {config}: route[0].core_tls.cert (route 'lab'): {pki / 'expired.pem'}: certificate expired on ")
 
 
 def test_check_refuses_an_expired_ca(pki: Path, tmp_path: Path) -> None:
@@ -101,7 +101,7 @@ def test_check_refuses_an_expired_ca(pki: Path, tmp_path: Path) -> None:
     result = siptap("check", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines()[0].startswith(
-        f"siptap: error: {config}: route[0].core_tls.ca: {bundle}: certificate CN=old CA expired 3 days ago")
+        f"siptap: error: {config}: route[0].core_tls.ca (route 'lab'): {bundle}: certificate CN=old CA expired 3 days ago")
 
 
 def test_check_refuses_a_listen_address_in_use(pki: Path, tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_check_refuses_a_listen_address_in_use(pki: Path, tmp_path: Path) -> Non
         port = holder.getsockname()[1]
         config = write_config(tmp_path, pki, listen_port=port)
         assert_refused(siptap("check", "--config", str(config), cwd=tmp_path),
-                       f"siptap: error: {config}: route[0].listen: cannot listen on 127.0.0.1:{port}: "
+                       f"siptap: error: {config}: route[0].listen (route 'lab'): cannot listen on 127.0.0.1:{port}: "
                        "Address already in use",
                        hint="siptap: hint: is another siptap (or the SBC) already on that port? stop it or choose another")
     # The same config once the port is free: check binds nothing for good.

@@ -61,7 +61,7 @@ def test_crl_config_errors(own_pki: Path, tmp_path: Path, section: str, text: st
 def test_check_refuses_unusable_crl_files_naming_key_and_file(own_pki: Path, tmp_path: Path) -> None:
     crl = own_pki / "crl.pem"
     config = write_config(tmp_path, own_pki, customer=f'crl = "{crl}"')
-    prefix = f"siptap: error: {config}: route[0].customer.crl: {crl}"
+    prefix = f"siptap: error: {config}: route[0].customer.crl (route 'lab'): {crl}"
 
     assert_refused(siptap("check", "--config", str(config), cwd=tmp_path),
                    f"{prefix}: cannot read: No such file or directory", hint=CRL_HINT)
@@ -99,7 +99,7 @@ def test_core_leg_crl_error_names_core_tls_key(own_pki: Path, tmp_path: Path) ->
     config = write_config(tmp_path, own_pki, core_tls=f'crl = "{crl}"')
     result = siptap("check", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"siptap: error: {config}: route[0].core_tls.crl: {crl}: CRL #1 is not a valid PEM CRL")
+    assert result.stderr.startswith(f"siptap: error: {config}: route[0].core_tls.crl (route 'lab'): {crl}: CRL #1 is not a valid PEM CRL")
 
 
 def test_certs_revoke_cli_is_cumulative_and_refreshes(own_pki: Path, tmp_path: Path) -> None:

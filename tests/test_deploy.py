@@ -73,10 +73,13 @@ def _siptap_executable(tmp_path: Path) -> Path:
     return stub
 
 
-def _verify(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "siptap.service"
+def _verify(unit_text: str, tmp_path: Path, name: str = "siptap.service",
+            instance: str | None = None) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / name
     path.write_text(unit_text)
-    return subprocess.run(["systemd-analyze", "verify", "--man=no", str(path)],
+    # A template is verified as one of its instances (siptap@lab.service), so that %i expands.
+    target = tmp_path / instance if instance else path
+    return subprocess.run(["systemd-analyze", "verify", "--man=no", str(target)],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -164,20 +167,34 @@ def test_deploy_config_reverse_example_is_valid(tmp_path: Path) -> None:
     assert reverse.customer_tls.server_name == "esbc1.customer.example"
 
 
+def dockerfile_instructions() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined."""
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    return [line for line in text.splitlines() if line and not line.startswith(("#", " "))]
+
+
 def test_dockerfile() -> None:
-    text = (DEPLOY / "Dockerfile").read_text()
-    instructions = [line for line in text.splitlines() if line and not line.startswith(("#", " "))]
-    assert instructions[0] == "FROM python:3.11-slim"
+    instructions = dockerfile_instructions()
+    # A pinned base: an exact Python release on a named Debian release, or a digest; never a
+    # floating tag such as python:3.11-slim.
+    base = instructions[0].removeprefix("FROM ")
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", base), base
+    # ... and the same Python release the tests run on.
+    assert base.startswith(f"python:{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}-"), base
+    runs = [line for line in instructions if line.startswith("RUN ")]
+    assert "RUN pip install --no-deps -r requirements.txt" in runs
+    assert any("pip install --no-deps ." in line and "pip check" in line for line in runs), runs
+    assert not [line for line in runs if "pip install" in line and "--no-deps" not in line], runs
     entrypoint = next(line for line in instructions if line.startswith("ENTRYPOINT "))
     cmd = next(line for line in instructions if line.startswith("CMD "))
     assert json.loads(entrypoint.removeprefix("ENTRYPOINT ")) == ["siptap"]
     assert json.loads(cmd.removeprefix("CMD ")) == ["run", "--config", "/etc/siptap/config.toml"]
-    assert "EXPOSE 5061/tcp" in instructions
+    exposed = {port for line in instructions if line.startswith("EXPOSE ") for port in line.split()[1:]}
+    assert exposed == {"5061/tcp", f"{METRICS.port}/tcp"}, exposed
     volumes = json.loads(next(line for line in instructions if line.startswith("VOLUME ")).removeprefix("VOLUME "))
     assert set(volumes) == {"/etc/siptap/certs", "/var/lib/siptap/captures"}
     users = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
-    assert any("pip install ." in line for line in instructions)
     # Everything COPY'd exists in the repository (the build context is the repository root).
     for line in instructions:
         if line.startswith("COPY "):
@@ -190,6 +207,162 @@ def test_dockerfile() -> None:
 
 def test_deploy_readme_names_the_files() -> None:
     text = (DEPLOY / "README.md").read_text()
-    for name in ("siptap.service", "siptap.sysusers", "config.toml", "Dockerfile", "heplify-server",
-                 "capture_id", "node_name", "[route.reverse]"):
+    for name in ("siptap.service", "siptap@.service", "siptap.sysusers", "config.toml", "Dockerfile",
+                 "requirements.txt", "heplify-server", "capture_id", "node_name", "[route.reverse]", "HEALTHCHECK"):
         assert name in text, name
+
+
+# -- metrics, health check, pinned dependencies, the template unit -------------------------------
+
+METRICS = load_config(DEPLOY / "config.toml").metrics.address
+
+
+def test_deploy_config_serves_metrics_beyond_the_container() -> None:
+    """Inside a container only 0.0.0.0 is reachable through a published port."""
+    config = load_config(DEPLOY / "config.toml")
+    assert config.metrics.enabled
+    assert (config.metrics.address.host, config.metrics.address.port) == ("0.0.0.0", 9464)
+
+
+def healthcheck_command() -> list[str]:
+    (line,) = [line for line in dockerfile_instructions() if line.startswith("HEALTHCHECK ")]
+    options, exec_form = line.split(" CMD ", 1)
+    assert "--interval=" in options and "--timeout=" in options and "--retries=" in options, options
+    command = json.loads(exec_form)
+    assert command[0] == "python" and f"127.0.0.1:{METRICS.port}/metrics" in command[-1], command
+    return command
+
+
+async def test_healthcheck_command_against_a_real_siptap(pki: Path, tmp_path: Path) -> None:
+    """The HEALTHCHECK's command, as written, run against `siptap run` (its port moved to the one
+    this test's siptap got): healthy while siptap runs, unhealthy with nothing on the port."""
+    import trio
+
+    from siptap.tools.lab.core import start_lab_core
+    from tests.relay.harness import SiptapProcess, write_config
+
+    command = healthcheck_command()
+    command[0] = sys.executable  # the image's python is this one (the base is pinned to it)
+
+    def run(port: int) -> subprocess.CompletedProcess[str]:
+        moved = [*command[:-1], command[-1].replace(f"127.0.0.1:{METRICS.port}", f"127.0.0.1:{port}")]
+        return subprocess.run(moved, capture_output=True, text=True, timeout=30)
+
+    async with trio.open_nursery() as nursery:
+        _core, core_port = await start_lab_core(nursery, pki)
+        top = '[metrics]\nenabled = true\naddress = "127.0.0.1:0"\n'
+        siptap = SiptapProcess(write_config(tmp_path, pki, cores=[core_port], top=top))
+        await siptap.start(nursery)
+        await siptap.port()
+        port = int((await siptap.wait_for("metrics_up"))[0]["port"])
+        await siptap.wait_for("workers_ready")
+        healthy = await trio.to_thread.run_sync(run, port)
+        assert await siptap.stop() == 0
+        nursery.cancel_scope.cancel()
+    assert healthy.returncode == 0, healthy.stderr
+    gone = run(port)  # siptap stopped: nothing answers there now
+    assert gone.returncode != 0
+
+
+def _runtime_closure() -> dict[str, str]:
+    """Every distribution siptap needs at run time (its [project] dependencies, recursively,
+    markers evaluated here), by normalised name, with the installed version."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, str] = {}
+    todo = ["siptap"]
+    while todo:
+        dist = metadata.distribution(todo.pop())
+        name = canonicalize_name(dist.metadata["Name"])
+        if name in found:
+            continue
+        found[name] = dist.version
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    del found["siptap"]
+    return found
+
+
+def test_requirements_pin_the_whole_runtime_closure_exactly() -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in (DEPLOY / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            requirement = Requirement(line)
+            (spec,) = requirement.specifier
+            assert spec.operator == "==", f"not pinned exactly: {line}"
+            pins[canonicalize_name(requirement.name)] = spec.version
+    closure = _runtime_closure()
+    # Complete (the image installs with --no-deps), nothing extra, and the versions tested here.
+    assert sorted(pins) == sorted(closure)
+    assert pins == closure, {name: (pins[name], closure[name]) for name in pins if pins[name] != closure[name]}
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for text in declared:
+        requirement = Requirement(text)
+        assert pins[canonicalize_name(requirement.name)] in requirement.specifier, text
+
+
+TEMPLATE = DEPLOY / "siptap@.service"
+# What differs between siptap.service and its template: the config file and the folders.
+TEMPLATE_CHANGES = {
+    "Description=siptap inline TLS-terminating SIP proxy": "Description=siptap inline TLS-terminating SIP proxy (instance %i)",
+    f"ExecStartPre={INSTALLED_SIPTAP} check --config /etc/siptap/config.toml":
+        f"ExecStartPre={INSTALLED_SIPTAP} check --config /etc/siptap/%i.toml",
+    f"ExecStart={INSTALLED_SIPTAP} run --config /etc/siptap/config.toml":
+        f"ExecStart={INSTALLED_SIPTAP} run --config /etc/siptap/%i.toml",
+    "StateDirectory=siptap siptap/captures": "StateDirectory=siptap/%i siptap/%i/captures",
+    "WorkingDirectory=/var/lib/siptap": "WorkingDirectory=/var/lib/siptap/%i",
+    "ReadWritePaths=/var/lib/siptap/captures": "ReadWritePaths=/var/lib/siptap/%i/captures",
+}
+
+
+def _settings(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip() and not line.startswith(("#", ";"))]
+
+
+def test_template_unit_is_the_service_per_instance() -> None:
+    """siptap@.service is siptap.service line for line (the same hardening), except the config
+    path and the folders, which carry the instance name."""
+    expected = [TEMPLATE_CHANGES.get(line, line) for line in _settings(UNIT.read_text())]
+    assert _settings(TEMPLATE.read_text()) == expected
+    assert all(new in expected for new in TEMPLATE_CHANGES.values())
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (package systemd)")
+def test_template_unit_verifies_as_an_instance(tmp_path: Path) -> None:
+    text = TEMPLATE.read_text()
+    assert text.count(INSTALLED_SIPTAP) == 2
+    copy = text.replace(INSTALLED_SIPTAP, str(_siptap_executable(tmp_path)))
+    result = _verify(copy, tmp_path, "siptap@.service", instance="siptap@lab.service")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+    broken = _verify(copy.replace("NoNewPrivileges", "NoNewPrivilege"), tmp_path, "siptap@.service",
+                     instance="siptap@lab.service")
+    assert "NoNewPrivilege" in broken.stderr, broken.stderr
+
+
+def test_second_instance_recipe_of_the_deploy_readme(tmp_path: Path) -> None:
+    """The README's sed line, run on the shipped config, gives a valid second instance that
+    shares nothing with the first: listen port, metrics port, HEP identity, captures folder."""
+    text = (DEPLOY / "README.md").read_text()
+    recipe = text.split("sed -e ", 1)[1].split("/etc/siptap/config.toml >", 1)[0]
+    command = "sed -e " + recipe.replace("\\\n", " ") + f"{DEPLOY / 'config.toml'}"
+    second = tmp_path / "customer-b.toml"
+    second.write_text(subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True).stdout)
+    first, other = load_config(DEPLOY / "config.toml"), load_config(second)
+    (a,), (b,) = first.routes, other.routes
+    assert (b.name, b.listen[0].port, b.cores) == ("customer-b", 5071, a.cores)
+    assert (other.metrics.address.port, other.mirror.hep[0].capture_id, other.mirror.hep[0].node_name) == \
+        (9465, 2002, "siptap-2")
+    captures = Path("/var/lib/siptap/customer-b/captures")
+    mirror = other.mirror
+    assert mirror.keylog is not None and mirror.pcap is not None and mirror.srtp_keys is not None
+    assert {mirror.keylog.path.parent, mirror.pcap.directory, mirror.srtp_keys.path.parent} == {captures}

@@ -90,3 +90,35 @@ def test_event_writer_declines_a_logger_without_bound_context() -> None:
         assert event_writer(object(), "sip") is None
     finally:
         writer.close()
+
+
+def test_console_line_puts_the_event_and_what_it_is_about_first() -> None:
+    from siptap.log import console_line
+
+    line = console_line({"conn": "ab-1", "route": "lab", "direction": "core->customer", "size": 300, "status": 486,
+                         "reason": "Busy Here", "call_id": "c1@h", "cseq": "1 INVITE", "event": "sip",
+                         "level": "info", "timestamp": "2026-01-01T00:00:00.000000Z"})
+    assert line == ("2026-01-01T00:00:00.000000Z info    "
+                    "sip 486 Busy Here call_id=c1@h cseq='1 INVITE' direction=core->customer size=300 conn=ab-1 route=lab")
+
+
+def test_console_line_summarises_a_handshake_and_keeps_tracebacks() -> None:
+    from siptap.log import console_line
+
+    cert = {"subject": "CN=esbc1", "issuer": "CN=Customer CA", "serial": "0A", "not_before": "2026-01-01T00:00:00Z",
+            "not_after": "2027-01-01T00:00:00Z", "sha256": "AB:" * 31 + "AB", "sans": ["DNS:esbc1"], "common_name": "esbc1"}
+    offer = {"versions": ["TLSv1.2"], "cipher_suites": ["TLS_RSA_WITH_AES_128_GCM_SHA256"] * 30, "sni": None}
+    line = console_line({"conn": "ab-1", "leg": "customer", "role": "server", "version": "TLSv1.2",
+                         "cipher": "AES128-GCM-SHA256", "key_exchange": "RSA", "extended_master_secret": True,
+                         "session_reused": False, "sni": None, "client_random": "00" * 32, "master_secret": "11" * 48,
+                         "keylog": ["CLIENT_RANDOM " + "00" * 32 + " " + "11" * 48], "client_offer": offer,
+                         "peer_certificate": cert, "peer_chain_length": 1, "event": "handshake_done",
+                         "level": "info", "timestamp": "T"})
+    first, keylog = line.split("\n")
+    assert first == ("T info    handshake_done leg=customer version=TLSv1.2 cipher=AES128-GCM-SHA256 key_exchange=RSA "
+                     "cert='CN=esbc1' sans=DNS:esbc1 issuer='CN=Customer CA' expires=2027-01-01 offered='TLSv1.2 30 suites' "
+                     "ems=yes conn=ab-1")
+    assert keylog == "    CLIENT_RANDOM " + "00" * 32 + " " + "11" * 48
+    failed = console_line({"event": "session_crashed", "level": "error", "timestamp": "T",
+                           "exception": "Traceback (most recent call last):\n  ...\nValueError: x"})
+    assert failed.splitlines()[0] == "T error   session_crashed" and failed.endswith("ValueError: x")

@@ -46,7 +46,7 @@ def test_ocsp_keys_default_off_and_parse(pki: Path, tmp_path: Path) -> None:
 def test_check_refuses_bad_ocsp_keys_naming_file_and_key(pki: Path, tmp_path: Path, section: str, text: str,
                                                         key: str, problem: str) -> None:
     config = write_config(tmp_path, pki, **{section: text})
-    assert_refused(siptap("check", "--config", str(config), cwd=tmp_path), f"siptap: error: {config}: {key}: {problem}")
+    assert_refused(siptap("check", "--config", str(config), cwd=tmp_path), f"siptap: error: {config}: {key} (route 'lab'): {problem}")
 
 
 def test_check_accepts_ocsp_on_both_legs(pki: Path, tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ def test_insecure_key_refused_unless_explicitly_allowed(pki: Path, tmp_path: Pat
 
     config = config_with("")
     assert_refused(siptap("check", "--config", str(config), cwd=tmp_path),
-                   f"siptap: error: {config}: route[0].{section}.key: {key}: "
+                   f"siptap: error: {config}: route[0].{section}.key (route 'lab'): {key}: "
                    f"private key is {what} by group/others (mode {mode:04o}); chmod 600 it")
 
     config = config_with("allow_insecure_key_permissions = true")

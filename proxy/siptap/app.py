@@ -93,13 +93,13 @@ def _locate(config: Config, route: Route, exc: CertificateError) -> ConfigError:
             value = getattr(settings, name, None)
             if value is not None and (str(value) == exc.path or name == exc.path):
                 problem = exc.problem if name == exc.path else str(exc)
-                error = ConfigError(str(config.path), f"route[{index}].{section}.{name}", problem)
+                error = ConfigError(str(config.path), f"route[{index}].{section}.{name}", problem, route=route.name)
                 if "No such file" in exc.problem and name in ("cert", "key", "client_ca", "ca"):
                     error.hint = "for the lab PKI run `siptap certs init --dir certs` next to the config file"
                 elif name == "crl" and ("No such file" in exc.problem or "expired" in exc.problem):
                     error.hint = "for the lab PKI, `siptap certs revoke --dir certs` (re)writes certs/crl.pem (fresh nextUpdate)"
                 return error
-    return ConfigError(str(config.path), f"route[{index}]", str(exc))
+    return ConfigError(str(config.path), f"route[{index}]", str(exc), route=route.name)
 
 
 def _locate_mirror(config: Config, exc: CertificateError) -> ConfigError:

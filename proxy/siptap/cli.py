@@ -287,14 +287,16 @@ def _check_expiry_and_ports(config: Config) -> None:
     from siptap.tls.cert_watch import certificate_entries
 
     now = datetime.now(UTC)
+    names = [route.name for route in config.routes]
     for entry in certificate_entries(config):
         state = entry.state(now)
         if state == "expired":
-            error = ConfigError(str(config.path), entry.key, entry.describe(now))
+            error = ConfigError(str(config.path), entry.key, entry.describe(now)).naming_route(names)
             error.hint = "replace it (lab PKI: `siptap certs init --force` or `siptap certs issue`)"
             raise error
         if state == "expiring":
-            print(f"siptap: warning: {config.path}: {entry.key}: {entry.describe(now)}", file=sys.stderr)
+            warning = ConfigError(str(config.path), entry.key, entry.describe(now)).naming_route(names)
+            print(f"siptap: warning: {warning}", file=sys.stderr)
     listens = [(f"route[{i}].listen", r.listen) for i, r in enumerate(config.routes)]
     listens += [(f"route[{i}].reverse.listen", r.reverse.listen) for i, r in enumerate(config.routes) if r.reverse]
     if config.metrics.enabled:
@@ -303,7 +305,7 @@ def _check_expiry_and_ports(config: Config) -> None:
         for endpoint in endpoints:
             problem = listen_problem(endpoint)
             if problem is not None:
-                error = ConfigError(str(config.path), key, problem)
+                error = ConfigError(str(config.path), key, problem).naming_route(names)
                 error.hint = "is another siptap (or the SBC) already on that port? stop it or choose another"
                 raise error
 

@@ -5,6 +5,12 @@ Each carries enough to print one clear line (what, where, why) without a traceba
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
+# The route a dotted key path points into: "route[2].customer.key" -> 2.
+_ROUTE_INDEX = re.compile(r"route\[(\d+)\]")
+
 
 class SiptapError(Exception):
     """Base of every error siptap reports to its user as one line plus a hint."""
@@ -13,14 +19,35 @@ class SiptapError(Exception):
 
 
 class ConfigError(SiptapError):
-    """A configuration problem, always naming the file and the dotted key path."""
+    """A configuration problem, always naming the file and the dotted key path.
 
-    def __init__(self, file: str, key: str | None, problem: str) -> None:
+    ``route``: the ``name`` of the route the key points into. ``route[3]`` makes a user count
+    ``[[route]]`` tables; the name is what they search for (and what the logs say), so a
+    message carries both: ``config.toml: route[3].customer.key (route 'b'): ...``."""
+
+    def __init__(self, file: str, key: str | None, problem: str, *, route: str | None = None) -> None:
         self.file = file
         self.key = key
         self.problem = problem
+        self.route = route
         where = f"{file}: {key}" if key else file
+        if route is not None:
+            where += f" (route {route!r})"
         super().__init__(f"{where}: {problem}")
+
+    def naming_route(self, names: Sequence[object]) -> ConfigError:
+        """This error with ``route`` set from its key's index into ``names`` (each route's
+        name, or anything else where a route has none yet); itself when there is nothing to add."""
+        match = _ROUTE_INDEX.match(self.key or "")
+        if self.route is not None or match is None:
+            return self
+        index = int(match[1])
+        name = names[index] if index < len(names) else None
+        if not isinstance(name, str):
+            return self
+        named = ConfigError(self.file, self.key, self.problem, route=name)
+        named.hint = self.hint
+        return named
 
 
 class CertificateError(SiptapError):

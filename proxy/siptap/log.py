@@ -131,6 +131,99 @@ def _json_default(value: object) -> object:
 _configured: dict[str, Any] = {}  # what configure() set up, for event_writer()
 
 
+# -- the console format ------------------------------------------------------------------------
+#
+# JSON lines are for jq and the tools; the console format is for a person watching a terminal.
+# A line reads: time, level, event, then what that event is about (a `sip` line's method or
+# status and its Call-ID), then the other fields, and the connection's context (conn, route,
+# worker) last. Nested records are summarised: a `handshake_done` line is ~2,000 characters of
+# JSON (certificate, client offer, secrets), one line here plus its key-log lines, which a
+# person copies into a key log as they are.
+
+# Fields shown right after the event, in this order (when present); the context goes last.
+_CONSOLE_FIRST = ("call_id", "cseq", "direction", "leg", "version", "cipher", "key_exchange", "cert", "sans", "issuer",
+                  "expires", "reason", "detail")
+_CONSOLE_LAST = ("conn", "route", "worker", "process")
+# handshake_done's members a person does not read on a terminal: the key-log lines below hold
+# the same secrets in the form Wireshark takes.
+_CONSOLE_DROPPED = ("client_random", "master_secret", "peer_chain_length", "role")
+
+
+def _console_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    if isinstance(value, str):
+        plain = value and not any(c.isspace() or c in "'\"=" for c in value)
+        return value if plain else repr(value)
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value, default=_json_default, separators=(",", ":"))
+
+
+def _certificate_fields(cert: object) -> dict[str, object]:
+    """A peer certificate summary (subject, issuer, SANs, expiry) as a few readable fields."""
+    if not isinstance(cert, dict):
+        return {"cert": cert}
+    out: dict[str, object] = {"cert": cert.get("subject")}
+    if cert.get("sans"):
+        out["sans"] = ",".join(str(name) for name in cert["sans"])
+    out["issuer"] = cert.get("issuer")
+    not_after = cert.get("not_after")
+    out["expires"] = not_after[:10] if isinstance(not_after, str) else not_after
+    return out
+
+
+def _offer_summary(offer: object) -> object:
+    """A ClientHello summary (versions, suites...) as "TLSv1.3,TLSv1.2 31 suites"."""
+    if not isinstance(offer, dict):
+        return offer
+    versions = ",".join(str(v) for v in offer.get("versions") or [])
+    return f"{versions} {len(offer.get('cipher_suites') or [])} suites".strip()
+
+
+def console_line(event_dict: dict[str, Any]) -> str:
+    """One event as the console format shows it (see the comment above)."""
+    fields = dict(event_dict)
+    head = [str(fields.pop("timestamp", "")), f"{fields.pop('level', 'info'):<7}", str(fields.pop("event", ""))]
+    exception = fields.pop("exception", None)
+    extra_lines = [str(line) for line in fields.pop("keylog", None) or []]
+    if head[2] == "sip":
+        # A SIP message: the method, or the status code and reason phrase, is what it is.
+        method, status = fields.pop("method", None), fields.pop("status", None)
+        if method is not None:
+            head.append(str(method))
+        elif status is not None:
+            head.append(f"{status} {fields.pop('reason', '') or ''}".rstrip())
+    if "peer_certificate" in fields:
+        fields.update(_certificate_fields(fields.pop("peer_certificate")))
+    if "client_offer" in fields:
+        fields["offered"] = _offer_summary(fields.pop("client_offer"))
+    if head[2] == "handshake_done":
+        for name in _CONSOLE_DROPPED:
+            fields.pop(name, None)
+        if fields.get("session_reused") is False:
+            del fields["session_reused"]
+        if "extended_master_secret" in fields:
+            fields["ems"] = fields.pop("extended_master_secret")
+        if fields.get("client") is not None and fields.get("client") == fields.get("peer"):
+            del fields["client"]  # the customer leg: the bound peer address says it already
+    ordered = [name for name in _CONSOLE_FIRST if name in fields]
+    ordered += [name for name in fields if name not in _CONSOLE_FIRST and name not in _CONSOLE_LAST]
+    ordered += [name for name in _CONSOLE_LAST if name in fields]
+    parts = head + [f"{name}={_console_value(fields[name])}" for name in ordered if fields[name] is not None]
+    lines = [" ".join(part for part in parts if part)]
+    lines += [f"    {line}" for line in extra_lines]
+    if exception:
+        lines.append(str(exception))
+    return "\n".join(lines)
+
+
+def _render_console(_logger: Any, _name: str, event_dict: dict[str, Any]) -> str:
+    return console_line(event_dict)
+
+
 def event_writer(logger: LogWriter, event: str) -> Callable[[dict[str, Any]], None] | None:
     """A cheaper ``logger.info(event, **fields)`` for an event logged per relayed message.
 
@@ -184,7 +277,7 @@ def configure(settings: LogSettings, stream: IO[str] | None = None) -> QueueWrit
     _configured.update(writer=writer, format=settings.format, level=settings.level, stamp=clock)
     renderer: Any
     if settings.format == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        renderer = _render_console
     else:
         renderer = structlog.processors.JSONRenderer(default=_json_default)
     structlog.configure(

@@ -79,7 +79,9 @@ def error(text: str, path: Path = FILE) -> ConfigError:
 def assert_error(text: str, key: str, *fragments: str) -> ConfigError:
     exc = error(text)
     assert exc.key == key, str(exc)
-    assert str(exc).startswith(f"{FILE}: {key}: "), str(exc)
+    # A key inside a route names that route too (when it has a name to give).
+    named = f" (route {exc.route!r})" if exc.route is not None else ""
+    assert str(exc).startswith(f"{FILE}: {key}{named}: "), str(exc)
     for fragment in fragments:
         assert fragment in exc.problem, str(exc)
     return exc
@@ -181,8 +183,38 @@ def test_unknown_key_lists_the_known_ones() -> None:
 
 def test_unknown_key_in_second_route() -> None:
     second = config_text(listen='"127.0.0.1:5071"', customer="bogus = 1").split("[[route]]", 1)[1]
-    assert_error(config_text() + "[[route]]" + second.replace('name = "lab"', 'name = "two"'),
-                 "route[1].customer.bogus", "unknown key")
+    exc = assert_error(config_text() + "[[route]]" + second.replace('name = "lab"', 'name = "two"'),
+                       "route[1].customer.bogus", "unknown key")
+    # The route by its name as well as its index: the name is what a user searches the file for.
+    assert exc.route == "two"
+    assert str(exc).startswith(f"{FILE}: route[1].customer.bogus (route 'two'): unknown key")
+
+
+@pytest.mark.parametrize(("text", "key", "suggestion"), [
+    (config_text(route="liste = 1"), "route[0].liste", "did you mean 'listen'?"),
+    (config_text(customer="verify_clients = true"), "route[0].customer.verify_clients", "did you mean 'verify_client'?"),
+    (config_text(customer='Key_Exchange = "rsa"'), "route[0].customer.Key_Exchange", "did you mean 'key_exchange'?"),
+    (config_text(top="[log]\nsip_payload = true"), "log.sip_payload", "did you mean 'sip_payloads'?"),
+    (config_text(top="[mirrors]"), "mirrors", "did you mean 'mirror'?"),
+    (config_text(customer='key_exchange = "RSA"'), "route[0].customer.key_exchange", "did you mean 'rsa'?"),
+    (config_text(core_tls='min_version = "TLS1.2"'), "route[0].core_tls.min_version", "did you mean 'TLSv1.2'?"),
+])
+def test_misspelt_key_or_value_suggests_the_nearest(text: str, key: str, suggestion: str) -> None:
+    exc = assert_error(text, key, suggestion)
+    assert "did you mean" in str(exc) and str(exc).count("did you mean") == 1
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    (config_text(route='colour = "red"'), "route[0].colour"),
+    (config_text(customer='key_exchange = "dh"'), "route[0].customer.key_exchange"),
+])
+def test_no_suggestion_when_nothing_is_close(text: str, key: str) -> None:
+    assert "did you mean" not in str(assert_error(text, key))
+
+
+def test_a_route_without_a_usable_name_is_named_by_index_only() -> None:
+    exc = assert_error(config_text(route="name = 5").replace('name = "lab"\n', ""), "route[0].name", "expected a string")
+    assert exc.route is None and f"{FILE}: route[0].name: " in str(exc)
 
 
 # -- wrong types ----------------------------------------------------------------------------
@@ -550,7 +582,7 @@ def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
     path.write_text(config_text(customer='key_exchange = "dh"'))
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert str(info.value) == f"{path}: route[0].customer.key_exchange: 'dh' is not one of rsa, any"
+    assert str(info.value) == f"{path}: route[0].customer.key_exchange (route 'lab'): 'dh' is not one of rsa, any"
 
 
 # -- workers ----------------------------------------------------------------------------------
@@ -579,6 +611,6 @@ def test_workers_refused(value: str, fragment: str) -> None:
 
 def test_workers_need_fixed_listen_ports() -> None:
     exc = assert_error(config_text(top="workers = 2", listen='["127.0.0.1:5061", "127.0.0.1:0"]'), "workers",
-                       "route[0].listen[1] is 127.0.0.1:0")
+                       "route[0].listen[1] (route 'lab') is 127.0.0.1:0")
     assert "port 0 would give each worker its own port" in exc.problem
     assert parse(config_text(top="workers = 1", listen='"127.0.0.1:0"')).worker_count == 1

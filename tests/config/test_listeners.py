@@ -3,6 +3,8 @@ that name the file, the routes and the key when they cannot share."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from siptap.config.listeners import listener_groups
@@ -36,7 +38,8 @@ def refused(text: str, key: str, *fragments: str) -> str:
     with pytest.raises(ConfigError) as info:
         parse(text)
     assert info.value.key == key, str(info.value)
-    assert str(info.value).startswith(f"{FILE}: {key}: "), str(info.value)
+    # The key, then the route it belongs to by name (config errors name routes so).
+    assert re.match(rf"{re.escape(str(FILE))}: {re.escape(key)} \(route '[^']+'\): ", str(info.value)), str(info.value)
     for fragment in fragments:
         assert fragment in info.value.problem, str(info.value)
     return info.value.problem

@@ -19,7 +19,7 @@ def _which(name: str) -> str | None:
 
 
 PEERS = {name: _which(name) for name in ("tcpdump", "tshark", "sngrep", "openssl", "stunnel4", "kamailio", "sipp",
-                                               "chromium")}
+                                               "chromium", "jq")}
 
 
 def require(*names: str) -> pytest.MarkDecorator:

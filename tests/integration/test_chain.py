@@ -32,7 +32,7 @@ import pytest
 import trio
 
 from siptap.tools.lab.customer import IMG2020_CIPHERS
-from tests.integration import peers
+from tests.integration import interop, peers
 from tests.integration.capture import LoopbackCapture, require, tshark_fields
 from tests.mirror.helpers import free_port
 from tests.mirror.test_hep import udp_socket_state
@@ -129,6 +129,7 @@ def assert_siptap_log(siptap: SiptapProcess, connections: int, uac: peers.SippRu
     assert Counter(invites) == Counter(uac.call_ids())
 
 
+@pytest.mark.interop
 @require("kamailio", "sipp", "stunnel4", "tcpdump", "tshark", "sngrep")
 async def test_trunk_many_calls_on_one_connection_and_both_legs_decrypt(pki: Path, tmp_path: Path) -> None:
     # The mirror feeds real consumers in the same run: sngrep receives HEP, and the pcap sink writes.
@@ -163,6 +164,11 @@ async def _trunk_run(pki: Path, tmp_path: Path, mirror: str, hep_port: int, sngr
             assert await c.siptap.stop() == 0  # and the key-log file is complete
             assert_siptap_log(c.siptap, 1, uac)
         nursery.cancel_scope.cancel()
+    (customer_hs,), (core_hs,) = c.siptap.find("handshake_done", leg="customer"), c.siptap.find("handshake_done", leg="core")
+    interop.record(interop.from_handshake("chain/stunnel-esbc-img2020-offer", "stunnel as the E-SBC (SIPp behind it)",
+                                          interop.stunnel_version(), customer_hs))
+    interop.record(interop.from_handshake("chain/kamailio-core", "Kamailio as the core SBC", interop.kamailio_version(),
+                                          core_hs))
 
     expected = sipp_traffic(uac)
     assert sum(expected.values()) == 7 * CALLS  # INVITE 100 180 200 ACK BYE 200, per call

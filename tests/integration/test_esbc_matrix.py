@@ -24,6 +24,7 @@ import trio
 from siptap.tools.lab.core import LabCore, core_context, start_lab_core
 from siptap.tools.lab.customer import IMG2020_CIPHERS, CustomerSession, customer_context
 from siptap.tools.lab.sip import request
+from tests.integration import interop
 from tests.integration.capture import PEERS, LoopbackCapture, require, tshark_fields
 from tests.relay.harness import SiptapProcess, write_config
 
@@ -103,6 +104,10 @@ async def run_client(pki: Path, tmp: Path, *args: str, customer: str = "", **kwa
     return run, siptap, core
 
 
+S_CLIENT = "openssl s_client as the E-SBC"
+
+
+@pytest.mark.interop
 @require("openssl")
 async def test_img2020_offer_gets_rsa_key_exchange_and_sip_through(pki: Path, tmp_path: Path) -> None:
     options = options_request()
@@ -115,6 +120,7 @@ async def test_img2020_offer_gets_rsa_key_exchange_and_sip_through(pki: Path, tm
     assert hs["peer_certificate"]["common_name"] == "customer"
     assert siptap.find("handshake_failed") == []
     assert core.received == [options]  # byte for byte
+    interop.record(interop.from_handshake("esbc/img2020-offer", S_CLIENT, interop.openssl_version(), hs))
     closed = siptap.find("connection_closed")[0]
     assert closed["closed_by"] == "customer" and "close_notify" in closed["reason"]
     observed = siptap.find("connection_observed")[0]
@@ -148,6 +154,7 @@ REFUSED = [
 ]
 
 
+@pytest.mark.interop
 @require("openssl")
 @pytest.mark.parametrize("case", REFUSED, ids=[c.name for c in REFUSED])
 async def test_refused_esbc_gets_a_precise_reason(pki: Path, tmp_path: Path, case: Refused) -> None:
@@ -165,8 +172,10 @@ async def test_refused_esbc_gets_a_precise_reason(pki: Path, tmp_path: Path, cas
     assert core.connections == 0  # a refused customer never reaches the core
     closed = siptap.find("connection_closed")
     assert len(closed) == 1 and closed[0]["reason"] == f"handshake_failed: {case.reason}"
+    interop.record(interop.from_handshake(f"esbc/{case.name}", S_CLIENT, interop.openssl_version(), event))
 
 
+@pytest.mark.interop
 @require("openssl")
 async def test_key_exchange_any_admits_the_tls13_only_client(pki: Path, tmp_path: Path) -> None:
     options = options_request()
@@ -179,8 +188,11 @@ async def test_key_exchange_any_admits_the_tls13_only_client(pki: Path, tmp_path
     assert hs["peer_certificate"]["common_name"] == "customer"
     assert siptap.find("handshake_failed") == []
     assert core.received == [options]
+    interop.record(interop.from_handshake("esbc/tls13-only-with-key-exchange-any", S_CLIENT,
+                                          interop.openssl_version(), hs))
 
 
+@pytest.mark.interop
 @require("tcpdump", "tshark")
 async def test_tls13_only_core_leg_works_and_decrypts_with_the_key_log(pki: Path, tmp_path: Path) -> None:
     keylog = tmp_path / "keys.log"
@@ -219,6 +231,8 @@ async def test_tls13_only_core_leg_works_and_decrypts_with_the_key_log(pki: Path
     # Without the key log the core leg is opaque.
     assert tshark_fields(capture.path, ["sip.Call-ID"], "-o", f"sip.tls.port:{core_port}") == []
     assert "CLIENT_TRAFFIC_SECRET_0" in keylog.read_text()
+    interop.record(interop.from_handshake("core/tls13-only-lab-core", "lab core (TLS 1.3 only)",
+                                          interop.python_ssl_version(), core_hs))
 
 
 def _call_ids(messages: list[bytes]) -> list[str]:

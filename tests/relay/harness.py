@@ -88,6 +88,7 @@ class SiptapProcess:
     def __init__(self, config: Path) -> None:
         self.config = config
         self.events: list[dict[str, Any]] = []
+        self.lines: list[bytes] = []  # stdout as written, for tools that read the log itself (jq)
         self.stderr = b""
         self._changed = trio.Event()
         self.process: trio.Process | None = None
@@ -118,6 +119,7 @@ class SiptapProcess:
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
                 if line.strip():
+                    self.lines.append(line)
                     self.events.append(json.loads(line))
             self._changed.set()
             self._changed = trio.Event()

@@ -67,7 +67,7 @@ async def test_each_attempt_names_its_cause_and_the_next_core_serves(pki: Path) 
     assert upstream.address.port == good
     failed = log.find("upstream_failed")
     assert [(f["stage"], f["reason"]) for f in failed] == [
-        ("tcp", "connect_refused"), ("tcp", "connect_timeout"), ("tcp", "no_route"), ("tls", "unknown_ca")]
+        ("tcp", "connect_refused"), ("tcp", "connect_timeout"), ("tcp", "unreachable"), ("tls", "unknown_ca")]
     assert failures == [f["reason"] for f in failed]  # the metric's labels
     assert "ECONNREFUSED" in failed[0]["detail"]
     assert "0.5 s" in failed[1]["detail"]
@@ -87,7 +87,7 @@ async def test_no_upstream_names_the_peer_and_every_cause(pki: Path, leg: str, p
     message = str(info.value)
     assert message.startswith(peer), message
     assert "core" not in message or leg == "core", message
-    assert [why.split(":")[0] for _, why in info.value.attempts] == ["connect_refused", "no_route"]
+    assert [why.split(":")[0] for _, why in info.value.attempts] == ["connect_refused", "unreachable"]
     assert {f["leg"] for f in log.find("upstream_failed")} == {leg}
 
 
@@ -106,11 +106,11 @@ def _trio_style(*errors: OSError) -> OSError:
     [
         (_trio_style(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")), "connect_refused",
          "ECONNREFUSED"),
-        (_trio_style(OSError(errno.EHOSTUNREACH, "No route to host")), "no_route", "EHOSTUNREACH"),
+        (_trio_style(OSError(errno.EHOSTUNREACH, "No route to host")), "unreachable", "EHOSTUNREACH"),
         (_trio_style(OSError(errno.ETIMEDOUT, "Connection timed out")), "connect_timeout", "ETIMEDOUT"),
         # Happy eyeballs: IPv6 unreachable, IPv4 refused; the first known cause names it.
         (_trio_style(OSError(errno.ENETUNREACH, "Network is unreachable"),
-                     ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")), "no_route", "ENETUNREACH"),
+                     ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")), "unreachable", "ENETUNREACH"),
         (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "name_unresolved", "not known"),
         (OSError(errno.EMFILE, "Too many open files"), "out_of_descriptors", "RLIMIT_NOFILE"),
         (_trio_style(OSError(errno.EACCES, "Permission denied")), "connect_failed", "Permission denied"),

@@ -83,6 +83,18 @@ def load_config(path: str | Path) -> Config:
 
 
 def parse_config(data: dict[str, object], path: Path) -> Config:
+    """The Config in ``data``; a ConfigError names the file, the key and, for a key inside a
+    route, that route's ``name``."""
+    try:
+        return _parse_config(data, path)
+    except ConfigError as exc:
+        routes = data.get("route")
+        names = [table.get("name") if isinstance(table, dict) else None
+                 for table in (routes if isinstance(routes, list) else [])]
+        raise exc.naming_route(names) from None
+
+
+def _parse_config(data: dict[str, object], path: Path) -> Config:
     if "path" in data:
         raise ConfigError(str(path), "path", "unknown key")
     data = _inherit_customer_blocks(data)
@@ -114,7 +126,8 @@ def parse_config(data: dict[str, object], path: Path) -> Config:
                 if endpoint.port == 0:
                     raise ConfigError(str(path), "workers",
                                       f"{workers} workers share each listen address, so every port must be fixed: "
-                                      f"route[{index}].{key} is {endpoint} (port 0 would give each worker its own port)")
+                                      f"route[{index}].{key} (route {route.name!r}) is {endpoint} "
+                                      "(port 0 would give each worker its own port)")
     return config
 
 

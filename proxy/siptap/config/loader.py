@@ -16,6 +16,7 @@ and :mod:`siptap.config.config_file` declare theirs.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import tomllib
 import types
@@ -87,7 +88,7 @@ class Loader:
         for key in table:
             if key not in toml_names:
                 known = ", ".join(sorted(toml_names))
-                self.fail(join(where, key), f"unknown key (known here: {known})")
+                self.fail(join(where, key), f"unknown key{did_you_mean(key, toml_names)} (known here: {known})")
         values: dict[str, object] = dict(internal or {})
         for toml_name, name in toml_names.items():
             f = fields[name]
@@ -148,7 +149,7 @@ class Loader:
                 self.fail(key, f"expected a string, got {tname(raw)}")
             choices = f.metadata.get(CHOICES)
             if choices and raw not in choices:
-                self.fail(key, f"{raw!r} is not one of {', '.join(choices)}")
+                self.fail(key, f"{raw!r} is not one of {', '.join(choices)}{did_you_mean(raw, choices)}")
             return raw
         if hint is Endpoint:
             return self.endpoint(raw, key, default_port=f.metadata.get(DEFAULT_PORT, self.default_port))
@@ -202,6 +203,14 @@ class Loader:
         if not host:
             self.fail(key, f"{raw!r}: missing host")
         return Endpoint(host, port)
+
+
+def did_you_mean(given: str, known: typing.Iterable[str]) -> str:
+    """``"; did you mean 'listen'?"`` for the known word closest to a misspelt one (difflib's
+    ratio, case-insensitive: ``Key_Exchange`` finds ``key_exchange``), or "" when none is close."""
+    by_folded = {word.casefold(): word for word in known}
+    close = difflib.get_close_matches(given.casefold(), list(by_folded), n=1, cutoff=0.75)
+    return f"; did you mean {by_folded[close[0]]!r}?" if close else ""
 
 
 def join(where: str, key: str) -> str:

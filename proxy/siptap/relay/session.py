@@ -186,7 +186,7 @@ async def _serve(tcp: trio.SocketStream, plan: SessionPlan, log: LogWriter) -> N
         # Failed handshakes are counted here by reason (the README's table); successes in
         # relay_session, which every handshaken connection reaches.
         if plan.metrics is not None:
-            plan.metrics.child(plan.metrics.handshakes, plan.route, plan.accepted_leg, "failed", exc.reason).inc()
+            plan.metrics.handshake(plan.route, plan.accepted_leg, exc.reason)
         # The client's offer (versions, suites) is what an operator needs for ecdhe_only_client
         # and its kin: it says what to change on the E-SBC or in key_exchange.
         hello = accepted.observer.client_hello if accepted.observer is not None else None
@@ -248,7 +248,7 @@ async def relay_session(accepted: HandshakenStream, dial: Dial, plan: SessionPla
     if plan.metrics is not None:
         # Counted here rather than in run_session: every connection whose accepted handshake
         # succeeded passes here, in production and in the memory tests alike.
-        plan.metrics.child(plan.metrics.handshakes, plan.route, plan.accepted_leg, "ok", "").inc()
+        plan.metrics.handshake(plan.route, plan.accepted_leg)
     # Handed over before the dial: the mirror learns of the accepted leg (and its key
     # material, for the key log) even when no upstream answers, and its records come
     # before any chunk (test_the_relay_hands_over_raw_records_in_order).
@@ -280,7 +280,7 @@ async def relay_session(accepted: HandshakenStream, dial: Dial, plan: SessionPla
     if plan.metrics is not None:
         # The dialled leg's success: its failures were counted per attempt by connect_first
         # (through _failure_counter), so a failover shows as failures plus one success.
-        plan.metrics.child(plan.metrics.handshakes, plan.route, plan.dialled_leg, "ok", "").inc()
+        plan.metrics.handshake(plan.route, plan.dialled_leg)
     # Second leg, same order: opened, then handshake. The upstream that answered goes with
     # it, so the mirror can tell a failover from the first choice.
     _hand_over_leg(feed, conn, conn_id, plan, LegAddresses(plan.dialled_leg, leg.local, leg.remote), dialled.facts,
@@ -369,7 +369,7 @@ def _failure_counter(plan: SessionPlan) -> Callable[[str], None] | None:
         # Every failed attempt is a failover (the next upstream is tried) and a failed
         # handshake-or-connect of the dialled leg, with connect_first's reason.
         metrics.child(metrics.failovers, plan.route, plan.dialled_leg).inc()
-        metrics.child(metrics.handshakes, plan.route, plan.dialled_leg, "failed", reason).inc()
+        metrics.handshake(plan.route, plan.dialled_leg, reason)
 
     return failed
 

@@ -4,7 +4,7 @@ Any failure moves on to the next upstream; the caller gets either a ready TLS st
 UpstreamError that lists every attempt and why it failed. Each failed attempt is logged
 (``upstream_failed``) with its cause as a stable ``reason``: ``connect_refused`` (nothing
 listens, or a firewall rejects), ``connect_timeout`` (no answer to the SYN: a firewall that
-drops, a host that is down, a full listen backlog), ``no_route`` (the network or host is
+drops, a host that is down, a full listen backlog), ``unreachable`` (the network or host is
 unreachable), ``name_unresolved``, ``out_of_descriptors`` (siptap's own descriptor limit),
 ``connect_failed`` (any other socket error), or, once
 TCP is up, the TLS handshake's failure reason (``unknown_ca``, ``hostname_mismatch``,
@@ -92,8 +92,8 @@ async def connect_first(
 _CONNECT_ERRNOS = {
     errno.ECONNREFUSED: ("connect_refused", "connection refused: nothing listens there, or a firewall rejects"),
     errno.ETIMEDOUT: ("connect_timeout", "the kernel gave up waiting for an answer to the TCP connect"),
-    errno.ENETUNREACH: ("no_route", "network unreachable: no route to that address"),
-    errno.EHOSTUNREACH: ("no_route", "host unreachable: no route to that host"),
+    errno.ENETUNREACH: ("unreachable", "network unreachable: no route to that address"),
+    errno.EHOSTUNREACH: ("unreachable", "host unreachable: no route to that host"),
     # Our side, not the upstream's: seen when a flood of customers uses up RLIMIT_NOFILE.
     errno.EMFILE: ("out_of_descriptors", "siptap has no file descriptor left for the connection "
                    "(RLIMIT_NOFILE; lower max_connections or raise the limit)"),
