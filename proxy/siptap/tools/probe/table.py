@@ -48,20 +48,37 @@ def _suites(report: ProbeReport) -> list[str]:
     return out
 
 
+_MARKS = {True: "yes", False: "no", None: "-"}
+
+
 def _features(report: ProbeReport) -> list[str]:
     if not report.features:
         return []
     out = ["", "Features"]
-    marks = {True: "yes", False: "no", None: "-"}
-    tls13_only = report.tls13_only
-    skipped = [f.name for f in report.features if tls13_only and f.supported is None and "does not apply" in f.detail]
     for f in report.features:
-        if f.name in skipped:
-            continue
-        out.append(f"  {f.name:<30} {marks[f.supported]:<4} {f.detail}".rstrip())
-    if skipped:
-        out.append(f"  ({', '.join(skipped)}: do not apply to TLS 1.3)")
+        out.append(f"  {f.name:<30} {_MARKS[f.supported]:<4} {f.detail}".rstrip())
     return out
+
+
+def _tls13_only(report: ProbeReport) -> list[str]:
+    """A TLS 1.3-only endpoint in a few lines: what it takes, why siptap's customer leg cannot
+    serve it, and the features that still mean something."""
+    by_reason: dict[str, list[str]] = {}
+    for a in report.versions:
+        if a.status != ACCEPTED:
+            by_reason.setdefault(a.detail or _mark(a.status), []).append(a.name)
+    refused = "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items())
+    suites = report.tls13_suites
+    applies = [f for f in report.features if not (f.supported is None and "does not apply" in f.detail)]
+    moot = [f.name for f in report.features if f not in applies]
+    return [
+        f"TLS versions: TLS 1.3 only (refused: {refused})",
+        f"TLSv1.3 cipher suites accepted ({len(suites)}): {', '.join(a.name for a in suites)}",
+        "RSA key exchange: not possible (TLS 1.3 has no RSA key transport; siptap's customer leg needs TLS 1.2)",
+        "Features: " + "; ".join(f"{f.name} {_MARKS[f.supported]}" + (f" ({f.detail})" if f.supported is None else "")
+                                 for f in applies)
+        + (f"; {', '.join(moot)}: do not apply to TLS 1.3" if moot else ""),
+    ]
 
 
 def format_table(report: ProbeReport) -> str:
@@ -77,20 +94,20 @@ def format_table(report: ProbeReport) -> str:
             line += f"; handshake then failed: {n.get('failure')}"
         out.append(line)
     out.append("")
-    out += _versions(report)
-    out += _suites(report)
-    out.append("")
-    rsa_kex = report.rsa_key_exchange
-    rsa_suites = [a.name for suites in report.suites.values() for a in suites if a.key_exchange == "RSA"]
     if report.tls13_only:
-        out.append("RSA key exchange: not possible (TLS 1.3 only: TLS 1.3 has no RSA key transport)")
+        out += _tls13_only(report)
     else:
-        names = list(dict.fromkeys(rsa_suites))
+        out += _versions(report)
+        out += _suites(report)
+        out.append("")
+        rsa_kex = report.rsa_key_exchange
+        names = list(dict.fromkeys(a.name for suites in report.suites.values() for a in suites
+                                   if a.key_exchange == "RSA"))
         listed = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
         out.append("RSA key exchange: " + {True: f"possible ({listed})",
                                            False: "not possible (no RSA key-transport suite accepted)",
                                            None: "unknown (the versions could not be scanned)"}[rsa_kex])
-    out += _features(report)
+        out += _features(report)
     out.append("")
     out.append("Certificate chain (as sent by the endpoint)")
     if not report.chain:
