@@ -3,7 +3,10 @@
 Servers, each started here on a free loopback port: siptap's own customer leg (mutual TLS, RSA
 key exchange only), `openssl s_server` offering everything Debian's OpenSSL can serve with an
 RSA key (TLS 1.0 to 1.3, CAMELLIA, ARIA, CCM, CCM_8, anonymous DH), the same with an EC key
-(the ECDSA suites), and a TLS 1.3-only s_server with all five TLS 1.3 suites.
+(the ECDSA suites), a TLS 1.3-only s_server with all five TLS 1.3 suites, and GnuTLS's
+gnutls-serv serving suites no OpenSSL build can negotiate (3DES, which Debian's OpenSSL 3 no
+longer has, and CAMELLIA-GCM, which OpenSSL never had): the probe must find those from the
+ServerHello alone.
 
 nmap runs as `nmap -Pn -n --script +ssl-enum-ciphers -p PORT 127.0.0.1 -oX -`: the ``+`` runs the
 script whatever the port's service looks like (its port rule would skip an unknown port), and
@@ -23,8 +26,11 @@ import trio
 
 from siptap.sansio.tls_hello import RSA_KEX_AES_SUITES
 from siptap.tools.probe import ACCEPTED, REJECTED, ProbeReport, format_table, probe
+from tests.integration.peers import free_port, running
 from tests.relay.harness import SiptapProcess, write_config
 from tests.tls.helpers import OpenSSLServer
+
+needs_gnutls = pytest.mark.skipif(shutil.which("gnutls-serv") is None, reason="gnutls-serv not installed (gnutls-bin)")
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("nmap") is None, reason="nmap not installed (Debian package nmap)"),
@@ -126,3 +132,25 @@ async def test_tls13_only_server(pki: Path) -> None:
     assert "do not apply to TLS 1.3" in head and "TLS 1.3 only" in head
     ticket = report.feature("ticket resumption (TLSv1.3)")
     assert ticket is not None and ticket.supported is True, ticket  # s_server issues TLS 1.3 tickets
+
+
+# GnuTLS priorities: its defaults plus TLS 1.0/1.1, 3DES, CAMELLIA (CBC and GCM), CCM_8.
+GNUTLS_PRIORITY = ("NORMAL:+VERS-TLS1.0:+VERS-TLS1.1:+3DES-CBC:+CAMELLIA-128-CBC:+CAMELLIA-256-CBC"
+                   ":+CAMELLIA-128-GCM:+CAMELLIA-256-GCM:+AES-128-CCM-8:+AES-256-CCM-8:+SHA256:+SHA384")
+
+
+@needs_gnutls
+async def test_gnutls_server_with_suites_openssl_cannot_negotiate(pki: Path, tmp_path: Path) -> None:
+    """gnutls-serv picks a port it is given (no port 0), and listens on every address (it has no
+    bind option); the test talks to it on 127.0.0.1 only."""
+    port = free_port()
+    argv = ["gnutls-serv", "-p", str(port), "--x509certfile", str(pki / "core.pem"),
+            "--x509keyfile", str(pki / "core.key"), "--priority", GNUTLS_PRIORITY, "-a", "-q"]
+    async with running("gnutls-serv", argv, tmp_path, [port]):
+        report, ours, theirs = await both(port, sip=False)
+    assert ours == theirs
+    unknown_to_openssl = {a.name for a in report.tls12_suites if a.openssl_name is None}
+    assert {"TLS_RSA_WITH_3DES_EDE_CBC_SHA", "TLS_RSA_WITH_CAMELLIA_128_GCM_SHA256",
+            "TLS_ECDHE_RSA_WITH_CAMELLIA_256_GCM_SHA384"} <= unknown_to_openssl
+    assert ("TLSv1", "TLS_RSA_WITH_3DES_EDE_CBC_SHA") in ours
+    assert "this OpenSSL build does not know the suite" in format_table(report)
