@@ -152,3 +152,16 @@ def test_progress_on_a_terminal_only(pki: Path) -> None:
     assert err_pipe == b""
     for out in (out_tty, out_pipe):
         assert b"TLSv1.2 cipher suites accepted" in out and b"\r" not in out
+
+
+async def test_resumption_with_a_required_client_certificate(pki: Path) -> None:
+    """Without our certificate no resumption verdict (never a false "no"); with it, both versions resume."""
+    with s_server(pki, "-Verify", "1", "-CAfile", str(pki / "ca.pem")) as server:
+        bare = await scan(server.port)
+        ours = await probe("127.0.0.1", server.port, server_name="localhost", timeout=TIMEOUT, sip=False,
+                           cert=pki / "proxy-client.pem", key=pki / "proxy-client.key")
+    for name in ("session-ID resumption", "ticket resumption (TLSv1.3)"):
+        feature = bare.feature(name)
+        assert feature is not None and feature.supported is None, feature
+        assert "no verdict" in feature.detail and "client certificate" in feature.detail
+        assert verdict(ours, name) is True

@@ -121,7 +121,12 @@ async def _resume(attempt: Attempt, name: str, version: str, *, tickets: bool, t
     first = await attempt(offer, ticket_wait=ticket_wait)
     if not first.completed or first.session is None:
         why = first.error or (first.failure.detail if first.failure else "no session")
-        return Feature(name, None, f"no verdict: the first handshake did not complete ({why})")
+        hint = "; it asks for a client certificate: --cert, --key" if first.cert_requested else ""
+        return Feature(name, None, f"no verdict: the first handshake did not complete ({why}{hint})")
+    if first.refused_after is not None:
+        # TLS 1.3: our side finished, the endpoint then refused us (typically: no client certificate).
+        hint = "; it asks for a client certificate: --cert, --key" if first.cert_requested else ""
+        return Feature(name, None, f"no verdict: the endpoint ended the first connection ({first.refused_after}{hint})")
     second = await attempt(offer, session=first.session)
     if not second.completed:
         why = second.error or (second.failure.detail if second.failure else "?")

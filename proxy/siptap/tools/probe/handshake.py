@@ -44,6 +44,7 @@ class Outcome:
     session: SSL.Session | None = None  # to resume in a later attempt
     reused: bool = False  # the session handed in was resumed
     ocsp: bytes | None = None  # see Recorder.ocsp
+    refused_after: str | None = None  # TLS 1.3: the endpoint ended the connection while we waited for tickets
 
 
 def _name_text(name: crypto.X509Name) -> str:
@@ -107,7 +108,7 @@ async def attempt_handshake(host: str, port: int, server_name: str, offer: Offer
         outcome.completed = True
         outcome.reused = bool(_lib.SSL_session_reused(conn._ssl))  # pyOpenSSL has no wrapper for it
         if ticket_wait > 0 and outcome.version == "TLSv1.3":
-            await settle(stream, ticket_wait)
+            outcome.refused_after = await settle(stream, ticket_wait)
         outcome.session = conn.get_session()
     outcome.ocsp = recorder.ocsp
     if outcome.failure is not None and outcome.failure.reason == FailureReason.TIMEOUT.value and not outcome.server_hello:
