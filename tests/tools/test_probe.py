@@ -259,3 +259,6 @@ def test_command_line_json(pki: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert out["accepted_tls12_suites"] == ["TLS_RSA_WITH_AES_128_CBC_SHA256"]
     assert out["rsa_key_exchange"] is True and out["sip_options"] is None
     assert next(v for v in out["versions"] if v["name"] == "TLSv1.2")["status"] == ACCEPTED
+    assert [s["code"] for s in out["suites"]["TLSv1.2"]] == ["0x003C"] and list(out["suites"]) == ["TLSv1.2"]
+    features = {f["name"]: f["supported"] for f in out["features"]}
+    assert features["extended master secret"] is True and "OCSP stapling" in features

@@ -1,9 +1,10 @@
-"""One attempt: a fresh TCP connection, one client context, one handshake, and what it showed.
+"""One real OpenSSL handshake: a fresh TCP connection, one client context, and what it showed.
 
-An attempt counts as "accepted" when the endpoint answered our offer with a ServerHello, i.e.
-it chose the one version or suite we offered; what happens later in that handshake (a
-missing client certificate, say) is kept as the attempt's detail (:class:`Outcome`). The
-state strings recorded by the context's info callback tell how far the handshake got.
+Used where a ServerHello alone cannot tell (the suite scan is :mod:`.suites`): the chain, the
+client-certificate demands, a stapled OCSP response, whether a session resumes. Whether the
+endpoint answered with a ServerHello and what failed later (a missing client certificate,
+say) are kept apart in :class:`Outcome`; the state strings recorded by the context's info
+callback tell how far the handshake got.
 """
 
 from __future__ import annotations
