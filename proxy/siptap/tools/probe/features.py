@@ -39,7 +39,7 @@ _OPENSSL_VERSIONS = {"SSLv3": SSL.SSL3_VERSION, "TLSv1": SSL.TLS1_VERSION, "TLSv
 
 
 def from_server_hellos(scans: list[VersionScan]) -> list[Feature]:
-    """EMS, encrypt-then-MAC, secure renegotiation (and whether OCSP stapling was promised)."""
+    """EMS, encrypt-then-MAC, secure renegotiation, judged at the newest version up to TLS 1.2."""
     legacy = [s for s in scans if s.accepted and s.version < 0x0304]
     if not legacy:
         why = "does not apply: TLS 1.3 only" if any(s.accepted for s in scans) else "no version accepted"
@@ -118,6 +118,13 @@ async def resumption(attempt: Attempt, scans: list[VersionScan], ticket_wait: fl
 async def _resume(attempt: Attempt, name: str, version: str, *, tickets: bool, ticket_wait: float) -> Feature:
     constant = _OPENSSL_VERSIONS[version]
     offer = Offer(constant, constant, tickets=tickets)
+    try:
+        return await _resume_with(attempt, name, version, offer, ticket_wait)
+    except SSL.Error as exc:  # this OpenSSL cannot speak the version at all (SSLv3)
+        return Feature(name, None, f"no verdict: this OpenSSL cannot make a {version} handshake ({exc})")
+
+
+async def _resume_with(attempt: Attempt, name: str, version: str, offer: Offer, ticket_wait: float) -> Feature:
     first = await attempt(offer, ticket_wait=ticket_wait)
     if not first.completed or first.session is None:
         why = first.error or (first.failure.detail if first.failure else "no session")
