@@ -7,6 +7,7 @@ Realistic traffic of the kinds siptap relays: an INVITE with SDP and a=crypto (S
 provisional and final responses, ACK/BYE, OPTIONS, compact header forms, folded headers, CRLF
 keepalives, a trunk stream of several messages; a real ClientHello of the customer's cipher
 offer (stdlib ssl, like the lab E-SBC), a TLS 1.3-only one and plain SIP on the TLS port;
+the probe's hand-built ClientHello, a ServerHello and an alert for its reader;
 HEP3 packets from the encoder and the spec's worked example; pcap and pcapng files from the
 encoder, plus a big-endian nanosecond pcap and a Linux cooked capture. Small files only.
 """
@@ -18,7 +19,7 @@ import ssl
 import struct
 from pathlib import Path
 
-from siptap.sansio import hep, pcap
+from siptap.sansio import hep, pcap, tls_hello
 from siptap.tools.lab.customer import IMG2020_CIPHERS
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -193,8 +194,22 @@ def corpus() -> dict[str, dict[str, bytes]]:
                                                    maximum=ssl.TLSVersion.TLSv1_2),
             "plain-sip.bin": OPTIONS,
             "http.bin": b"GET / HTTP/1.1\r\nHost: sbc\r\n\r\n",
+            # The probe's side: its hand-built hello, and a server's answers to read back.
+            "probe-tls12.hello": tls_hello.build_client_hello(0x0303, (0xC0A0, 0xC050, 0x000A, 0x009C),
+                                                             random=bytes(32), server_name="sbc.example"),
+            "server-hello-tls12.bin": server_hello(),
+            "alert-protocol-version.bin": b"\x15\x03\x03\x00\x02\x02\x46",
         },
     }
+
+
+def server_hello() -> bytes:
+    """A TLS 1.2 ServerHello choosing ARIA-128-GCM, with EMS, renegotiation_info and a ticket promise."""
+    extensions = b"\x00\x17\x00\x00" + b"\xff\x01\x00\x01\x00" + b"\x00\x23\x00\x00"
+    body = b"\x03\x03" + bytes(range(32)) + b"\x20" + bytes(32) + b"\xc0\x50\x00"
+    body += len(extensions).to_bytes(2, "big") + extensions
+    handshake = b"\x02" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x03" + len(handshake).to_bytes(2, "big") + handshake
 
 
 def main() -> None:

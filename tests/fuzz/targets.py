@@ -21,8 +21,9 @@ Contracts checked, from each module's documentation:
                  ``decode_tcp`` never raises, for any frame and link type.
 ``pcap_writer``  payloads written as TcpFlow segments in pcap/pcapng records read back equal,
                  in order, with contiguous sequence numbers.
-``tls_hello``    ``ClientHelloSniffer.feed`` never raises on any split; its result's
-                 ``summary()`` / ``looks_like`` never raise.
+``tls_hello``    ``ClientHelloSniffer.feed`` and ``ServerHelloReader.feed`` (the probe's) never
+                 raise on any split; their results' ``summary()`` / ``looks_like`` /
+                 ``version_name`` / ``name`` never raise.
 """
 
 from __future__ import annotations
@@ -224,6 +225,14 @@ def fuzz_tls_hello(data: bytes) -> None:
             result.only_forward_secret, result.rsa_kex_suites, result.tls13_only  # noqa: B018
         elif isinstance(result, tls_hello.NotTls):
             assert isinstance(result.looks_like, str)
+        reader = tls_hello.ServerHelloReader(max_bytes=256 + seed * 64)
+        for chunk in chunks:
+            reader.feed(chunk)
+        answer = reader.result
+        if isinstance(answer, tls_hello.ServerHello):
+            assert isinstance(answer.version_name, str) and 0 <= answer.cipher_suite <= 0xFFFF
+        elif isinstance(answer, tls_hello.Alert):
+            assert isinstance(answer.name, str)
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {

@@ -11,53 +11,24 @@ first byte other than 22 (handshake) means the peer is not speaking TLS, and the
 is kept to say what it was. Handshake records are concatenated until the 4-byte handshake
 header's length is satisfied, then the ClientHello body (RFC 5246 §7.4.1.2, RFC 8446
 §4.1.2) is parsed.
+
+The other direction serves `siptap probe`: :func:`build_client_hello` writes a ClientHello
+offering exactly the codes it is given (any IANA code, also those no local TLS library can
+negotiate), and :class:`ServerHelloReader` reads what the server answered, a ServerHello
+(its version, chosen suite and extensions) or an alert. Nothing past the ServerHello is
+needed, so the probe never has to speak the cipher it detects.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-# IANA TLS cipher suite registry: the suites E-SBCs, SBCs and OpenSSL offer in practice.
-CIPHER_SUITE_NAMES: dict[int, str] = {
-    0x000A: "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
-    0x002F: "TLS_RSA_WITH_AES_128_CBC_SHA",
-    0x0033: "TLS_DHE_RSA_WITH_AES_128_CBC_SHA",
-    0x0035: "TLS_RSA_WITH_AES_256_CBC_SHA",
-    0x0039: "TLS_DHE_RSA_WITH_AES_256_CBC_SHA",
-    0x003C: "TLS_RSA_WITH_AES_128_CBC_SHA256",
-    0x003D: "TLS_RSA_WITH_AES_256_CBC_SHA256",
-    0x0041: "TLS_RSA_WITH_CAMELLIA_128_CBC_SHA",
-    0x0067: "TLS_DHE_RSA_WITH_AES_128_CBC_SHA256",
-    0x006B: "TLS_DHE_RSA_WITH_AES_256_CBC_SHA256",
-    0x0084: "TLS_RSA_WITH_CAMELLIA_256_CBC_SHA",
-    0x009C: "TLS_RSA_WITH_AES_128_GCM_SHA256",
-    0x009D: "TLS_RSA_WITH_AES_256_GCM_SHA384",
-    0x009E: "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256",
-    0x009F: "TLS_DHE_RSA_WITH_AES_256_GCM_SHA384",
-    0x00FF: "TLS_EMPTY_RENEGOTIATION_INFO_SCSV",
-    0x1301: "TLS_AES_128_GCM_SHA256",
-    0x1302: "TLS_AES_256_GCM_SHA384",
-    0x1303: "TLS_CHACHA20_POLY1305_SHA256",
-    0x1304: "TLS_AES_128_CCM_SHA256",
-    0x1305: "TLS_AES_128_CCM_8_SHA256",
-    0x5600: "TLS_FALLBACK_SCSV",
-    0xC009: "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
-    0xC00A: "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
-    0xC013: "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
-    0xC014: "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
-    0xC023: "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
-    0xC024: "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA384",
-    0xC027: "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
-    0xC028: "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA384",
-    0xC02B: "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-    0xC02C: "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-    0xC02F: "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-    0xC030: "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-    0xCCA8: "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-    0xCCA9: "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-    0xCCAA: "TLS_DHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-}
+# The registry lives in its own module; re-exported here for the TLS shell and the probe.
+from siptap.sansio.tls_suites import CIPHER_SUITE_NAMES as CIPHER_SUITE_NAMES
+from siptap.sansio.tls_suites import is_tls13_suite as is_tls13_suite
+from siptap.sansio.tls_suites import suite_name as suite_name
 
 # The six suites siptap forces on the customer leg (RSA key transport, AES).
 RSA_KEX_AES_SUITES = frozenset({0x002F, 0x0035, 0x003C, 0x003D, 0x009C, 0x009D})
@@ -68,18 +39,16 @@ TLS13 = 0x0304
 VERSION_NAMES = {0x0300: "SSLv3", 0x0301: "TLSv1", 0x0302: "TLSv1.1", 0x0303: "TLSv1.2", 0x0304: "TLSv1.3"}
 
 EXT_SERVER_NAME = 0x0000
+EXT_STATUS_REQUEST = 0x0005
+EXT_SUPPORTED_GROUPS = 0x000A
+EXT_EC_POINT_FORMATS = 0x000B
+EXT_SIGNATURE_ALGORITHMS = 0x000D
 EXT_ENCRYPT_THEN_MAC = 0x0016
 EXT_EXTENDED_MASTER_SECRET = 0x0017
 EXT_SESSION_TICKET = 0x0023
 EXT_SUPPORTED_VERSIONS = 0x002B
-
-
-def suite_name(suite: int) -> str:
-    return CIPHER_SUITE_NAMES.get(suite, f"0x{suite:04X}")
-
-
-def is_tls13_suite(suite: int) -> bool:
-    return 0x1301 <= suite <= 0x1305
+EXT_KEY_SHARE = 0x0033
+EXT_RENEGOTIATION_INFO = 0xFF01
 
 
 def is_forward_secret_suite(suite: int) -> bool:
@@ -274,3 +243,190 @@ def _parse_sni(data: bytes) -> str | None:
         if name_type == 0:
             return name.decode("ascii", "replace")
     return None
+
+
+# -- the probe's side: a hand-built ClientHello, and the server's answer -------------------------
+
+# Named groups offered (RFC 8446 4.2.7, RFC 7919): x25519 first, since TLS 1.3's key share is
+# an x25519 value; the others let a server pick its own group for (EC)DHE in TLS 1.2.
+GROUP_X25519 = 0x001D
+_GROUPS = (GROUP_X25519, 0x0017, 0x0018, 0x0019, 0x001E, 0x0100, 0x0101, 0x0102, 0x0103, 0x0104)
+# Signature schemes offered (RFC 8446 4.2.3): every RSA, ECDSA, EdDSA and DSA scheme a server
+# might hold a key for, SHA-1 included, so that no suite is refused for want of a signature.
+_SIGNATURE_SCHEMES = (
+    0x0403, 0x0503, 0x0603, 0x0807, 0x0808, 0x0804, 0x0805, 0x0806, 0x0809, 0x080A, 0x080B,
+    0x0401, 0x0501, 0x0601, 0x0303, 0x0301, 0x0302, 0x0203, 0x0201, 0x0202, 0x0402, 0x0502, 0x0602,
+)
+# ServerHello.random of a HelloRetryRequest (RFC 8446 4.1.3): still a choice of suite.
+HELLO_RETRY_RANDOM = bytes.fromhex("CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
+
+ALERT_NAMES = {
+    0: "close_notify", 10: "unexpected_message", 20: "bad_record_mac", 22: "record_overflow",
+    40: "handshake_failure", 42: "bad_certificate", 43: "unsupported_certificate", 47: "illegal_parameter",
+    48: "unknown_ca", 50: "decode_error", 51: "decrypt_error", 70: "protocol_version",
+    71: "insufficient_security", 80: "internal_error", 86: "inappropriate_fallback", 90: "user_canceled",
+    109: "missing_extension", 110: "unsupported_extension", 112: "unrecognized_name",
+    116: "certificate_required", 120: "no_application_protocol",
+}
+
+
+def _vec(length_bytes: int, data: bytes) -> bytes:
+    return len(data).to_bytes(length_bytes, "big") + data
+
+
+def _ext(ext_type: int, data: bytes) -> bytes:
+    return ext_type.to_bytes(2, "big") + _vec(2, data)
+
+
+def _u16s(values: Sequence[int]) -> bytes:
+    return b"".join(v.to_bytes(2, "big") for v in values)
+
+
+def build_client_hello(version: int, suites: Sequence[int], *, random: bytes, server_name: str | None = None,
+                       key_share: bytes | None = None, session_id: bytes = b"") -> bytes:
+    """One handshake record holding a ClientHello that offers ``suites`` (in that order) at
+    ``version`` (0x0301..0x0304), and nothing else to choose from.
+
+    Up to TLS 1.2 the version is the legacy ``client_version``; for TLS 1.3 it travels in
+    supported_versions (alone) and ``key_share`` must be a 32-byte x25519 public value: a
+    server that prefers another group answers with a HelloRetryRequest, which names its
+    suite too. Every hello asks for what the probe reports: extended master secret,
+    encrypt-then-MAC, secure renegotiation (renegotiation_info, TLS 1.2 and older), a session
+    ticket and OCSP stapling; a server's ServerHello echoes those it does. ``random`` (32
+    bytes) and ``session_id`` come from the caller: this module does no I/O, randomness
+    included. ``server_name`` is sent as SNI as given (the caller leaves IP literals out).
+    """
+    if len(random) != 32:
+        raise ValueError("random must be 32 bytes")
+    tls13 = version >= TLS13
+    extensions = b""
+    if server_name:
+        host = server_name.encode("idna")
+        extensions += _ext(EXT_SERVER_NAME, _vec(2, b"\x00" + _vec(2, host)))
+    extensions += _ext(EXT_SUPPORTED_GROUPS, _vec(2, _u16s(_GROUPS)))
+    extensions += _ext(EXT_EC_POINT_FORMATS, _vec(1, b"\x00"))  # uncompressed
+    extensions += _ext(EXT_SIGNATURE_ALGORITHMS, _vec(2, _u16s(_SIGNATURE_SCHEMES)))
+    extensions += _ext(EXT_STATUS_REQUEST, b"\x01" + _vec(2, b"") + _vec(2, b""))  # ocsp, no responder ids
+    extensions += _ext(EXT_SESSION_TICKET, b"")
+    extensions += _ext(EXT_ENCRYPT_THEN_MAC, b"")
+    extensions += _ext(EXT_EXTENDED_MASTER_SECRET, b"")
+    if tls13:
+        if key_share is None or len(key_share) != 32:
+            raise ValueError("a TLS 1.3 ClientHello needs a 32-byte x25519 key_share")
+        extensions += _ext(EXT_SUPPORTED_VERSIONS, _vec(1, _u16s([version])))
+        extensions += _ext(EXT_KEY_SHARE, _vec(2, _u16s([GROUP_X25519]) + _vec(2, key_share)))
+        extensions += _ext(0x002D, _vec(1, b"\x01"))  # psk_key_exchange_modes: psk_dhe_ke
+    else:
+        extensions += _ext(EXT_RENEGOTIATION_INFO, _vec(1, b""))
+    body = (
+        min(version, TLS12).to_bytes(2, "big") + random + _vec(1, session_id) + _vec(2, _u16s(suites))
+        + _vec(1, b"\x00") + _vec(2, extensions)
+    )
+    handshake = b"\x01" + _vec(3, body)
+    # Record version: TLS 1.0 for TLS 1.0 and 1.3 offers (RFC 8446 5.1: maximal compatibility),
+    # else the offered version, so a server that checks it refuses a version at once.
+    record_version = 0x0301 if tls13 else version
+    return b"\x16" + record_version.to_bytes(2, "big") + _vec(2, handshake)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerHello:
+    version: int  # negotiated: supported_versions if the server sent it, else the legacy version
+    cipher_suite: int
+    extensions: tuple[int, ...]
+    session_id: bytes
+    hello_retry: bool  # a TLS 1.3 HelloRetryRequest: it names the suite all the same
+
+    @property
+    def version_name(self) -> str:
+        return VERSION_NAMES.get(self.version, f"0x{self.version:04X}")
+
+    def has(self, extension: int) -> bool:
+        return extension in self.extensions
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    level: int
+    description: int
+
+    @property
+    def name(self) -> str:
+        return ALERT_NAMES.get(self.description, f"alert {self.description}")
+
+
+class ServerHelloReader:
+    """Accumulates the server's first bytes until its ServerHello or an alert can be read.
+
+    ``result`` is then a :class:`ServerHello`, an :class:`Alert`, or :class:`NotTls` (the
+    answer is not a TLS record at all); it stays None while more bytes are needed, and for
+    malformed input once ``done``. Bounded like the sniffer: at most ``max_bytes`` are kept.
+    """
+
+    def __init__(self, max_bytes: int = 65536) -> None:
+        self._buf = bytearray()
+        self._max = max_bytes
+        self.result: ServerHello | Alert | NotTls | None = None
+        self.done = False
+
+    def feed(self, data: bytes) -> None:
+        if self.done or not data:
+            return
+        self._buf += data[: self._max - len(self._buf)]
+        try:
+            self.result = self._parse(bytes(self._buf))
+        except _Malformed:
+            self.result = None
+            self.done = True
+            return
+        if self.result is not None or len(self._buf) >= self._max:
+            self.done = True
+            self._buf = bytearray()
+
+    @staticmethod
+    def _parse(buf: bytes) -> ServerHello | Alert | NotTls | None:
+        if buf and buf[0] not in (21, 22):
+            return NotTls(buf[:200].split(b"\n", 1)[0].rstrip(b"\r"))
+        handshake = bytearray()
+        pos = 0
+        while pos + 5 <= len(buf):
+            rtype, length = buf[pos], int.from_bytes(buf[pos + 3 : pos + 5], "big")
+            if pos + 5 + length > len(buf):
+                return None
+            fragment = buf[pos + 5 : pos + 5 + length]
+            pos += 5 + length
+            if rtype == 21:
+                if len(fragment) < 2:
+                    raise _Malformed
+                return Alert(fragment[0], fragment[1])
+            if rtype != 22:
+                raise _Malformed
+            handshake += fragment
+            if len(handshake) >= 4:
+                need = int.from_bytes(handshake[1:4], "big")
+                if len(handshake) >= 4 + need:
+                    if handshake[0] != 2:
+                        raise _Malformed
+                    return _parse_server_hello(bytes(handshake[4 : 4 + need]))
+        return None
+
+
+def _parse_server_hello(body: bytes) -> ServerHello:
+    r = _Reader(body)
+    legacy_version = r.uint(2)
+    random = r.take(32)
+    session_id = r.vector(1)
+    suite = r.uint(2)
+    r.take(1)  # compression method
+    extensions: list[int] = []
+    version = legacy_version
+    if r.remaining >= 2:
+        ext = _Reader(r.vector(2))
+        while ext.remaining >= 4:
+            ext_type = ext.uint(2)
+            ext_data = ext.vector(2)
+            extensions.append(ext_type)
+            if ext_type == EXT_SUPPORTED_VERSIONS and len(ext_data) == 2:
+                version = int.from_bytes(ext_data, "big")
+    return ServerHello(version=version, cipher_suite=suite, extensions=tuple(extensions),
+                       session_id=session_id, hello_retry=random == HELLO_RETRY_RANDOM)

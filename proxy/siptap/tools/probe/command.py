@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 from pathlib import Path
+from typing import TextIO
 
 import trio
 
@@ -50,11 +52,14 @@ def parse_target(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]
 def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
         "probe", parents=[common],
-        help="scan a SIP-over-TLS endpoint: TLS versions and suites one by one, certificate, client-cert request, SIP OPTIONS",
-        description="Probe a customer's or a core's SIP-over-TLS endpoint with real handshakes, one TCP connection "
-        "per attempt: which TLS versions and which cipher suites it accepts (each tried alone), whether RSA key "
-        "exchange is possible, its certificate chain and what is wrong with it, whether it requires a client "
-        "certificate (and which CAs it names), and the response line to a SIP OPTIONS.",
+        help="scan a SIP-over-TLS endpoint: TLS versions, every suite per version, features, certificate, "
+        "client-cert request, SIP OPTIONS",
+        description="Probe a customer's or a core's SIP-over-TLS endpoint, one TCP connection per attempt: per TLS "
+        "version (SSLv3 to TLS 1.3) every IANA cipher suite it accepts, also those this OpenSSL cannot negotiate "
+        "(read from the ServerHello to hand-built ClientHellos); whether RSA key exchange is possible; extended "
+        "master secret, encrypt-then-MAC, secure renegotiation, session-ID and ticket resumption, OCSP stapling; "
+        "its certificate chain and what is wrong with it; whether it requires a client certificate (and which CAs "
+        "it names); and the response line to a SIP OPTIONS. On a terminal, progress goes to stderr.",
         epilog="exit status: 0 the endpoint was probed (whatever it accepts), 1 it could not be reached or "
         "spoke no TLS, or an argument was unusable",
     )
@@ -71,12 +76,46 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+class TerminalProgress:
+    """One status line on a terminal, rewritten in place per step and erased at the end.
+
+    Only for a terminal: piped or redirected, stderr gets nothing (a log or a CI job wants the
+    report, not a hundred carriage returns)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._shown = False
+
+    def __call__(self, text: str) -> None:
+        self._stream.write(f"\r\x1b[Ksiptap probe: {text}")
+        self._stream.flush()
+        self._shown = True
+
+    def clear(self) -> None:
+        if self._shown:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+
+
+def progress_for(stream: TextIO) -> TerminalProgress | None:
+    try:
+        return TerminalProgress(stream) if stream.isatty() else None
+    except (AttributeError, ValueError):  # a closed or exotic stream: no progress
+        return None
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     host, port = parse_target(args.target)
     if args.timeout <= 0:
         raise ProbeError(f"--timeout must be positive, not {args.timeout:g}")
-    report = trio.run(functools.partial(probe, host, port, server_name=args.server_name, cert=args.cert,
-                                        key=args.key, ca=args.ca, timeout=args.timeout, sip=args.sip))
+    progress = progress_for(sys.stderr)
+    try:
+        report = trio.run(functools.partial(probe, host, port, server_name=args.server_name, cert=args.cert,
+                                            key=args.key, ca=args.ca, timeout=args.timeout, sip=args.sip,
+                                            progress=progress))
+    finally:
+        if progress is not None:
+            progress.clear()
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

@@ -1,9 +1,10 @@
-"""One attempt: a fresh TCP connection, one client context, one handshake, and what it showed.
+"""One real OpenSSL handshake: a fresh TCP connection, one client context, and what it showed.
 
-An attempt counts as "accepted" when the endpoint answered our offer with a ServerHello, i.e.
-it chose the one version or suite we offered; what happens later in that handshake (a
-missing client certificate, say) is kept as the attempt's detail (:class:`Outcome`). The
-state strings recorded by the context's info callback tell how far the handshake got.
+Used where a ServerHello alone cannot tell (the suite scan is :mod:`.suites`): the chain, the
+client-certificate demands, a stapled OCSP response, whether a session resumes. Whether the
+endpoint answered with a ServerHello and what failed later (a missing client certificate,
+say) are kept apart in :class:`Outcome`; the state strings recorded by the context's info
+callback tell how far the handshake got.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import trio
 from cryptography import x509
 from OpenSSL import SSL, crypto
+from OpenSSL._util import lib as _lib
 
 from siptap.errors import HandshakeFailed
 from siptap.sansio.handshake import FailureReason, key_exchange_of
@@ -40,6 +42,10 @@ class Outcome:
     verify_errors: list[tuple[int, int, str, str]] = field(default_factory=list)
     failure: HandshakeFailed | None = None
     stream: OpenSSLStream | None = None
+    session: SSL.Session | None = None  # to resume in a later attempt
+    reused: bool = False  # the session handed in was resumed
+    ocsp: bytes | None = None  # see Recorder.ocsp
+    refused_after: str | None = None  # TLS 1.3: the endpoint ended the connection while we waited for tickets
 
 
 def _name_text(name: crypto.X509Name) -> str:
@@ -53,7 +59,11 @@ def _name_text(name: crypto.X509Name) -> str:
 
 
 async def attempt_handshake(host: str, port: int, server_name: str, offer: Offer, *, identity: ClientIdentity | None,
-                            ca: Path | None, timeout: float, keep: bool = False) -> Outcome:
+                            ca: Path | None, timeout: float, keep: bool = False, ocsp: bool = False,
+                            session: SSL.Session | None = None, ticket_wait: float = 0.0) -> Outcome:
+    """One handshake on a new connection. ``ocsp`` asks for a stapled OCSP response;
+    ``session`` is offered for resumption; ``ticket_wait`` (TLS 1.3) is how long to read after
+    the handshake for the NewSessionTicket a TLS 1.3 server sends only then."""
     outcome = Outcome()
     recorder = Recorder()
     ctx = client_context(offer, identity, ca, recorder)
@@ -68,6 +78,12 @@ async def attempt_handshake(host: str, port: int, server_name: str, offer: Offer
         return outcome
     outcome.connected = True
     stream = OpenSSLStream(tcp, ctx, server_side=False, leg="probe", server_hostname=server_name)
+    if ocsp:
+        stream._conn.request_ocsp()
+    if session is not None:
+        # pyOpenSSL's set_session insists on the very same Context; OpenSSL itself only needs
+        # a compatible one, and every attempt builds its own context (its own recorder).
+        _lib.SSL_set_session(stream._conn._ssl, session._session)
     try:
         facts = await stream.do_handshake(timeout)
     except HandshakeFailed as exc:
@@ -91,6 +107,11 @@ async def attempt_handshake(host: str, port: int, server_name: str, offer: Offer
             outcome.key_exchange = key_exchange_of(outcome.version, outcome.cipher, None)
     if facts is not None:
         outcome.completed = True
+        outcome.reused = bool(_lib.SSL_session_reused(conn._ssl))  # pyOpenSSL has no wrapper for it
+        if ticket_wait > 0 and outcome.version == "TLSv1.3":
+            outcome.refused_after = await settle(stream, ticket_wait)
+        outcome.session = conn.get_session()
+    outcome.ocsp = recorder.ocsp
     if outcome.failure is not None and outcome.failure.reason == FailureReason.TIMEOUT.value and not outcome.server_hello:
         outcome.error = f"timeout: no answer to our ClientHello ({outcome.failure.detail})"
     if keep and outcome.completed:
@@ -99,17 +120,6 @@ async def attempt_handshake(host: str, port: int, server_name: str, offer: Offer
         with trio.move_on_after(2):
             await stream.aclose()
     return outcome
-
-
-def failure_text(failure: HandshakeFailed) -> str:
-    # classify_failure speaks as a server ("peer offered ..."); as a client we know what we offered.
-    return failure.detail.removesuffix("; peer offered unknown")
-
-
-def rejection(outcome: Outcome) -> str:
-    if outcome.failure is None:
-        return "no ServerHello"
-    return failure_text(outcome.failure)
 
 
 def cause(exc: BaseException) -> str:

@@ -1,15 +1,14 @@
-"""What the probe offers, one version or one suite at a time, and the client context that offers it.
+"""What the probe's real handshakes offer, and the OpenSSL client context that offers it.
 
-Before an attempt goes to the network its ClientHello is built offline from the very same
-context and parsed (:func:`untestable`): when this OpenSSL build cannot offer a version or
-suite at all (a security level, a disabled algorithm), the verdict is "not testable by this
-build", never "rejected". The context never aborts on a bad chain: its verify callback
+The real handshakes (the widest offer, the client-certificate checks, resumption) go through
+OpenSSL; the suite scan does not (see :mod:`.suites`), so OpenSSL's limits no longer decide
+what the probe can see. The context never aborts on a bad chain: its verify callback
 (:class:`Recorder`) records every error and continues, so a broken chain is reported in full.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,56 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from OpenSSL import SSL, crypto
 
-from siptap.sansio.tls_hello import ClientHello, ClientHelloSniffer
-
-# (name, pyOpenSSL constant, wire value)
-VERSIONS: tuple[tuple[str, int, int], ...] = (
-    ("TLSv1", SSL.TLS1_VERSION, 0x0301),
-    ("TLSv1.1", SSL.TLS1_1_VERSION, 0x0302),
-    ("TLSv1.2", SSL.TLS1_2_VERSION, 0x0303),
-    ("TLSv1.3", SSL.TLS1_3_VERSION, 0x0304),
-)
-
-# TLS 1.2 suites tried one by one: (IANA code, OpenSSL name). RSA key transport first.
-TLS12_SUITES: tuple[tuple[int, str], ...] = (
-    (0x009D, "AES256-GCM-SHA384"),
-    (0x009C, "AES128-GCM-SHA256"),
-    (0x003D, "AES256-SHA256"),
-    (0x003C, "AES128-SHA256"),
-    (0x0035, "AES256-SHA"),
-    (0x002F, "AES128-SHA"),
-    (0x000A, "DES-CBC3-SHA"),
-    (0xC030, "ECDHE-RSA-AES256-GCM-SHA384"),
-    (0xC02F, "ECDHE-RSA-AES128-GCM-SHA256"),
-    (0xCCA8, "ECDHE-RSA-CHACHA20-POLY1305"),
-    (0xC028, "ECDHE-RSA-AES256-SHA384"),
-    (0xC027, "ECDHE-RSA-AES128-SHA256"),
-    (0xC014, "ECDHE-RSA-AES256-SHA"),
-    (0xC013, "ECDHE-RSA-AES128-SHA"),
-    (0xC02C, "ECDHE-ECDSA-AES256-GCM-SHA384"),
-    (0xC02B, "ECDHE-ECDSA-AES128-GCM-SHA256"),
-    (0xCCA9, "ECDHE-ECDSA-CHACHA20-POLY1305"),
-    (0xC024, "ECDHE-ECDSA-AES256-SHA384"),
-    (0xC023, "ECDHE-ECDSA-AES128-SHA256"),
-    (0xC00A, "ECDHE-ECDSA-AES256-SHA"),
-    (0xC009, "ECDHE-ECDSA-AES128-SHA"),
-    (0x009F, "DHE-RSA-AES256-GCM-SHA384"),
-    (0x009E, "DHE-RSA-AES128-GCM-SHA256"),
-    (0xCCAA, "DHE-RSA-CHACHA20-POLY1305"),
-    (0x006B, "DHE-RSA-AES256-SHA256"),
-    (0x0067, "DHE-RSA-AES128-SHA256"),
-    (0x0039, "DHE-RSA-AES256-SHA"),
-    (0x0033, "DHE-RSA-AES128-SHA"),
-)
-
-TLS13_SUITES: tuple[tuple[int, str], ...] = (
-    (0x1302, "TLS_AES_256_GCM_SHA384"),
-    (0x1301, "TLS_AES_128_GCM_SHA256"),
-    (0x1303, "TLS_CHACHA20_POLY1305_SHA256"),
-    (0x1304, "TLS_AES_128_CCM_SHA256"),
-    (0x1305, "TLS_AES_128_CCM_8_SHA256"),
-)
-_ALL_TLS13 = ":".join(name for _, name in TLS13_SUITES).encode()
+# TLS 1.3 suites our handshakes offer: all five of RFC 8446 (CCM ones are off in OpenSSL by default).
+_ALL_TLS13 = b"TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256"
 # Security level 0: a scanner must be able to offer what old peers speak (TLS 1.0/1.1 need it).
 _ALL_TLS12 = b"ALL:@SECLEVEL=0"
 
@@ -83,6 +34,7 @@ class Offer:
     max_version: int
     ciphers: bytes = _ALL_TLS12
     tls13: bytes = _ALL_TLS13
+    tickets: bool = False  # offer session tickets (the resumption check); else OP_NO_TICKET
 
 
 def _verify_text(errnum: int) -> str:
@@ -100,6 +52,9 @@ class Recorder:
     def __init__(self) -> None:
         self.states: list[str] = []
         self.verify_errors: list[tuple[int, int, str, str]] = []
+        # The stapled OCSP response: None until OpenSSL called back (only when the connection
+        # asked for one), then the DER bytes, b"" when the server stapled nothing.
+        self.ocsp: bytes | None = None
 
     def info(self, conn: SSL.Connection, where: int, ret: int) -> None:
         state = conn.get_state_string().decode("ascii", "replace")
@@ -115,6 +70,10 @@ class Recorder:
             self.verify_errors.append((errnum, depth, subject, _verify_text(errnum)))
         return True  # a scanner reports, it never aborts
 
+    def ocsp_status(self, conn: SSL.Connection, data: bytes, _: object) -> bool:
+        self.ocsp = bytes(data)
+        return True  # a scanner reports, it never aborts
+
     def saw(self, fragment: str) -> bool:
         return any(fragment in state for state in self.states)
 
@@ -126,7 +85,7 @@ def client_context(offer: Offer, identity: ClientIdentity | None, ca: Path | Non
     ctx.set_max_proto_version(offer.max_version)
     ctx.set_cipher_list(offer.ciphers)
     ctx.set_tls13_ciphersuites(offer.tls13)
-    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | (0 if offer.tickets else SSL.OP_NO_TICKET))
     if identity is not None:
         ctx.use_certificate(identity.chain[0])
         for extra in identity.chain[1:]:
@@ -134,6 +93,7 @@ def client_context(offer: Offer, identity: ClientIdentity | None, ca: Path | Non
         ctx.use_privatekey(identity.key)  # type: ignore[arg-type]  # pyOpenSSL types only signature keys; a certificate's matching key is one
     if recorder is not None:
         ctx.set_info_callback(recorder.info)
+        ctx.set_ocsp_client_callback(recorder.ocsp_status)
         if ca is not None:
             ctx.load_verify_locations(str(ca))
         ctx.set_verify(SSL.VERIFY_PEER, recorder.verify)
@@ -142,40 +102,17 @@ def client_context(offer: Offer, identity: ClientIdentity | None, ca: Path | Non
     return ctx
 
 
-def offline_hello(offer: Offer, server_name: str) -> ClientHello | str:
-    """Build the ClientHello this offer produces, without a network: what would we really send?"""
-    try:
-        conn = SSL.Connection(client_context(offer, None, None, None), None)
-    except SSL.Error as exc:
-        return ssl_text(exc)
-    conn.set_connect_state()
-    if not _is_ip(server_name):
-        conn.set_tlsext_host_name(server_name.encode("idna"))
-    try:
-        conn.do_handshake()
-    except SSL.WantReadError:
-        pass
-    except SSL.Error as exc:
-        return ssl_text(exc)
-    sniffer = ClientHelloSniffer()
-    try:
-        sniffer.feed(conn.bio_read(65536))
-    except SSL.Error as exc:
-        return ssl_text(exc)
-    if isinstance(sniffer.result, ClientHello):
-        return sniffer.result
-    return "this build produced no parsable ClientHello"
+@functools.cache
+def openssl_name(code: int) -> str | None:
+    """OpenSSL's name for an IANA suite code, None when this build does not know the suite (then it
+    can neither offer nor negotiate it: only the hand-built hellos of :mod:`.suites` see it)."""
+    from OpenSSL._util import ffi, lib
 
-
-def untestable(offer: Offer, server_name: str, *, version: int | None = None, suite: int | None = None) -> str | None:
-    hello = offline_hello(offer, server_name)
-    if isinstance(hello, str):
-        return f"this OpenSSL cannot offer it: {hello}"
-    if version is not None and version not in hello.versions:
-        return "this OpenSSL's ClientHello does not offer it"
-    if suite is not None and suite not in hello.cipher_suites:
-        return "this OpenSSL's ClientHello does not offer it"
-    return None
+    conn = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+    cipher = lib.SSL_CIPHER_find(conn._ssl, code.to_bytes(2, "big"))
+    if cipher == ffi.NULL:
+        return None
+    return str(ffi.string(lib.SSL_CIPHER_get_name(cipher)).decode())
 
 
 def ssl_text(exc: BaseException) -> str:
@@ -183,11 +120,3 @@ def ssl_text(exc: BaseException) -> str:
     if exc.args and isinstance(exc.args[0], list):
         parts = [str(item[-1]) for item in exc.args[0] if isinstance(item, tuple) and item]
     return "; ".join(parts) or str(exc) or type(exc).__name__
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        return False
-    return True

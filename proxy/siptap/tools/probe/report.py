@@ -1,7 +1,8 @@
 """The probe's report: what one endpoint accepted, sent and answered, as plain data.
 
-Every verdict is one :class:`Attempt` (one version or suite on its own connection) with a
-status from the five below; ``as_dict`` of each record is the ``--json`` output, field for
+Versions and suites are :class:`Attempt` records (a version with a status from the three
+below; each suite the endpoint accepted, per version, in the order it chose them), features
+are :class:`Feature` records; ``as_dict`` of each record is the ``--json`` output, field for
 field. :mod:`siptap.tools.probe.table` renders the same report as text.
 """
 
@@ -15,9 +16,7 @@ from siptap.errors import SiptapError
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
-NOT_TESTABLE = "not testable by this build"
 ERROR = "error"  # no verdict: the connection failed or timed out before the endpoint answered
-SKIPPED = "skipped"
 
 
 class ProbeError(SiptapError):
@@ -30,14 +29,14 @@ class ProbeError(SiptapError):
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """One version or suite tried on its own connection."""
+    """A version tried, or a suite the endpoint accepted."""
 
     name: str  # "TLSv1.2", or the IANA suite name
-    status: str  # ACCEPTED, REJECTED, NOT_TESTABLE, ERROR, SKIPPED
+    status: str  # ACCEPTED, REJECTED, ERROR
     detail: str = ""
     code: int | None = None  # IANA suite code
     openssl_name: str | None = None
-    key_exchange: str | None = None  # "RSA", "ECDHE", "DHE", "TLSv1.3"
+    key_exchange: str | None = None  # "RSA", "ECDHE", "DHE", ..., "TLSv1.3" (see tls_suites.key_exchange_of_suite)
 
     @property
     def accepted(self) -> bool:
@@ -48,6 +47,18 @@ class Attempt:
         if self.code is not None:
             out.update(code=f"0x{self.code:04X}", openssl_name=self.openssl_name, key_exchange=self.key_exchange)
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """A protocol feature (extended master secret, resumption, OCSP stapling, ...)."""
+
+    name: str
+    supported: bool | None  # None: does not apply, or no verdict (``detail`` says which)
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "supported": self.supported, "detail": self.detail}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +115,9 @@ class ProbeReport:
     error: str | None = None  # the endpoint could not be probed at all
     negotiated: dict[str, object] | None = None  # what our widest offer got: version, cipher, key_exchange
     versions: list[Attempt] = field(default_factory=list)
-    tls12_suites: list[Attempt] = field(default_factory=list)
-    tls13_suites: list[Attempt] = field(default_factory=list)
+    # Per version name: the suites accepted, in the order the endpoint chose them.
+    suites: dict[str, list[Attempt]] = field(default_factory=dict)
+    features: list[Feature] = field(default_factory=list)
     chain: list[CertificateInfo] = field(default_factory=list)
     chain_problems: list[str] = field(default_factory=list)
     trust_checked_against: str | None = None
@@ -121,6 +133,14 @@ class ProbeReport:
         return [a.name for a in self.versions if a.accepted]
 
     @property
+    def tls12_suites(self) -> list[Attempt]:
+        return self.suites.get("TLSv1.2", [])
+
+    @property
+    def tls13_suites(self) -> list[Attempt]:
+        return self.suites.get("TLSv1.3", [])
+
+    @property
     def accepted_tls12_suites(self) -> list[str]:
         return [a.name for a in self.tls12_suites if a.accepted]
 
@@ -129,12 +149,19 @@ class ProbeReport:
         return [a.name for a in self.tls13_suites if a.accepted]
 
     @property
+    def tls13_only(self) -> bool:
+        return self.accepted_versions == ["TLSv1.3"]
+
+    def feature(self, name: str) -> Feature | None:
+        return next((f for f in self.features if f.name == name), None)
+
+    @property
     def rsa_key_exchange(self) -> bool | None:
-        """True if some RSA key-transport suite was accepted; None if nothing could be tried."""
-        tried = [a for a in self.tls12_suites if a.key_exchange == "RSA" and a.status in (ACCEPTED, REJECTED)]
-        if any(a.accepted for a in tried):
+        """True if some RSA key-transport suite was accepted (any version); None if the versions
+        could not be scanned."""
+        if any(a.key_exchange == "RSA" for suites in self.suites.values() for a in suites):
             return True
-        if tried or any(a.name == "TLSv1.2" and a.status == REJECTED for a in self.versions):
+        if self.versions and all(a.status in (ACCEPTED, REJECTED) for a in self.versions):
             return False
         return None
 
@@ -154,11 +181,11 @@ class ProbeReport:
             "negotiated": self.negotiated,
             "versions": [a.as_dict() for a in self.versions],
             "accepted_versions": self.accepted_versions,
-            "tls12_suites": [a.as_dict() for a in self.tls12_suites],
-            "tls13_suites": [a.as_dict() for a in self.tls13_suites],
+            "suites": {version: [a.as_dict() for a in suites] for version, suites in self.suites.items()},
             "accepted_tls12_suites": self.accepted_tls12_suites,
             "accepted_tls13_suites": self.accepted_tls13_suites,
             "rsa_key_exchange": self.rsa_key_exchange,
+            "features": [f.as_dict() for f in self.features],
             "chain": [c.as_dict() for c in self.chain],
             "chain_problems": list(self.chain_problems),
             "trust_checked_against": self.trust_checked_against,

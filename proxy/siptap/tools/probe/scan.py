@@ -1,10 +1,11 @@
 """The scan: every attempt against one endpoint, one at a time, gathered into a :class:`ProbeReport`.
 
 Order: the widest offer first (with our certificate, if any: chain, CA names, the
-negotiated suite), SIP OPTIONS over it, the client-certificate verdict, then each TLS
-version and each suite on its own connection. One connection at a time, so a
-single-threaded peer is never flooded; after a few attempts in a row without an answer the
-rest are not tried.
+negotiated suite, a stapled OCSP response), SIP OPTIONS over it, the client-certificate
+verdict, then per protocol version every suite it accepts from hand-built ClientHellos
+(:mod:`.suites`), then the features (:mod:`.features`: from those ServerHellos, and the
+resumption handshakes). One connection at a time, so a single-threaded peer is never
+flooded; after a few attempts in a row without an answer the rest are not tried.
 """
 
 from __future__ import annotations
@@ -17,18 +18,17 @@ import trio
 from OpenSSL import SSL
 
 from siptap.errors import CertificateError
-from siptap.sansio.handshake import FailureReason, key_exchange_of
-from siptap.sansio.tls_hello import suite_name
+from siptap.sansio.handshake import FailureReason
+from siptap.sansio.tls_suites import TLS12_SUITE_NAMES, TLS13_SUITE_NAMES, key_exchange_of_suite, suite_name
 from siptap.tls.pem import key_matches_certificate, load_certificate_chain, load_private_key
 from siptap.tools.probe.certificates import chain_problems, describe_certificate
-from siptap.tools.probe.handshake import Outcome, attempt_handshake, failure_text, rejection, settle
-from siptap.tools.probe.offers import TLS12_SUITES, TLS13_SUITES, VERSIONS, ClientIdentity, Offer, untestable
+from siptap.tools.probe.features import from_server_hellos, ocsp_stapling, resumption
+from siptap.tools.probe.handshake import Outcome, attempt_handshake, settle
+from siptap.tools.probe.offers import ClientIdentity, Offer, openssl_name
 from siptap.tools.probe.report import (
     ACCEPTED,
     ERROR,
-    NOT_TESTABLE,
     REJECTED,
-    SKIPPED,
     Attempt,
     ClientCertInfo,
     ProbeError,
@@ -36,6 +36,7 @@ from siptap.tools.probe.report import (
     SipResult,
 )
 from siptap.tools.probe.sip_options import send_options
+from siptap.tools.probe.suites import SCANNED_VERSIONS, Progress, VersionScan, scan_version
 
 _MAX_ERRORS_IN_A_ROW = 3
 
@@ -43,7 +44,8 @@ _MAX_ERRORS_IN_A_ROW = 3
 class Attempter(Protocol):
     """``probe``'s one-attempt closure: the target and our identity bound, the errors in a row counted."""
 
-    def __call__(self, offer: Offer, *, with_identity: bool = True, keep: bool = False) -> Awaitable[Outcome]: ...
+    def __call__(self, offer: Offer, *, with_identity: bool = True, keep: bool = False, ocsp: bool = False,
+                 session: SSL.Session | None = None, ticket_wait: float = 0.0) -> Awaitable[Outcome]: ...
 
 
 def load_client_identity(cert: Path, key: Path) -> ClientIdentity:
@@ -56,9 +58,9 @@ def load_client_identity(cert: Path, key: Path) -> ClientIdentity:
 
 async def probe(host: str, port: int, *, server_name: str | None = None, cert: Path | None = None,
                 key: Path | None = None, ca: Path | None = None, timeout: float = 5.0,
-                sip: bool = True) -> ProbeReport:
+                sip: bool = True, progress: Progress | None = None) -> ProbeReport:
     """Probe one endpoint; see the module docstring. Never raises for what the endpoint does;
-    raises ProbeError/CertificateError for unusable arguments."""
+    raises ProbeError/CertificateError for unusable arguments. ``progress`` hears a line per step."""
     if (cert is None) != (key is None):
         raise ProbeError("--cert and --key go together", "pass both the client certificate and its key")
     identity = load_client_identity(Path(cert), Path(key)) if cert is not None and key is not None else None
@@ -71,19 +73,26 @@ async def probe(host: str, port: int, *, server_name: str | None = None, cert: P
 
     errors_in_a_row = 0
 
-    async def attempt(offer: Offer, *, with_identity: bool = True, keep: bool = False) -> Outcome:
+    def step(text: str) -> None:
+        if progress is not None:
+            progress(text)
+
+    async def attempt(offer: Offer, *, with_identity: bool = True, keep: bool = False, ocsp: bool = False,
+                      session: SSL.Session | None = None, ticket_wait: float = 0.0) -> Outcome:
         nonlocal errors_in_a_row
         if errors_in_a_row >= _MAX_ERRORS_IN_A_ROW:
             # An endpoint that stopped answering (rate limit, fail2ban, crash) would otherwise
             # cost one timeout per remaining attempt.
             return Outcome(error=f"not tried: the previous {errors_in_a_row} attempts got no answer")
         outcome = await attempt_handshake(host, port, name, offer, identity=identity if with_identity else None,
-                                 ca=ca, timeout=timeout, keep=keep)
+                                 ca=ca, timeout=timeout, keep=keep, ocsp=ocsp, session=session,
+                                 ticket_wait=ticket_wait)
         errors_in_a_row = errors_in_a_row + 1 if outcome.error is not None else 0
         return outcome
 
     # 1. The widest offer, with our certificate if we have one: chain, CA names, negotiated suite.
-    main = await attempt(Offer(SSL.TLS1_VERSION, SSL.TLS1_3_VERSION), keep=True)
+    step("handshake with the widest offer")
+    main = await attempt(Offer(SSL.TLS1_VERSION, SSL.TLS1_3_VERSION), keep=True, ocsp=True)
     if main.error is not None:
         report.error = main.error
         return report
@@ -102,6 +111,7 @@ async def probe(host: str, port: int, *, server_name: str | None = None, cert: P
     try:
         if main.stream is not None:
             if sip:
+                step("SIP OPTIONS")
                 report.sip = await send_options(main.stream, name, port, timeout)
                 if report.sip.status_line is None and report.sip.closed:
                     post_refusal = report.sip.detail
@@ -128,46 +138,27 @@ async def probe(host: str, port: int, *, server_name: str | None = None, cert: P
         report.chain.append(describe_certificate(cert_obj, leaf=index == 0, server_name=name))
     report.chain_problems = chain_problems(main.verify_errors, ca)
 
-    # 5. Versions, one per connection.
-    for version_name, constant, wire in VERSIONS:
-        offer = Offer(constant, constant)
-        report.versions.append(await _verdict(version_name, offer, attempt, name, version=wire))
+    # 5. Per version, every suite it accepts: hand-built ClientHellos, read from the ServerHellos.
+    scans: list[VersionScan] = []
+    for version_name, wire in SCANNED_VERSIONS:
+        candidates = list(TLS13_SUITE_NAMES if wire >= 0x0304 else TLS12_SUITE_NAMES)
+        scan = await scan_version(host, port, version_name, wire, candidates, server_name=name, timeout=timeout,
+                                  progress=progress)
+        scans.append(scan)
+        status = ERROR if scan.error else ACCEPTED if scan.accepted else REJECTED
+        report.versions.append(Attempt(version_name, status, scan.detail))
+        if scan.accepted:
+            report.suites[version_name] = [
+                Attempt(suite_name(code), ACCEPTED, "", code, openssl_name(code), key_exchange_of_suite(code))
+                for code in scan.suites
+            ]
 
-    # 6. Suites, one per connection.
-    tls12 = next((a for a in report.versions if a.name == "TLSv1.2"), None)
-    for code, openssl_name in TLS12_SUITES:
-        offer = Offer(SSL.TLS1_2_VERSION, SSL.TLS1_2_VERSION, ciphers=f"{openssl_name}:@SECLEVEL=0".encode())
-        kex = key_exchange_of("TLSv1.2", openssl_name, None)
-        if tls12 is not None and tls12.status == REJECTED:
-            report.tls12_suites.append(Attempt(suite_name(code), SKIPPED, "TLSv1.2 not accepted", code, openssl_name, kex))
-            continue
-        result = await _verdict(suite_name(code), offer, attempt, name, suite=code)
-        report.tls12_suites.append(Attempt(result.name, result.status, result.detail, code, openssl_name, kex))
-    tls13 = next((a for a in report.versions if a.name == "TLSv1.3"), None)
-    for code, openssl_name in TLS13_SUITES:
-        offer = Offer(SSL.TLS1_3_VERSION, SSL.TLS1_3_VERSION, tls13=openssl_name.encode())
-        if tls13 is not None and tls13.status == REJECTED:
-            report.tls13_suites.append(Attempt(openssl_name, SKIPPED, "TLSv1.3 not accepted", code, openssl_name, "TLSv1.3"))
-            continue
-        result = await _verdict(openssl_name, offer, attempt, name, suite=code)
-        report.tls13_suites.append(Attempt(result.name, result.status, result.detail, code, openssl_name, "TLSv1.3"))
+    # 6. Features: from those ServerHellos, the widest offer's OCSP answer, resumption handshakes.
+    report.features = from_server_hellos(scans)
+    step("session resumption")
+    report.features += await resumption(attempt, scans, ticket_wait=min(timeout, 1.0))
+    report.features.append(ocsp_stapling(main, scans))
     return report
-
-
-async def _verdict(label: str, offer: Offer, attempt: Attempter, server_name: str, *,
-                   version: int | None = None, suite: int | None = None) -> Attempt:
-    why_not = untestable(offer, server_name, version=version, suite=suite)
-    if why_not is not None:
-        return Attempt(label, NOT_TESTABLE, why_not)
-    outcome = await attempt(offer)
-    if outcome.error is not None:
-        return Attempt(label, ERROR, outcome.error)
-    if outcome.server_hello:
-        detail = f"{outcome.version} {outcome.cipher}" if version is not None else ""
-        if outcome.failure is not None:
-            detail = (detail + "; " if detail else "") + f"handshake then failed: {failure_text(outcome.failure)}"
-        return Attempt(label, ACCEPTED, detail)
-    return Attempt(label, REJECTED, rejection(outcome))
 
 
 async def _client_cert_verdict(main: Outcome, post_refusal: str | None, identity: ClientIdentity | None,

@@ -2,11 +2,83 @@
 
 from __future__ import annotations
 
-from siptap.tools.probe.report import ACCEPTED, ERROR, NOT_TESTABLE, REJECTED, SKIPPED, ProbeReport
+from siptap.tools.probe.report import ACCEPTED, ERROR, REJECTED, ProbeReport
 
 
 def _mark(status: str) -> str:
-    return {ACCEPTED: "yes", REJECTED: "no", NOT_TESTABLE: "n/a", ERROR: "error", SKIPPED: "skipped"}.get(status, status)
+    return {ACCEPTED: "yes", REJECTED: "no", ERROR: "error"}.get(status, status)
+
+
+def _versions(report: ProbeReport) -> list[str]:
+    """Accepted versions one per line; refused ones grouped by why (a TLS 1.3-only endpoint: two lines)."""
+    out = ["TLS versions (hand-built ClientHellos, one version per connection)"]
+    for a in report.versions:
+        if a.status == ACCEPTED:
+            out.append(f"  {a.name:<8} yes      {a.detail}".rstrip())
+    refused: dict[str, list[str]] = {}
+    for a in report.versions:
+        if a.status != ACCEPTED:
+            refused.setdefault(f"{_mark(a.status)}: {a.detail}" if a.detail else _mark(a.status), []).append(a.name)
+    for why, names in refused.items():
+        out.append(f"  {', '.join(names)}: {why}")
+    return out
+
+
+def _suites(report: ProbeReport) -> list[str]:
+    out: list[str] = []
+    unknown = False
+    shown: dict[tuple[int | None, ...], str] = {}
+    for version, suites in report.suites.items():
+        out.append("")
+        codes = tuple(a.code for a in suites)
+        if codes in shown:  # TLS 1.0 and 1.1 often take the very same list
+            out.append(f"{version} cipher suites accepted: the same {len(suites)} as {shown[codes]}")
+            continue
+        shown[codes] = version
+        out.append(f"{version} cipher suites accepted ({len(suites)}, in the order the endpoint chose them)")
+        if version == "TLSv1.3":
+            out += [f"  0x{a.code or 0:04X} {a.name}" for a in suites]
+            continue
+        out.append(f"  {'code':<6} {'IANA name':<46} {'OpenSSL name':<32} kex")
+        for a in suites:
+            unknown = unknown or a.openssl_name is None
+            out.append(f"  0x{a.code or 0:04X} {a.name:<46} {a.openssl_name or '-':<32} {a.key_exchange or ''}".rstrip())
+    if unknown:
+        out.append("  (OpenSSL name '-': this OpenSSL build does not know the suite; found from the ServerHello)")
+    return out
+
+
+_MARKS = {True: "yes", False: "no", None: "-"}
+
+
+def _features(report: ProbeReport) -> list[str]:
+    if not report.features:
+        return []
+    out = ["", "Features"]
+    for f in report.features:
+        out.append(f"  {f.name:<30} {_MARKS[f.supported]:<4} {f.detail}".rstrip())
+    return out
+
+
+def _tls13_only(report: ProbeReport) -> list[str]:
+    """A TLS 1.3-only endpoint in a few lines: what it takes, why siptap's customer leg cannot
+    serve it, and the features that still mean something."""
+    by_reason: dict[str, list[str]] = {}
+    for a in report.versions:
+        if a.status != ACCEPTED:
+            by_reason.setdefault(a.detail or _mark(a.status), []).append(a.name)
+    refused = "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items())
+    suites = report.tls13_suites
+    applies = [f for f in report.features if not (f.supported is None and "does not apply" in f.detail)]
+    moot = [f.name for f in report.features if f not in applies]
+    return [
+        f"TLS versions: TLS 1.3 only (refused: {refused})",
+        f"TLSv1.3 cipher suites accepted ({len(suites)}): {', '.join(a.name for a in suites)}",
+        "RSA key exchange: not possible (TLS 1.3 has no RSA key transport; siptap's customer leg needs TLS 1.2)",
+        "Features: " + "; ".join(f"{f.name} {_MARKS[f.supported]}" + (f" ({f.detail})" if f.supported is None else "")
+                                 for f in applies)
+        + (f"; {', '.join(moot)}: do not apply to TLS 1.3" if moot else ""),
+    ]
 
 
 def format_table(report: ProbeReport) -> str:
@@ -22,30 +94,20 @@ def format_table(report: ProbeReport) -> str:
             line += f"; handshake then failed: {n.get('failure')}"
         out.append(line)
     out.append("")
-    out.append("TLS versions (one per connection)")
-    for a in report.versions:
-        out.append(f"  {a.name:<8} {_mark(a.status):<8} {a.detail}".rstrip())
-    out.append("")
-    out.append("TLS 1.2 cipher suites (one per connection)")
-    out.append(f"  {'accepted':<8} {'code':<6} {'IANA name':<46} {'OpenSSL name':<30} kex")
-    for a in report.tls12_suites:
-        line = f"  {_mark(a.status):<8} 0x{a.code or 0:04X} {a.name:<46} {a.openssl_name or '':<30} {a.key_exchange or ''}"
-        if a.status in (NOT_TESTABLE, ERROR, SKIPPED) and a.detail:
-            line += f"  ({a.detail})"
-        out.append(line)
-    out.append("")
-    out.append("TLS 1.3 cipher suites (one per connection)")
-    for a in report.tls13_suites:
-        line = f"  {_mark(a.status):<8} 0x{a.code or 0:04X} {a.name}"
-        if a.status in (NOT_TESTABLE, ERROR, SKIPPED) and a.detail:
-            line += f"  ({a.detail})"
-        out.append(line)
-    out.append("")
-    rsa_kex = report.rsa_key_exchange
-    rsa_suites = [a.openssl_name for a in report.tls12_suites if a.accepted and a.key_exchange == "RSA"]
-    out.append("RSA key exchange: " + {True: f"possible ({', '.join(map(str, rsa_suites))})",
-                                       False: "not possible (no RSA key-transport suite accepted)",
-                                       None: "unknown (not testable)"}[rsa_kex])
+    if report.tls13_only:
+        out += _tls13_only(report)
+    else:
+        out += _versions(report)
+        out += _suites(report)
+        out.append("")
+        rsa_kex = report.rsa_key_exchange
+        names = list(dict.fromkeys(a.name for suites in report.suites.values() for a in suites
+                                   if a.key_exchange == "RSA"))
+        listed = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        out.append("RSA key exchange: " + {True: f"possible ({listed})",
+                                           False: "not possible (no RSA key-transport suite accepted)",
+                                           None: "unknown (the versions could not be scanned)"}[rsa_kex])
+        out += _features(report)
     out.append("")
     out.append("Certificate chain (as sent by the endpoint)")
     if not report.chain:
