@@ -88,7 +88,7 @@ async def test_good_then_cached_and_revoked_refused(own_pki: Path, tmp_path: Pat
         failed = await refused(siptap, port, own_pki, "gone")
         assert responder.requests == 2
         counted = await metric_lines(siptap, "siptap_ocsp_checks_total")
-        handshakes = await metric_lines(siptap, "siptap_handshakes_total")
+        handshakes = await metric_lines(siptap, "siptap_handshake_failures_total")
         assert await siptap.stop() == 0
         nursery.cancel_scope.cancel()
 
