@@ -64,6 +64,7 @@ import errno
 import os
 import socket
 import time
+from collections.abc import Sequence
 
 import trio
 
@@ -267,14 +268,9 @@ class MirrorTap:
         # A new mirror first hears the connection itself, or the marker (and the chunk) would
         # be about a connection it does not know. counts[5] counts the replayed records, so a
         # replay the channel refused half-way resumes where it stopped, without duplicates.
+        records = self._announced.get(conn, ())
         if counts[5] >= 0:
-            records = self._announced.get(conn, ())
-            try:
-                while counts[5] < len(records):
-                    sock.send(records[counts[5]])
-                    counts[5] += 1
-            except OSError as exc:
-                self._refused(exc)
+            if not self._send_records(sock, records, counts, 5, len(records)):
                 return False
             # No marker after a replay, whatever was dropped meanwhile: this mirror never saw
             # the stream, so a marker could only place the hole wrongly (it counts bytes, not
@@ -283,7 +279,6 @@ class MirrorTap:
             # in the totals (metric, mirror_channel_dropped).
             self._settled(conn)
             return True
-        records = self._announced.get(conn, ())
         # Held lifecycle records first (they do not touch the byte streams, so their place
         # relative to the dropped chunks does not matter to framing), except a trailing closed
         # record: the mirror ends the connection on it, so it must come after the marker.
@@ -292,12 +287,7 @@ class MirrorTap:
             end = len(records)
             if records[end - 1][3] == KIND_CLOSED:  # the fourth byte is the record kind
                 end -= 1
-            try:
-                while counts[6] < end:
-                    sock.send(records[counts[6]])
-                    counts[6] += 1
-            except OSError as exc:
-                self._refused(exc)
+            if not self._send_records(sock, records, counts, 6, end):
                 return False
         # A marker only for a hole in the streams; zeroed once sent, so that a refused closed
         # record after it does not send it twice (and later drops start a new one).
@@ -314,15 +304,22 @@ class MirrorTap:
         # and the chunk that was to follow is dropped and added to them, so the next marker
         # tells the whole hole. tests/relay/test_tap.py,
         # test_full_channel_drops_count_and_a_marker_precedes_the_next_record, pins this.
-        if counts[6] >= 0:
-            try:
-                while counts[6] < len(records):
-                    sock.send(records[counts[6]])
-                    counts[6] += 1
-            except OSError as exc:
-                self._refused(exc)
-                return False
+        if counts[6] >= 0 and not self._send_records(sock, records, counts, 6, len(records)):
+            return False
         self._settled(conn)
+        return True
+
+    def _send_records(self, sock: socket.socket, records: Sequence[bytes], counts: list[int], slot: int,
+                      end: int) -> bool:
+        """Send ``records[counts[slot]:end]``, advancing ``counts[slot]`` per record that went,
+        so that a refusal half-way resumes there without duplicates; False at a refusal."""
+        try:
+            while counts[slot] < end:
+                sock.send(records[counts[slot]])
+                counts[slot] += 1
+        except OSError as exc:
+            self._refused(exc)
+            return False
         return True
 
     def _settled(self, conn: int) -> None:

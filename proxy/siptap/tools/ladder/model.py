@@ -30,11 +30,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from siptap.sansio.sip_message import SipMessageView
-from siptap.tools.calls.grouping import group_calls
+from siptap.tools.calls.grouping import CapturedMessage as GroupedMessage
+from siptap.tools.calls.grouping import Flow, group_calls
 
 Address = tuple[str, int]
-Flow = tuple[Address, Address, int]  # TCP client, server, generation (as the capture reader numbers them)
 
 ESBC, SIPTAP, CORE = 0, 1, 2
 COLUMN_NAMES = ("E-SBC", "siptap", "core")
@@ -44,15 +43,10 @@ _PAIR_LOOKAHEAD = 8
 _PAIR_WINDOW_US = 1_000_000
 
 
-class CapturedMessage(Protocol):
-    """What the ladder reads of a message (:class:`siptap.tools.export.captures.Message` is one)."""
+class CapturedMessage(GroupedMessage, Protocol):
+    """What the ladder reads of a message: what grouping reads (time, view, flow), and which
+    way it went and its bytes (:class:`siptap.tools.export.captures.Message` is one)."""
 
-    @property
-    def ts_us(self) -> int: ...
-    @property
-    def view(self) -> SipMessageView: ...
-    @property
-    def flow(self) -> Flow: ...
     @property
     def from_client(self) -> bool: ...
     @property
