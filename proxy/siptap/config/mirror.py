@@ -205,7 +205,10 @@ class MirrorSettings:
     queue_size: int = 10000  # events held per sink before dropping (never block the relay)
     drain_timeout: float = 2.0  # at shutdown, how long sinks may take to flush their queues
     warn_interval: float = 10.0  # at most one "dropped" warning per sink per interval
-    batch_interval: float = 0.1  # the longest the mirror, woken by a record, waits for more (0: at once)
+    # The longest the mirror, woken by a record, waits for more (0: at once). 10 ms, not more: a
+    # longer wait makes each wake-up a longer CPU burst that the relay waits out on a small box
+    # (S3 on 2 cores: +0.6-0.8 ms p99 at 10 ms, +1.5-2.0 ms at 100 ms; bench/RESULTS.md session 6).
+    batch_interval: float = 0.01
     channel_buffer: int = 4 * MIB  # SO_SNDBUF of a worker's channel to the mirror process (kernel caps: wmem_max)
     hep: tuple[HepSinkSettings, ...] = ()
     jsonl: tuple[JsonlSinkSettings, ...] = ()
