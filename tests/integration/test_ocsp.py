@@ -237,8 +237,9 @@ async def test_slow_responder_is_bounded_by_ocsp_timeout(own_pki: Path, tmp_path
             slow.append(await refused(siptap, port, own_pki, "other-customer"))
 
         nursery.start_soon(slow_customer)
-        while responder.requests < 2:  # the slow customer's request is at the responder
-            await trio.sleep(0.01)
+        with trio.fail_after(20):  # polling a condition, bounded
+            while responder.requests < 2:  # the slow customer's request is at the responder
+                await trio.sleep(0.01)
         # Meanwhile the live connection is relayed as before.
         assert (await live.options()).status_code == 200
         assert slow == []

@@ -55,16 +55,19 @@ class RoutingTable:
         return None
 
     def __call__(self, facts: HandshakeFacts | None, log: LogWriter) -> SessionPlan | None:
-        assert facts is not None  # the session calls it after a successful handshake, which leaves them
-        leaf = facts.peer_chain[0] if facts.peer_chain else None
-        plan = self.choose(facts.sni, leaf)
+        # The session calls it after a successful handshake, which leaves facts; without them
+        # (never seen) the connection is judged as one with no SNI and no certificate: refused
+        # unless a route takes those, never a crash on the accept path.
+        sni = facts.sni if facts is not None else None
+        leaf = facts.peer_chain[0] if facts is not None and facts.peer_chain else None
+        plan = self.choose(sni, leaf)
         if plan is not None:
             return plan
         first = next(iter(self._plans.values()))
         metrics = first.metrics
         if metrics is not None:
             metrics.child(metrics.connections_refused, self.name, NO_ROUTE).inc()
-        log.warning("connection_refused", leg=first.accepted_leg, reason=NO_ROUTE, sni=facts.sni,
+        log.warning("connection_refused", leg=first.accepted_leg, reason=NO_ROUTE, sni=sni,
                     identity=_identity(leaf), routes=[route.name for route in self._group.routes],
                     detail="no [[route]] on this listen address matches the client certificate and SNI")
         return None
