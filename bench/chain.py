@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +234,10 @@ class UdpCounter:
                 if len(fields) > 12 and int(fields[1].rsplit(":", 1)[1], 16) == self.port:
                     return int(fields[12])
         return 0
+
+    def counts(self) -> dict[str, int]:
+        """The counts without the kernel's drops (no /proc read: cheap enough to sample often)."""
+        return {"datagrams": self.datagrams, "matching": self.matching, "octets": self.octets}
 
     def snapshot(self) -> dict[str, int]:
         return {"datagrams": self.datagrams, "matching": self.matching, "octets": self.octets,
@@ -809,9 +813,41 @@ class Window:
         return {name: self.sinks_end[name][key] - self.sinks_start[name][key] for name in self.sinks_end}
 
 
+# How often measure() samples the middle's CPU and the sinks' counts while a window runs.
+SAMPLE_INTERVAL = 0.02
+
+
+@dataclass
+class Sample:
+    """The middle's CPU seconds and the sinks' counts at one wall-clock moment."""
+
+    time: float  # time.time(): the clock of SIPp's CurrentTime column
+    cpu: float | None
+    sinks: dict[str, dict[str, int]]
+
+
+def nearest(samples: list[Sample], at: float) -> Sample:
+    """The sample taken closest to the wall-clock time ``at``."""
+    return min(samples, key=lambda sample: abs(sample.time - at))
+
+
+async def _sample(samples: list[Sample], mid: Middle, cpu_probe) -> None:
+    while True:
+        sinks = {name: counter.counts() for name, counter in mid.counters.items()}
+        samples.append(Sample(time.time(), cpu_probe() if cpu_probe else None, sinks))
+        await trio.sleep(SAMPLE_INTERVAL)  # a sampling period, not synchronisation
+
+
 async def measure(uac: SippUac, mid: Middle, *, warmup: float, duration: float) -> Window:
     """Wait for the first successful call, let ``warmup`` seconds pass (a fixed window), then take
-    the window between the next statistics row and the first row ``duration`` seconds later."""
+    the window between the next statistics row and the first row ``duration`` seconds later.
+
+    The middle's CPU and the sinks' counts at each end of the window are the samples (taken
+    every SAMPLE_INTERVAL from the warm-up on) nearest to the row's own time (SIPp's
+    CurrentTime), not readings taken when the harness happened to see the row: a harness
+    that sees a row late (a loaded machine) would otherwise count the sinks over a window
+    shifted from SIPp's by that lag (seen in session 6 and 7 runs as ~6.5 datagrams per call
+    instead of 7: one second of S3 traffic) and the CPU likewise."""
     deadline = time.monotonic() + 60
     while True:
         row = await uac.next_row()
@@ -819,14 +855,25 @@ async def measure(uac: SippUac, mid: Middle, *, warmup: float, duration: float) 
             break
         if time.monotonic() > deadline:
             raise TimeoutError(f"no successful call within 60 s: {uac.describe()}")
-    await trio.sleep(warmup)  # fixed warm-up window
-    start = await uac.next_row()
-    sinks_start = mid.sinks()
-    while True:
-        end = await uac.next_row()
-        if end.time - start.time >= duration - 0.05:
-            break
-    return Window(start, end, sinks_start, mid.sinks())
+    samples: list[Sample] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_sample, samples, mid, uac.cpu_probe)
+        await trio.sleep(warmup)  # fixed warm-up window
+        start = await uac.next_row()
+        drops_start = mid.sinks()
+        while True:
+            end = await uac.next_row()
+            if end.time - start.time >= duration - 0.05:
+                break
+        drops_end = mid.sinks()
+        nursery.cancel_scope.cancel()
+    at_start, at_end = nearest(samples, start.time), nearest(samples, end.time)
+    # Kernel drops are cumulative and rare: read (from /proc) at the rows, not per sample.
+    sinks_start = {name: {**counts, "sink_drops": drops_start[name]["sink_drops"]} for name, counts in at_start.sinks.items()}
+    sinks_end = {name: {**counts, "sink_drops": drops_end[name]["sink_drops"]} for name, counts in at_end.sinks.items()}
+    start = replace(start, cpu=at_start.cpu if at_start.cpu is not None else start.cpu)
+    end = replace(end, cpu=at_end.cpu if at_end.cpu is not None else end.cpu)
+    return Window(start, end, sinks_start, sinks_end)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -208,8 +208,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "**This run validates the harness on code that is still changing; the official figures will be "
         "re-measured on the final code.** Absolute numbers on this noisy 2-core machine vary between runs "
         "(up to ~1.5×); compare ratios within one run. Middle CPU = utime+stime of every process of the "
-        "middle (threads and children included) from /proc, sampled when SIPp's per-second statistics row "
-        "that opens/closes the window appears.", "",
+        "middle (threads and children included) from /proc, sampled every 20 ms; each end of "
+        "the window takes the sample nearest to the time of SIPp's statistics row that opens/closes it.", "",
     ]
 
     def rows_for(scenario, render_row, header):
