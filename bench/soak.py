@@ -90,6 +90,27 @@ class TypedUdpCounter(c.UdpCounter):
 c.UdpCounter = TypedUdpCounter  # type: ignore[misc]
 
 
+def process_role(pid: int) -> str:
+    """supervisor, mirror or worker, from siptap's command line (as bench/process_cpu.py)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return "gone"
+    if b"mirror" in argv:
+        return "mirror"
+    return "worker" if b"--worker" in argv else "supervisor"
+
+
+def rss_by_role(pids: list[int]) -> dict[str, int]:
+    """VmRSS summed by process role: which process a growth is in."""
+    out: dict[str, int] = {}
+    for pid in pids:
+        role = process_role(pid)
+        out[role] = out.get(role, 0) + proc_status_kib(pid)
+    return out
+
+
 def proc_status_kib(pid: int, key: str = "VmRSS") -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -172,6 +193,7 @@ async def soak(args, tmp: Path, pki: c.Pki) -> dict[str, Any]:
                 "t_s": round(time.monotonic() - t0, 2),
                 "pids": len(pids),
                 "rss_kib": sum(proc_status_kib(p) for p in pids),
+                "rss_by_role_kib": rss_by_role(pids),
                 "fds": sum(fd_count(p) for p in pids),
                 "pss_kib": c.pss_kib(mid.pid),
                 "cpu_s": round(c.cpu_seconds(mid.pid), 2),
@@ -341,6 +363,7 @@ def render(meta: dict[str, Any], run: dict[str, Any], a: dict[str, Any]) -> str:
         f"({a['rss_max_kib'] / 1024:.1f}) |",
         f"| RSS slope (least squares, steady samples) | {_num(a['rss_slope_kib_per_min'])} KiB/min "
         f"(second half {_num(a['rss_slope_2nd_half_kib_per_min'])}) |",
+        f"| RSS by process, start → end | {_by_role(a['base'], a['end_running'])} |",
         f"| open fds start → end (max) | {a['base']['fds']} → {a['end_running']['fds']} ({a['fd_max']}) |",
         f"| after both UACs exited | RSS {run['after']['rss_kib'] / 1024:.1f} MiB, {run['after']['fds']} fds, "
         f"{run['after']['customer_conns']}/{run['after']['core_conns']} customer/core connections |",
@@ -376,6 +399,15 @@ def render(meta: dict[str, Any], run: dict[str, Any], a: dict[str, Any]) -> str:
     if run.get("uac_errors"):
         out += ["## SIPp errors", ""] + [f"```\n{name}: {text}\n```" for name, text in run["uac_errors"].items()]
     return "\n".join(out)
+
+
+def _by_role(base: dict[str, Any], end: dict[str, Any]) -> str:
+    """Each role's RSS at the start and the end (samples of older runs have no breakdown)."""
+    start, stop = base.get("rss_by_role_kib"), end.get("rss_by_role_kib")
+    if not start or not stop:
+        return "not sampled"
+    return ", ".join(f"{role} {start.get(role, 0) / 1024:.1f} → {stop.get(role, 0) / 1024:.1f} MiB "
+                     f"({stop.get(role, 0) - start.get(role, 0):+,} KiB)" for role in sorted(stop))
 
 
 def _num(value):
