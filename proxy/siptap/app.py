@@ -222,21 +222,19 @@ class App:
             raise _locate_mirror(config, exc) from None
         self.metrics.watch_mirror(self.fanout.stats)
         fanout_publish = self.fanout.publish
-        mirror_legs = config.mirror.mirror_legs
-        route_legs = {route.name: route.mirrored_legs(mirror_legs) for route in config.routes}
         publish: Publish = fanout_publish
+        shown: frozenset[str] = frozenset()
         if observer is not None:
             def publish_and_show(event: MirrorEvent) -> bool:
                 observer(event)
                 return fanout_publish(event)
             publish = publish_and_show
-            mirror_legs = mirror_legs | {"customer"}
-            route_legs = {name: legs | {"customer"} for name, legs in route_legs.items()}
-        self.observer = Observer(
-            publish=publish, log=self.log, mirror_legs=mirror_legs, log_settings=config.log,
-            max_message_sizes={route.name: route.limits.max_sip_message for route in config.routes},
-            route_legs=route_legs, counts=sip_counts,
-        )
+            # The viewer (the demo) shows the customer leg's SIP whatever is mirrored; the
+            # LegInfo of an unmirrored leg keeps those events from the sinks.
+            shown = frozenset({"customer"})
+        self.observer = Observer(publish=publish, log=self.log, log_settings=config.log, counts=sip_counts,
+                                 shown_legs=shown)
+        self.observer.reload(config)
         return LocalFeed(self.observer)
 
     async def run(self, *, task_status: trio.TaskStatus[Bound] = trio.TASK_STATUS_IGNORED,
@@ -404,6 +402,10 @@ class App:
         if added:
             self.log.warning("reload_routes_added", routes=added, detail="new listen addresses need a restart")
         self._use_watches(config)
+        if self.observer is not None:
+            # In-process observation: the routes' mirrored legs and message limits, for new
+            # connections (the mirror process reloads its own copy on the SIGHUP it gets).
+            self.observer.reload(config)
         self.log.info("reloaded", routes=sorted(new_plans))
         return True
 

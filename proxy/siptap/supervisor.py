@@ -18,7 +18,7 @@ single process would, and each worker gets its own stdout pipe.
   is gone (even SIGKILLed), and the worker drains and stops instead of living on unsupervised.
 - Signals: workers run in their own process group, so a terminal's Ctrl-C reaches only the
   supervisor (systemd: ``KillMode=mixed``, which the shipped unit sets). SIGHUP is forwarded
-  (each worker reloads); the first SIGTERM/SIGINT is forwarded (each worker drains), a second
+  (each worker reloads, and the mirror reloads its routes' mirrored legs); the first SIGTERM/SIGINT is forwarded (each worker drains), a second
   one too (each worker stops draining). The supervisor exits when every worker has.
 - Failures: if a worker fails to start at start-up, the others are stopped and ``siptap run``
   exits 1. A worker that dies later is logged (``worker_died``) and restarted after a
@@ -270,11 +270,23 @@ class Supervisor:
         # workers were still there to be told.
         return sent
 
+    def _signal_mirror(self, signum: int) -> bool:
+        """Send ``signum`` to the mirror process if it runs (SIGHUP only: its routes)."""
+        process = self.mirror.process if self.mirror is not None else None
+        if process is None or process.returncode is not None:
+            return False
+        try:
+            process.send_signal(signum)
+        except ProcessLookupError:  # exited meanwhile, not reaped yet
+            return False
+        return True
+
     async def _signals(self) -> None:
         """Signal forwarding. The children sit in their own process groups, so whatever the
         operator (or systemd, KillMode=mixed) sends reaches this process alone, and each child
         gets it from here, when it should: SIGHUP to the workers (each reloads its TLS
-        material; the mirror's sinks reload nothing), SIGTERM/SIGINT to the workers (they
+        material and routes) and to the mirror (its routes' mirrored legs; its outputs are
+        not rebuilt), SIGTERM/SIGINT to the workers (they
         drain), and only then, from run(), SIGTERM to the mirror. A signal that found the
         children already gone (ProcessLookupError) is not an error: they are being reaped."""
         # trio queues the signals and delivers them here one at a time, in this task: two quick
@@ -286,7 +298,8 @@ class Supervisor:
                     # The workers reload their TLS material themselves; the supervisor only checks what it
                     # cannot apply itself (the number of workers) and says so.
                     self._check_reload()
-                    self.log.info("reload_forwarded", signal=name, workers=self._forward(signum))
+                    self.log.info("reload_forwarded", signal=name, workers=self._forward(signum),
+                                  mirror=self._signal_mirror(signum))
                 elif not self.stopping:
                     self.log.info("shutdown_requested", signal=name)
                     self._stop.set()

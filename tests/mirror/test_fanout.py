@@ -3,6 +3,8 @@ filter, crash restart, and the bounded drain at shutdown."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import structlog.testing
 import trio
@@ -85,6 +87,27 @@ async def test_legs_choices(legs: str, expected: set[str]) -> None:
         await nursery.start(fanout.run)
         await fanout.aclose()
     assert {e.leg.leg for e in sink.events} == expected
+
+
+async def test_a_legs_own_decision_overrides_the_legs_setting() -> None:
+    """The observer decides per connection (a route's mirror_legs): a core leg marked mirrored
+    reaches the sinks under legs="customer", a customer leg marked unmirrored does not (an
+    all_legs sink, the key log's kind, takes both)."""
+    normal = Recorder("normal")
+    keylog = Recorder("keylog", all_legs=True)
+    fanout = Fanout([normal, keylog], legs="customer")
+    core, customer = replace(CORE, mirrored=True), replace(CUSTOMER, mirrored=False)
+    events = [sip_event(b"OPTIONS sip:x SIP/2.0\r\nCall-ID: 1\r\n\r\n", leg=core), key_event(core),
+              sip_event(b"OPTIONS sip:x SIP/2.0\r\nCall-ID: 2\r\n\r\n", leg=customer), key_event(customer)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        for event in events:
+            fanout.publish(event)
+        await keylog.wait_handled(4)
+        await normal.wait_handled(2)
+        await fanout.aclose()
+    assert normal.events == events[:2]
+    assert keylog.events == events
 
 
 def test_bad_legs_value() -> None:

@@ -211,3 +211,60 @@ def _openssl_oneline(name: x509.Name) -> str:
     """A name as `openssl x509 -noout -issuer` prints it: X.509 order, `TYPE = value, ...`."""
     return ", ".join(f"{attr.rfc4514_attribute_name} = {attr.value}" for attr in name)
 
+
+
+async def _read_jsonl(listener: trio.socket.SocketType, lines: list[dict]) -> None:
+    # Imported here: the e2e module pulls in the capture helpers, which only this test needs.
+    from tests.integration.test_mirror_e2e import accept_jsonl
+    await accept_jsonl(listener, lines)
+
+
+async def test_a_routes_mirror_legs_reach_the_sinks_and_follow_a_reload(certs: Path, tmp_path: Path) -> None:
+    """``mirror_legs`` of a route widens or narrows what [mirror] legs says, at every sink (the
+    fan-out's leg filter must not undo it), and a SIGHUP that changes it applies to the next
+    connections (the mirror process reloads its route table too)."""
+    port = free_port()
+    sock_path = tmp_path / "jsonl.sock"
+    listener = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await listener.bind(str(sock_path))
+    listener.listen()
+    jsonl: list[dict] = []
+    top = f'[mirror]\nlegs = "customer"\n[[mirror.jsonl]]\ntransport = "unix"\npath = "{sock_path}"\n'
+
+    def routes(acme_legs: str, rest_legs: str | None) -> tuple[str, ...]:
+        def legs(text: str, value: str | None) -> str:
+            return text if value is None else text.replace("[route.customer]", f'mirror_legs = "{value}"\n[route.customer]')
+        return (legs(route("acme", port, port_a, certs, match='client = ["cn:acme"]'), acme_legs),
+                legs(route("rest", port, port_a, certs), rest_legs))
+
+    def sip_legs(conn: str) -> list[str]:
+        return sorted({e["leg"] for e in jsonl if e["type"] == "sip" and e["conn_id"] == conn})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_read_jsonl, listener, jsonl)
+        core_a, port_a = await start_lab_core(nursery, certs)
+        config = write(tmp_path / "siptap.toml", *routes("both", None), top=top)
+        siptap = SiptapProcess(config)
+        await siptap.start(nursery)
+        await siptap.port()
+        for cert in ("acme", "initech"):
+            await (await options_via(port, certs, cert)).aclose()
+        await siptap.wait_for("connection_observed", count=2)
+        # The rest route now mirrors the core leg only; acme keeps both.
+        write(tmp_path / "siptap.toml", *routes("both", "core"), top=top)
+        siptap.signal(signal.SIGHUP)
+        await siptap.wait_for("reloaded")
+        await siptap.wait_for("mirror_reloaded")
+        await (await options_via(port, certs, "initech")).aclose()
+        await siptap.wait_for("connection_observed", count=3)
+        assert await siptap.stop() == 0
+        nursery.cancel_scope.cancel()
+    listener.close()
+
+    closed = {e["conn"]: e["route"] for e in siptap.find("connection_closed")}
+    acme, rest_before, rest_after = list(closed)
+    assert [closed[c] for c in (acme, rest_before, rest_after)] == ["acme", "rest", "rest"]
+    assert sip_legs(acme) == ["core", "customer"]
+    assert sip_legs(rest_before) == ["customer"]
+    assert sip_legs(rest_after) == ["core"]
+    assert not siptap.find("reload_failed")

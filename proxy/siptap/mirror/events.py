@@ -26,6 +26,13 @@ class LegInfo:
     leg: str  # "customer" or "core"
     client: Address
     server: Address
+    # Whether this leg's SIP, key and close events reach the sinks that follow ``legs``
+    # (all but the key log): decided once per connection, when it opens, by the observer
+    # from its route's ``mirror_legs`` (else [mirror] legs), so a reload that changes them
+    # never turns an open connection's mirroring on or off halfway through a call. None:
+    # not decided upstream (tests, bench), and the fan-out's own ``legs`` decides. Not part
+    # of a leg's identity: equality and hash are the connection's and the leg's.
+    mirrored: bool | None = field(default=None, compare=False)
     # What sinks render once per connection (JSON members, HEP address chunks), kept here so
     # it lives exactly as long as the connection's events: no process-wide cache that fills
     # up with the addresses of connections long closed.

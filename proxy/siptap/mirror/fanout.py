@@ -26,11 +26,13 @@ supervisor. :meth:`Fanout.aclose` drains at shutdown: it closes the queues so ea
 finishes what is queued, waits at most ``drain_timeout`` seconds, then cancels and counts
 what was left as dropped.
 
-Leg filter: ``legs`` ("customer", "core" or "both") selects whose events reach the sinks.
-The relay applies the same choice to SIP itself (it need not even build events for an
-unmirrored leg), but publishes key events and closes for both legs: a sink marked
-``all_legs`` (the NSS key-log file) receives those whatever ``legs`` says, so a raw capture
-of either leg can be decrypted.
+Leg filter: an event reaches the sinks only if its leg is mirrored. The observer decides
+that per connection when it opens (``LegInfo.mirrored``: the route's own ``mirror_legs``,
+else [mirror] ``legs``, which may widen or narrow it); ``legs`` ("customer", "core" or "both")
+decides for a leg that carries no decision (tests and bench build such events). The observer
+applies the same choice to SIP itself (it builds no SIP events for an unmirrored leg), but
+publishes key events and closes for both legs: a sink marked ``all_legs`` (the NSS key-log
+file) receives those whatever the legs, so a raw capture of either leg can be decrypted.
 """
 
 from __future__ import annotations
@@ -229,10 +231,14 @@ class Fanout:
         # outer one catches what is wrong with the event itself (test_publish_swallows_garbage
         # passes objects that are not events at all).
         try:
-            mirrored_leg = event.leg.leg in self.legs  # once per event, not per sink
+            # Once per event, not per sink. The connection's own decision first: a route's
+            # mirror_legs may name a leg that ``legs`` does not (tests/relay/test_routing.py,
+            # test_a_routes_mirror_legs_reach_the_sinks_and_follow_a_reload).
+            leg = event.leg
+            mirrored_leg = leg.mirrored if leg.mirrored is not None else leg.leg in self.legs
             for slot in self._slots:
                 sink = slot.sink
-                # The key log takes both legs whatever ``legs`` says (module docstring).
+                # The key log takes both legs whatever the legs (module docstring).
                 if not (mirrored_leg or sink.all_legs):
                     continue
                 try:

@@ -88,6 +88,7 @@ class Observer:
         log_settings: LogSettings | None = None,
         max_message_sizes: Mapping[str, int] | None = None,
         route_legs: Mapping[str, frozenset[str]] | None = None,
+        shown_legs: frozenset[str] = frozenset(),
         counts: SipMessageCounts | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -96,6 +97,10 @@ class Observer:
         self._log = log
         self._mirror_legs = mirror_legs
         self._route_legs = dict(route_legs or {})  # a route's own mirror_legs, by route name
+        # Legs whose SIP events are published for an in-process viewer (the demo's) without
+        # being mirrored: their LegInfo says mirrored=False, so the fan-out keeps them from
+        # the sinks.
+        self._shown_legs = shown_legs
         self._log_messages = settings.sip_messages
         self._log_payloads = settings.sip_payloads
         self._log_key_material = settings.key_material
@@ -111,11 +116,16 @@ class Observer:
                     counts: SipMessageCounts | None = None) -> Observer:
         """The observer the mirror process runs for ``config``: its mirrored legs (each
         route's own ``mirror_legs``), log settings and each route's ``max_sip_message``."""
-        return cls(
-            publish=publish, log=log, mirror_legs=config.mirror.mirror_legs, log_settings=config.log,
-            max_message_sizes={route.name: route.limits.max_sip_message for route in config.routes}, counts=counts,
-            route_legs={route.name: route.mirrored_legs(config.mirror.mirror_legs) for route in config.routes},
-        )
+        observer = cls(publish=publish, log=log, log_settings=config.log, counts=counts)
+        observer.reload(config)
+        return observer
+
+    def reload(self, config: Config) -> None:
+        """A reloaded config's routes (SIGHUP): each route's mirrored legs, [mirror] legs and
+        ``max_sip_message`` for the connections opened from now on; open ones keep theirs."""
+        self._mirror_legs = config.mirror.mirror_legs
+        self._route_legs = {route.name: route.mirrored_legs(config.mirror.mirror_legs) for route in config.routes}
+        self._max_message_sizes = {route.name: route.limits.max_sip_message for route in config.routes}
 
     @property
     def open_connections(self) -> int:
@@ -204,10 +214,14 @@ class Observer:
             )
             self._connections[key] = connection
             self._unannounced.discard(key)
+        # Decided here, once per leg, and carried by the leg's LegInfo to the fan-out: a
+        # reload changes what new connections mirror, never an open one's.
         mirrored = self._route_legs.get(record.route, self._mirror_legs)
         for leg in record.legs:
-            info = LegInfo(record.conn_id, record.route, leg.leg, client=leg.client, server=leg.server)
-            connection.add_leg(info, mirrored=leg.leg in mirrored)
+            is_mirrored = leg.leg in mirrored
+            info = LegInfo(record.conn_id, record.route, leg.leg, client=leg.client, server=leg.server,
+                           mirrored=is_mirrored)
+            connection.add_leg(info, mirrored=is_mirrored or leg.leg in self._shown_legs)
         for waiting in [*self._early.pop(key, ()), *connection.take_waiting()]:
             self.handle(key[0], waiting)
 

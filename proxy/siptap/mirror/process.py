@@ -24,6 +24,7 @@ second signal does not hurry it: the drain is already bounded.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -32,7 +33,8 @@ from pathlib import Path
 
 import trio
 
-from siptap.config import Config
+from siptap.config import Config, load_config
+from siptap.errors import SiptapError
 from siptap.log import LogWriter, get_logger
 from siptap.metrics import Metrics, SipMessageCounts
 from siptap.mirror.channel import TARGET_BATCH, ChannelReceiver, RecordHandler
@@ -74,7 +76,7 @@ async def run_mirror(config: Config, channel: Path, control_fd: int | None = Non
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(fanout.run)
-            nursery.start_soon(_signals, receiver, log)
+            nursery.start_soon(_signals, receiver, log, functools.partial(_reload, config.path, handler, log))
             metrics = _multiprocess_metrics(config, fanout, counts)
             if metrics is not None:
                 nursery.start_soon(_sync_metrics, metrics)
@@ -118,14 +120,30 @@ def target_batch(channel_buffer: int, wmem_max_path: str = "/proc/sys/net/core/w
     return max(1, min(TARGET_BATCH, capacity // 4))
 
 
-async def _signals(receiver: ChannelReceiver, log: LogWriter) -> None:
-    # SIGHUP is caught too: the supervisor does not forward it here (the sinks reload
-    # nothing), and a stray one must not kill the mirror with the default action.
+async def _signals(receiver: ChannelReceiver, log: LogWriter, reload: Callable[[], None]) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
-            if signum != signal.SIGHUP:
+            if signum == signal.SIGHUP:
+                reload()
+            else:
                 log.info("mirror_stopping", signal=signal.Signals(signum).name)
                 receiver.stop()
+
+
+def _reload(path: Path, handler: RecordHandler, log: LogWriter) -> None:
+    """SIGHUP (the supervisor forwards it, as to the workers): the routes' mirrored legs,
+    [mirror] legs and message limits apply to the connections opened from now on. The
+    outputs themselves (addresses, files, certificates) are not rebuilt: that needs a restart."""
+    try:
+        config = load_config(path)
+    except SiptapError as exc:
+        # The workers log reload_failed for the same file; this says the mirror kept its routes too.
+        log.error("mirror_reload_failed", detail=str(exc), kept="previous routes")
+        return
+    if isinstance(handler, Observer):  # a test's own handler has no routes to reload
+        handler.reload(config)
+    log.info("mirror_reloaded", routes=sorted(route.name for route in config.routes),
+             detail="mirrored legs and message limits apply to new connections; outputs need a restart")
 
 
 async def _lifeline(control: socket.socket, receiver: ChannelReceiver, log: LogWriter) -> None:
