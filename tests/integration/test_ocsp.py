@@ -194,24 +194,31 @@ async def test_responder_down(own_pki: Path, tmp_path: Path, policy: str) -> Non
         if policy == "soft":
             await relayed(port, own_pki, "customer")
             warning = (await siptap.wait_for("ocsp_unavailable"))[0]
+            # The next certificate is not made to wait for the same dead responder.
+            await relayed(port, own_pki, "other-customer")
+            again = (await siptap.wait_for("ocsp_unavailable", count=2))[1]
         else:
             failed = await refused(siptap, port, own_pki, "customer")
+            again = await refused(siptap, port, own_pki, "other-customer")
         counted = await metric_lines(siptap, "siptap_ocsp_checks_total")
         assert await siptap.stop() == 0
         nursery.cancel_scope.cancel()
     dead.close()
 
+    result = "unavailable_allowed" if policy == "soft" else "unavailable_refused"
     if policy == "soft":
         assert warning["level"] == "warning" and warning["action"] == "allowed" and warning["subject"].endswith("CN=customer")
         assert f"cannot reach {url}" in warning["detail"]
-        assert core.connections == 1
-        assert ('siptap_ocsp_checks_total{leg="customer",result="unavailable_allowed",route="test",source="responder"} 1.0'
-                in counted)
+        assert core.connections == 2
     else:
         assert failed["reason"] == "ocsp_unavailable" and f"cannot reach {url}" in str(failed["detail"])
         assert 'ocsp = "hard" refuses it' in str(failed["detail"])
+        assert again["reason"] == "ocsp_unavailable"
         assert core.connections == 0
-        assert ('siptap_ocsp_checks_total{leg="customer",result="unavailable_refused",route="test",source="responder"} 1.0'
+    # The second certificate's check: the responder's failure, remembered, named with its age.
+    assert f"cannot reach {url}" in str(again["detail"]) and "s ago; not asked again until 15 s" in str(again["detail"])
+    for source in ("responder", "recent_failure"):
+        assert (f'siptap_ocsp_checks_total{{leg="customer",result="{result}",route="test",source="{source}"}} 1.0'
                 in counted)
 
 

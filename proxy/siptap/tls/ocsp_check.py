@@ -15,6 +15,11 @@ answer is cached until its nextUpdate (bounded: the least recently used goes fir
 starts an empty cache). No usable answer is ``unavailable``: ``soft`` lets the peer in and
 logs ``ocsp_unavailable`` (warning), ``hard`` refuses it with reason ``ocsp_unavailable``.
 A revoked certificate is refused with ``ocsp_revoked`` under either policy.
+
+A responder that could not be asked (unreachable, no answer within ``ocsp_timeout``, an HTTP
+error) is not asked again for RETRY_AFTER seconds: the handshakes of that time get
+``unavailable`` at once (source ``recent_failure``, the detail says when it failed and why)
+instead of each waiting out its own timeout while the responder is down.
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ from siptap.tls.stream import OpenSSLStream
 __all__ = ["OcspCache", "OcspChecker", "OcspOutcome", "checker_for", "request_staples"]
 
 Fetch = Callable[[str, bytes], Awaitable[bytes]]
+
+# Seconds a responder that could not be asked is left alone (module docstring). Short: under
+# ``hard`` every handshake of that time is refused, and a responder back up should be used soon.
+RETRY_AFTER = 15.0
 
 
 class OcspCache:
@@ -119,6 +128,9 @@ class OcspChecker:
         # found when that session's full handshake was checked, in this process (a session
         # or ticket never outlives its context, nor this checker built with it).
         self._issuers: OrderedDict[bytes, x509.Certificate] = OrderedDict()
+        # Responders that could not be asked: URL -> (trio time of the failure, why). One entry
+        # per URL (a route names one ocsp_url, or its CA's AIA ones): no bound needed.
+        self._failed: dict[str, tuple[float, str]] = {}
 
     async def _post(self, url: str, request: bytes) -> bytes:
         return await fetch_ocsp(url, request, timeout=self.timeout)
@@ -180,11 +192,24 @@ class OcspChecker:
         if url is None:
             problems.append("the certificate names no OCSP responder (AIA) and ocsp_url is not set")
             return OcspOutcome("unavailable", "none", "; ".join(problems))
+        failed = self._failed.get(url)
+        if failed is not None:
+            ago = trio.current_time() - failed[0]
+            if ago < RETRY_AFTER:
+                problems.append(f"{failed[1]} ({ago:.1f} s ago; not asked again until {RETRY_AFTER:g} s have passed)")
+                return OcspOutcome("unavailable", "recent_failure", "; ".join(problems))
+            del self._failed[url]
         try:
             der = await self._fetch(url, build_request(leaf, issuer))
             answer = check_response(der, leaf, issuer, now=self._clock())
-        except (OcspUnavailable, OcspInvalid) as exc:
-            problems.append(f"{url}: {exc}" if isinstance(exc, OcspInvalid) else str(exc))
+        except OcspUnavailable as exc:
+            self._failed[url] = (trio.current_time(), str(exc))
+            problems.append(str(exc))
+            return OcspOutcome("unavailable", "responder", "; ".join(problems))
+        except OcspInvalid as exc:
+            # The responder answered: asked again next time (the answer may be about this
+            # certificate only, or the responder's clock may be fixed by then).
+            problems.append(f"{url}: {exc}")
             return OcspOutcome("unavailable", "responder", "; ".join(problems))
         if answer.status == "unknown":
             problems.append(f"{url}: the responder does not know this certificate (status unknown)")
