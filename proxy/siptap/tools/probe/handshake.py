@@ -138,8 +138,9 @@ async def settle(stream: OpenSSLStream, wait: float) -> str | None:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             return cause(exc)
         if not data:
-            return _CLOSED_AFTER_HANDSHAKE
+            return CLOSED_AFTER_HANDSHAKE
     return None
 
 
-_CLOSED_AFTER_HANDSHAKE = "the endpoint closed the connection right after the handshake"
+# A close without a TLS alert: not, by itself, a verdict on our certificate (scan.py).
+CLOSED_AFTER_HANDSHAKE = "the endpoint closed the connection right after the handshake"

@@ -23,7 +23,7 @@ from siptap.sansio.tls_suites import TLS12_SUITE_NAMES, TLS13_SUITE_NAMES, key_e
 from siptap.tls.pem import key_matches_certificate, load_certificate_chain, load_private_key
 from siptap.tools.probe.certificates import chain_problems, describe_certificate
 from siptap.tools.probe.features import from_server_hellos, ocsp_stapling, resumption
-from siptap.tools.probe.handshake import Outcome, attempt_handshake, settle
+from siptap.tools.probe.handshake import CLOSED_AFTER_HANDSHAKE, Outcome, attempt_handshake, settle
 from siptap.tools.probe.offers import ClientIdentity, Offer, openssl_name
 from siptap.tools.probe.report import (
     ACCEPTED,
@@ -35,7 +35,7 @@ from siptap.tools.probe.report import (
     ProbeReport,
     SipResult,
 )
-from siptap.tools.probe.sip_options import send_options
+from siptap.tools.probe.sip_options import CLOSED_WITHOUT_ANSWER, send_options
 from siptap.tools.probe.suites import SCANNED_VERSIONS, Progress, VersionScan, scan_version
 
 _MAX_ERRORS_IN_A_ROW = 3
@@ -161,6 +161,10 @@ async def probe(host: str, port: int, *, server_name: str | None = None, cert: P
     return report
 
 
+# What the endpoint did when it closed cleanly, with no TLS alert (handshake.settle, sip_options).
+_CLEAN_CLOSES = frozenset({CLOSED_AFTER_HANDSHAKE, CLOSED_WITHOUT_ANSWER})
+
+
 async def _client_cert_verdict(main: Outcome, post_refusal: str | None, identity: ClientIdentity | None,
                                attempt: Attempter, timeout: float) -> ClientCertInfo:
     if not main.cert_requested:
@@ -180,8 +184,16 @@ async def _client_cert_verdict(main: Outcome, post_refusal: str | None, identity
     # We presented ours in the main attempt; was it taken?
     if main.completed and not (main.failure or post_refusal):
         ours = "accepted"
+    elif main.failure is not None:
+        ours = f"rejected: {main.failure.detail}"
+    elif post_refusal in _CLEAN_CLOSES:
+        # TLS took it (a refusal of a certificate is an alert, in the handshake or, with TLS
+        # 1.3, right after it); the endpoint then closed for a reason of its own.
+        ours = (f"accepted by TLS, then closed without an alert ({post_refusal}): a refusal after the "
+                "handshake or the far side unreachable (siptap: no route matches, OCSP, its core "
+                "cannot be reached); the endpoint's log says which")
     else:
-        ours = f"rejected: {main.failure.detail if main.failure else post_refusal}"
+        ours = f"rejected: {post_refusal}"
     # And without one?
     bare = await attempt(Offer(SSL.TLS1_VERSION, SSL.TLS1_3_VERSION), with_identity=False, keep=True)
     try:

@@ -13,6 +13,9 @@ from siptap.tls.stream import OpenSSLStream
 from siptap.tools.probe.handshake import cause
 from siptap.tools.probe.report import SipResult
 
+# A clean close without a TLS alert (scan.py: not a certificate refusal by itself).
+CLOSED_WITHOUT_ANSWER = "the endpoint closed the connection without a final response"
+
 
 def options_request(server_name: str, port: int, local: tuple[str, int], *, call_id: str | None = None) -> bytes:
     """A SIP OPTIONS for the endpoint, as an SBC pinging a trunk would send it (RFC 3261 11)."""
@@ -58,7 +61,7 @@ async def send_options(stream: OpenSSLStream, server_name: str, port: int, timeo
                                  detail=f"connection failed: {cause(exc)}")
             if not data:
                 return SipResult(sent=True, provisional=tuple(provisional), closed=True,
-                                 detail="the endpoint closed the connection without a final response")
+                                 detail=CLOSED_WITHOUT_ANSWER)
             for event in framer.feed(data):
                 if not isinstance(event, SipMessage):
                     continue
