@@ -75,7 +75,11 @@ def common_name(session: CustomerSession) -> str:
     return str(dict(x[0] for x in peer["subject"])["commonName"])
 
 
-async def test_customers_on_one_port_reach_their_cores_and_a_stranger_is_refused(certs: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_customers_on_one_port_reach_their_cores_and_a_stranger_is_refused(certs: Path, tmp_path: Path,
+                                                                                  workers: int) -> None:
+    """Also with two workers sharing the address (SO_REUSEPORT): each routes on its own table,
+    whichever takes the connection, and the supervisor's scrape sums their counters."""
     port = free_port()
     partner_ca = x509.load_pem_x509_certificate((certs / "partner-ca.pem").read_bytes())
     initech = x509.load_pem_x509_certificate((certs / "initech.pem").read_bytes())
@@ -90,7 +94,7 @@ async def test_customers_on_one_port_reach_their_cores_and_a_stranger_is_refused
                                                           f'"sha256:{sha256_fingerprint(initech)}"]'),
             # Whoever names special.example gets this route's certificate and core, whoever it is.
             route("special", port, port_b, certs, match='sni = ["special.example"]', cert="special-server"),
-            top='[metrics]\nenabled = true\naddress = "127.0.0.1:0"\n',
+            top=f'workers = {workers}\n[metrics]\nenabled = true\naddress = "127.0.0.1:0"\n',
         )
         siptap = SiptapProcess(config)
         await siptap.start(nursery)
