@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from siptap.tools.pki import issue_leaf
 from tests.test_check import CERTS_HINT, assert_refused, siptap, write_config
 
 
@@ -76,3 +77,15 @@ def test_check_names_tls_keys_that_do_not_go_together(tmp_path: Path, pki: Path,
     result = siptap("check", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"siptap: error: {config}: {problem}"), result.stderr
+
+
+def test_check_warns_about_a_mirror_client_certificate_expiring_soon(tmp_path: Path, pki: Path) -> None:
+    """The mirror's own client certificate is watched like the routes' (an expired one makes
+    the collector refuse the mirror): check warns, naming the output's key."""
+    cert, key = issue_leaf(tmp_path, "short-mirror", usage="client", ca_dir=pki, days=10)
+    config = with_mirror(write_config(tmp_path, pki), hep_tls(pki, cert=str(cert), key=str(key)))
+    result = siptap("check", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"siptap: warning: {config}: mirror.hep[0].cert: {cert}: certificate "), line
+    assert "expires in 9 days" in line or "expires in 10 days" in line, line

@@ -10,7 +10,9 @@ for an alert rule. Pure like :mod:`siptap.tls.crl_watch`: the clock is passed in
 
 Which certificates: every one in each configured ``cert`` file (the leaf and any
 intermediates sent with it) and in each CA bundle (``client_ca``, ``ca``), named by the
-config key of the file. Policy: *expiring* once less than 30 days are left, reported at
+config key of the file: the routes' TLS settings and the mirror outputs' over TLS
+(``mirror.hep[0].cert``: an expired client certificate there makes the collector refuse
+the mirror, and the capture goes blind). Policy: *expiring* once less than 30 days are left, reported at
 once after start-up or reload, then daily; *expired* reported when it happens, then hourly.
 """
 
@@ -122,24 +124,27 @@ def certificate_entries(config: Config) -> list[CertificateEntry]:
     """Every certificate the configuration presents or trusts, named by its config key.
     A file that does not load is left out: the context builders report it (start-up,
     ``siptap check``, reload) with the same key."""
-    entries = []
+    sections: list[tuple[str, object]] = []
     for index, route in enumerate(config.routes):
-        sections: list[tuple[str, object]] = [("customer", route.customer), ("core_tls", route.core_tls)]
+        sections += [(f"route[{index}].customer", route.customer), (f"route[{index}].core_tls", route.core_tls)]
         if route.reverse is not None:
-            sections += [("reverse.core_side", route.reverse.core_side),
-                         ("reverse.customer_tls", route.reverse.customer_tls)]
-        for section, settings in sections:
-            for name in ("cert", "client_ca", "ca"):
-                path = getattr(settings, name, None)
-                if not isinstance(path, Path):
-                    continue
-                try:
-                    certificates = load_certificate_chain(path)
-                except Exception:
-                    continue
-                for certificate in certificates:
-                    entries.append(CertificateEntry(
-                        key=f"route[{index}].{section}.{name}", path=str(path),
-                        subject=certificate.subject.rfc4514_string(), not_after=certificate.not_valid_after_utc,
-                    ))
+            sections += [(f"route[{index}].reverse.core_side", route.reverse.core_side),
+                         (f"route[{index}].reverse.customer_tls", route.reverse.customer_tls)]
+    for kind, outputs in (("hep", config.mirror.hep), ("jsonl", config.mirror.jsonl)):
+        sections += [(f"mirror.{kind}[{index}]", output) for index, output in enumerate(outputs)]
+    entries = []
+    for section, settings in sections:
+        for name in ("cert", "client_ca", "ca"):
+            path = getattr(settings, name, None)
+            if not isinstance(path, Path):
+                continue
+            try:
+                certificates = load_certificate_chain(path)
+            except Exception:
+                continue
+            for certificate in certificates:
+                entries.append(CertificateEntry(
+                    key=f"{section}.{name}", path=str(path),
+                    subject=certificate.subject.rfc4514_string(), not_after=certificate.not_valid_after_utc,
+                ))
     return entries
