@@ -1,7 +1,7 @@
 """Prometheus metrics: counters the relay bumps, and a scrape-time view of the mirror.
 
-Hot-path cost is kept to a dict lookup and an increment: label children are created once
-and cached. Mirror counters are not pushed at all: a collector reads the Fanout's own
+Per-connection events (accepts, handshakes, failovers) cost a dict lookup and an increment:
+label children are created once and cached. Per-chunk values are plain numbers (below). Mirror counters are not pushed at all: a collector reads the Fanout's own
 counters when Prometheus scrapes. The HTTP endpoint is prometheus-client's server thread,
 so a scrape never runs on the trio loop; it binds loopback unless configured otherwise.
 
