@@ -47,7 +47,7 @@ from siptap.tls.contexts import build_client_context, build_server_context
 from siptap.tls.crl_watch import CrlWatch, crl_entries
 from siptap.tls.ocsp_check import checker_for
 
-# Multiprocess metrics: how often a worker copies its mirror counters into the shared files.
+# Multiprocess metrics: how often a worker copies its mirror counters and relay tallies into the shared files.
 MIRROR_METRICS_INTERVAL = 1.0
 # Longest the CRL watch sleeps between checks of the wall clock.
 CRL_RECHECK = 60.0
@@ -276,6 +276,7 @@ class App:
                 self.tap.close()
             self.metrics.sync_mirror()
             self.metrics.sync_sip_messages()
+            self.metrics.sync_relay()
             mirror.cancel_scope.cancel()  # the signal watcher, the tap's connection task
         self.log.info("stopped")
         self.stopped.set()
@@ -342,6 +343,7 @@ class App:
         while True:
             self.metrics.sync_mirror()
             self.metrics.sync_sip_messages()
+            self.metrics.sync_relay()
             await trio.sleep(MIRROR_METRICS_INTERVAL)
 
     def request_shutdown(self) -> None:

@@ -1,7 +1,7 @@
 """Prometheus metrics: counters the relay bumps, and a scrape-time view of the mirror.
 
-Hot-path cost is kept to a dict lookup and an increment: label children are created once
-and cached. Mirror counters are not pushed at all: a collector reads the Fanout's own
+Per-connection events (accepts, handshakes, failovers) cost a dict lookup and an increment:
+label children are created once and cached. Per-chunk values are plain numbers (below). Mirror counters are not pushed at all: a collector reads the Fanout's own
 counters when Prometheus scrapes. The HTTP endpoint is prometheus-client's server thread,
 so a scrape never runs on the trio loop; it binds loopback unless configured otherwise.
 
@@ -15,17 +15,28 @@ worker's gauges dead). The mirror's counters cannot be read at scrape time from 
 process: in this mode each worker copies them into real metrics once a second
 (:meth:`Metrics.sync_mirror`). Cost: an increment writes the mmap too (about 0.6 µs more
 per increment, measured here), which only multi-worker runs with metrics on pay.
+
+Per-chunk and per-message values are plain numbers, never a prometheus-client child: a
+child's ``inc``/``observe`` takes a lock (and in multiprocess mode writes the mmap) each time.
+The relay's bytes and latency go to :class:`RelayCounts`, the mirror's SIP messages to
+:class:`SipMessageCounts`; a single process exports them at scrape time (each is a custom
+collector), a worker or the mirror process under the supervisor copies what moved into the
+shared metrics once a second (:meth:`Metrics.sync_relay`, :meth:`Metrics.sync_sip_messages`;
+the relay also at each connection's close).
 """
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 
 class CrlInForce(Protocol):
@@ -52,6 +63,83 @@ class CertificateInForce(Protocol):
 
 # Relay latency: from a chunk's arrival (receive returned) to its forward (send returned).
 LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 0.25, 1.0)
+
+
+# Where a latency is counted: the first bound it does not exceed (Histogram.observe's
+# ``amount <= bound``), +Inf last, as prometheus-client adds it.
+_LATENCY_BOUNDS = (*LATENCY_BUCKETS, math.inf)
+# The ``le`` label of each bucket, formatted as prometheus-client's Histogram formats it.
+_LATENCY_LE = tuple(floatToGoString(bound) for bound in _LATENCY_BOUNDS)
+_RELAYED_BYTES = ("siptap_relayed_bytes", "Bytes relayed")  # a counter: _total appended
+_LATENCY = ("siptap_relay_latency_seconds", "Chunk arrival to forward")
+
+
+class DirectionTally:
+    """The relayed bytes and forward latencies of one route and direction, as plain numbers.
+
+    Written by the relay's pumps only (the trio thread), read by a scrape (prometheus-client's
+    server thread) or :meth:`Metrics.sync_relay`: ints and a float whose single writes the
+    GIL keeps whole, so a reader sees a value from a moment ago, never a torn one."""
+
+    __slots__ = ("buckets", "bytes", "latency_sum")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        # Observations per bucket, not cumulative (the exposition accumulates): one increment
+        # per chunk instead of one per bound above it.
+        self.buckets = [0] * len(_LATENCY_BOUNDS)
+        self.latency_sum = 0.0
+
+    def relayed(self, size: int, seconds: float) -> None:
+        """One chunk of ``size`` bytes forwarded ``seconds`` after it arrived."""
+        self.bytes += size
+        # bisect_left: the first bound >= seconds (C, no lock), the bucket observe() picks.
+        self.buckets[bisect_left(_LATENCY_BOUNDS, seconds)] += 1
+        # Added in chunk order into one float per label set, as observe() adds: the sum
+        # scraped is the very float the Histogram child would hold.
+        self.latency_sum += seconds
+
+
+class RelayCounts:
+    """``siptap_relayed_bytes_total`` and ``siptap_relay_latency_seconds`` as plain numbers.
+
+    The relay's pumps bump a :class:`DirectionTally` they got once per connection
+    (:meth:`for_direction`); the families are built when Prometheus scrapes (:meth:`collect`,
+    registered as a custom collector) with the names, labels, buckets and values the
+    prometheus-client Counter and Histogram they replace exported."""
+
+    def __init__(self) -> None:
+        self._tallies: dict[tuple[str, str], DirectionTally] = {}
+
+    def for_direction(self, route: str, direction: str) -> DirectionTally:
+        """The tally of ``route`` in ``direction`` ("customer->core"), shared by its connections."""
+        tally = self._tallies.get((route, direction))
+        if tally is None:
+            tally = self._tallies[(route, direction)] = DirectionTally()
+        return tally
+
+    def items(self) -> list[tuple[tuple[str, str], DirectionTally]]:
+        # list(): one C call under the GIL, so a scrape never iterates a dict a new route's
+        # first connection grows under it.
+        return list(self._tallies.items())
+
+    def collect(self) -> Iterator[Any]:
+        relayed = CounterMetricFamily(*_RELAYED_BYTES, labels=["route", "direction"])
+        latency = HistogramMetricFamily(*_LATENCY, labels=["route", "direction"])
+        for labels, tally in self.items():
+            relayed.add_metric(labels, tally.bytes)
+            cumulative, buckets = 0, []
+            for le, n in zip(_LATENCY_LE, list(tally.buckets), strict=True):
+                cumulative += n
+                buckets.append((le, cumulative))
+            latency.add_metric(labels, buckets, tally.latency_sum)
+        yield relayed
+        yield latency
+
+    def describe(self) -> list[Any]:
+        # The names, so that a Counter or Histogram of the same name beside this fails loudly.
+        return [CounterMetricFamily(*_RELAYED_BYTES, labels=["route", "direction"]),
+                HistogramMetricFamily(*_LATENCY, labels=["route", "direction"])]
 
 
 # The mirror's gap and unobserved-bytes counters: name, help (labels are the collector's).
@@ -141,7 +229,9 @@ class Metrics:
     ``sip_message_counts``: SIP messages are counted as plain integers (the mirror process's
     observer), not by the ``sip_messages`` Counter: a single process registers them as a
     collector; in multiprocess mode :meth:`sync_sip_messages` copies them into the shared
-    Counter (call it about once a second, as :meth:`sync_mirror`)."""
+    Counter (call it about once a second, as :meth:`sync_mirror`). The relay's bytes and
+    latency are plain numbers too (:attr:`relay_counts`), the same way; :meth:`sync_relay`
+    copies them in multiprocess mode."""
 
     def __init__(self, registry: CollectorRegistry | None = None, *, multiprocess: bool = False,
                  sip_message_counts: SipMessageCounts | None = None) -> None:
@@ -181,11 +271,19 @@ class Metrics:
         self.ocsp_checks = Counter("siptap_ocsp_checks", "OCSP checks by leg, result (good, revoked, "
                                    "unavailable_allowed, unavailable_refused) and source of the answer",
                                    ["route", "leg", "result", "source"], registry=r)
-        self.bytes = Counter("siptap_relayed_bytes", "Bytes relayed", ["route", "direction"], registry=r)
+        # The relay's per-chunk values: plain numbers (RelayCounts), exported by a collector
+        # in a single process, copied into these two by sync_relay in multiprocess mode.
+        self.relay_counts = RelayCounts()
+        self._relay_seen: dict[tuple[str, str], tuple[int, list[int], float]] = {}
+        self.bytes: Counter | None = None
+        self.latency: Histogram | None = None
+        if multiprocess:
+            self.bytes = Counter(*_RELAYED_BYTES, ["route", "direction"], registry=r)
+            self.latency = Histogram(*_LATENCY, ["route", "direction"], buckets=LATENCY_BUCKETS, registry=r)
+        else:
+            r.register(self.relay_counts)
         self.failovers = Counter("siptap_upstream_failovers", "Upstream attempts that failed and moved on",
                                  ["route", "leg"], registry=r)
-        self.latency = Histogram("siptap_relay_latency_seconds", "Chunk arrival to forward", ["route", "direction"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
         self.crl_next_update = Gauge("siptap_crl_next_update_timestamp_seconds",
                                      "nextUpdate of each CRL in force (Unix time): alert well before it passes",
                                      ["key", "issuer"], registry=r, multiprocess_mode="livemin")
@@ -255,6 +353,36 @@ class Metrics:
                     self.child(counter, name).inc(delta)
                 seen[(name, field)] = now
             self.child(self._mirror_queued, name).set(s["queued"])
+
+    def sync_relay(self) -> None:
+        """Multiprocess mode: add what :class:`RelayCounts` counted since the last call to the
+        shared Counter and Histogram (a write per value that moved, not one per chunk). A no-op
+        in a single process, whose collector reads the tallies at scrape time."""
+        if self.bytes is None or self.latency is None:
+            return
+        seen = self._relay_seen
+        for labels, tally in self.relay_counts.items():
+            # Copied: `seen` keeps this moment's values, which the pumps move on from.
+            size, buckets, total = tally.bytes, list(tally.buckets), tally.latency_sum
+            before = seen.get(labels)
+            if before is None:
+                before = (0, [0] * len(buckets), 0.0)
+            elif before[0] == size and before[2] == total and before[1] == buckets:
+                continue
+            if size > before[0]:
+                self.child(self.bytes, *labels).inc(size - before[0])
+            histogram = self.child(self.latency, *labels)
+            # A Histogram child has no "add n observations to bucket i": its per-bucket and
+            # sum values (prometheus-client's _buckets and _sum, the mmap-backed values that
+            # observe() increments) take the deltas. tests/test_metrics_exposition.py pins them.
+            for i, (now, then) in enumerate(zip(buckets, before[1], strict=True)):
+                if now > then:
+                    histogram._buckets[i].inc(now - then)
+            if total != before[2]:
+                # A float difference: the supervisor's sum may differ from the worker's own in
+                # the last digits, as sums of floats added in another order do.
+                histogram._sum.inc(total - before[2])
+            seen[labels] = (size, buckets, total)
 
     def sync_sip_messages(self) -> None:
         """Multiprocess mode: add what :class:`SipMessageCounts` counted since the last call

@@ -48,7 +48,7 @@ async def test_metrics_move_with_the_traffic(pki: Path, tmp_path: Path) -> None:
         with pytest.raises(Exception):
             bad = await CustomerSession.connect("127.0.0.1", port, customer_context(pki, cert=None))
             await bad.options()
-        await siptap.wait_for("connection_closed", count=2)
+        closed = await siptap.wait_for("connection_closed", count=2)
         await siptap.wait_for("connection_observed", count=1)
         # The relay's counters and the mirror process's reach the supervisor's endpoint through
         # the shared files, copied once a second: wait (bounded) until the mirror's are there.
@@ -79,8 +79,31 @@ async def test_metrics_move_with_the_traffic(pki: Path, tmp_path: Path) -> None:
     assert value(after, "siptap_sip_messages_total", route="test", direction=down, kind="1xx") == 2
     assert value(after, "siptap_sip_messages_total", route="test", direction=down, kind="2xx") == 2
     assert value(after, "siptap_relayed_bytes_total", route="test", direction=up) == sum(map(len, session.sent))
+    # Both directions as the connection's own line counts them (a worker copies its tallies
+    # into the shared files before that line).
+    relayed = [e for e in closed if "bytes_customer_to_core" in e]
+    assert_relayed_series(after, relayed)
     # One observation per forwarded chunk: the INVITE alone (it waits for its answer), ACK and
     # BYE possibly together (what arrived together is received and forwarded at once).
     assert value(after, "siptap_relay_latency_seconds_count", route="test", direction=up) >= 2
     assert value(after, "siptap_mirror_sent_total", sink="keylog") == 2  # one handshake per leg
     assert value(after, "siptap_mirror_dropped_total", sink="keylog") == 0
+
+
+LATENCY_LE = ["2.5e-05", "5e-05", "0.0001", "0.0002", "0.0005", "0.001", "0.002", "0.005", "0.01", "0.05",
+              "0.25", "1.0", "+Inf"]
+
+
+def assert_relayed_series(samples: dict, closed: list[dict]) -> None:
+    """The bytes and latency series of route "test" after the connections of ``closed``
+    (their connection_closed lines) relayed and closed: bytes as the lines count them, and a
+    well-formed histogram (every bucket, cumulative, +Inf = count, a positive sum)."""
+    for direction, field in (("customer->core", "bytes_customer_to_core"), ("core->customer", "bytes_core_to_customer")):
+        assert value(samples, "siptap_relayed_bytes_total", route="test", direction=direction) \
+            == sum(e[field] for e in closed) > 0
+        buckets = [samples[("siptap_relay_latency_seconds_bucket",
+                            tuple(sorted({"route": "test", "direction": direction, "le": le}.items())))]
+                   for le in LATENCY_LE]
+        assert buckets == sorted(buckets) and buckets[-1] >= len(closed), buckets
+        assert value(samples, "siptap_relay_latency_seconds_count", route="test", direction=direction) == buckets[-1]
+        assert value(samples, "siptap_relay_latency_seconds_sum", route="test", direction=direction) > 0

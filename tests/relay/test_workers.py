@@ -25,7 +25,7 @@ from siptap.tools.lab.core import start_lab_core
 from siptap.tools.lab.customer import CustomerSession, _branch, customer_context
 from siptap.tools.lab.sip import request
 from tests.relay.harness import SiptapProcess, write_config
-from tests.relay.test_metrics import scrape, value
+from tests.relay.test_metrics import assert_relayed_series, scrape, value
 
 KEYLOG_LINE = re.compile(
     r"^(# conn=[0-9a-f]{6}-\d+ leg=(customer|core) route=test client=\S+ server=\S+ \S+ \S+"
@@ -127,6 +127,9 @@ async def test_two_workers_share_the_port_and_their_outputs(pki: Path, tmp_path:
             == connections
         assert value(samples, "siptap_connections_active", route="test", leg="customer") == 0
         assert value(samples, "siptap_workers") == 2
+        # Each worker's relay tallies, copied into its file at each connection's close: the
+        # sums of what both relayed, exactly as the connection_closed lines count it.
+        assert_relayed_series(samples, siptap.find("connection_closed"))
         # The mirror process's counters reach the shared files once a second.
         with trio.fail_after(10):
             while value(samples, "siptap_mirror_sent_total", sink="keylog") < 2 * connections or value(

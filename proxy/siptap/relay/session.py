@@ -295,6 +295,10 @@ async def relay_session(accepted: HandshakenStream, dial: Dial, plan: SessionPla
     # Returns once both pumps and the watchdog are done and both streams are closed; never
     # raises for the peers' behaviour (a Cancelled from outside still goes on up).
     await relay.run()
+    if plan.metrics is not None:
+        # Multiprocess mode: this connection's bytes and latencies reach the shared files now,
+        # before its connection_closed line, not only at the next once-a-second copy.
+        plan.metrics.sync_relay()
     # Measured once, after both streams are closed: the close belongs to the connection's
     # lifetime as the log reports it.
     duration = time.monotonic() - started
@@ -379,8 +383,7 @@ class _Relay:
 
     # Slotted, no per-connection closures or dicts: one of these lives as long as the connection.
     __slots__ = (
-        "_bytes",
-        "_latency",
+        "_tallies",
         "accepted",
         "bytes_down",
         "bytes_up",
@@ -409,12 +412,9 @@ class _Relay:
         # strings label both the bytes counter and the latency histogram.
         a, d = plan.accepted_leg, plan.dialled_leg
         m = plan.metrics
-        # Indexed by ``up`` (False, True).
-        # Label children resolved once per connection: a labels() lookup per chunk would take
-        # prometheus-client's lock and hash the labels on the hot path.
-        self._bytes = tuple(m.child(m.bytes, plan.route, direction) if m else None
-                            for direction in (f"{d}->{a}", f"{a}->{d}"))
-        self._latency = tuple(m.child(m.latency, plan.route, direction) if m else None
+        # Indexed by ``up`` (False, True). Looked up once per connection: per chunk the pump
+        # adds to plain numbers (metrics.RelayCounts), no label lookup and no lock.
+        self._tallies = tuple(m.relay_counts.for_direction(plan.route, direction) if m else None
                               for direction in (f"{d}->{a}", f"{a}->{d}"))
 
     async def run(self) -> None:
@@ -452,9 +452,12 @@ class _Relay:
         src_leg = self.plan.accepted_leg if up else self.plan.dialled_leg
         dst_leg = self.plan.dialled_leg if up else self.plan.accepted_leg
         # Indexed by a bool (False 0, True 1): no branch per chunk to pick this direction's metrics.
-        byte_counter, latency = self._bytes[up], self._latency[up]
+        tally = self._tallies[up]
         # Bound once: the loop below runs per chunk for the life of a trunk.
-        hand_over, conn = self.plan.feed.chunk, self.conn
+        hand_over, conn, perf_counter = self.plan.feed.chunk, self.conn, time.perf_counter
+        # last_activity is read by the idle watchdog alone: without an idle timeout (the
+        # default) the pump reads no trio clock per chunk.
+        track_idle = self.plan.limits.idle_timeout > 0
         direction = FROM_ACCEPTED if up else FROM_DIALLED
         # One pass per chunk. Nothing here waits for anything but the two peers: the hand-over
         # is synchronous and never blocks (relay/feed.py's contract).
@@ -473,7 +476,7 @@ class _Relay:
                 break
             # perf_counter for the latency histogram: it measures the forward (send_all) alone,
             # and needs resolution, not wall time.
-            arrived = time.perf_counter()
+            arrived = perf_counter()
             # Forward first, hand over after: observation never delays a chunk or decides
             # what is relayed.
             try:
@@ -482,12 +485,12 @@ class _Relay:
                 # The other leg could not take the bytes: that peer broke, and these bytes are lost with
                 # the connection; the relay never buffers beyond one chunk.
                 return self._broken(dst_leg, exc)
-            if latency is not None and byte_counter is not None:
-                latency.observe(time.perf_counter() - arrived)
+            if tally is not None:
                 # After the send: the metric counts bytes that were relayed, not merely received.
-                byte_counter.inc(len(data))
-            # A timestamp, not a timer reset: the watchdog reads it when its deadline comes.
-            self.last_activity = trio.current_time()
+                tally.relayed(len(data), perf_counter() - arrived)
+            if track_idle:
+                # A timestamp, not a timer reset: the watchdog reads it when its deadline comes.
+                self.last_activity = trio.current_time()
             # The chunk's offset in its direction's stream lets the mirror see any hole.
             if up:
                 hand_over(conn, direction, self.bytes_up, data)
