@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from siptap.sansio.tls_hello import ClientHello
+
 __all__ = [
     "CertificateSummary",
     "FailureReason",
@@ -135,13 +137,16 @@ class HandshakeFacts:
         relay hands a handshake to the mirror process). Without the secrets (``secrets=False``)
         the master secret is None and there are no key-log lines. Raises ValueError (naming the
         member) when a member is missing or of the wrong type; members it does not know are
-        ignored, so a sender may add context."""
+        ignored, so a sender may add context. A ``client_hello`` member (the hello as numbers,
+        :meth:`RawHandshake.handover`) stands for ``client_offer``: it is described here."""
         chain = data.get("peer_chain", [])
         if not isinstance(chain, list) or not all(isinstance(c, Mapping) for c in chain):
             raise ValueError("handshake facts: peer_chain must be a list of objects")
         offer = data.get("client_offer")
         if offer is not None and not isinstance(offer, dict):
             raise ValueError("handshake facts: client_offer must be an object")
+        if offer is None and data.get("client_hello") is not None:  # the relay's raw hello
+            offer = ClientHello.from_members(data["client_hello"]).summary()
         keylog = data.get("keylog", [])
         if not isinstance(keylog, list) or not all(isinstance(line, str) for line in keylog):
             raise ValueError("handshake facts: keylog must be a list of strings")
@@ -182,11 +187,12 @@ class RawHandshake:
     master_secret: str | None  # hex; TLS 1.2 only
     keylog_lines: tuple[str, ...]
     peer_chain_der: tuple[bytes, ...]
-    client_offer: dict[str, object] | None = None
+    client_hello: ClientHello | None = None  # server side: the client's hello, parsed, not described
 
     def handover(self) -> tuple[dict[str, object], tuple[bytes, ...]]:
         """The handshake record's members (as :meth:`HandshakeFacts.as_dict` with secrets,
-        without ``peer_chain``) and the chain's DER, for ``chunk_records.HandshakeDone``."""
+        without ``peer_chain``; the client's hello as numbers, ``client_hello``, instead of its
+        ``client_offer`` description) and the chain's DER, for ``chunk_records.HandshakeDone``."""
         out: dict[str, object] = {
             "leg": self.leg,
             "role": self.role,
@@ -200,8 +206,8 @@ class RawHandshake:
             "master_secret": self.master_secret,
             "keylog": list(self.keylog_lines),
         }
-        if self.client_offer is not None:
-            out["client_offer"] = self.client_offer
+        if self.client_hello is not None:
+            out["client_hello"] = self.client_hello.members()
         return out, self.peer_chain_der
 
     def facts(self, summarise: Callable[[bytes], CertificateSummary]) -> HandshakeFacts:
@@ -211,7 +217,8 @@ class RawHandshake:
             key_exchange=self.key_exchange, extended_master_secret=self.extended_master_secret,
             session_reused=self.session_reused, sni=self.sni, client_random=self.client_random,
             master_secret=self.master_secret, keylog_lines=self.keylog_lines,
-            peer_chain=tuple(summarise(der) for der in self.peer_chain_der), client_offer=self.client_offer,
+            peer_chain=tuple(summarise(der) for der in self.peer_chain_der),
+            client_offer=self.client_hello.summary() if self.client_hello is not None else None,
         )
 
 

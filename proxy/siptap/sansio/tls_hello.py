@@ -93,6 +93,32 @@ class ClientHello:
     def offers_ems(self) -> bool:
         return EXT_EXTENDED_MASTER_SECRET in self.extensions
 
+    def members(self) -> dict[str, object]:
+        """The hello as JSON members, its numbers as they are (what the relay hands the mirror:
+        naming the suites is the mirror's work, :meth:`summary`); :meth:`from_members` inverts it."""
+        return {"legacy_version": self.legacy_version, "versions": list(self.versions),
+                "cipher_suites": list(self.cipher_suites), "extensions": list(self.extensions),
+                "sni": self.sni, "session_id_length": self.session_id_length}
+
+    @classmethod
+    def from_members(cls, data: object) -> ClientHello:
+        """The inverse of :meth:`members`; ValueError names what is missing or malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("client_hello must be an object")
+
+        def numbers(name: str) -> tuple[int, ...]:
+            value = data.get(name)
+            if not isinstance(value, list) or not all(type(n) is int and 0 <= n <= 0xFFFF for n in value):
+                raise ValueError(f"client_hello: {name} must be a list of 16-bit numbers")
+            return tuple(value)
+
+        legacy, sni, session_id = data.get("legacy_version"), data.get("sni"), data.get("session_id_length")
+        if type(legacy) is not int or type(session_id) is not int:
+            raise ValueError("client_hello: legacy_version and session_id_length must be numbers")
+        if sni is not None and not isinstance(sni, str):
+            raise ValueError("client_hello: sni must be a string or null")
+        return cls(legacy, numbers("versions"), numbers("cipher_suites"), numbers("extensions"), sni, session_id)
+
     def summary(self) -> dict[str, object]:
         """A JSON-friendly description for logs."""
         return {

@@ -152,7 +152,6 @@ def collect_handshake(conn: SSL.Connection, observer: HandshakeObserver) -> RawH
                  else conn.get_peer_cert_chain(as_cryptography=True)) or []
         ders = [cert.public_bytes(Encoding.DER) for cert in chain]
     sni = conn.get_servername()
-    hello = observer.client_hello
     return RawHandshake(
         leg=observer.leg,
         role=observer.role,
@@ -166,7 +165,7 @@ def collect_handshake(conn: SSL.Connection, observer: HandshakeObserver) -> RawH
         master_secret=master.hex() if master else None,
         keylog_lines=tuple(observer.keylog_lines),
         peer_chain_der=tuple(ders),
-        client_offer=hello.summary() if hello else None,
+        client_hello=observer.client_hello,
     )
 
 
