@@ -36,24 +36,28 @@ from tests.tls.helpers import customer_client_context
 RAW = hasattr(tls_facts, "collect_handshake")  # this change; else the relay summarises
 
 
-async def handshaken(pki: Path) -> OpenSSLStream:
+async def handshaken(pki: Path) -> tuple[OpenSSLStream, tls_facts.HandshakeObserver]:
     ctx = build_server_context(ServerTlsSettings(cert=pki / "proxy-server.pem", key=pki / "proxy-server.key",
                                                  client_ca=pki / "ca.pem"))
     a, b = trio.testing.memory_stream_pair()
     server = OpenSSLStream(a, ctx, server_side=True, leg="customer")
     client = trio.SSLStream(b, customer_client_context(pki), server_hostname="localhost")
+    # Kept: the stream lets its observer go after the handshake; the record needs the
+    # client's hello the observer's sniffer saw (the client_offer of the customer leg).
+    observer = server.observer
+    assert observer is not None
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.do_handshake)
         nursery.start_soon(server.do_handshake)
-    return server
+    return server, observer
 
 
 def main(n: int) -> None:
     pki = Path(tempfile.mkdtemp()) / "pki"
     init_lab_pki(pki)
-    server = trio.run(handshaken, pki)
+    server, observer = trio.run(handshaken, pki)
     conn, cache = server._conn, certificate_cache(server._conn.get_context())
-    observer = tls_facts.HandshakeObserver(leg="customer", role="server")
+    assert observer.client_hello is not None
 
     def relay() -> bytes:
         if RAW:
