@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from siptap.sansio.tls_hello import ClientHello
+from siptap.sansio.tls_hello import ClientHello, described
 
 __all__ = [
     "CertificateSummary",
@@ -146,7 +146,7 @@ class HandshakeFacts:
         if offer is not None and not isinstance(offer, dict):
             raise ValueError("handshake facts: client_offer must be an object")
         if offer is None and data.get("client_hello") is not None:  # the relay's raw hello
-            offer = ClientHello.from_members(data["client_hello"]).summary()
+            offer = described(ClientHello.from_members(data["client_hello"]))
         keylog = data.get("keylog", [])
         if not isinstance(keylog, list) or not all(isinstance(line, str) for line in keylog):
             raise ValueError("handshake facts: keylog must be a list of strings")

@@ -21,6 +21,7 @@ needed, so the probe never has to speak the cipher it detects.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -120,7 +121,7 @@ class ClientHello:
         return cls(legacy, numbers("versions"), numbers("cipher_suites"), numbers("extensions"), sni, session_id)
 
     def summary(self) -> dict[str, object]:
-        """A JSON-friendly description for logs."""
+        """A JSON-friendly description for logs (a new dict each call; see :func:`described`)."""
         return {
             "versions": [VERSION_NAMES.get(v, f"0x{v:04X}") for v in self.versions],
             "cipher_suites": [suite_name(s) for s in self.cipher_suites],
@@ -129,6 +130,14 @@ class ClientHello:
             "encrypt_then_mac": EXT_ENCRYPT_THEN_MAC in self.extensions,
             "session_ticket": EXT_SESSION_TICKET in self.extensions,
         }
+
+
+@functools.lru_cache(maxsize=64)
+def described(hello: ClientHello) -> dict[str, object]:
+    """``hello.summary()``, made once per distinct hello: an E-SBC sends the same offer on
+    every connection (the random is not part of a ClientHello here), and naming ~30 suites
+    costs ~7 µs. The dict is shared between callers: read it, never change it."""
+    return hello.summary()
 
 
 @dataclass(frozen=True, slots=True)
