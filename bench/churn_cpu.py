@@ -3,7 +3,9 @@
 Runs `siptap run` as a process in front of the lab core, opens one mutual-TLS connection
 per call (TLS 1.2, kRSA suites offered last as an E-SBC does, customer certificate), runs
 INVITE/100/180/200/ACK/BYE/200 through it and closes it, ``--concurrency`` callers at once,
-and reads siptap's utime+stime from /proc over the measured connections (after a warm-up).
+and reads siptap's utime+stime from /proc over the measured connections (after a warm-up):
+in total and per process (supervisor, mirror, relay workers), as bench/process_cpu.py does
+beside run.py.
 Faster to iterate with than bench/run.py S2, and with ``--py-spy FILE`` it records a
 profile of siptap over the measured window.
 
@@ -23,9 +25,24 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.chain import cpu_seconds, lab_sink_sockets, start_lab_siptap
+from bench.chain import CLK_TCK, cpu_seconds, lab_sink_sockets, process_tree, start_lab_siptap
 from siptap.tools.lab.customer import CustomerSession, customer_context
 from siptap.tools.pki import init_lab_pki
+
+
+def cpu_by_role(pid: int) -> dict[str, float]:
+    """CPU seconds (utime+stime) of each role in ``pid``'s tree: supervisor, mirror, worker
+    (the workers summed), told apart by their command lines as bench/process_cpu.py does."""
+    out: dict[str, float] = {}
+    for member in process_tree(pid):
+        try:
+            argv = Path(f"/proc/{member}/cmdline").read_bytes().split(b"\0")
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        role = "mirror" if b"mirror" in argv else ("worker" if b"--worker" in argv else "supervisor")
+        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
 
 
 async def main(connections: int, warmup: int, sinks: bool, concurrency: int, log_level: str,
@@ -84,11 +101,12 @@ async def main(connections: int, warmup: int, sinks: bool, concurrency: int, log
             spy = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", perf, "-p", str(pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             await trio.sleep(1)
-        start_cpu = cpu_seconds(pid)
+        start_cpu, start_roles = cpu_seconds(pid), cpu_by_role(pid)
         start = trio.current_time()
         await calls(connections)
         elapsed = trio.current_time() - start
         cpu = cpu_seconds(pid) - start_cpu
+        roles = {role: seconds - start_roles.get(role, 0.0) for role, seconds in cpu_by_role(pid).items()}
         if spy is not None:
             spy.send_signal(2)
             spy.wait()
@@ -97,6 +115,8 @@ async def main(connections: int, warmup: int, sinks: bool, concurrency: int, log
     print(f"sinks={'on' if sinks else 'off'} log={log_level} connections={connections} wall={elapsed:.2f}s "
           f"siptap_cpu={cpu:.2f}s cpu_per_connection={cpu / connections * 1e3:.2f}ms "
           f"rate={connections / elapsed:.0f} conn/s")
+    print("per process, ms per connection: " + ", ".join(
+        f"{role} {roles[role] / connections * 1e3:.2f}" for role in sorted(roles)))
     if sinks:
         total = connections + warmup
         print(f"datagrams per connection (warm-up included): hep {received[0] / total:.3f}, "

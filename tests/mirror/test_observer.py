@@ -8,12 +8,17 @@ expected events and lines are those relay/observe.py and relay/session.py produc
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Any
 
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from siptap.certificates import certificate_summary
 from siptap.config import LogSettings
 from siptap.metrics import Metrics, SipMessageCounts
 from siptap.mirror.events import ConnectionClosed as ClosedEvent
@@ -31,6 +36,7 @@ from siptap.sansio.chunk_records import (
     LegAddresses,
     Record,
 )
+from siptap.sansio.handshake import vars_of
 from siptap.sansio.sip_fields import SipFields
 from tests.relay.memory import BYE, CALL_ID, INLINE, INVITE, OK, RecordingLog, handshake, sip
 
@@ -255,6 +261,26 @@ def test_a_handshake_record_is_a_key_event_and_the_relays_handshake_done_line() 
     quiet = Run(log_settings=LogSettings(key_material=False)).feed(OPENED, record)
     assert not {"master_secret", "keylog"} & set(quiet.log.find("handshake_done")[0])
     assert quiet.published[0] == KeyEvent(1.5, CORE, facts)  # the key log still gets the keys
+
+
+def test_the_relays_raw_chain_is_summarised_here_as_the_relay_summarised_it() -> None:
+    """The relay hands the peer chain over as DER (issue 16 item 6): the mirror's summaries,
+    in the KeyEvent and the handshake_done line, are what siptap.certificates makes of it."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("core.example", "192.0.2.9")
+    ders = tuple(x509.load_pem_x509_certificate(blob.bytes()).public_bytes(Encoding.DER)
+                 for blob in (leaf.cert_chain_pems[0], ca.cert_pem))
+    summaries = tuple(certificate_summary(x509.load_der_x509_certificate(der)) for der in ders)
+    facts = replace(handshake("core"), peer_chain=summaries)
+    members = facts.as_dict()
+    del members["peer_chain"]
+    run = Run().feed(OPENED, HandshakeDone(7, 1.5, "core", members, ders), HandshakeDone(8, 1.6, "core", members, ders))
+    assert run.published[0] == KeyEvent(1.5, CORE, facts)
+    line = run.log.find("handshake_done")[0]
+    assert line["peer_certificate"] == vars_of(summaries[0]) and line["peer_chain_length"] == 2
+    assert "DNS:core.example" in line["peer_certificate"]["sans"]
+    bad = Run().feed(OPENED, HandshakeDone(7, 1.5, "core", members, (b"not a certificate",)))
+    assert bad.published == [] and bad.log.names() == ["handshake_record_invalid"]
 
 
 def test_records_before_their_connection_opened_wait_for_it() -> None:

@@ -59,12 +59,17 @@ class MemoryLeg:
 
     def __init__(self, stream: trio.abc.HalfCloseableStream, facts: HandshakeFacts) -> None:
         self._stream = stream
-        self.facts: HandshakeFacts | None = facts
+        # Already summarised (no DER to hand over): the session hands it over as it is.
+        self.handshake: HandshakeFacts | None = facts
         self.eof_without_close_notify = False
         self.closed = False
 
+    @property
+    def facts(self) -> HandshakeFacts | None:
+        return self.handshake
+
     def discard_facts(self) -> None:
-        self.facts = None
+        self.handshake = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         return bytes(await self._stream.receive_some(max_bytes))

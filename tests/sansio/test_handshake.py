@@ -9,7 +9,15 @@ import sys
 
 import pytest
 
-from siptap.sansio.handshake import CertificateSummary, FailureReason, HandshakeFacts, key_exchange_of, vars_of
+from siptap.sansio.handshake import (
+    CertificateSummary,
+    FailureReason,
+    HandshakeFacts,
+    RawHandshake,
+    key_exchange_of,
+    vars_of,
+)
+from siptap.sansio.tls_hello import ClientHello
 
 LEAF = CertificateSummary(
     subject="CN=customer,O=siptap lab", issuer="CN=siptap lab CA,O=siptap lab", serial="1F",
@@ -112,3 +120,36 @@ def test_from_dict_names_a_missing_or_mistyped_member() -> None:
     with pytest.raises(ValueError, match="keylog must be a list of strings"):
         HandshakeFacts.from_dict({**data, "keylog": "CLIENT_RANDOM x y"})
     assert HandshakeFacts.from_dict({**data, "upstream": "core.example:5061"}) == facts()  # extra members ignored
+
+
+HELLO = ClientHello(0x0303, (0x0303,), (0xC030, 0x009D, 0x00FF), (0x0000, 0x0017), "sbc.example", 32)
+
+
+def test_a_raw_handshake_handed_over_is_the_facts_it_stands_for() -> None:
+    """The relay's record (issue 16 item 6): chain as DER, the hello as numbers, through JSON;
+    the mirror's facts equal the facts the relay would have made, summaries and offer included."""
+    raw = RawHandshake(
+        leg="customer", role="server", version="TLSv1.2", cipher="AES256-GCM-SHA384", key_exchange="RSA",
+        extended_master_secret=True, session_reused=False, sni="sbc.example", client_random="00" * 32,
+        master_secret="11" * 48, keylog_lines=("CLIENT_RANDOM " + "00" * 32 + " " + "11" * 48,),
+        peer_chain_der=(b"leaf-der",), client_hello=HELLO,
+    )
+    summaries = {b"leaf-der": LEAF}
+    members, chain = raw.handover()
+    assert chain == (b"leaf-der",) and "peer_chain" not in members and "client_offer" not in members
+    rebuilt = HandshakeFacts.from_dict(json.loads(json.dumps(members)))
+    rebuilt = dataclasses.replace(rebuilt, peer_chain=tuple(summaries[der] for der in chain))
+    assert rebuilt == raw.facts(summaries.__getitem__)
+    assert rebuilt.client_offer == HELLO.summary() and rebuilt.peer_chain == (LEAF,)
+    assert dataclasses.replace(raw, client_hello=None).handover()[0].get("client_hello") is None
+
+
+def test_a_hello_as_numbers_round_trips_and_a_bad_one_is_named() -> None:
+    assert ClientHello.from_members(json.loads(json.dumps(HELLO.members()))) == HELLO
+    for bad, name in (([], "must be an object"), ({**HELLO.members(), "cipher_suites": ["x"]}, "cipher_suites"),
+                      ({**HELLO.members(), "versions": [70000]}, "versions"),
+                      ({**HELLO.members(), "sni": 3}, "sni"), ({**HELLO.members(), "legacy_version": None}, "legacy")):
+        with pytest.raises(ValueError, match=name):
+            ClientHello.from_members(bad)
+    with pytest.raises(ValueError, match="cipher_suites"):
+        HandshakeFacts.from_dict({**facts().as_dict(), "client_hello": {**HELLO.members(), "cipher_suites": None}})

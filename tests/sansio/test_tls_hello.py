@@ -12,6 +12,7 @@ from siptap.sansio.tls_hello import (
     ClientHello,
     ClientHelloSniffer,
     NotTls,
+    described,
     suite_name,
 )
 
@@ -102,3 +103,12 @@ def test_partial_and_malformed_never_raise() -> None:
 def test_suite_names() -> None:
     assert suite_name(0x009D) == "TLS_RSA_WITH_AES_256_GCM_SHA384"
     assert suite_name(0xABCD) == "0xABCD"
+
+
+def test_described_is_the_summary_made_once_per_distinct_hello() -> None:
+    hello = ClientHello(0x0303, (0x0303,), (0xC030, 0x009D), (0x0017,), "a.example", 0)
+    first = described(hello)
+    assert first == hello.summary()
+    assert described(ClientHello(0x0303, (0x0303,), (0xC030, 0x009D), (0x0017,), "a.example", 0)) is first
+    assert described(ClientHello(0x0303, (0x0303,), (0x009D,), (0x0017,), "a.example", 0))["cipher_suites"] == [
+        suite_name(0x009D)]

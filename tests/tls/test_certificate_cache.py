@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import crypto
 
+from siptap import certificates
 from siptap.sansio.handshake import HandshakeFacts
 from siptap.tls.contexts import build_client_context, build_server_context, certificate_cache
 from siptap.tls.facts import CertificateCache, certificate_summary
@@ -60,7 +61,7 @@ def test_bounded_least_recently_used_goes_first(pki: Path) -> None:
 
 def _uncached(ctx):
     """The same context without its cache as app data: streams on it take the uncached path of
-    collect_facts (its verify callback keeps the cache it was built with)."""
+    OpenSSLStream.facts (its verify callback keeps the cache it was built with)."""
     ctx.set_app_data(None)
     return ctx
 
@@ -106,6 +107,37 @@ async def test_server_leg_cached_facts_equal_uncached(pki: Path) -> None:
     assert [c.common_name for c in cached[0].peer_chain] == ["customer", "siptap lab CA"]
     assert cached[0].peer_chain[0] == certificate_summary(load_certificate_chain(pki / "customer.pem")[0])
     assert (cache.misses, cache.hits) == (2, 2)  # the second connection parsed nothing
+
+
+async def test_the_relays_handshake_summarises_no_certificate(pki: Path, monkeypatch) -> None:
+    """complete_handshake (the relay's) keeps the chain as DER: no summary is made on the
+    relay's handshake path; the mirror makes them (issue 16 item 6)."""
+    made: list[object] = []
+    real = certificates.certificate_summary
+    monkeypatch.setattr(certificates, "certificate_summary", lambda cert: made.append(cert) or real(cert))
+    ctx = build_server_context(server_settings(pki))
+    records = []
+
+    async def handler(tcp: trio.SocketStream) -> None:
+        stream = OpenSSLStream(tcp, ctx, server_side=True, leg="customer")
+        records.append(await stream.complete_handshake(10))
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+        tcp = await trio.open_tcp_stream("127.0.0.1", listeners[0].socket.getsockname()[1])
+        client = trio.SSLStream(tcp, customer_client_context(pki), server_hostname="localhost")
+        await client.do_handshake()
+        await client.receive_some()  # siptap's close
+        await client.aclose()
+        with trio.fail_after(10):
+            while not records:
+                await trio.lowlevel.checkpoint()
+        nursery.cancel_scope.cancel()
+    chain = load_certificate_chain(pki / "customer.pem")
+    assert records[0].peer_chain_der[0] == chain[0].public_bytes(Encoding.DER)
+    assert len(records[0].peer_chain_der) == 2  # the verified chain: the leaf and the lab CA
+    assert made == []
 
 
 async def _dial_core(pki: Path, ctx, count: int) -> list[HandshakeFacts]:

@@ -9,6 +9,7 @@ import pytest
 import trio
 import trio.testing
 
+from siptap.certificates import CertificateCache
 from siptap.config import ClientTlsSettings, ServerTlsSettings
 from siptap.tls.contexts import build_client_context, build_server_context
 from siptap.tls.stream import OpenSSLStream
@@ -142,9 +143,13 @@ async def test_handshake_records_are_let_go(contexts) -> None:
     assert client.observer is None and server.observer is None
     assert client._conn.get_app_data() is None
     facts = await server.do_handshake()
-    assert facts is server.facts and facts.peer_chain[0].common_name == "customer"
+    assert facts == server.facts and facts.peer_chain[0].common_name == "customer"
+    # Kept raw (issue 16 item 6): the chain as DER, summarised only when someone asks.
+    record = server.handshake
+    assert record is not None and len(record.peer_chain_der) == len(facts.peer_chain)
+    assert facts == record.facts(CertificateCache().summary)
     server.discard_facts()
-    assert server.facts is None
+    assert server.facts is None and server.handshake is None
     with pytest.raises(RuntimeError):
         await server.do_handshake()
     await client.send_all(b"still relays")

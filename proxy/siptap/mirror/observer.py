@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
+from siptap.certificates import CertificateCache
 from siptap.config import Config, LogSettings
 from siptap.log import LogWriter
 from siptap.metrics import SipMessageCounts
@@ -110,6 +111,9 @@ class Observer:
         self._connections: dict[tuple[int, int], ObservedConnection] = {}
         self._early: dict[tuple[int, int], list[Record]] = {}
         self._unannounced: set[tuple[int, int]] = set()
+        # The peer chains the relay hands over as DER, summarised here (issue 16 item 6), each
+        # distinct certificate once: a deployment sees few (one per E-SBC, the CAs, the cores).
+        self._certificates = CertificateCache()
 
     @classmethod
     def from_config(cls, config: Config, *, publish: Publish, log: LogWriter,
@@ -232,7 +236,9 @@ class Observer:
             return
         try:
             facts = HandshakeFacts.from_dict(record.facts)
-        except ValueError as exc:
+            if record.chain:  # the relay's raw chain; without one, the facts carry their own
+                facts = replace(facts, peer_chain=tuple(self._certificates.summary(der) for der in record.chain))
+        except ValueError as exc:  # cryptography's error for a DER that is not a certificate too
             connection.log.warning("handshake_record_invalid", leg=record.leg, detail=str(exc))
             return
         keys = connection.pending_keys.pop(record.leg, None)

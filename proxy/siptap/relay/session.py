@@ -48,7 +48,7 @@ from siptap.relay.plan import SessionPlan
 from siptap.relay.upstream import connect_first
 from siptap.sansio import chunk_records
 from siptap.sansio.chunk_records import FROM_ACCEPTED, FROM_DIALLED, LegAddresses
-from siptap.sansio.handshake import HandshakeFacts
+from siptap.sansio.handshake import HandshakeFacts, RawHandshake
 from siptap.tls.stream import OpenSSLStream
 
 # (host, port) only: an IPv6 sockaddr's flow info and scope id are dropped (_addr), as
@@ -87,7 +87,10 @@ class HandshakenStream(Protocol):
 
     # A Protocol, not OpenSSLStream itself: the session's logic runs over memory streams in
     # tests/relay/test_session_memory.py, with no sockets and no OpenSSL.
-    facts: HandshakeFacts | None
+    # The handshake's record, raw (OpenSSLStream: the peer chain as DER, summarised by the
+    # mirror) or already summarised (the memory tests' streams): both say what to hand over.
+    @property
+    def handshake(self) -> RawHandshake | HandshakeFacts | None: ...
 
     @property
     def eof_without_close_notify(self) -> bool: ...
@@ -171,7 +174,7 @@ async def _serve(tcp: trio.SocketStream, plan: SessionPlan, log: LogWriter) -> N
         # no reference here outlives the handshake's logging.
         # Bounded: a client that connects and says nothing (a port scanner, a stuck E-SBC)
         # must not hold a socket and a task for ever; it ends as reason "timeout".
-        await accepted.do_handshake(plan.limits.handshake_timeout)
+        await accepted.complete_handshake(plan.limits.handshake_timeout)
         if plan.router is not None:  # who the customer is picks the route (relay/routing.py)
             if (chosen := plan.router(accepted.facts, log)) is None:  # logged and counted by the router
                 return await _close_early(accepted, log, started, "refused: no_route")
@@ -244,7 +247,7 @@ async def relay_session(accepted: HandshakenStream, dial: Dial, plan: SessionPla
     feed = plan.feed
     # run_session's successful handshake left the facts on the stream; the memory tests'
     # streams carry facts of their own.
-    assert accepted.facts is not None
+    assert accepted.handshake is not None
     if plan.metrics is not None:
         # Counted here rather than in run_session: every connection whose accepted handshake
         # succeeded passes here, in production and in the memory tests alike.
@@ -252,7 +255,7 @@ async def relay_session(accepted: HandshakenStream, dial: Dial, plan: SessionPla
     # Handed over before the dial: the mirror learns of the accepted leg (and its key
     # material, for the key log) even when no upstream answers, and its records come
     # before any chunk (test_the_relay_hands_over_raw_records_in_order).
-    _hand_over_leg(feed, conn, conn_id, plan, LegAddresses(plan.accepted_leg, peer, local), accepted.facts)
+    _hand_over_leg(feed, conn, conn_id, plan, LegAddresses(plan.accepted_leg, peer, local), accepted.handshake)
 
     try:
         # The accepted peer waits meanwhile: what it sends stays unread (in the socket, or in
@@ -276,14 +279,14 @@ async def relay_session(accepted: HandshakenStream, dial: Dial, plan: SessionPla
         _hand_over_close(feed, conn, started, 0, 0, "siptap", reason)
         raise
     dialled = leg.stream
-    assert dialled.facts is not None
+    assert dialled.handshake is not None
     if plan.metrics is not None:
         # The dialled leg's success: its failures were counted per attempt by connect_first
         # (through _failure_counter), so a failover shows as failures plus one success.
         plan.metrics.handshake(plan.route, plan.dialled_leg)
     # Second leg, same order: opened, then handshake. The upstream that answered goes with
     # it, so the mirror can tell a failover from the first choice.
-    _hand_over_leg(feed, conn, conn_id, plan, LegAddresses(plan.dialled_leg, leg.local, leg.remote), dialled.facts,
+    _hand_over_leg(feed, conn, conn_id, plan, LegAddresses(plan.dialled_leg, leg.local, leg.remote), dialled.handshake,
                    upstream=str(leg.upstream.address))
     # Handed over: nothing here needs the facts again, and the connection may idle for hours
     # (a few KiB per leg: peer chain summaries, key-log lines, the client's offer).
@@ -319,8 +322,9 @@ async def relay_session(accepted: HandshakenStream, dial: Dial, plan: SessionPla
 
 
 def _hand_over_leg(feed: MirrorFeed, conn: int, conn_id: str, plan: SessionPlan, leg: LegAddresses,
-                   facts: HandshakeFacts, upstream: str | None = None) -> None:
-    """A leg is up: its addresses, then its handshake's facts, raw (the mirror renders them).
+                   handshake: RawHandshake | HandshakeFacts, upstream: str | None = None) -> None:
+    """A leg is up: its addresses, then its handshake's facts, raw: the peer chain as DER (the
+    mirror summarises and renders them; issue 16 item 6).
 
     Secrets always travel: the key log and HEP key packets are the product; whether the
     *log* shows them is the mirror's decision (``log.key_material``)."""
@@ -330,11 +334,11 @@ def _hand_over_leg(feed: MirrorFeed, conn: int, conn_id: str, plan: SessionPlan,
     # Encoded here, once: the feed only moves bytes (one datagram for the tap), and
     # encoding is cheap next to the handshake that just ended.
     feed.record(conn, chunk_records.encode(chunk_records.ConnectionOpened(conn, now, conn_id, plan.route, (leg,))))
-    data = facts.as_dict(secrets=True)
+    data, chain = handshake.handover()
     # The dialled leg only: which upstream answered (a failover shows here).
     if upstream is not None:
         data["upstream"] = upstream
-    feed.record(conn, chunk_records.encode(chunk_records.HandshakeDone(conn, now, leg.leg, data)))
+    feed.record(conn, chunk_records.encode(chunk_records.HandshakeDone(conn, now, leg.leg, data, chain)))
 
 
 # The connection's last record, on every path that handed over an opened one: after a

@@ -74,7 +74,8 @@ async def connect_first(
             check_hostname=settings.verify and settings.check_hostname, send_sni=settings.send_sni,
         )
         try:
-            await stream.do_handshake(handshake_timeout)
+            # The raw record: the relay hands the chain over as DER, the mirror summarises it.
+            await stream.complete_handshake(handshake_timeout)
             if ocsp is not None:  # a revoked (or, under "hard", unchecked) upstream: the next one
                 await ocsp.enforce(stream, log)
         except trio.Cancelled:

@@ -5,8 +5,8 @@ Theory of operation
 The relay only relays. Per received chunk it hands the mirror the bytes, which connection and
 direction they belong to, where they sit in that direction's byte stream and when they arrived,
 and nothing else: framing, SIP fields, log lines and every sink run in the mirror process. The
-rare lifecycle records (a leg opened, a handshake's facts, key material, a close) travel the
-same channel, raw, so the relay never renders them either.
+rare lifecycle records (a leg opened, a handshake's facts with the peer's chain as DER, key
+material, a close) travel the same channel, raw, so the relay never renders them either.
 
 Every record is one datagram (a Unix SOCK_SEQPACKET message or one slot of a shared ring):
 a fixed little-endian ``struct`` header, then a kind-specific tail. The header begins with the
@@ -83,6 +83,7 @@ _HEAD_IN = struct.Struct("<2sBB4sQd")
 _CLOSED = struct.Struct("<dQQ")  # duration, bytes from accepted, bytes from dialled
 _DROPPED = struct.Struct("<IQIQI")  # chunks+bytes from accepted, chunks+bytes from dialled, other records
 _U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
 _U8 = struct.Struct("<B")
 
 CHUNK_HEADER_SIZE = _CHUNK.size  # 32
@@ -131,12 +132,14 @@ class ConnectionOpened:
 
 @dataclass(frozen=True, slots=True)
 class HandshakeDone:
-    """A completed handshake on one leg, its facts as plain JSON data (rendered by the mirror)."""
+    """A completed handshake on one leg, its facts as plain JSON data and the peer's
+    certificate chain as DER, leaf first (the mirror summarises and renders both)."""
 
     conn: int
     ts: float
     leg: str
     facts: Mapping[str, object]  # JSON values only: str, int, float, bool, None, lists, dicts
+    chain: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +216,13 @@ def _encode(record: Record) -> bytes:
             facts = json.dumps(record.facts, separators=(",", ":"), allow_nan=False).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise RecordError(f"handshake facts must be plain JSON data: {exc}") from exc
-        return _head(KIND_HANDSHAKE, record) + _str(record.leg) + facts
+        if len(record.chain) > 255:
+            raise RecordError(f"a HandshakeDone carries at most 255 certificates, not {len(record.chain)}")
+        parts = [_head(KIND_HANDSHAKE, record), _str(record.leg), _U8.pack(len(record.chain))]
+        for der in record.chain:
+            parts += [_U32.pack(len(der)), der]
+        parts.append(facts)
+        return b"".join(parts)
     if isinstance(record, KeyMaterial):
         if any(not line or "\n" in line for line in record.lines):
             raise RecordError("key-log lines must be non-empty and hold no line break")
@@ -333,13 +342,14 @@ def _opened(reader: _Reader, conn: int, ts: float) -> ConnectionOpened:
 
 def _handshake(reader: _Reader, conn: int, ts: float) -> HandshakeDone:
     leg = reader.text()
+    chain = tuple(reader.take(reader.number(_U32)) for _ in range(reader.number(_U8)))
     try:
         facts = json.loads(reader.rest().decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise RecordError(f"handshake record: facts are not JSON ({exc.msg})") from exc
     if not isinstance(facts, dict):
         raise RecordError(f"handshake record: facts are a JSON {type(facts).__name__}, not an object")
-    return HandshakeDone(conn, ts, leg, facts)
+    return HandshakeDone(conn, ts, leg, facts, chain)
 
 
 def _keys(reader: _Reader, conn: int, ts: float) -> KeyMaterial:

@@ -1,23 +1,27 @@
 """The handshake record: what a TLS handshake established, or why it failed, as plain data.
 
-``siptap.tls`` produces these records from a live ``SSL.Connection`` (see
-:mod:`siptap.tls.facts`); the relay logs them, the mirror renders them, the tools print them.
-None of those consumers should need pyOpenSSL or ``cryptography`` to do so, so this module is
-standard library only: a certificate arrives here already summarised as strings, and the
+``siptap.tls`` produces a :class:`RawHandshake` from a live ``SSL.Connection`` (see
+:mod:`siptap.tls.facts`): the peer's chain as DER, nothing parsed or rendered, since the
+relay only hands it over (issue 16 item 6). The mirror process turns it into
+:class:`HandshakeFacts` (a certificate summarised as strings by :mod:`siptap.certificates`)
+and renders those; the tools print them. This module is standard library only, and the
 failure reasons are the stable tokens logs, metrics and tests key on, not OpenSSL's codes.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from siptap.sansio.tls_hello import ClientHello, described
 
 __all__ = [
     "CertificateSummary",
     "FailureReason",
     "HandshakeFacts",
+    "RawHandshake",
     "key_exchange_of",
     "vars_of",
 ]
@@ -63,7 +67,7 @@ class FailureReason(str, enum.Enum):  # noqa: UP042 - str() and format() of memb
 class CertificateSummary:
     """One certificate of a peer's chain as the logs show it: names, serial, validity, SHA-256.
 
-    Built by :func:`siptap.tls.facts.certificate_summary` (which parses the certificate); the
+    Built by :func:`siptap.certificates.certificate_summary` (which parses the certificate); the
     dates are ISO 8601 in UTC, the serial and ``sha256`` (the DER's fingerprint) upper-case hex,
     the fingerprint's bytes separated by colons.
     """
@@ -122,19 +126,27 @@ class HandshakeFacts:
             out["client_offer"] = self.client_offer
         return out
 
+    def handover(self) -> tuple[dict[str, object], tuple[bytes, ...]]:
+        """What the relay's handshake record carries: every member, the chain already
+        summarised in them, and no DER (see :meth:`RawHandshake.handover`)."""
+        return self.as_dict(secrets=True), ()
+
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> HandshakeFacts:
         """The inverse of :meth:`as_dict`: the record rebuilt from its JSON members (how the
         relay hands a handshake to the mirror process). Without the secrets (``secrets=False``)
         the master secret is None and there are no key-log lines. Raises ValueError (naming the
         member) when a member is missing or of the wrong type; members it does not know are
-        ignored, so a sender may add context."""
+        ignored, so a sender may add context. A ``client_hello`` member (the hello as numbers,
+        :meth:`RawHandshake.handover`) stands for ``client_offer``: it is described here."""
         chain = data.get("peer_chain", [])
         if not isinstance(chain, list) or not all(isinstance(c, Mapping) for c in chain):
             raise ValueError("handshake facts: peer_chain must be a list of objects")
         offer = data.get("client_offer")
         if offer is not None and not isinstance(offer, dict):
             raise ValueError("handshake facts: client_offer must be an object")
+        if offer is None and data.get("client_hello") is not None:  # the relay's raw hello
+            offer = described(ClientHello.from_members(data["client_hello"]))
         keylog = data.get("keylog", [])
         if not isinstance(keylog, list) or not all(isinstance(line, str) for line in keylog):
             raise ValueError("handshake facts: keylog must be a list of strings")
@@ -152,6 +164,61 @@ class HandshakeFacts:
             keylog_lines=tuple(keylog),
             peer_chain=tuple(_summary(c) for c in chain),
             client_offer=offer,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RawHandshake:
+    """One completed handshake as the relay holds it and hands it over: the facts of
+    :class:`HandshakeFacts` with the peer's chain as DER, leaf first, unparsed.
+
+    Summarising the chain (names, dates, fingerprints) is the mirror's work: the relay makes
+    no certificate summary and renders no JSON for a handshake it only passes on."""
+
+    leg: str
+    role: str
+    version: str
+    cipher: str
+    key_exchange: str
+    extended_master_secret: bool | None
+    session_reused: bool
+    sni: str | None
+    client_random: str  # hex
+    master_secret: str | None  # hex; TLS 1.2 only
+    keylog_lines: tuple[str, ...]
+    peer_chain_der: tuple[bytes, ...]
+    client_hello: ClientHello | None = None  # server side: the client's hello, parsed, not described
+
+    def handover(self) -> tuple[dict[str, object], tuple[bytes, ...]]:
+        """The handshake record's members (as :meth:`HandshakeFacts.as_dict` with secrets,
+        without ``peer_chain``; the client's hello as numbers, ``client_hello``, instead of its
+        ``client_offer`` description) and the chain's DER, for ``chunk_records.HandshakeDone``."""
+        out: dict[str, object] = {
+            "leg": self.leg,
+            "role": self.role,
+            "version": self.version,
+            "cipher": self.cipher,
+            "key_exchange": self.key_exchange,
+            "extended_master_secret": self.extended_master_secret,
+            "session_reused": self.session_reused,
+            "sni": self.sni,
+            "client_random": self.client_random,
+            "master_secret": self.master_secret,
+            "keylog": list(self.keylog_lines),
+        }
+        if self.client_hello is not None:
+            out["client_hello"] = self.client_hello.members()
+        return out, self.peer_chain_der
+
+    def facts(self, summarise: Callable[[bytes], CertificateSummary]) -> HandshakeFacts:
+        """The summarised record, each DER through ``summarise`` (a certificate cache's)."""
+        return HandshakeFacts(
+            leg=self.leg, role=self.role, version=self.version, cipher=self.cipher,
+            key_exchange=self.key_exchange, extended_master_secret=self.extended_master_secret,
+            session_reused=self.session_reused, sni=self.sni, client_random=self.client_random,
+            master_secret=self.master_secret, keylog_lines=self.keylog_lines,
+            peer_chain=tuple(summarise(der) for der in self.peer_chain_der),
+            client_offer=self.client_hello.summary() if self.client_hello is not None else None,
         )
 
 

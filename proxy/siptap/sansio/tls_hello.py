@@ -21,6 +21,7 @@ needed, so the probe never has to speak the cipher it detects.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,8 +94,34 @@ class ClientHello:
     def offers_ems(self) -> bool:
         return EXT_EXTENDED_MASTER_SECRET in self.extensions
 
+    def members(self) -> dict[str, object]:
+        """The hello as JSON members, its numbers as they are (what the relay hands the mirror:
+        naming the suites is the mirror's work, :meth:`summary`); :meth:`from_members` inverts it."""
+        return {"legacy_version": self.legacy_version, "versions": list(self.versions),
+                "cipher_suites": list(self.cipher_suites), "extensions": list(self.extensions),
+                "sni": self.sni, "session_id_length": self.session_id_length}
+
+    @classmethod
+    def from_members(cls, data: object) -> ClientHello:
+        """The inverse of :meth:`members`; ValueError names what is missing or malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("client_hello must be an object")
+
+        def numbers(name: str) -> tuple[int, ...]:
+            value = data.get(name)
+            if not isinstance(value, list) or not all(type(n) is int and 0 <= n <= 0xFFFF for n in value):
+                raise ValueError(f"client_hello: {name} must be a list of 16-bit numbers")
+            return tuple(value)
+
+        legacy, sni, session_id = data.get("legacy_version"), data.get("sni"), data.get("session_id_length")
+        if type(legacy) is not int or type(session_id) is not int:
+            raise ValueError("client_hello: legacy_version and session_id_length must be numbers")
+        if sni is not None and not isinstance(sni, str):
+            raise ValueError("client_hello: sni must be a string or null")
+        return cls(legacy, numbers("versions"), numbers("cipher_suites"), numbers("extensions"), sni, session_id)
+
     def summary(self) -> dict[str, object]:
-        """A JSON-friendly description for logs."""
+        """A JSON-friendly description for logs (a new dict each call; see :func:`described`)."""
         return {
             "versions": [VERSION_NAMES.get(v, f"0x{v:04X}") for v in self.versions],
             "cipher_suites": [suite_name(s) for s in self.cipher_suites],
@@ -103,6 +130,14 @@ class ClientHello:
             "encrypt_then_mac": EXT_ENCRYPT_THEN_MAC in self.extensions,
             "session_ticket": EXT_SESSION_TICKET in self.extensions,
         }
+
+
+@functools.lru_cache(maxsize=64)
+def described(hello: ClientHello) -> dict[str, object]:
+    """``hello.summary()``, made once per distinct hello: an E-SBC sends the same offer on
+    every connection (the random is not part of a ClientHello here), and naming ~30 suites
+    costs ~7 µs. The dict is shared between callers: read it, never change it."""
+    return hello.summary()
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,10 @@ Files are checked first, so a bad key or certificate stops start-up with the fil
 problem named, not with an OpenSSL error stack.
 
 Each context owns a :class:`~siptap.tls.facts.CertificateCache` (in its app data, a
-:class:`~siptap.tls.facts.ContextData`): the verify callback and the handshake facts parse and
-summarise each distinct peer certificate once, not once per connection, and a reload's new
-contexts start with fresh caches.
+:class:`~siptap.tls.facts.ContextData`): the verify callback (and the routing table's view of
+a handshake, ``OpenSSLStream.facts``) parse each distinct peer certificate once, not once per
+connection, and a reload's new contexts start with fresh caches. The handshake record the
+relay hands over carries the chain as DER; the mirror process summarises it.
 
 Key material leaves through the per-connection :class:`~siptap.tls.facts.HandshakeObserver`
 (the connection's app data): the key-log callback appends NSS lines to it and the verify

@@ -1,8 +1,10 @@
 """Collecting the handshake record from a live connection, and classifying failures.
 
-The record itself (:mod:`siptap.sansio.handshake`: failure reasons, certificate summaries,
-handshake facts) is plain data the relay logs and the mirror publishes without touching
-pyOpenSSL; this module is the OpenSSL-bound side that produces it. A
+The record itself (:mod:`siptap.sansio.handshake`: failure reasons, the raw handshake, its
+facts) is plain data the relay hands over and the mirror summarises and renders without
+touching pyOpenSSL; this module is the OpenSSL-bound side that produces it, raw: the peer's
+chain as DER, read straight off OpenSSL's stack, no certificate parsed on the relay's
+handshake path (issue 16 item 6). A
 :class:`HandshakeObserver` rides on each ``SSL.Connection`` (its app data) so that the
 context's callbacks can record what OpenSSL's exception alone would lose: the key-log lines,
 the first certificate-verification failure (the exception only says "certificate verify
@@ -11,12 +13,11 @@ failed") and the client's ClientHello.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 
 try:
@@ -25,10 +26,11 @@ try:
 except ImportError:  # pragma: no cover - a pyOpenSSL without the private bindings
     _ffi = _lib = None
 
+from siptap import certificates
+from siptap.certificates import certificate_summary as certificate_summary  # re-exported: tools and tests
 from siptap.errors import HandshakeFailed
-from siptap.sansio.handshake import CertificateSummary, FailureReason, HandshakeFacts, key_exchange_of
+from siptap.sansio.handshake import FailureReason, RawHandshake, key_exchange_of
 from siptap.sansio.tls_hello import VERSION_NAMES, ClientHello, ClientHelloSniffer, NotTls, suite_name
-from siptap.tls.identity import common_name, sha256_fingerprint, subject_alt_names
 
 # X509_V_ERR_* codes (openssl/x509_vfy.h) mapped to reasons.
 _VERIFY_ERRORS: dict[int, FailureReason] = {
@@ -50,76 +52,9 @@ _VERIFY_ERRORS: dict[int, FailureReason] = {
 _VERIFY_ERRORS.update(dict.fromkeys((3, 5, 8, 11, 12, 15, 16, 33, 35, 44, 54), FailureReason.CRL_UNUSABLE))
 
 
-def certificate_summary(cert: x509.Certificate) -> CertificateSummary:
-    """The handshake record's view of one parsed certificate (what :class:`CertificateCache`
-    keeps per distinct DER, and what the uncached path computes per handshake)."""
-    return CertificateSummary(
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
-        serial=f"{cert.serial_number:X}",
-        not_before=cert.not_valid_before_utc.astimezone(UTC).isoformat(),
-        not_after=cert.not_valid_after_utc.astimezone(UTC).isoformat(),
-        sha256=sha256_fingerprint(cert),
-        sans=subject_alt_names(cert),
-        common_name=common_name(cert),
-    )
-
-
-class _Cached:
-    __slots__ = ("certificate", "summary")
-
-    def __init__(self, certificate: x509.Certificate) -> None:
-        self.certificate = certificate
-        self.summary: CertificateSummary | None = None
-
-
-class CertificateCache:
-    """Parsed peer certificates and their summaries by DER bytes, made once per distinct
-    certificate instead of once per handshake.
-
-    Parsing a certificate with ``cryptography`` and summarising it (two RFC 4514 names, the
-    SANs, the SHA-256 fingerprint, the dates) cost about 0.1 ms per certificate, and every
-    proxied connection summarises three or four (the customer's verified chain, the core's
-    chain), yet a deployment sees few distinct certificates: one per E-SBC, the CAs, the
-    cores. Keyed by the exact DER, so a hit is the same certificate byte for byte and the
-    summary is the one the uncached path would compute. Bounded (the least recently used
-    entry goes first), so a stream of distinct certificates cannot grow memory; the contexts
-    own one each, so a reload starts a fresh cache and the old one goes with its context.
-    """
-
-    def __init__(self, maxsize: int = 128) -> None:
-        if maxsize < 1:
-            raise ValueError("maxsize must be >= 1")
-        self.maxsize = maxsize
-        self._entries: OrderedDict[bytes, _Cached] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def _entry(self, der: bytes) -> _Cached:
-        entries = self._entries
-        entry = entries.get(der)
-        if entry is not None:
-            entries.move_to_end(der)
-            self.hits += 1
-            return entry
-        self.misses += 1
-        entry = _Cached(x509.load_der_x509_certificate(der))
-        entries[der] = entry
-        if len(entries) > self.maxsize:
-            entries.popitem(last=False)
-        return entry
-
-    def certificate(self, der: bytes) -> x509.Certificate:
-        return self._entry(der).certificate
-
-    def summary(self, der: bytes) -> CertificateSummary:
-        entry = self._entry(der)
-        if entry.summary is None:
-            entry.summary = certificate_summary(entry.certificate)
-        return entry.summary
+class CertificateCache(certificates.CertificateCache):
+    """:class:`siptap.certificates.CertificateCache` plus what the verify callback needs: the
+    ``cryptography`` form of a pyOpenSSL certificate, parsed once per distinct DER."""
 
     def certificate_of(self, cert: crypto.X509) -> x509.Certificate:
         """The ``cryptography`` form of a pyOpenSSL certificate (what the verify callback
@@ -199,10 +134,9 @@ class HandshakeObserver:
         return result if isinstance(result, ClientHello) else None
 
 
-def collect_facts(conn: SSL.Connection, observer: HandshakeObserver,
-                  certificates: CertificateCache | None = None) -> HandshakeFacts:
-    """The facts of a completed handshake; with ``certificates``, the peer chain's summaries
-    come from that cache (equal to what the uncached path computes)."""
+def collect_handshake(conn: SSL.Connection, observer: HandshakeObserver) -> RawHandshake:
+    """The record of a completed handshake, raw: the peer chain as DER (leaf first), nothing
+    parsed or summarised; whoever needs summaries makes them (:meth:`RawHandshake.facts`)."""
     version = conn.get_protocol_version_name()
     cipher = conn.get_cipher_name() or ""
     try:
@@ -211,18 +145,14 @@ def collect_facts(conn: SSL.Connection, observer: HandshakeObserver,
         group = None
     client_random = conn.client_random() or b""
     master = conn.master_key() if version != "TLSv1.3" else None
-    ders = _peer_chain_der(conn, observer.role == "server") if certificates is not None else None
-    if certificates is not None and ders is not None:
-        peer_chain = tuple(certificates.summary(der) for der in ders)
-    else:
-        if observer.role == "server":
-            chain = conn.get_verified_chain(as_cryptography=True) or []
-        else:
-            chain = conn.get_peer_cert_chain(as_cryptography=True) or []
-        peer_chain = tuple(certificate_summary(c) for c in chain)
+    server_side = observer.role == "server"
+    ders = _peer_chain_der(conn, server_side)
+    if ders is None:  # no private bindings: the public API, one object per certificate
+        chain = (conn.get_verified_chain(as_cryptography=True) if server_side
+                 else conn.get_peer_cert_chain(as_cryptography=True)) or []
+        ders = [cert.public_bytes(Encoding.DER) for cert in chain]
     sni = conn.get_servername()
-    hello = observer.client_hello
-    return HandshakeFacts(
+    return RawHandshake(
         leg=observer.leg,
         role=observer.role,
         version=version,
@@ -234,8 +164,8 @@ def collect_facts(conn: SSL.Connection, observer: HandshakeObserver,
         client_random=client_random.hex(),
         master_secret=master.hex() if master else None,
         keylog_lines=tuple(observer.keylog_lines),
-        peer_chain=peer_chain,
-        client_offer=hello.summary() if hello else None,
+        peer_chain_der=tuple(ders),
+        client_hello=observer.client_hello,
     )
 
 

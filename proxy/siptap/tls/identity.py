@@ -15,36 +15,14 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
 
+# Re-exported: they were defined here before the mirror needed them too (siptap.certificates).
+from siptap.certificates import common_name as common_name
+from siptap.certificates import sha256_fingerprint as sha256_fingerprint
+from siptap.certificates import subject_alt_names as subject_alt_names
 from siptap.config.allow import AllowEntries, parse_allow_entries
 from siptap.sansio.distinguished_name import common_name_of, parse_dn
 from siptap.sansio.handshake import CertificateSummary
-
-
-def common_name(cert: x509.Certificate) -> str | None:
-    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(attrs[0].value) if attrs else None
-
-
-def subject_alt_names(cert: x509.Certificate) -> tuple[str, ...]:
-    """SANs as ``DNS:name`` / ``IP:addr`` / ``URI:...`` strings, the form openssl prints."""
-    try:
-        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return ()
-    out: list[str] = []
-    for dns in ext.get_values_for_type(x509.DNSName):
-        out.append(f"DNS:{dns}")
-    for ip in ext.get_values_for_type(x509.IPAddress):
-        out.append(f"IP:{ip}")
-    for uri in ext.get_values_for_type(x509.UniformResourceIdentifier):
-        out.append(f"URI:{uri}")
-    return tuple(out)
-
-
-def sha256_fingerprint(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
 def matches_hostname(cert: x509.Certificate, name: str) -> bool:

@@ -21,10 +21,17 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from siptap.errors import HandshakeFailed
-from siptap.sansio.handshake import FailureReason, HandshakeFacts
+from siptap.sansio.handshake import FailureReason, HandshakeFacts, RawHandshake
 from siptap.sansio.tls_hello import ClientHelloSniffer
 from siptap.tls import descriptor_io
-from siptap.tls.facts import CertificateCache, ContextData, HandshakeObserver, classify_failure, collect_facts
+from siptap.tls.facts import (
+    CertificateCache,
+    ContextData,
+    HandshakeObserver,
+    certificate_summary,
+    classify_failure,
+    collect_handshake,
+)
 from siptap.tls.record_io import RecordIO
 from siptap.tls.records import records_for
 from siptap.tls.stream_locks import DirectionGuard
@@ -58,9 +65,9 @@ from siptap.tls.stream_locks import DirectionGuard
 #
 # The states a stream goes through, and why each flag is separate:
 # * handshake: _handshake_lock (held by whichever task drives it; both pumps may try at
-#   once), then either _handshake_done with facts and no observer, or _handshake_error,
-#   which every later caller gets. facts can be discarded while done stays true, which is
-#   why "done" is not "facts is not None".
+#   once), then either _handshake_done with its record (handshake) and no observer, or _handshake_error,
+#   which every later caller gets. The record can be discarded while done stays true, which is
+#   why "done" is not "handshake is not None".
 # * sending: _sent_close_notify is set by send_eof or aclose, before the alert leaves, so
 #   nothing can be written after it; the receiving direction stays usable (TLS half-close,
 #   which the relay uses to let the other direction finish).
@@ -78,8 +85,9 @@ _SEND_BATCH = 65536  # plaintext encrypted per transport write: four full record
 
 
 class OpenSSLStream(trio.abc.Stream):
-    """TLS over any trio transport stream; ``facts`` holds the handshake's record once done,
-    until the owner calls :meth:`discard_facts`.
+    """TLS over any trio transport stream; ``handshake`` holds the handshake's record once
+    done, raw (the peer chain as DER), until the owner calls :meth:`discard_facts`; ``facts``
+    is that record summarised, on demand.
 
     ``observer`` is the handshake's scratchpad (the client's hello, the first verification
     failure): it is there until the handshake succeeds, and stays after a failure.
@@ -161,7 +169,7 @@ class OpenSSLStream(trio.abc.Stream):
         self._handshake_error: HandshakeFailed | None = None
         self._closed = False
         self._sent_close_notify = False
-        self.facts: HandshakeFacts | None = None
+        self.handshake: RawHandshake | None = None
         # The server's stapled OCSP response (client side, when the context asked for one),
         # for siptap.tls.ocsp_check; kept apart from the facts, which the mirror publishes.
         self.ocsp_staple: bytes | None = None
@@ -171,7 +179,16 @@ class OpenSSLStream(trio.abc.Stream):
     # -- handshake ---------------------------------------------------------------------------
 
     async def do_handshake(self, timeout: float | None = None) -> HandshakeFacts:
-        """Complete the handshake or raise HandshakeFailed with a classified reason."""
+        """Complete the handshake or raise HandshakeFailed with a classified reason; the
+        facts with the peer chain summarised (the tools' and tests' view)."""
+        await self.complete_handshake(timeout)
+        facts = self.facts
+        assert facts is not None  # complete_handshake returned a record, so it is there
+        return facts
+
+    async def complete_handshake(self, timeout: float | None = None) -> RawHandshake:
+        """As :meth:`do_handshake`, the record raw: what the relay hands over, no certificate
+        parsed or summarised (that is the mirror's work, issue 16 item 6)."""
         self._check_open()
         lock = self._handshake_lock
         if lock is None:  # done: what the lock would have done is a checkpoint
@@ -180,9 +197,22 @@ class OpenSSLStream(trio.abc.Stream):
             await self._handshake_under(lock, timeout)
         # A RuntimeError, not HandshakeFailed: the handshake succeeded, and asking for facts
         # after discard_facts is the caller's mistake (test_handshake_records_are_let_go).
-        if self.facts is None:
+        if self.handshake is None:
             raise RuntimeError("the handshake's facts were discarded")
-        return self.facts
+        return self.handshake
+
+    @property
+    def facts(self) -> HandshakeFacts | None:
+        """The handshake's record with the peer chain summarised (through the context's
+        certificate cache when it has one), made on each call: the routing table's and the
+        tools' view; None before the handshake and once discarded."""
+        record = self.handshake
+        if record is None:
+            return None
+        cache = self._certificates
+        if cache is not None:
+            return record.facts(cache.summary)
+        return record.facts(lambda der: certificate_summary(x509.load_der_x509_certificate(der)))
 
     async def _handshake_under(self, lock: trio.Lock, timeout: float | None) -> None:
         # The lock is passed in, not read from self: the winner sets self._handshake_lock
@@ -215,7 +245,7 @@ class OpenSSLStream(trio.abc.Stream):
 
         A proxied connection can idle for hours and nothing after the handshake reads its
         facts (peer chain summaries, key-log lines, the client's offer): a few KiB per leg."""
-        self.facts = None
+        self.handshake = None
 
     async def _handshake_once(self) -> None:
         observer = self.observer
@@ -250,7 +280,7 @@ class OpenSSLStream(trio.abc.Stream):
         # Done first, before anything that could fail below: a failure after OpenSSL
         # completed the handshake must not make the data path handshake again.
         self._handshake_done = True
-        self.facts = collect_facts(self._conn, observer, self._certificates)
+        self.handshake = collect_handshake(self._conn, observer)
         self.ocsp_staple = observer.ocsp_staple
         # The observer's work is done: no callback that writes to it runs after the handshake
         # (renegotiation is off; TLS 1.3 tickets and key updates neither verify nor log keys).
@@ -280,7 +310,7 @@ class OpenSSLStream(trio.abc.Stream):
         # away), for whom a Stream method may raise only trio's resource errors.
         if not self._handshake_done:
             try:
-                await self.do_handshake()
+                await self.complete_handshake()
             except HandshakeFailed as exc:
                 raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
 
