@@ -55,7 +55,14 @@ import sys
 import time
 from typing import Any
 
-from siptap.sansio.chunk_records import CHUNK_HEADER, CHUNK_HEADER_SIZE, FROM_ACCEPTED, FROM_DIALLED, chunk_header
+from siptap.sansio.chunk_records import (
+    CHUNK_HEADER,
+    CHUNK_HEADER_SIZE,
+    FROM_ACCEPTED,
+    FROM_DIALLED,
+    VERSION,
+    chunk_header,
+)
 
 CTX = mp.get_context("fork")
 PAYLOADS = [b"x" * size for size in random.Random(16).choices(range(300, 1501), k=64)]
@@ -108,7 +115,7 @@ class Ring:
             head += wrap
             pos = 0
         at = _META + pos
-        _SLOT.pack_into(buf, at, CHUNK_HEADER_SIZE + n, b"ST", 1, 1, direction, conn, offset, ts)
+        _SLOT.pack_into(buf, at, CHUNK_HEADER_SIZE + n, b"ST", VERSION, 1, direction, conn, offset, ts)
         buf[at + 36 : at + 36 + n] = data
         self.head = head = head + need
         _U64.pack_into(buf, 0, head)  # publish

@@ -50,7 +50,7 @@ async def test_invalid_datagrams_are_skipped_and_logged_once_per_channel(tmp_pat
             for n in range(3):
                 first.send(b"not a record")
                 first.send(chunk_header(5, FROM_ACCEPTED, n, TS) + b"ok")
-            first.send(b"ST\x01\x09" + bytes(28))  # an unknown kind
+            first.send(b"ST\x02\x09" + bytes(28))  # an unknown kind
             second.send(chunk_header(5, FROM_ACCEPTED, 0, TS) + b"second worker")
             first.close()
             second.close()

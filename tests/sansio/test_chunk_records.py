@@ -87,7 +87,7 @@ def _tail(record: HandshakeDone | KeyMaterial) -> bytes:
 
 
 @settings(max_examples=1500, deadline=None)
-@given(st.binary(max_size=200) | st.binary(max_size=60).map(lambda tail: b"ST\x01" + tail))
+@given(st.binary(max_size=200) | st.binary(max_size=60).map(lambda tail: b"ST\x02" + tail))
 def test_garbage_raises_record_error_or_decodes(garbage: bytes) -> None:
     try:
         record = decode(garbage)
@@ -108,7 +108,7 @@ def test_trailing_bytes_are_rejected_where_the_length_is_known(record: cr.Record
 def test_chunk_header_is_32_bytes_and_data_follows_unchanged() -> None:
     header = chunk_header(7, FROM_DIALLED, 1234, 1764689441.25)
     assert len(header) == CHUNK_HEADER_SIZE == 32
-    assert header[:4] == b"ST\x01\x01"
+    assert header[:4] == b"ST\x02\x01"
     data = b"INVITE sip:a@b SIP/2.0\r\n\r\n"
     assert decode(header + data) == Chunk(7, FROM_DIALLED, 1234, 1764689441.25, data)
 
@@ -130,22 +130,22 @@ def test_record_sizes() -> None:
         (b"", "truncated record"),
         (b"ST", "truncated record"),
         (b"XY\x01\x01" + bytes(28), "magic"),
-        (b"ST\x02\x01" + bytes(28), "version 2"),
-        (b"ST\x01\x09" + bytes(28), "unknown record kind 9"),
-        (b"ST\x01\x01" + bytes(20), "truncated chunk"),
-        (b"ST\x01\x01\x05" + bytes(27), "unknown direction 5"),
-        (b"ST\x01\x06" + bytes(20), "truncated record of kind 6"),
-        (b"ST\x01\x06" + bytes(20) + bytes(27), "truncated record of kind 6"),
-        (struct.pack("<2sBB4xQd", b"ST", 1, 3, 1, 1.0) + b"\x00\x00\x00" + b"[1,2]", "not an object"),
-        (struct.pack("<2sBB4xQd", b"ST", 1, 3, 1, 1.0) + b"\x00\x00\x00" + b"{", "not JSON"),
+        (b"ST\x09\x01" + bytes(28), "version 9"),
+        (b"ST\x02\x09" + bytes(28), "unknown record kind 9"),
+        (b"ST\x02\x01" + bytes(20), "truncated chunk"),
+        (b"ST\x02\x01\x05" + bytes(27), "unknown direction 5"),
+        (b"ST\x02\x06" + bytes(20), "truncated record of kind 6"),
+        (b"ST\x02\x06" + bytes(20) + bytes(27), "truncated record of kind 6"),
+        (struct.pack("<2sBB4xQd", b"ST", cr.VERSION, 3, 1, 1.0) + b"\x00\x00\x00" + b"[1,2]", "not an object"),
+        (struct.pack("<2sBB4xQd", b"ST", cr.VERSION, 3, 1, 1.0) + b"\x00\x00\x00" + b"{", "not JSON"),
         # A certificate of 10 bytes, 3 there: the chain's lengths are checked like every other.
-        (struct.pack("<2sBB4xQd", b"ST", 1, 3, 1, 1.0) + b"\x00\x00\x01" + struct.pack("<I", 10) + b"abc",
+        (struct.pack("<2sBB4xQd", b"ST", cr.VERSION, 3, 1, 1.0) + b"\x00\x00\x01" + struct.pack("<I", 10) + b"abc",
          "truncated record of kind 3"),
-        (struct.pack("<2sBB4xQd", b"ST", 1, 4, 1, 1.0) + b"\x01\x00\xff", "not UTF-8"),
-        (struct.pack("<2sBB4xQd", b"ST", 1, 4, 1, 1.0) + b"\x00\x00a\n\nb", "empty line"),
-        (struct.pack("<2sBB4xQd", b"ST", 1, 2, 1, 1.0) + b"\x00\x00\x00\x00\x00", "names no leg"),
-        (struct.pack("<2sBB4xQd", b"ST", 1, 6, 1, float("nan")) + bytes(28), "time is not finite"),
-        (struct.pack("<2sBBB3xQQd", b"ST", 1, 1, 0, 1, 0, float("inf")), "time is not finite"),
+        (struct.pack("<2sBB4xQd", b"ST", cr.VERSION, 4, 1, 1.0) + b"\x01\x00\xff", "not UTF-8"),
+        (struct.pack("<2sBB4xQd", b"ST", cr.VERSION, 4, 1, 1.0) + b"\x00\x00a\n\nb", "empty line"),
+        (struct.pack("<2sBB4xQd", b"ST", cr.VERSION, 2, 1, 1.0) + b"\x00\x00\x00\x00\x00", "names no leg"),
+        (struct.pack("<2sBB4xQd", b"ST", cr.VERSION, 6, 1, float("nan")) + bytes(28), "time is not finite"),
+        (struct.pack("<2sBBB3xQQd", b"ST", cr.VERSION, 1, 0, 1, 0, float("inf")), "time is not finite"),
     ],
 )
 def test_malformed_records_say_what_is_wrong(datagram: bytes, message: str) -> None:

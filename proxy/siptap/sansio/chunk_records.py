@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 MAGIC = b"ST"
-VERSION = 1
+VERSION = 2  # 2: HandshakeDone carries the peer chain as DER (session 7)
 
 # Record kinds: the fourth byte of every record.
 KIND_CHUNK = 1
