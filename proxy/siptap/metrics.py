@@ -1,11 +1,13 @@
 """Prometheus metrics: counters the relay bumps, and a scrape-time view of the mirror.
 
 Per-connection events (accepts, handshakes, failovers) cost a dict lookup and an increment:
-label children are created once and cached. Per-chunk values are plain numbers (below). Mirror counters are not pushed at all: a collector reads the Fanout's own
-counters when Prometheus scrapes. The HTTP endpoint is prometheus-client's server thread,
+label children are created once and cached. Per-chunk values are plain numbers (below).
+Mirror counters are not pushed at all: a collector reads the Fanout's own counters when
+Prometheus scrapes. The HTTP endpoint is prometheus-client's server thread,
 so a scrape never runs on the trio loop; it binds loopback unless configured otherwise.
 
-With ``workers`` > 1 one scrape must see every worker: the workers run in
+Under the supervisor (``siptap run``: a mirror process and one or more workers) one scrape
+must see every process: the workers run in
 prometheus-client's multiprocess mode (the supervisor sets ``PROMETHEUS_MULTIPROC_DIR``
 for them, so every value lives in a per-process mmap file) and serve nothing; the
 supervisor serves the endpoint and sums the files at scrape time
@@ -14,7 +16,8 @@ backwards across a restart; the connection gauge is ``livesum`` (the supervisor 
 worker's gauges dead). The mirror's counters cannot be read at scrape time from another
 process: in this mode each worker copies them into real metrics once a second
 (:meth:`Metrics.sync_mirror`). Cost: an increment writes the mmap too (about 0.6 µs more
-per increment, measured here), which only multi-worker runs with metrics on pay.
+per increment, measured here), which only runs with metrics on pay, and only per connection:
+per-chunk values are plain numbers.
 
 Per-chunk and per-message values are plain numbers, never a prometheus-client child: a
 child's ``inc``/``observe`` takes a lock (and in multiprocess mode writes the mmap) each time.
