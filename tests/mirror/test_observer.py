@@ -8,6 +8,7 @@ expected events and lines are those relay/observe.py and relay/session.py produc
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
@@ -31,6 +32,7 @@ from siptap.sansio.chunk_records import (
     LegAddresses,
     Record,
 )
+from siptap.sansio.handshake import CertificateSummary
 from siptap.sansio.sip_fields import SipFields
 from tests.relay.memory import BYE, CALL_ID, INLINE, INVITE, OK, RecordingLog, handshake, sip
 
@@ -276,6 +278,24 @@ def test_key_lines_before_the_handshake_are_merged_and_later_new_ones_published(
     run.feed(KeyMaterial(7, 1.3, "customer", ("EXPORTER_SECRET a b",)))
     later = run.published[1]
     assert isinstance(later, KeyEvent) and later.facts.keylog_lines == ("EXPORTER_SECRET a b",)
+
+
+def test_an_idle_connection_keeps_no_peer_chain_or_offer_after_publishing_them() -> None:
+    # The memory of an idle connection (issue 16, S4): after its KeyEvent went out with the
+    # whole record, the observer keeps only what a later key line needs.
+    summary = CertificateSummary(subject="CN=sbc", issuer="CN=ca", serial="01", not_before="2026-01-01",
+                                 not_after="2027-01-01", sha256="ef" * 32, sans=("sbc.example.com",),
+                                 common_name="sbc")
+    facts = replace(handshake("customer"), peer_chain=(summary,), client_offer={"ciphers": ["AES256-SHA"]})
+    run = Run().feed(OPENED, HandshakeDone(7, 1.1, "customer", facts.as_dict()))
+    assert run.published == [KeyEvent(1.1, CUSTOMER, facts)]
+    kept = run.observer._connections[(1, 7)].handshakes["customer"]
+    assert kept.peer_chain == () and kept.client_offer is None and kept.keylog_lines == facts.keylog_lines
+    run.feed(KeyMaterial(7, 1.3, "customer", ("EXPORTER_SECRET a b",)))
+    later = run.published[1]
+    assert isinstance(later, KeyEvent) and later.leg == CUSTOMER
+    assert (later.facts.version, later.facts.cipher, later.facts.keylog_lines) == (
+        facts.version, facts.cipher, ("EXPORTER_SECRET a b",))
 
 
 def test_an_invalid_handshake_record_is_logged_not_raised() -> None:

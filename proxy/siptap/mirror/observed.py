@@ -392,8 +392,9 @@ class ObservedConnection:
                       log_key_material=log_key_material)
             for name in (f"{accepted_leg}->{dialled_leg}", f"{dialled_leg}->{accepted_leg}"))
         # Kept after publishing so that key lines learned later can be checked against what
-        # the handshake's KeyEvent already carried (observer._keys publishes only new ones).
-        self.handshakes: dict[str, HandshakeFacts] = {}  # published, by leg
+        # the handshake's KeyEvent already carried (observer._keys publishes only new ones);
+        # without the peer chain and client offer, which nothing reads back.
+        self.handshakes: dict[str, HandshakeFacts] = {}  # published (slimmed), by leg
         # Key lines may come before their leg's handshake record (observer.py allows either
         # order): held here and merged into the facts when the handshake comes.
         self.pending_keys: dict[str, tuple[str, ...]] = {}  # key lines that came before their handshake
