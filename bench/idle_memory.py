@@ -136,7 +136,7 @@ def report(steps: list[dict]) -> None:
             if "gc_objects" in entry:
                 parts.append(f"gc objects {(entry['gc_objects'] - base['gc_objects']) / n:.1f}")
             print(f"  {name}: " + ", ".join(parts))
-            for g in entry.get("grown", [])[:15]:
+            for g in entry.get("grown", [])[:60]:
                 print(f"    {g['size_diff'] / n:8.0f} B/conn {g['count_diff'] / n:6.2f} blocks/conn  {g['where'][-1]}")
 
 
