@@ -114,7 +114,7 @@ def _install() -> None:
                 entry["grown"] = [
                     {"size_diff": s.size_diff, "count_diff": s.count_diff,
                      "where": [f"{fr.filename}:{fr.lineno}" for fr in s.traceback][-4:]}
-                    for s in stats[:15]
+                    for s in stats[:int(os.environ.get("SIPTAP_MEMPROBE_TOP", "15"))]
                 ]
         with open(os.path.join(_OUT, "report.jsonl"), "a") as f:
             f.write(json.dumps(entry) + "\n")
