@@ -214,6 +214,22 @@ def test_a_dropped_marker_is_the_gap_report_and_the_next_chunk_is_not_a_second_o
         "channel full", "customer->core", len(INVITE), len(OK), 1, 1)
 
 
+def test_framers_are_made_at_a_directions_first_byte_or_gap() -> None:
+    # Idle connections hold no framer (issue 16, S4); one made at a gap still resynchronises:
+    # the first bytes after the hole are the tail of a lost message, then a whole one.
+    run = Run().feed(OPENED)
+    connection = run.observer._connections[(1, 7)]
+    assert connection.up.framer is None and connection.down.framer is None
+    lost = len(OK) - 5
+    run.feed(Dropped(7, 2.0, chunks_from_accepted=1, bytes_from_accepted=lost, other_records=0),
+             *chunks(OK[lost:] + BYE, start=lost))
+    assert connection.up.framer is not None and connection.down.framer is None
+    assert [e.data for e in run.of(SipEvent)] == [BYE]
+    run.feed(ConnectionClosed(7, 5.0, 4.0, lost + 5 + len(BYE), 0, "customer", "closed"))
+    observed, = run.log.find("connection_observed")
+    assert (observed["gaps"], observed["missing_bytes"], observed["messages_observed"]) == (1, lost, 1)
+
+
 def test_a_marker_for_both_directions_reports_each_and_lost_records_alone_are_reported_too() -> None:
     marker = Dropped(7, 3.0, 2, 100, 1, 50, other_records=0)
     run = Run().feed(OPENED, marker, Dropped(7, 4.0, other_records=2))
