@@ -1,6 +1,7 @@
 """Memory probe for bench/flood_memory.py, loaded into siptap's relay worker through
 ``PYTHONPATH=bench/memprobe`` (Python imports ``sitecustomize`` at start-up). Inert unless
-``SIPTAP_MEMPROBE`` names an output folder and this process is a relay worker.
+``SIPTAP_MEMPROBE`` names an output folder and this process is a relay worker (or, with
+``SIPTAP_MEMPROBE_MIRROR=1``, the mirror process).
 
 SIGUSR1 appends one JSON report to ``SIPTAP_MEMPROBE/report.jsonl``: RSS, glibc's heap figures
 (``mallinfo2`` for the main arena; ``malloc_info`` XML, all arenas, kept beside it), the
@@ -113,7 +114,7 @@ def _install() -> None:
                 entry["grown"] = [
                     {"size_diff": s.size_diff, "count_diff": s.count_diff,
                      "where": [f"{fr.filename}:{fr.lineno}" for fr in s.traceback][-4:]}
-                    for s in stats[:15]
+                    for s in stats[:int(os.environ.get("SIPTAP_MEMPROBE_TOP", "15"))]
                 ]
         with open(os.path.join(_OUT, "report.jsonl"), "a") as f:
             f.write(json.dumps(entry) + "\n")
@@ -131,5 +132,8 @@ def _install() -> None:
     signal.signal(signal.SIGUSR2, on_usr2)
 
 
-if _OUT and "--worker" in sys.argv:
+if _OUT and ("--worker" in sys.argv
+             or (os.environ.get("SIPTAP_MEMPROBE_MIRROR") == "1" and sys.argv[1:2] == ["mirror"])):
+    # The mirror process too when asked (bench/idle_memory.py): its per-connection state counts
+    # in S4's PSS as well.
     _install()

@@ -36,7 +36,7 @@ from siptap.sansio.chunk_records import (
     LegAddresses,
     Record,
 )
-from siptap.sansio.handshake import vars_of
+from siptap.sansio.handshake import CertificateSummary, vars_of
 from siptap.sansio.sip_fields import SipFields
 from tests.relay.memory import BYE, CALL_ID, INLINE, INVITE, OK, RecordingLog, handshake, sip
 
@@ -218,6 +218,22 @@ def test_a_dropped_marker_is_the_gap_report_and_the_next_chunk_is_not_a_second_o
         "channel full", "customer->core", len(INVITE), len(OK), 1, 1)
 
 
+def test_framers_are_made_at_a_directions_first_byte_or_gap() -> None:
+    # Idle connections hold no framer (issue 16, S4); one made at a gap still resynchronises:
+    # the first bytes after the hole are the tail of a lost message, then a whole one.
+    run = Run().feed(OPENED)
+    connection = run.observer._connections[(1, 7)]
+    assert connection.up.framer is None and connection.down.framer is None
+    lost = len(OK) - 5
+    run.feed(Dropped(7, 2.0, chunks_from_accepted=1, bytes_from_accepted=lost, other_records=0),
+             *chunks(OK[lost:] + BYE, start=lost))
+    assert connection.up.framer is not None and connection.down.framer is None
+    assert [e.data for e in run.of(SipEvent)] == [BYE]
+    run.feed(ConnectionClosed(7, 5.0, 4.0, lost + 5 + len(BYE), 0, "customer", "closed"))
+    observed, = run.log.find("connection_observed")
+    assert (observed["gaps"], observed["missing_bytes"], observed["messages_observed"]) == (1, lost, 1)
+
+
 def test_a_marker_for_both_directions_reports_each_and_lost_records_alone_are_reported_too() -> None:
     marker = Dropped(7, 3.0, 2, 100, 1, 50, other_records=0)
     run = Run().feed(OPENED, marker, Dropped(7, 4.0, other_records=2))
@@ -302,6 +318,24 @@ def test_key_lines_before_the_handshake_are_merged_and_later_new_ones_published(
     run.feed(KeyMaterial(7, 1.3, "customer", ("EXPORTER_SECRET a b",)))
     later = run.published[1]
     assert isinstance(later, KeyEvent) and later.facts.keylog_lines == ("EXPORTER_SECRET a b",)
+
+
+def test_an_idle_connection_keeps_no_peer_chain_or_offer_after_publishing_them() -> None:
+    # The memory of an idle connection (issue 16, S4): after its KeyEvent went out with the
+    # whole record, the observer keeps only what a later key line needs.
+    summary = CertificateSummary(subject="CN=sbc", issuer="CN=ca", serial="01", not_before="2026-01-01",
+                                 not_after="2027-01-01", sha256="ef" * 32, sans=("sbc.example.com",),
+                                 common_name="sbc")
+    facts = replace(handshake("customer"), peer_chain=(summary,), client_offer={"ciphers": ["AES256-SHA"]})
+    run = Run().feed(OPENED, HandshakeDone(7, 1.1, "customer", facts.as_dict()))
+    assert run.published == [KeyEvent(1.1, CUSTOMER, facts)]
+    kept = run.observer._connections[(1, 7)].handshakes["customer"]
+    assert kept.peer_chain == () and kept.client_offer is None and kept.keylog_lines == facts.keylog_lines
+    run.feed(KeyMaterial(7, 1.3, "customer", ("EXPORTER_SECRET a b",)))
+    later = run.published[1]
+    assert isinstance(later, KeyEvent) and later.leg == CUSTOMER
+    assert (later.facts.version, later.facts.cipher, later.facts.keylog_lines) == (
+        facts.version, facts.cipher, ("EXPORTER_SECRET a b",))
 
 
 def test_an_invalid_handshake_record_is_logged_not_raised() -> None:

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import trio
+from OpenSSL import SSL
 
-from siptap.config import ClientTlsSettings
+from siptap.config import ClientTlsSettings, ServerTlsSettings
 from siptap.errors import HandshakeFailed
 from siptap.sansio.keylog import parse_line
-from siptap.tls.contexts import build_client_context
+from siptap.tls.contexts import build_client_context, build_server_context
 from siptap.tls.stream import OpenSSLStream
 from tests.tls.helpers import OpenSSLServer, core_server_context
 
@@ -142,3 +143,77 @@ async def test_tls13_core_rejecting_us_after_our_finished(pki: Path) -> None:
         with pytest.raises(trio.BrokenResourceError, match="alert certificate required"):
             await stream.receive_some()
         await stream.aclose()
+
+
+# -- the core leg's key shares (issue 16: memory per idle connection) ---------------------------
+
+
+def offered_groups(ctx: SSL.Context) -> tuple[list[int], list[int]]:
+    """(supported_groups, the groups with a key share) of the ClientHello ``ctx`` sends."""
+    conn = SSL.Connection(ctx, None)
+    conn.set_connect_state()
+    with pytest.raises(SSL.WantReadError):
+        conn.do_handshake()
+    body = conn.bio_read(65536)[5 + 4:]  # record header, handshake header
+    at = 2 + 32  # version, random
+    at += 1 + body[at]  # session id
+    at += 2 + int.from_bytes(body[at:at + 2])  # cipher suites
+    at += 1 + body[at]  # compression methods
+    end = at + 2 + int.from_bytes(body[at:at + 2])
+    at += 2
+    groups: list[int] = []
+    shares: list[int] = []
+    while at < end:
+        kind, size = int.from_bytes(body[at:at + 2]), int.from_bytes(body[at + 2:at + 4])
+        data = body[at + 4:at + 4 + size]
+        at += 4 + size
+        if kind == 10:  # supported_groups
+            groups = [int.from_bytes(data[i:i + 2]) for i in range(2, len(data), 2)]
+        elif kind == 51:  # key_share
+            i = 2
+            while i < len(data):
+                shares.append(int.from_bytes(data[i:i + 2]))
+                i += 4 + int.from_bytes(data[i + 2:i + 4])
+    return groups, shares
+
+
+def test_core_leg_offers_openssls_groups_with_an_x25519_share_only(pki: Path) -> None:
+    # The offer is OpenSSL's own default, group for group and in order; only the key shares
+    # differ: OpenSSL keeps every share it made for the life of the connection, so the
+    # X25519MLKEM768 one (unused by a core that picks X25519) was ~8.6 KiB per idle core leg.
+    default_groups, default_shares = offered_groups(SSL.Context(SSL.TLS_METHOD))
+    groups, shares = offered_groups(build_client_context(client_settings(pki)))
+    assert groups == default_groups
+    assert shares == [0x001D]  # x25519
+    assert 0x11EC in groups and 0x11EC in default_shares  # X25519MLKEM768: offered, no longer precomputed
+
+
+async def test_core_leg_still_gets_the_group_the_core_prefers(pki: Path) -> None:
+    # A classical core (the stdlib's OpenSSL 3.0) picks X25519 from the share it got; a core on
+    # siptap's own OpenSSL (its server leg with TLS 1.3 allowed) prefers X25519MLKEM768 and gets
+    # it through a HelloRetryRequest. Either way the leg then relays.
+    server = build_server_context(ServerTlsSettings(
+        cert=pki / "core.pem", key=pki / "core.key", client_ca=pki / "ca.pem", key_exchange="any"))
+
+    async def pq_core(tcp: trio.SocketStream) -> None:
+        stream = OpenSSLStream(tcp, server, server_side=True, leg="customer")
+        try:
+            await stream.do_handshake(5)
+            data = await stream.receive_some()
+            await stream.send_all(b"core:" + data)
+        finally:
+            await stream.aclose()
+
+    seen: list = []
+    async with trio.open_nursery() as nursery:
+        classical = await run_core(nursery, core_server_context(pki), seen)
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, pq_core, 0, host="127.0.0.1"))
+        pq = listeners[0].socket.getsockname()[1]
+        for port, expected in ((classical, "TLSv1.3 (x25519)"), (pq, "TLSv1.3 (X25519MLKEM768)")):
+            stream = await dial(port, client_settings(pki))
+            facts = await stream.do_handshake(5)
+            assert facts.key_exchange == expected
+            await stream.send_all(b"OPTIONS")
+            assert await stream.receive_some() == b"core:OPTIONS"
+            await stream.aclose()
+        nursery.cancel_scope.cancel()

@@ -53,6 +53,7 @@ class Direction:
         "_log_key_material",
         "_log_messages",
         "_log_payloads",
+        "_max_message_size",
         "_publish",
         "_region",
         "_reported_to",
@@ -86,7 +87,11 @@ class Direction:
         # The route's max_sip_message (Observer.from_config): a message over it is skipped
         # (one unframeable region) and framing goes on after it. The header limit stays the
         # framer's default.
-        self.framer = SipFramer(max_message_size=max_message_size)
+        # Made at this direction's first byte (or first gap), not here: most of a trunk's
+        # connections idle, many directions of them never carry a byte, and a framer with its
+        # buffer is ~0.3 KiB per direction of every open connection (S4, issue 16).
+        self._max_message_size = max_message_size
+        self.framer: SipFramer | None = None
         # (leg, from_client on that leg) for each mirrored leg, accepted leg first.
         # Empty until ConnectionOpened names the legs (ObservedConnection.add_leg): a direction
         # without mirrored legs still frames, counts and logs, it only publishes nothing.
@@ -149,7 +154,10 @@ class Direction:
         # Advanced before framing: whatever the framer does with them, these bytes were
         # received, and the next chunk's offset is checked against their end.
         self.expected += len(data)
-        events = self.framer.feed(data)
+        framer = self.framer
+        if framer is None:
+            framer = self.framer = SipFramer(max_message_size=self._max_message_size)
+        events = framer.feed(data)
         # Most chunks that do not end a message return no events: skip the loop's setup.
         if events:
             self._events(events, ts)
@@ -188,7 +196,12 @@ class Direction:
         self.expected = offset + missing
         # What the framer held (before the hole) comes back as gap debris; then its reports
         # continue after the hole.
-        self._events(self.framer.gap(), ts)
+        # Made here if no byte came yet: the gap state (resynchronise at the next line start)
+        # must be there for the first bytes after the hole.
+        framer = self.framer
+        if framer is None:
+            framer = self.framer = SipFramer(max_message_size=self._max_message_size)
+        self._events(framer.gap(), ts)
         self._reported_to = self.expected
 
     # Called once per direction by observer._finish, after any tail gap was reported, so
@@ -196,7 +209,8 @@ class Direction:
     def close(self, ts: float) -> None:
         # The framer reports what it still holds (a message cut off by the close) as
         # "truncated": logged as unframeable, so a connection that ends mid-message says so.
-        self._events(self.framer.close(), ts)
+        if self.framer is not None:  # no framer: no byte came, nothing held
+            self._events(self.framer.close(), ts)
         self._end_region()
         # The gaps the rate limit kept out of the log, so that the gap lines of a connection
         # always account for all of them.
@@ -392,8 +406,9 @@ class ObservedConnection:
                       log_key_material=log_key_material)
             for name in (f"{accepted_leg}->{dialled_leg}", f"{dialled_leg}->{accepted_leg}"))
         # Kept after publishing so that key lines learned later can be checked against what
-        # the handshake's KeyEvent already carried (observer._keys publishes only new ones).
-        self.handshakes: dict[str, HandshakeFacts] = {}  # published, by leg
+        # the handshake's KeyEvent already carried (observer._keys publishes only new ones);
+        # without the peer chain and client offer, which nothing reads back.
+        self.handshakes: dict[str, HandshakeFacts] = {}  # published (slimmed), by leg
         # Key lines may come before their leg's handshake record (observer.py allows either
         # order): held here and merged into the facts when the handshake comes.
         self.pending_keys: dict[str, tuple[str, ...]] = {}  # key lines that came before their handshake

@@ -244,7 +244,10 @@ class Observer:
         keys = connection.pending_keys.pop(record.leg, None)
         if keys and not facts.keylog_lines:
             facts = replace(facts, keylog_lines=keys)
-        connection.handshakes[record.leg] = facts
+        # Kept slim: only the late-key path below reads it back (version, cipher, key lines),
+        # and an idle connection would otherwise hold its peer chain summaries and the client's
+        # offer (the bulk of the decoded JSON, ~6 KiB per connection) for as long as it lives.
+        connection.handshakes[record.leg] = replace(facts, peer_chain=(), client_offer=None)
         upstream = record.facts.get("upstream")  # an extra member the sender may add (from_dict ignores it)
         log_handshake(connection.log, facts, info, upstream=upstream if isinstance(upstream, str) else None,
                       secrets=self._log_key_material)
@@ -260,7 +263,8 @@ class Observer:
         if not new:
             return  # the handshake's facts already carried these lines
         # Lines learned after the handshake was published: a KeyEvent of their own, so the
-        # key log gets them (with the handshake's version and cipher in its comment line).
+        # key log gets them (with the handshake's version and cipher in its comment line). Its
+        # facts carry no peer chain or client offer: the handshake's own KeyEvent published those.
         connection.handshakes[record.leg] = replace(facts, keylog_lines=facts.keylog_lines + new)
         self._publish(KeyEvent(record.ts, connection.legs[record.leg], replace(facts, keylog_lines=new)))
 

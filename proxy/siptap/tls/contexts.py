@@ -45,6 +45,25 @@ _VERSIONS = {
     "TLSv1.3": SSL.TLS1_3_VERSION,
 }
 
+# pyOpenSSL's cffi bindings (private, typed Any), for the one call pyOpenSSL does not wrap:
+# the client's group list (see _precompute_classical_share). None on a pyOpenSSL without them.
+try:
+    from OpenSSL._util import lib as _lib
+except ImportError:  # pragma: no cover - a pyOpenSSL without the private bindings
+    _lib = None
+
+# The client's named groups: OpenSSL 4.0's default offer, in its order, with one change: a
+# key share is precomputed for X25519 only, where the default also sends an X25519MLKEM768
+# share (1,216 bytes on the wire). Why: OpenSSL keeps every key share it made until the
+# connection is freed, used or not, so against a core that picks X25519 (every core on
+# OpenSSL 3.4 or older, most SBCs) each idle core leg held ~8.6 KiB of dead ML-KEM key
+# (bench/results/2026-12-03-s7-idlemem.md). The offer is unchanged: a core that prefers
+# X25519MLKEM768 still gets it, through a HelloRetryRequest (one more round trip when the leg
+# is dialled). "?" skips a group this OpenSSL does not know; an OpenSSL that refuses the
+# string keeps its own default (tests/tls/test_client_leg.py pins the offer against it).
+_CLIENT_GROUPS = (b"?X25519MLKEM768:?SecP256r1MLKEM768:?curveSM2MLKEM768:?*X25519:?secp256r1:?X448:"
+                  b"?secp384r1:?secp521r1:?curveSM2:?ffdhe2048:?ffdhe3072")
+
 # Raw OpenSSL 3 option bits that pyOpenSSL does not name (openssl/ssl.h SSL_OP_BIT(n)).
 OP_NO_EXTENDED_MASTER_SECRET = 1 << 0
 OP_NO_ENCRYPT_THEN_MAC = 1 << 19
@@ -312,9 +331,18 @@ def serve_by_sni(default: SSL.Context, by_name: Mapping[str, SSL.Context]) -> No
     default.set_tlsext_servername_callback(switch)
 
 
+def _precompute_classical_share(ctx: SSL.Context) -> None:
+    """The client offers the default groups but precomputes only an X25519 share (see _CLIENT_GROUPS)."""
+    if _lib is None:  # pragma: no cover - see the import
+        return
+    if _lib.SSL_CTX_set1_curves_list(ctx._context, _CLIENT_GROUPS) != 1:  # pragma: no cover - older OpenSSL
+        _lib.ERR_clear_error()  # the refusal must not surface as the next call's error
+
+
 def build_client_context(settings: ClientTlsSettings) -> SSL.Context:
     """The core-facing client: verifies the core, presents siptap's client certificate."""
     ctx = _new_context(settings.min_version, settings.max_version, settings.ciphers)
+    _precompute_classical_share(ctx)
     if settings.ocsp != "off":
         request_staples(ctx)
     if settings.tls13_ciphersuites:

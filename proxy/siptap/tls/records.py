@@ -27,7 +27,8 @@ from OpenSSL import SSL
 
 # pyOpenSSL's cffi handles: ``lib`` is the OpenSSL library, ``ffi`` the foreign-function
 # interface it was compiled with. They are private and unstubbed (both are typed Any), which is
-# why everything that touches them is kept to this module and to :mod:`siptap.tls.facts`.
+# why everything that touches them is kept to this module, :mod:`siptap.tls.facts` and one
+# call in :mod:`siptap.tls.contexts` (the client's group list).
 try:
     from OpenSSL._util import ffi as _ffi
     from OpenSSL._util import lib as _lib
