@@ -305,3 +305,42 @@ async def test_a_killed_mirror_is_counted_as_drops_until_a_new_one_listens(pki: 
         ("x-3", "relay worker lost", None, None),  # the tap closed with conn 3 still open
     ], gaps
     assert all(e.get("process") == "mirror" for e in lines)
+
+
+async def test_a_replay_to_a_new_mirror_carries_the_handshake_without_the_peer_chain(tmp_path: Path) -> None:
+    """The first mirror gets the handshake record whole; the tap keeps it without the chain
+    (idle connections must not hold certificates' DER in the relay for hours), so a
+    restarted mirror learns the connection, its legs and keys, not the chain again."""
+    path = tmp_path / "mirror.sock"
+    chain = (b"\x30\x82" + bytes(900), b"\x30\x82" + bytes(700))
+    handshake = HandshakeDone(5, TS, "customer", {"version": "TLSv1.2"}, chain)
+    first, second = Collect(), Collect()
+    tap = MirrorTap(path, retry_interval=0.05)
+    async with trio.open_nursery() as nursery:
+        receiver = ChannelReceiver(path, first)
+        mirror = await nursery.start(_serve_until_stopped, receiver)
+        await nursery.start(tap.run)
+        tap.record(5, encode(ConnectionOpened(5, TS, "x-5", "lab", LEGS)))
+        tap.record(5, encode(handshake))
+        await first.wait(2)
+        receiver.stop()
+        await mirror.wait()
+        await until(lambda: not tap.connected)
+        await nursery.start(_serve_until_stopped, ChannelReceiver(path, second))
+        await second.wait(2)  # the replay: opened, then the handshake
+        tap.close()
+        nursery.cancel_scope.cancel()
+    assert [record for _, record in first.records] == [ConnectionOpened(5, TS, "x-5", "lab", LEGS), handshake]
+    replayed = [record for _, record in second.records]
+    assert replayed[1] == HandshakeDone(5, TS, "customer", {"version": "TLSv1.2"}, ())
+
+
+async def _serve_until_stopped(receiver: ChannelReceiver, *, task_status: trio.TaskStatus[trio.Event]) -> None:
+    """Run ``receiver`` until it is stopped; started is its serving, the Event its end."""
+    ended = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(receiver.serve)
+            task_status.started(ended)
+    finally:
+        ended.set()

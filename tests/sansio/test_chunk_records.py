@@ -199,3 +199,16 @@ def test_non_zero_padding_is_rejected() -> None:
     dropped[4] = 1
     with pytest.raises(RecordError, match="padding"):
         decode(bytes(dropped))
+
+
+def test_without_chain_keeps_a_handshake_record_whole_but_its_chain() -> None:
+    facts = {"version": "TLSv1.2", "cipher": "AES256-GCM-SHA384"}
+    full = cr.encode(cr.HandshakeDone(7, 1.5, "customer", facts, (b"\x30\x82leaf", b"\x30\x82ca")))
+    trimmed = cr.without_chain(full)
+    assert len(trimmed) == len(full) - (4 + 6) - (4 + 4)
+    assert cr.decode(trimmed) == cr.HandshakeDone(7, 1.5, "customer", facts, ())
+    # Nothing to trim: the very same bytes.
+    bare = cr.encode(cr.HandshakeDone(7, 1.5, "core", facts))
+    assert cr.without_chain(bare) is bare
+    opened = cr.encode(cr.ConnectionOpened(7, 1.5, "c-1", "lab", (cr.LegAddresses("customer", ("a", 1), ("b", 2)),)))
+    assert cr.without_chain(opened) is opened

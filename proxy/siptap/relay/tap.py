@@ -78,6 +78,7 @@ from siptap.sansio.chunk_records import (
     VERSION,
     Dropped,
     encode,
+    without_chain,
 )
 
 __all__ = ["DEFAULT_BUFFER", "MAX_ENDED_OWING", "MirrorTap"]
@@ -211,7 +212,7 @@ class MirrorTap:
         # must tell the whole connection. The closed record too (forget() follows at once).
         announced = self._announced.get(conn)
         if announced is None:
-            self._announced[conn] = [encoded]
+            announced = self._announced[conn] = [encoded]
         else:
             announced.append(encoded)
         # Same shape as chunk(), kept inline rather than shared: chunk() runs per relayed chunk,
@@ -223,9 +224,15 @@ class MirrorTap:
                 # must see a connection's opened record before its first chunk, and its closed record
                 # after its last.
                 sock.send(encoded)
-                return
             except OSError as exc:
                 self._refused(exc)
+            else:
+                # Sent whole: a replay to a later mirror needs no peer chain (the handshake_done
+                # line was rendered), so a handshake record is kept without it
+                # (chunk_records.without_chain): idle connections would otherwise hold their
+                # certificates' DER here for hours. A held record stays whole until it is sent.
+                announced[-1] = without_chain(encoded)
+                return
         counts = self._owed.get(conn)
         if counts is None:
             counts = self._owed[conn] = [0, 0, 0, 0, 0, -1, -1]

@@ -54,6 +54,7 @@ __all__ = [
     "chunk_header",
     "decode",
     "encode",
+    "without_chain",
 ]
 
 MAGIC = b"ST"
@@ -236,6 +237,25 @@ def _encode(record: Record) -> bytes:
             record.chunks_from_accepted, record.bytes_from_accepted, record.chunks_from_dialled,
             record.bytes_from_dialled, record.other_records)
     raise RecordError(f"not a record: {type(record).__name__}")
+
+
+def without_chain(encoded: bytes) -> bytes:
+    """``encoded`` itself, or, for a HandshakeDone that carries a peer chain, the same record
+    without it (count 0): what the relay's tap keeps per live connection for a replay to a
+    restarted mirror. The chain (a few KiB of DER per leg) is for the handshake_done line and
+    summaries, which the first mirror already rendered; kept, it would cost every idle
+    connection that memory in the relay for nothing (S4). Bytes are sliced, nothing decoded
+    beyond the lengths: the record was encoded here a moment ago."""
+    if len(encoded) <= _HEAD.size or encoded[3] != KIND_HANDSHAKE:
+        return encoded
+    reader = _Reader(encoded, _HEAD.size, KIND_HANDSHAKE)
+    reader.text()  # the leg
+    counted = reader.pos
+    if reader.number(_U8) == 0:
+        return encoded
+    for _ in range(encoded[counted]):
+        reader.take(reader.number(_U32))
+    return encoded[:counted] + b"\x00" + encoded[reader.pos:]
 
 
 def _head(kind: int, record: ConnectionOpened | HandshakeDone | KeyMaterial | ConnectionClosed | Dropped) -> bytes:
