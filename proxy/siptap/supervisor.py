@@ -251,14 +251,15 @@ class Supervisor:
         self._stop.set()
         self._forward(signal.SIGTERM)
 
-    def _forward(self, signum: int) -> list[int]:
-        """Send ``signum`` to every live worker (never to the mirror: it is stopped after them)."""
+    def _forward(self, signum: int, *, ready_only: bool = False) -> list[int]:
+        """Send ``signum`` to every live worker (never to the mirror: it is stopped after them);
+        with ``ready_only``, only to those past their ready line (SIGHUP: see _signal_mirror)."""
         # Only workers: the mirror gets its SIGTERM from _run_mirror once every worker has
         # exited, or it would stop taking the records of calls still being drained.
         sent = []
         for slot in self.slots:
             process = slot.process
-            if process is not None and process.returncode is None:
+            if process is not None and process.returncode is None and (slot.ready or not ready_only):
                 try:
                     process.send_signal(signum)
                 # The process exited between the returncode test and the kill (returncode is set only
@@ -271,9 +272,14 @@ class Supervisor:
         return sent
 
     def _signal_mirror(self, signum: int) -> bool:
-        """Send ``signum`` to the mirror process if it runs (SIGHUP only: its routes)."""
-        process = self.mirror.process if self.mirror is not None else None
-        if process is None or process.returncode is not None:
+        """Send ``signum`` (SIGHUP: its routes) to the mirror process once it is ready. One
+        still starting may have no handler yet (SIGHUP's default action would kill it, and its
+        restart cost a gap); it read the config file when it started. A change made in the
+        instant between that read and its ready line needs another SIGHUP (the same holds for
+        a worker, _forward)."""
+        slot = self.mirror
+        process = slot.process if slot is not None else None
+        if slot is None or process is None or process.returncode is not None or not slot.ready:
             return False
         try:
             process.send_signal(signum)
@@ -298,7 +304,7 @@ class Supervisor:
                     # The workers reload their TLS material themselves; the supervisor only checks what it
                     # cannot apply itself (the number of workers) and says so.
                     self._check_reload()
-                    self.log.info("reload_forwarded", signal=name, workers=self._forward(signum),
+                    self.log.info("reload_forwarded", signal=name, workers=self._forward(signum, ready_only=True),
                                   mirror=self._signal_mirror(signum))
                 elif not self.stopping:
                     self.log.info("shutdown_requested", signal=name)

@@ -66,12 +66,14 @@ def _uncached(ctx):
     return ctx
 
 
-async def _serve_customers(pki: Path, ctx, count: int) -> list[HandshakeFacts]:
-    found: list[HandshakeFacts] = []
+async def _serve_customers(pki: Path, ctx, count: int, *, raw: bool = False) -> list:
+    """``count`` customers' handshakes with a siptap server stream on ``ctx``: each one's facts
+    (``do_handshake``), or with ``raw`` its unsummarised record (``complete_handshake``, the relay's)."""
+    found: list = []
 
     async def handler(tcp: trio.SocketStream) -> None:
         stream = OpenSSLStream(tcp, ctx, server_side=True, leg="customer")
-        found.append(await stream.do_handshake(10))
+        found.append(await (stream.complete_handshake(10) if raw else stream.do_handshake(10)))
         await stream.aclose()
 
     async with trio.open_nursery() as nursery:
@@ -115,25 +117,7 @@ async def test_the_relays_handshake_summarises_no_certificate(pki: Path, monkeyp
     made: list[object] = []
     real = certificates.certificate_summary
     monkeypatch.setattr(certificates, "certificate_summary", lambda cert: made.append(cert) or real(cert))
-    ctx = build_server_context(server_settings(pki))
-    records = []
-
-    async def handler(tcp: trio.SocketStream) -> None:
-        stream = OpenSSLStream(tcp, ctx, server_side=True, leg="customer")
-        records.append(await stream.complete_handshake(10))
-        await stream.aclose()
-
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
-        tcp = await trio.open_tcp_stream("127.0.0.1", listeners[0].socket.getsockname()[1])
-        client = trio.SSLStream(tcp, customer_client_context(pki), server_hostname="localhost")
-        await client.do_handshake()
-        await client.receive_some()  # siptap's close
-        await client.aclose()
-        with trio.fail_after(10):
-            while not records:
-                await trio.lowlevel.checkpoint()
-        nursery.cancel_scope.cancel()
+    records = await _serve_customers(pki, build_server_context(server_settings(pki)), 1, raw=True)
     chain = load_certificate_chain(pki / "customer.pem")
     assert records[0].peer_chain_der[0] == chain[0].public_bytes(Encoding.DER)
     assert len(records[0].peer_chain_der) == 2  # the verified chain: the leaf and the lab CA

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -86,6 +87,29 @@ async def test_use_after_close_raises(contexts) -> None:
     await server.aclose()
 
 
+def handshake_step(conn: Any) -> bool:
+    """One step of a hand-driven pyOpenSSL handshake (memory BIOs): True once it is complete."""
+    from OpenSSL import SSL
+
+    try:
+        conn.do_handshake()
+    except SSL.WantReadError:
+        return False
+    return True
+
+
+def pending_output(conn: Any) -> bytes:
+    """Everything a hand-driven pyOpenSSL connection has written to its outgoing BIO."""
+    from OpenSSL import SSL
+
+    chunks = []
+    while True:
+        try:
+            chunks.append(conn.bio_read(65536))
+        except SSL.WantReadError:
+            return b"".join(chunks)
+
+
 async def test_record_arriving_with_the_finished_survives_the_fresh_bios(pki: Path) -> None:
     """After the handshake the stream swaps in empty memory BIOs (an idle connection should
     not keep handshake-sized buffers). A TLS 1.3 client's first record can arrive in the same
@@ -104,31 +128,16 @@ async def test_record_arriving_with_the_finished_survives_the_fresh_bios(pki: Pa
     client = SSL.Connection(client_ctx, None)  # driven by hand, so the write boundaries are ours
     client.set_connect_state()
 
-    def advance() -> bool:
-        try:
-            client.do_handshake()
-        except SSL.WantReadError:
-            return False
-        return True
-
-    def output() -> bytes:
-        chunks = []
-        while True:
-            try:
-                chunks.append(client.bio_read(65536))
-            except SSL.WantReadError:
-                return b"".join(chunks)
-
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.do_handshake)
-        while not advance():
+        while not handshake_step(client):
             # The ClientHello; a second one when the server asks for another key share (a
             # HelloRetryRequest: siptap's client precomputes an X25519 share only, and siptap's
             # server prefers X25519MLKEM768). Nothing once the client has the server's flight.
-            await near.send_all(output())
+            await near.send_all(pending_output(client))
             client.bio_write(await near.receive_some())
         client.send(b"first record")
-        await near.send_all(output())  # Certificate, CertificateVerify, Finished and the record at once
+        await near.send_all(pending_output(client))  # Certificate, CertificateVerify, Finished and the record at once
     assert server.facts is not None and server.facts.version == "TLSv1.3"
     await near.send_eof()  # a lost record then reads as EOF instead of waiting forever
     assert await server.receive_some() == b"first record"
@@ -155,33 +164,18 @@ async def test_renegotiation_after_the_fresh_bios_is_refused_and_the_data_before
     client = SSL.Connection(client_ctx, None)  # driven by hand: renegotiate() is not in trio's API
     client.set_connect_state()
 
-    def handshake_step() -> bool:
-        try:
-            client.do_handshake()
-        except SSL.WantReadError:
-            return False
-        return True
-
-    def output() -> bytes:
-        chunks = []
-        while True:
-            try:
-                chunks.append(client.bio_read(65536))
-            except SSL.WantReadError:
-                return b"".join(chunks)
-
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.do_handshake)
         while True:
-            done = handshake_step()
-            await near.send_all(output())
+            done = handshake_step(client)
+            await near.send_all(pending_output(client))
             if done:
                 break
             client.bio_write(await near.receive_some())
     client.send(b"before")
     assert client.renegotiate()
-    assert not handshake_step()  # the renegotiating ClientHello, waiting for an answer
-    await near.send_all(output())
+    assert not handshake_step(client)  # the renegotiating ClientHello, waiting for an answer
+    await near.send_all(pending_output(client))
     assert await server.receive_some() == b"before"
     got: list[bytes] = []
     async with trio.open_nursery() as nursery:

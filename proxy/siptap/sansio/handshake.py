@@ -107,18 +107,8 @@ class HandshakeFacts:
     def as_dict(self, *, secrets: bool = True) -> dict[str, object]:
         """The record as JSON-ready members (logs, the JSON-lines sink); ``secrets=False``
         leaves out the master secret and the key-log lines."""
-        out: dict[str, object] = {
-            "leg": self.leg,
-            "role": self.role,
-            "version": self.version,
-            "cipher": self.cipher,
-            "key_exchange": self.key_exchange,
-            "extended_master_secret": self.extended_master_secret,
-            "session_reused": self.session_reused,
-            "sni": self.sni,
-            "client_random": self.client_random,
-            "peer_chain": [vars_of(c) for c in self.peer_chain],
-        }
+        out = _plain_members(self)
+        out["peer_chain"] = [vars_of(c) for c in self.peer_chain]
         if secrets:
             out["master_secret"] = self.master_secret
             out["keylog"] = list(self.keylog_lines)
@@ -193,19 +183,9 @@ class RawHandshake:
         """The handshake record's members (as :meth:`HandshakeFacts.as_dict` with secrets,
         without ``peer_chain``; the client's hello as numbers, ``client_hello``, instead of its
         ``client_offer`` description) and the chain's DER, for ``chunk_records.HandshakeDone``."""
-        out: dict[str, object] = {
-            "leg": self.leg,
-            "role": self.role,
-            "version": self.version,
-            "cipher": self.cipher,
-            "key_exchange": self.key_exchange,
-            "extended_master_secret": self.extended_master_secret,
-            "session_reused": self.session_reused,
-            "sni": self.sni,
-            "client_random": self.client_random,
-            "master_secret": self.master_secret,
-            "keylog": list(self.keylog_lines),
-        }
+        out = _plain_members(self)
+        out["master_secret"] = self.master_secret
+        out["keylog"] = list(self.keylog_lines)
         if self.client_hello is not None:
             out["client_hello"] = self.client_hello.members()
         return out, self.peer_chain_der
@@ -220,6 +200,21 @@ class RawHandshake:
             peer_chain=tuple(summarise(der) for der in self.peer_chain_der),
             client_offer=self.client_hello.summary() if self.client_hello is not None else None,
         )
+
+
+def _plain_members(handshake: HandshakeFacts | RawHandshake) -> dict[str, object]:
+    """The members both forms of the record carry as they are, in the order the log shows."""
+    return {
+        "leg": handshake.leg,
+        "role": handshake.role,
+        "version": handshake.version,
+        "cipher": handshake.cipher,
+        "key_exchange": handshake.key_exchange,
+        "extended_master_secret": handshake.extended_master_secret,
+        "session_reused": handshake.session_reused,
+        "sni": handshake.sni,
+        "client_random": handshake.client_random,
+    }
 
 
 _Missing = object()
