@@ -17,7 +17,7 @@ import structlog.testing
 import trio
 
 from siptap.mirror.channel import ChannelReceiver
-from siptap.relay.tap import MirrorTap
+from siptap.relay.tap import MirrorTap, set_send_buffer
 from siptap.sansio.chunk_records import (
     FROM_ACCEPTED,
     FROM_DIALLED,
@@ -344,3 +344,39 @@ async def _serve_until_stopped(receiver: ChannelReceiver, *, task_status: trio.T
             task_status.started(ended)
     finally:
         ended.set()
+
+
+def _wmem_max() -> int:
+    with open("/proc/sys/net/core/wmem_max") as f:
+        return int(f.read())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SO_SNDBUFFORCE needs CAP_NET_ADMIN (CI runs as root)")
+def test_root_gets_the_configured_channel_buffer_past_wmem_max() -> None:
+    """`[mirror] channel_buffer` above net.core.wmem_max: plain SO_SNDBUF would be capped
+    (the kernel doubles what it grants); a privileged siptap gets what the config says."""
+    wanted = 2 * _wmem_max() + 65536
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as capped:
+        capped.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wanted)
+        assert capped.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * _wmem_max()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        set_send_buffer(sock, wanted)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * wanted
+
+
+def test_an_unprivileged_siptap_falls_back_to_the_capped_buffer() -> None:
+    """Without CAP_NET_ADMIN the forced option is refused (EPERM): the capped request is made
+    instead, never an error. Run in a child that drops root (or is not root) first."""
+    code = (  # imports first: the interpreter's files may not be readable by nobody
+        "import os, socket, sys\n"
+        "from siptap.relay.tap import set_send_buffer\n"
+        "if os.geteuid() == 0:\n"
+        "    os.setgid(65534); os.setuid(65534)\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
+        "set_send_buffer(s, 1 << 30)\n"
+        "print(s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd="/", env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == 2 * _wmem_max()

@@ -106,16 +106,20 @@ async def run_mirror(config: Config, channel: Path, control_fd: int | None = Non
 _RECORD_CHARGE = 1970
 
 
-def target_batch(channel_buffer: int, wmem_max_path: str = "/proc/sys/net/core/wmem_max") -> int:
+def target_batch(channel_buffer: int, wmem_max_path: str = "/proc/sys/net/core/wmem_max",
+                 privileged: bool | None = None) -> int:
     """How many records a receiver's wait may let gather: a quarter of what the channel holds
-    (the workers' send buffer: ``channel_buffer`` capped at ``net.core.wmem_max``, doubled by
-    the kernel), at most channel.TARGET_BATCH. A burst that quadruples the rate during a wait
-    still fits; with the kernel's default cap (208 KiB: ~216 records) that is 54."""
+    (the workers' send buffer: ``channel_buffer`` capped at ``net.core.wmem_max`` unless the
+    workers run as root, doubled by the kernel), at most channel.TARGET_BATCH. A burst that
+    quadruples the rate during a wait still fits; with the kernel's default cap (208 KiB: ~216
+    records) that is 54."""
     try:
         with open(wmem_max_path) as f:
             cap = int(f.read())
     except (OSError, ValueError):
         cap = 212992  # Linux's default
+    if os.geteuid() == 0 if privileged is None else privileged:
+        cap = channel_buffer  # relay/tap.set_send_buffer: root gets SO_SNDBUFFORCE, no cap
     capacity = 2 * min(channel_buffer, cap) // _RECORD_CHARGE
     return max(1, min(TARGET_BATCH, capacity // 4))
 

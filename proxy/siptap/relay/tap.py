@@ -13,8 +13,9 @@ The kernel does the rest. Each ``send`` is one datagram (framing), it wakes the 
 (no polling), it is refused at once when the socket's send buffer is full (back-pressure
 without waiting: ``EAGAIN``), and it fails with ``EPIPE`` when the mirror is gone (peer
 death). The buffer is the channel's capacity: ``[mirror] channel_buffer`` asks for it with
-``SO_SNDBUF``, which the kernel caps at ``net.core.wmem_max`` (and doubles, for its own
-accounting; a ~930-byte SIP chunk is charged ~1,970 bytes, so 4 MiB holds ~4,200 chunks).
+``SO_SNDBUF``, which the kernel caps at ``net.core.wmem_max`` unless siptap is privileged
+(:func:`set_send_buffer`) and doubles for its own accounting (a ~930-byte SIP chunk is charged
+~1,970 bytes, so 4 MiB holds ~4,200 chunks).
 
 Drops. A refused chunk is dropped and counted: per connection (chunks and bytes per
 direction) in a dict that holds a connection only while it owes the mirror a
@@ -81,10 +82,10 @@ from siptap.sansio.chunk_records import (
     without_chain,
 )
 
-__all__ = ["DEFAULT_BUFFER", "MAX_ENDED_OWING", "MirrorTap"]
+__all__ = ["DEFAULT_BUFFER", "MAX_ENDED_OWING", "MirrorTap", "set_send_buffer"]
 
-# 4 MiB asked, often capped to 208 KiB by net.core.wmem_max (README, [mirror]
-# channel_buffer): with the default cap the channel holds ~110 SIP-sized records,
+# 4 MiB asked; an unprivileged siptap is often capped to 208 KiB by net.core.wmem_max (README,
+# [mirror] channel_buffer): with the default cap the channel holds ~110 SIP-sized records,
 # a few milliseconds of a busy trunk, which is why the README says to raise the cap.
 DEFAULT_BUFFER = 4 * 1024 * 1024
 # One connect attempt a second costs nothing while the mirror is down, and the
@@ -103,6 +104,24 @@ MAX_ENDED_OWING = 4096
 # How often the flusher tries again while something is owed and the channel is connected but
 # full: 20 ms is well under the mirror's batch interval, and the loop stops once nothing is owed.
 FLUSH_INTERVAL = 0.02
+
+# Linux's SO_SNDBUFFORCE (asm-generic/socket.h; the socket module does not name it): SO_SNDBUF
+# without the net.core.wmem_max cap, for a process with CAP_NET_ADMIN (root).
+SO_SNDBUFFORCE = 32
+
+
+def set_send_buffer(sock: socket.socket, size: int) -> None:
+    """Ask for a send buffer of ``size`` bytes: past ``net.core.wmem_max`` when privileged.
+
+    SO_SNDBUF is silently capped at ``wmem_max`` (208 KiB on many systems: a few milliseconds of
+    a busy trunk), which made ``[mirror] channel_buffer`` a wish unless the operator also
+    raised a sysctl. A process with CAP_NET_ADMIN (siptap run as root, as labs often do) gets
+    what the config says; any other falls back to the capped request, as before."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
 
 # A send refused for lack of room: drop the record, keep the connection. EMSGSIZE is one
 # datagram larger than the whole send buffer: that record can never fit, the next may.
@@ -460,8 +479,8 @@ class MirrorTap:
             # The data path's sends must never wait: a full buffer must raise EAGAIN, not block
             # the relay's only thread. Set on the socket itself, so plain socket.send obeys it.
             sock.setblocking(False)
-            # Before connecting: the buffer is the channel's capacity (capped at wmem_max).
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.buffer_size)
+            # Before connecting: the buffer is the channel's capacity.
+            set_send_buffer(sock, self.buffer_size)
             # Non-blocking, so it never waits: on a Unix socket connect either completes at
             # once or fails; EAGAIN (the mirror's accept backlog is full) is not a connect in
             # progress as on TCP, just one more failed attempt, retried like a refusal.
