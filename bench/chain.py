@@ -10,8 +10,12 @@ MIDDLE is one of ``MIDDLES``: ``none`` (customer stunnel straight to the core st
 time into a temporary folder (``make_pki``): no key is ever written into the repository.
 
 Process plumbing reuses the integration tests' helpers (tests/integration/peers.py: free ports,
-``running`` = start, wait until the port listens, SIGTERM/SIGKILL on exit; tests/relay/harness.py:
-``write_config`` for siptap; siptap.tools.export: the pcap -> SIP reader used for wire latency).
+the Peer handle, SIGTERM/SIGKILL on exit; tests/relay/harness.py: ``write_config`` for siptap;
+siptap.tools.export: the pcap -> SIP reader used for wire latency). A port picked free can be
+taken by another process before the peer binds it (the machine is shared): every peer here is
+started by ``on_free_ports``, which waits until the peer's own processes listen on its ports
+(``running_bound``) and, when it lost one, starts it again on new ones, a bounded number of
+times, saying so on stderr.
 
 Measurements come from /proc: ``cpu_seconds`` (utime+stime of a process tree, reaped children
 included), ``pss_kib`` (sum of Pss over the tree from smaps_rollup), ``tcp_established``
@@ -36,10 +40,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -48,7 +53,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from siptap.tools.pki import init_lab_pki  # noqa: E402
-from tests.integration.peers import Peer, free_port, running  # noqa: E402
+from tests.integration.peers import Peer, free_port, listening_ports  # noqa: E402
 from tests.relay.harness import SiptapProcess, write_config  # noqa: E402
 
 SCENARIOS = ROOT / "bench" / "scenarios"
@@ -185,6 +190,110 @@ async def wait_until(predicate, timeout: float, what: str, interval: float = 0.0
             await trio.sleep(interval)
         return
     raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Free ports handed to peers: the race between the pick and the peer's bind
+
+#: How many times a peer is started on freshly picked ports before the harness gives up.
+PORT_ATTEMPTS = 5
+#: What a peer prints when its bind fails for a port in use (stunnel, SIPp, Kamailio, SSLsplit,
+#: siptap all say it in these words, from strerror(EADDRINUSE)).
+ADDRESS_IN_USE = "Address already in use"
+
+T = TypeVar("T")
+
+
+class PortTaken(Exception):
+    """A peer could not bind a port picked for it: another process took it after the pick."""
+
+
+def owned_listening_ports(pid: int) -> set[int]:
+    """TCP ports in LISTEN state (IPv4 and IPv6) on sockets that ``pid``'s process tree holds
+    open: the ports this peer itself listens on, not merely ports someone listens on."""
+    inodes: set[str] = set()
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{member}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{member}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    ports: set[int] = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(name) as table:
+            next(table, None)
+            for line in table:
+                fields = line.split()
+                if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+async def wait_bound(peer: Peer, timeout: float = 15.0) -> None:
+    """Wait until ``peer``'s own processes listen on each of ``peer.ports``. PortTaken when
+    it lost one to another process: it exited saying "Address already in use", or another
+    process listens there while it does not; any other failure to come up is a RuntimeError
+    with its log's tail."""
+    with trio.move_on_after(timeout):
+        while True:
+            missing = set(peer.ports) - owned_listening_ports(peer.process.pid)
+            if not missing:
+                return
+            if peer.process.returncode is not None:
+                if ADDRESS_IN_USE in peer.log_tail(20000):
+                    raise PortTaken(f"{peer.name} exited: a port of {peer.ports} was in use ({ADDRESS_IN_USE})")
+                break
+            # Read after the LISTEN table: a port the peer bound in between is its own by now.
+            taken = (missing & listening_ports()) - owned_listening_ports(peer.process.pid)
+            if taken:
+                raise PortTaken(f"another process listens on {sorted(taken)} picked for {peer.name}")
+            await trio.sleep(0.02)  # polling a condition, bounded by the timeout
+    raise RuntimeError(f"{peer.name} is not listening on {peer.ports} (exit code {peer.process.returncode}); "
+                       f"log {peer.log}:\n{peer.log_tail()}")
+
+
+@contextlib.asynccontextmanager
+async def running_bound(name: str, argv: list[str], workdir: Path, ports: list[int]) -> AsyncIterator[Peer]:
+    """Start ``argv`` in ``workdir`` (stdout and stderr to ``workdir/<name>.log``), wait until
+    its own processes listen on ``ports`` (:func:`wait_bound`), stop it (SIGTERM, then SIGKILL)
+    on exit, also when it never came up."""
+    log = workdir / f"{name}.log"
+    with open(log, "wb") as out:
+        process = await trio.lowlevel.open_process(
+            argv, cwd=str(workdir), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )
+    peer = Peer(name, process, log, ports)
+    try:
+        await wait_bound(peer)
+        yield peer
+    finally:
+        with trio.CancelScope(shield=True):
+            await peer.stop()
+
+
+@contextlib.asynccontextmanager
+async def on_free_ports(what: str, count: int, start: Callable[[list[int]], AbstractAsyncContextManager[T]], *,
+                        attempts: int = PORT_ATTEMPTS, pick: Callable[[], int] = free_port) -> AsyncIterator[T]:
+    """``start(ports)`` on ``count`` freshly picked ports; when the peer lost one of them to
+    another process between the pick and its bind (:class:`PortTaken`), start it again on new
+    ports, at most ``attempts`` times in all, each retry said on stderr. Any other failure is
+    raised at once."""
+    for attempt in range(1, attempts + 1):
+        ports = [pick() for _ in range(count)]
+        stack = contextlib.AsyncExitStack()
+        try:
+            value = await stack.enter_async_context(start(ports))
+        except PortTaken as exc:
+            await stack.aclose()
+            if attempt == attempts:
+                raise PortTaken(f"{what}: lost a picked port {attempts} times in a row; last: {exc}") from None
+            print(f"bench: {what}: {exc}; starting it again on new ports (attempt {attempt + 1} of {attempts})",
+                  file=sys.stderr, flush=True)
+            continue
+        async with stack:
+            yield value
+        return
 
 
 # ------------------------------------------------------------------------------------------------
@@ -536,10 +645,11 @@ def _workdir(tmp: Path, name: str) -> Path:
 
 @contextlib.asynccontextmanager
 async def stunnel(tmp: Path, name: str, conf_text: str, ports: list[int]) -> AsyncIterator[Peer]:
+    """stunnel on ``conf_text``, up once it listens on ``ports`` itself (PortTaken if it lost one)."""
     workdir = _workdir(tmp, name)
     conf = workdir / "stunnel.conf"
     conf.write_text(conf_text)
-    async with running(name, [which("stunnel4"), str(conf)], workdir, ports) as peer:
+    async with running_bound(name, [which("stunnel4"), str(conf)], workdir, ports) as peer:
         yield peer
 
 
@@ -547,10 +657,13 @@ async def stunnel(tmp: Path, name: str, conf_text: str, ports: list[int]) -> Asy
 async def sipp_uas(tmp: Path, *, max_socket: int = 8192) -> AsyncIterator[Peer]:
     """SIPp UAS on TCP running bench/scenarios/uas.xml (100, 180, 200; ACK; BYE -> 200)."""
     workdir = _workdir(tmp, "sipp-uas")
-    port = free_port()
-    argv = [which("sipp"), "-sf", str(SCENARIOS / "uas.xml"), "-t", "t1", "-i", "127.0.0.1", "-p", str(port),
-            "-max_socket", str(max_socket), "-nostdin", "-trace_err", "-error_file", "errors.log"]
-    async with running("sipp-uas", argv, workdir, [port]) as peer:
+
+    def start(ports: list[int]) -> AbstractAsyncContextManager[Peer]:
+        argv = [which("sipp"), "-sf", str(SCENARIOS / "uas.xml"), "-t", "t1", "-i", "127.0.0.1", "-p", str(ports[0]),
+                "-max_socket", str(max_socket), "-nostdin", "-trace_err", "-error_file", "errors.log"]
+        return running_bound("sipp-uas", argv, workdir, ports)
+
+    async with on_free_ports("sipp-uas", 1, start) as peer:
         yield peer
 
 
@@ -587,22 +700,36 @@ class Unsupported(Exception):
 @contextlib.asynccontextmanager
 async def middle(kind: str, tmp: Path, pki: Pki, *, core_port: int, legs: str = "customer",
                  siptap_log_level: str = "info") -> AsyncIterator[Middle]:
-    """Start the middle ``kind`` toward the core stunnel at ``core_port``."""
+    """Start the middle ``kind`` toward the core stunnel at ``core_port``, on free ports (again
+    on new ones if it lost one before binding it: :func:`on_free_ports`)."""
     if kind == "none":
         yield Middle("none", core_port, None, notes=["customer stunnel connects straight to the core stunnel"])
         return
-    port = free_port()
+
+    def start(ports: list[int]) -> AbstractAsyncContextManager[Middle]:
+        return _middle(kind, tmp, pki, ports, core_port=core_port, legs=legs, siptap_log_level=siptap_log_level)
+
+    async with on_free_ports(kind, 2, start) as mid:
+        yield mid
+
+
+@contextlib.asynccontextmanager
+async def _middle(kind: str, tmp: Path, pki: Pki, ports: list[int], *, core_port: int, legs: str,
+                  siptap_log_level: str) -> AsyncIterator[Middle]:
+    """One attempt at starting the middle ``kind`` on ``ports``: the customer-facing port, and
+    a second one (the stunnel pair's loopback hop, Kamailio's UDP listener)."""
+    port, extra = ports
     counters: dict[str, UdpCounter] = {}
     try:
         if kind == "stunnel-pair":
-            loop_port = free_port()
+            loop_port = extra
             async with stunnel(tmp, "stunnel-pair", stunnel_pair_conf(pki, port, loop_port, core_port),
                                [port, loop_port]) as peer:
                 yield Middle(kind, port, peer, notes=["one stunnel process, two services chained via a loopback port"])
         elif kind == "sslsplit":
             workdir = _workdir(tmp, "sslsplit")
             argv = sslsplit_argv(pki, workdir, listen_port=port, core_port=core_port)
-            async with running("sslsplit", argv, workdir, [port]) as peer:
+            async with running_bound("sslsplit", argv, workdir, [port]) as peer:
                 yield Middle(kind, port, peer, notes=[
                     "-L content log, -M key log, -l connection log; does NOT request or verify the customer's "
                     "client certificate (SSLsplit 0.5.5 has no such option) nor verify the core's certificate"])
@@ -612,7 +739,7 @@ async def middle(kind: str, tmp: Path, pki: Pki, *, core_port: int, legs: str = 
             tls_cfg = workdir / "tls.cfg"
             tls_cfg.write_text(kamailio_tls_cfg(pki))
             cfg = workdir / "kamailio.cfg"
-            cfg.write_text(kamailio_cfg(pki, tls_port=port, udp_port=free_port(), core_port=core_port,
+            cfg.write_text(kamailio_cfg(pki, tls_port=port, udp_port=extra, core_port=core_port,
                                         hep_port=counters["hep"].port, tls_cfg=tls_cfg))
             binary = which("kamailio")
             check = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
@@ -620,7 +747,7 @@ async def middle(kind: str, tmp: Path, pki: Pki, *, core_port: int, legs: str = 
                 raise RuntimeError(f"kamailio -c rejected {cfg}:\n{check.stderr[-3000:]}")
             argv = [binary, "-DD", "-E", "-f", str(cfg), "-w", str(workdir), "-Y", str(workdir),
                     "-m", "512", "-M", "32"]
-            async with running("kamailio", argv, workdir, [port]) as peer:
+            async with running_bound("kamailio", argv, workdir, [port]) as peer:
                 yield Middle(kind, port, peer, counters, multiplexes_upstream=True, notes=[
                     "tls verifies both ways; tm t_relay of everything to the core; siptrace trace_mode=1 "
                     "(HEPv3, every received and sent message) to a counting UDP sink; tcp_children=1; "
@@ -629,7 +756,7 @@ async def middle(kind: str, tmp: Path, pki: Pki, *, core_port: int, legs: str = 
             workdir = _workdir(tmp, kind)
             config = siptap_config(workdir, pki, listen_port=port, core_port=core_port)
             argv = [sys.executable, str(ROOT / "bench" / "floor_relay.py"), "--config", str(config)]
-            async with running(kind, argv, workdir, [port]) as peer:
+            async with running_bound(kind, argv, workdir, [port]) as peer:
                 yield Middle(kind, port, peer, notes=[
                     "bench/floor_relay.py: siptap's contexts, handshakes, upstream dial and OpenSSLStream with "
                     "two bare pumps; no framing, logging, mirror or metrics: the trio + pyOpenSSL shell alone"])
@@ -649,7 +776,7 @@ async def middle(kind: str, tmp: Path, pki: Pki, *, core_port: int, legs: str = 
                 if not ok:
                     raise Unsupported(f"siptap check rejects `workers = {workers}`: {output.splitlines()[-1] if output else '?'}")
             argv = [sys.executable, "-m", "siptap", "run", "--config", str(config)]
-            async with running(kind, argv, workdir, [port]) as peer:
+            async with running_bound(kind, argv, workdir, [port]) as peer:
                 notes = [f"log level {siptap_log_level} to a file"]
                 notes.append(f"sinks: HEP/UDP, JSON lines/UDP, key log, pcap, SRTP keys; legs={legs}" if sinks_on else "no mirror sinks")
                 if workers:
@@ -678,13 +805,13 @@ async def chain(tmp: Path, pki: Pki, kind: str, **middle_options: Any) -> AsyncI
     in reverse. Each call starts every process fresh."""
     tmp = Path(tmp)
     async with sipp_uas(tmp) as uas:
-        core_port = free_port()
-        async with stunnel(tmp, "stunnel-core", stunnel_core_conf(pki, core_port, uas.ports[0]), [core_port]) as core:  # noqa: SIM117 - each level needs the one above it
-            async with middle(kind, tmp, pki, core_port=core_port, **middle_options) as mid:
-                customer_port = free_port()
-                async with stunnel(tmp, "stunnel-customer", stunnel_customer_conf(pki, customer_port, mid.port),
-                                   [customer_port]) as customer:
-                    yield Chain(uas, core, core_port, mid, customer, customer_port)
+        core_start = lambda ports: stunnel(tmp, "stunnel-core", stunnel_core_conf(pki, ports[0], uas.ports[0]), ports)  # noqa: E731
+        async with on_free_ports("stunnel-core", 1, core_start) as core:  # noqa: SIM117 - each level needs the one above it
+            async with middle(kind, tmp, pki, core_port=core.ports[0], **middle_options) as mid:
+                customer_start = lambda ports: stunnel(  # noqa: E731
+                    tmp, "stunnel-customer", stunnel_customer_conf(pki, ports[0], mid.port), ports)
+                async with on_free_ports("stunnel-customer", 1, customer_start) as customer:
+                    yield Chain(uas, core, core.ports[0], mid, customer, customer.ports[0])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -727,16 +854,36 @@ class SippUac:
                      f"127.0.0.1:{target_port}", "-r", str(rate), "-l", str(limit), "-max_socket", str(max_socket),
                      "-nostdin", "-trace_stat", "-stf", str(self.stats), "-fd", "1",
                      "-trace_err", "-error_file", str(self.workdir / "errors.log")]
+        self.transport = transport
         self.cpu_probe = cpu_probe
         self.process: trio.Process | None = None
         self._rows_seen = 0
         self._header: list[str] | None = None
 
     async def start(self) -> None:
-        self.stats.unlink(missing_ok=True)
-        with open(self.workdir / "sipp-uac.log", "wb") as out:
-            self.process = await trio.lowlevel.open_process(self.argv, cwd=str(self.workdir), stdin=subprocess.DEVNULL,
-                                                            stdout=out, stderr=subprocess.STDOUT)
+        """Start SIPp. Over ``t1`` it also listens on its local port (-p): it is started once
+        it does, and again on a new port when another process took that one first (as
+        :func:`on_free_ports` does for the other peers). Over ``tn`` it listens on none."""
+        log = self.workdir / "sipp-uac.log"
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            self.stats.unlink(missing_ok=True)
+            with open(log, "wb") as out:
+                self.process = await trio.lowlevel.open_process(self.argv, cwd=str(self.workdir),
+                                                                stdin=subprocess.DEVNULL, stdout=out,
+                                                                stderr=subprocess.STDOUT)
+            if self.transport != "t1":
+                return
+            at = self.argv.index("-p") + 1
+            try:
+                await wait_bound(Peer("sipp-uac", self.process, log, [int(self.argv[at])]))
+                return
+            except PortTaken as exc:
+                await self.stop()
+                if attempt == PORT_ATTEMPTS:
+                    raise PortTaken(f"sipp-uac: lost a picked port {attempt} times in a row; last: {exc}") from None
+                print(f"bench: sipp-uac: {exc}; starting it again on a new port (attempt {attempt + 1} of "
+                      f"{PORT_ATTEMPTS})", file=sys.stderr, flush=True)
+                self.argv[at] = str(free_port())
 
     def _rows(self) -> list[list[str]]:
         try:

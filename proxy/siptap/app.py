@@ -161,6 +161,19 @@ def _same_listener(listener: RouteListener, groups: list[ListenerGroup]) -> List
     return named[0] if named else (same[0] if same else None)
 
 
+def _same_reverse(listener: RouteListener, routes: tuple[Route, ...]) -> Route | None:
+    """The route of a reloaded config whose ``[route.reverse]`` ``listener`` serves: the same
+    name, else (a renamed route) the only one with the same reverse addresses (port 0 never
+    matches by address: each such bind got its own port)."""
+    reverse = [route for route in routes if route.reverse is not None]
+    for route in reverse:
+        if route.name == listener.name:
+            return route
+    same = [route for route in reverse if route.reverse is not None and all(e.port != 0 for e in route.reverse.listen)
+            and set(route.reverse.listen) == set(listener.endpoints)]
+    return same[0] if len(same) == 1 else None
+
+
 class App:
     """One relay process: listeners, sessions, signals, reload, drain.
 
@@ -199,13 +212,13 @@ class App:
         plans = {route.name: build_plans(config, route, self.feed, self.metrics) for route in config.routes}
         # One customer-side listener per address, however many routes share it (relay/routing.py).
         for group in listener_groups(config.routes):
-            self.listeners.append(RouteListener(group.name, "customer", group.listen, _listener_plan(group, plans),
+            self.listeners.append(RouteListener("customer", group.listen, _listener_plan(group, plans),
                                                 group.routes[0].limits.max_connections, self.log,
                                                 reuse_port=worker is not None))
         for route in config.routes:
             reverse = plans[route.name].reverse
             if reverse is not None and route.reverse is not None:
-                self.listeners.append(RouteListener(route.name, "core", route.reverse.listen, reverse,
+                self.listeners.append(RouteListener("core", route.reverse.listen, reverse,
                                                     route.limits.max_connections, self.log,
                                                     reuse_port=worker is not None))
         self.shutdown_requested = trio.Event()
@@ -388,15 +401,17 @@ class App:
                 if group is not None:
                     plan = _listener_plan(group, new_plans)
                     served.update(route.name for route in group.routes)
-            elif (plans := new_plans.get(listener.name)) is not None:
-                plan = plans.reverse
+            elif (reverse_route := _same_reverse(listener, config.routes)) is not None:
+                plan = new_plans[reverse_route.name].reverse
             if plan is None:
                 self.log.warning("reload_route_missing", route=listener.name, leg=listener.leg,
                                  detail="listener kept as it was; restart to remove it")
                 continue
             # A new plan object for new connections; live sessions keep the one they were
             # accepted with (their contexts, limits, route), so a reload never disturbs a call.
-            listener.plan = replace(plan)
+            # The listener takes the plan's route name (metric labels, log lines): a renamed
+            # route's or a changed shared listener's new connections count under the new name.
+            listener.use(replace(plan))
         # Not served: a route on an address not listened on, or a reverse.listen not listened on.
         reverse_served = {listener.name for listener in self.listeners if listener.leg == "core"}
         added = sorted(route.name for route in config.routes if route.name not in served

@@ -239,6 +239,113 @@ async def test_collector_that_refuses_siptaps_client_certificate_is_logged_clear
     assert sink.errors >= 1
 
 
+async def judging_collector(listener: trio.SocketListener, ctx: ssl.SSLContext, answered: trio.Event,
+                            judge: trio.Event) -> None:
+    """A TLS 1.3 collector driven by hand (an ssl.SSLObject over the accepted socket) so that
+    the test says when it judges siptap's client certificate: it answers the ClientHello,
+    then holds siptap's answer (Certificate, CertificateVerify, Finished: siptap's side of the
+    handshake is done when it arrives) unread until ``judge`` is set; OpenSSL then checks the
+    certificate and sends its verdict (an alert, or its session tickets)."""
+    stream = await listener.accept()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_side=True)
+    answered_client = False
+    with trio.fail_after(10):
+        while True:
+            data = await stream.receive_some(65536)
+            if answered_client and not answered.is_set():
+                answered.set()
+                await judge.wait()
+            if not data:
+                return
+            incoming.write(data)
+            try:
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError:
+                await stream.send_all(outgoing.read())  # the alert
+                await stream.aclose()
+                return
+            if out := outgoing.read():
+                await stream.send_all(out)
+                answered_client = True
+
+
+async def test_tls13_refusal_after_the_handshake_is_a_refused_connect_and_nothing_counts_as_sent(pki: Path) -> None:
+    """TLS 1.3: siptap's side of the handshake is done before the collector has judged its
+    certificate. The link is not up until the collector shows it accepted siptap: the events
+    published meanwhile wait, unwritten; the collector's alert refuses the connection, and
+    they are dropped with that alert as their reason (none counted as sent, no link up)."""
+    ctx = collector_context(pki)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    listener, port = await tls_collector(ctx)
+    settings = hep_tls(pki, port, cert=pki / "foreign.pem", key=pki / "foreign.key")
+    assert settings.tls is not None
+    # accept_wait: long enough that only the collector's verdict can end the wait.
+    sink = HepSink(settings, tls_context=client_context(settings.tls), tls=settings.tls, accept_wait=60.0, **FAST)
+    fanout = Fanout([sink])
+    events = dialog_events()
+    answered, judge = trio.Event(), trio.Event()
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(judging_collector, listener, ctx, answered, judge)
+            await nursery.start(fanout.run)
+            await answered.wait()
+            with trio.fail_after(10):
+                while not (sink.link.connected or sink.link.awaiting_acceptance):
+                    await trio.sleep(0.01)  # polling a condition, bounded by the deadline
+            for event in events:
+                assert fanout.publish(event)
+            judge.set()
+            await sink.wait_handled(len(events))
+            await fanout.aclose()
+            nursery.cancel_scope.cancel()
+    assert not [e for e in logs if e["event"] == "mirror_link_up"]
+    (down,) = [e for e in logs if e["event"] == "mirror_link_down"]
+    assert down["reason"] == (f"the collector refused siptap's client certificate {pki / 'foreign.pem'} (TLS alert "
+                              "unknown_ca): is it issued by a CA the collector trusts, and still valid?")
+    assert sink.sent == 0 and sink.link.connects == 0 and sink.errors >= 1
+    assert sink.drop_reasons == {"refused by the collector (TLS alert unknown_ca)": len(events)}
+
+
+@pytest.mark.parametrize(("tickets", "wait", "accepted"), [
+    (2, 60.0, "session ticket"),  # only the ticket can end the wait
+    (0, 0.05, "no refusal within 0.05 s"),
+])
+async def test_tls13_link_is_up_once_the_collector_accepted_siptap(pki: Path, tickets: int, wait: float,
+                                                                  accepted: str) -> None:
+    """The same collector accepting siptap's certificate: its session ticket says so (OpenSSL
+    sends one once the client's certificate and Finished passed); one that sends no ticket
+    is taken as accepting after accept_wait without a refusal. Events published while the
+    link awaited the verdict are delivered, not dropped."""
+    ctx = collector_context(pki)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.num_tickets = tickets
+    listener, port = await tls_collector(ctx)
+    sink = HepSink(hep_tls(pki, port), **_tls_link(pki, port, {**FAST, "accept_wait": wait}))
+    fanout = Fanout([sink])
+    events = dialog_events()
+    answered, judge = trio.Event(), trio.Event()
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(judging_collector, listener, ctx, answered, judge)
+            await nursery.start(fanout.run)
+            await answered.wait()
+            with trio.fail_after(10):
+                while not sink.link.awaiting_acceptance:
+                    await trio.sleep(0.01)  # polling a condition, bounded by the deadline
+            for event in events:
+                assert fanout.publish(event)
+            judge.set()
+            await sink.wait_handled(len(events))
+            await fanout.aclose()
+            nursery.cancel_scope.cancel()
+    (up,) = [e for e in logs if e["event"] == "mirror_link_up"]
+    assert (up["tls_version"], up["accepted"]) == ("TLSv1.3", accepted)
+    assert sink.sent == len(events) and sink.dropped == 0
+
+
 def _tls_link(pki: Path, port: int, options: dict[str, float], server_name: str = "localhost") -> dict[str, object]:
     """The link options build_sinks would give a tls output (tests pass them by hand)."""
     tls = tls_of(pki, server_name=server_name)

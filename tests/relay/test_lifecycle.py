@@ -14,6 +14,7 @@ import trio
 from siptap.tools.lab.core import LabCore, core_context, start_lab_core
 from siptap.tools.lab.customer import IMG2020_CIPHERS, CustomerSession, customer_context
 from siptap.tools.pki import issue_leaf
+from tests.integration.peers import free_port
 from tests.relay.harness import SiptapProcess, reverse_route, write_config
 
 
@@ -164,3 +165,36 @@ async def test_reverse_route_core_initiated_connection(pki: Path, tmp_path: Path
     assert esbc.received == core_as_client.sent
     sip = siptap.find("sip")
     assert {e["direction"] for e in sip} == {"core->customer", "customer->core"}
+
+
+async def test_a_renamed_reverse_route_keeps_its_listener(pki: Path, tmp_path: Path) -> None:
+    """A SIGHUP that renames a route with a reverse listener (same addresses) hands that
+    listener the renamed route's plan: its next connection is the new name's, not refused or
+    left on the old plan with a warning."""
+    issue_leaf(tmp_path, "proxy-both", usage="both", ca_dir=pki)
+    async with trio.open_nursery() as nursery:
+        esbc = LabCore(core_context(pki, cert="core", ciphers=IMG2020_CIPHERS))
+        esbc_port = await nursery.start(functools.partial(esbc.serve, "127.0.0.1", 0))
+        core, core_port = await start_lab_core(nursery, pki)
+        # A fixed reverse port (a free one): port 0 is never matched by address across a reload.
+        reverse = reverse_route(pki, tmp_path / "proxy-both", esbc_port).replace(
+            '"127.0.0.1:0"', f'"127.0.0.1:{free_port()}"')
+        config = write_config(tmp_path, pki, cores=[core_port])
+        config.write_text(config.read_text() + reverse)
+        siptap = SiptapProcess(config)
+        await siptap.start(nursery)
+        reverse_port = await siptap.port(leg="core")
+        for expected in (1, 2):
+            core_as_client = await CustomerSession.connect("127.0.0.1", reverse_port,
+                                                           customer_context(pki, cert="proxy-client"))
+            assert (await core_as_client.options()).status_code == 200
+            await core_as_client.aclose()
+            await siptap.wait_for("connection_closed", count=expected)
+            if expected == 1:
+                config.write_text(config.read_text().replace('name = "test"', 'name = "renamed"'))
+                siptap.signal(signal.SIGHUP)
+                await siptap.wait_for("reloaded")
+        assert await siptap.stop() == 0
+        nursery.cancel_scope.cancel()
+    assert not siptap.find("reload_route_missing") and not siptap.find("reload_routes_added")
+    assert [e["route"] for e in siptap.find("connection_closed")] == ["test", "renamed"]

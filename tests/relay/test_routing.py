@@ -190,6 +190,50 @@ async def test_sighup_reroutes_new_connections_and_a_live_one_keeps_its_core(cer
         == ["acme", "acme", "initech"]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_listener_series_follow_a_reload(certs: Path, tmp_path: Path, workers: int) -> None:
+    """A listener's own series (connections accepted and open) carry the route names of the
+    config in force: after a SIGHUP that adds a route to a shared listener, or renames the one
+    route of another, new connections count under the new names; the old names' series keep
+    their values (a counter never goes back) and their open-connection gauge drains to 0."""
+    shared, solo = free_port(), free_port()
+    top = f'workers = {workers}\n[metrics]\nenabled = true\naddress = "127.0.0.1:0"\n'
+    async with trio.open_nursery() as nursery:
+        core, core_port = await start_lab_core(nursery, certs)
+        config = write(tmp_path / "siptap.toml",
+                       route("acme", shared, core_port, certs, match='client = ["cn:acme"]'),
+                       route("rest", shared, core_port, certs), route("solo", solo, core_port, certs), top=top)
+        siptap = SiptapProcess(config)
+        await siptap.start(nursery)
+        await siptap.wait_for("workers_ready")
+        metrics_port = int((await siptap.wait_for("metrics_up"))[0]["port"])
+        # Open across the reload: its gauge is decremented under the name it was counted under.
+        live = await options_via(shared, certs, "acme")
+        await (await options_via(solo, certs, "acme")).aclose()
+        write(config, route("acme", shared, core_port, certs, match='client = ["cn:acme"]'),
+              route("initech", shared, core_port, certs, match='client = ["cn:initech"]'),
+              route("rest", shared, core_port, certs), route("trunk", solo, core_port, certs), top=top)
+        siptap.signal(signal.SIGHUP)
+        await siptap.wait_for("reloaded", count=workers)
+        for port in (shared, solo):
+            await (await options_via(port, certs, "initech")).aclose()
+        await live.aclose()
+        await siptap.wait_for("connection_closed", count=4)
+        wanted = {}
+        for name, total in (("acme|rest", 1.0), ("acme|initech|rest", 1.0), ("solo", 1.0), ("trunk", 1.0)):
+            labels = (("leg", "customer"), ("route", name))
+            wanted[("siptap_connections_total", labels)] = total
+            wanted[("siptap_connections_active", labels)] = 0.0
+        with trio.move_on_after(10):  # the workers copy their values into the shared files
+            while (got := {key: (await scrape(metrics_port)).get(key) for key in wanted}) != wanted:
+                await trio.sleep(0.2)
+        assert got == wanted
+        assert await siptap.stop() == 0
+        nursery.cancel_scope.cancel()
+    assert not siptap.find("reload_failed") and not siptap.find("reload_route_missing")
+    assert sorted(e["route"] for e in siptap.find("connection_closed")) == ["acme", "initech", "solo", "trunk"]
+
+
 def test_check_refuses_routes_that_cannot_share_an_address(certs: Path, tmp_path: Path) -> None:
     port = free_port()  # check binds it for an instant
     good = write(tmp_path / "good.toml", route("acme", port, 5062, certs, match='client = ["cn:acme"]'),

@@ -14,7 +14,8 @@ This module builds the context once per output (:func:`client_context`), checkin
 first with ``cryptography`` so that a bad one is a :class:`~siptap.errors.CertificateError`
 naming the file and the problem in words (``siptap check`` turns it into an error naming the
 config key) rather than OpenSSL's "PEM lib"; and it turns a failed handshake into one line a
-person can act on (:func:`describe_failure`).
+person can act on (:func:`describe_failure`). :class:`WatchedTransport` lets the link see when a TLS 1.3
+collector has accepted siptap (a session ticket arrived).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
+import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -31,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from siptap.config.mirror import CollectorTls
 from siptap.errors import CertificateError
 
-__all__ = ["client_context", "describe_failure"]
+__all__ = ["WatchedTransport", "client_context", "describe_failure", "refusal_alert"]
 
 # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
 _NAME_MISMATCH = (62, 64)
@@ -86,9 +88,9 @@ def describe_failure(exc: BaseException, tls: CollectorTls, *, handshake: bool =
     reason = cause.reason or ""
     if reason == "WRONG_VERSION_NUMBER":
         return "the collector does not speak TLS (wrong version number): check its address and transport"
-    if "ALERT_" not in reason:
+    alert = refusal_alert(cause)
+    if alert is None:
         return f"TLS failed: {reason or cause}"
-    alert = reason.split("ALERT_", 1)[1].lower()
     if tls.cert is None and alert in _CLIENT_CERT_ALERTS:
         return (f"the collector requires a client certificate and siptap has none (TLS alert {alert}): "
                 "set cert and key")
@@ -101,6 +103,42 @@ def describe_failure(exc: BaseException, tls: CollectorTls, *, handshake: bool =
         return (f"the collector refused siptap's client certificate {tls.cert} (TLS alert {alert}): "
                 "is it issued by a CA the collector trusts, and still valid?")
     return f"the collector refused the TLS handshake (TLS alert {alert})"
+
+
+class WatchedTransport(trio.abc.Stream):
+    """The TCP stream under a collector link's TLS session (:mod:`siptap.mirror.link`),
+    calling ``progressed()`` each time the session asks it for more bytes. trio's SSLStream
+    reads its transport only when OpenSSL wants more, so by then every record received so
+    far has been taken in: a session ticket shows in the session's state at that moment,
+    without polling."""
+
+    def __init__(self, inner: trio.SocketStream, progressed: Callable[[], None]) -> None:
+        self.inner = inner
+        self.progressed = progressed
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        self.progressed()
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def refusal_alert(exc: BaseException) -> str | None:
+    """The TLS alert the collector sent (``unknown_ca``, ``certificate_required``, ...), from
+    the error trio raised, or None when the failure was not an alert."""
+    cause = _ssl_cause(exc)
+    reason = (cause.reason or "") if cause is not None else ""
+    return reason.split("ALERT_", 1)[1].lower() if "ALERT_" in reason else None
 
 
 def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:

@@ -15,6 +15,18 @@ part of connecting (within ``connect_timeout``); a handshake that fails is a con
 failed, logged with the reason in words (collector certificate not trusted, name mismatch,
 client certificate refused), and retried with the same back-off.
 
+A TLS 1.3 collector judges siptap's client certificate after siptap's side of the handshake
+is done, and refuses it with an alert a round trip later. So a TLS 1.3 link is not up when
+its handshake returns: it is *awaiting acceptance* until the collector shows it took us,
+by a session ticket (OpenSSL and Go servers send one only once the client's certificate
+and Finished passed), by data, or by no refusal within ``accept_wait`` (a
+collector that sends no ticket: trio's, OpenSSL's with tickets off). Sends wait meanwhile
+(nothing is written to a collector that has not accepted siptap); a refusal is a failed
+connect, and the events that waited are dropped with the alert as their reason. The ticket
+is seen without polling: the session's transport (:class:`WatchedTransport`) is asked for more
+bytes only once OpenSSL has taken in every record received so far, so that is when the
+session is looked at.
+
 Cost: :class:`LinkSink` encodes a batch, then sends each datagram with one non-blocking
 system call (falling back to trio's waiting send with its timeout only when the socket
 buffer is full), or joins a stream batch into one write with one timeout (over TLS, in
@@ -32,7 +44,7 @@ from typing import Literal, TypedDict
 import trio
 
 from siptap.config.mirror import CollectorTls
-from siptap.mirror.collector_tls import describe_failure
+from siptap.mirror.collector_tls import WatchedTransport, describe_failure, refusal_alert
 from siptap.mirror.events import MirrorEvent
 from siptap.mirror.sink import Sink, describe_error, log
 
@@ -49,6 +61,7 @@ class LinkOptions(TypedDict, total=False):
     backoff_max: float
     connect_timeout: float
     send_timeout: float
+    accept_wait: float  # kind "tls", TLS 1.3: no refusal for this long counts as accepted
     # kind "tls": the context (siptap.mirror.collector_tls.client_context) and what it was built from
     tls_context: ssl.SSLContext
     tls: CollectorTls
@@ -72,6 +85,7 @@ class Link:
         backoff_max: float = 30.0,
         connect_timeout: float = 5.0,
         send_timeout: float = 1.0,
+        accept_wait: float = 0.5,
         tls_context: ssl.SSLContext | None = None,
         tls: CollectorTls | None = None,
     ) -> None:
@@ -86,12 +100,18 @@ class Link:
         self.backoff_max = backoff_max
         self.connect_timeout = connect_timeout
         self.send_timeout = send_timeout
+        self.accept_wait = accept_wait
         self.stream = kind in STREAM_KINDS
         self._sock: trio.socket.SocketType | None = None
         self._raw: socket.socket | None = None  # the same socket, for non-blocking sends
         self.tls_context = tls_context
         self.tls = tls
-        self._tls: trio.SSLStream[trio.SocketStream] | None = None  # kind "tls": the session over _sock
+        self._tls: trio.SSLStream[WatchedTransport] | None = None  # kind "tls": the session over _sock
+        # TLS 1.3, handshake done, the collector's verdict not yet seen: the connection, and
+        # the event senders wait on (set when it is up, or refused: then ``_refusal`` says why).
+        self._pending: tuple[trio.socket.SocketType, socket.socket, trio.SSLStream[WatchedTransport]] | None = None
+        self._verdict = trio.Event()
+        self._refusal: str | None = None
         self.partial = 0  # octets of the current batch written so far (send_stream)
         self._connected = trio.Event()
         self._lost = trio.Event()
@@ -108,6 +128,20 @@ class Link:
     @property
     def connected(self) -> bool:
         return self._sock is not None
+
+    @property
+    def awaiting_acceptance(self) -> bool:
+        """TLS 1.3: handshake done, the collector has not yet shown it accepts siptap."""
+        return self._pending is not None
+
+    async def accepted(self) -> str | None:
+        """Wait (at most ``accept_wait``) while the link awaits the collector's verdict: None
+        when it may be written to (or is simply down: the send says so), else why the
+        collector refused it, the reason for the events that waited."""
+        if self._pending is None:
+            return None
+        await self._verdict.wait()
+        return self._refusal
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
@@ -129,14 +163,19 @@ class Link:
                     backoff = min(backoff * 2, self.backoff_max)
                     continue
                 up_since = trio.current_time()
+                self._lost = trio.Event()
                 try:
-                    self._up(sock, raw, tls)
+                    if tls is not None and tls.version() == "TLSv1.3":
+                        self._await_acceptance(sock, raw, tls)
+                    else:
+                        self._up(sock, raw, tls, accepted="handshake" if tls is not None else None)
                     if self.stream:
                         await self._watch_eof(sock, tls)
                     else:
                         await self._lost.wait()
                 finally:
                     self._sock = self._raw = self._tls = None
+                    self._settle("peer down")
                     if self._connected.is_set():
                         self._connected = trio.Event()
                     sock.close()
@@ -147,6 +186,7 @@ class Link:
                     backoff = self.backoff_initial
         finally:
             self._sock = self._raw = self._tls = None
+            self._settle("peer down")
 
     def _describe(self, exc: BaseException, *, handshake: bool = True) -> str:
         """Why connecting (``handshake``) or a live connection failed, in words."""
@@ -157,7 +197,7 @@ class Link:
         assert self.tls is not None  # only a TLS link raises anything else
         return describe_failure(exc, self.tls, handshake=handshake)
 
-    async def _open(self) -> tuple[trio.socket.SocketType, socket.socket, trio.SSLStream[trio.SocketStream] | None]:
+    async def _open(self) -> tuple[trio.socket.SocketType, socket.socket, trio.SSLStream[WatchedTransport] | None]:
         """A connected socket: trio's, for waiting sends and reads, and the standard-library
         socket it wraps (the same object, made non-blocking by trio), for the one-call
         sends of the fast paths; for kind ``tls`` also the TLS session over it, handshake
@@ -178,14 +218,15 @@ class Link:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await sock.connect(addr)
             if self.tls_context is not None and self.tls is not None:
-                tls = trio.SSLStream(trio.SocketStream(sock), self.tls_context, server_hostname=self.tls.server_name)
+                transport = WatchedTransport(trio.SocketStream(sock), self._session_progressed)
+                tls = trio.SSLStream(transport, self.tls_context, server_hostname=self.tls.server_name)
                 await tls.do_handshake()
         except BaseException:
             sock.close()
             raise
         return sock, raw, tls
 
-    async def _watch_eof(self, sock: trio.socket.SocketType, tls: trio.SSLStream[trio.SocketStream] | None) -> None:
+    async def _watch_eof(self, sock: trio.socket.SocketType, tls: trio.SSLStream[WatchedTransport] | None) -> None:
         """Collectors never talk back: anything read is discarded, EOF or an error means the
         peer is gone. Also returns when a failed send marked the link lost. Over TLS 1.3 this
         is also where a collector's refusal of siptap's client certificate shows: the server
@@ -199,11 +240,20 @@ class Link:
                             pass
                     else:
                         while await tls.receive_some(4096):
-                            pass
-                    self._down("peer closed the connection")
+                            self._accept("data")
+                    if self._pending is not None:  # close_notify instead of a verdict
+                        self._down(_CLOSED_BEFORE_ACCEPTING, error=ConnectionError(_CLOSED_BEFORE_ACCEPTING))
+                    else:
+                        self._down("peer closed the connection")
                 except (OSError, trio.BrokenResourceError) as exc:
-                    self._down(self._describe(exc, handshake=False), error=exc)
+                    # Before acceptance an alert is the collector's refusal: worded as a
+                    # handshake failure ("refused siptap's client certificate ...").
+                    self._down(self._describe(exc, handshake=self._pending is not None), error=exc)
                 nursery.cancel_scope.cancel()
+
+            async def quiet() -> None:
+                await trio.sleep(self.accept_wait)
+                self._accept(f"no refusal within {self.accept_wait:g} s")
 
             async def lost() -> None:
                 await self._lost.wait()
@@ -211,26 +261,68 @@ class Link:
 
             nursery.start_soon(read)
             nursery.start_soon(lost)
+            if self._pending is not None:
+                nursery.start_soon(quiet)
+
+    def _await_acceptance(self, sock: trio.socket.SocketType, raw: socket.socket,
+                          tls: trio.SSLStream[WatchedTransport]) -> None:
+        """TLS 1.3: the handshake is done, the collector's verdict on siptap's certificate is
+        not in yet (see the module docstring); sends wait for it."""
+        self._pending = (sock, raw, tls)
+        self._verdict = trio.Event()
+        self._session_progressed()  # a ticket may have come with the collector's Finished
+
+    def _session_progressed(self) -> None:
+        """The TLS session took in all it received (see :class:`WatchedTransport`): a session ticket
+        among it is the collector's acceptance."""
+        pending = self._pending
+        if pending is not None:
+            try:
+                session = pending[2].session
+            except ValueError:  # OpenSSL could not serialise it: no ticket to see yet
+                return
+            if session is not None and session.has_ticket:
+                self._accept("session ticket")
+
+    def _accept(self, how: str) -> None:
+        """The collector accepted the connection awaiting acceptance (if any): it is up."""
+        if self._pending is not None:
+            sock, raw, tls = self._pending
+            self._pending = None
+            self._refusal = None
+            self._up(sock, raw, tls, accepted=how)
+            self._verdict.set()
+
+    def _settle(self, reason: str) -> None:
+        """No verdict will come (refused, lost or stopped): release the waiting senders."""
+        if self._pending is not None:
+            self._pending = None
+            self._refusal = reason
+            self._verdict.set()
 
     def _up(self, sock: trio.socket.SocketType, raw: socket.socket,
-            tls: trio.SSLStream[trio.SocketStream] | None) -> None:
+            tls: trio.SSLStream[WatchedTransport] | None, accepted: str | None = None) -> None:
         self._sock = sock
         self._raw = raw
         self._tls = tls
-        self._lost = trio.Event()
         self.connects += 1
         self._connected.set()
         details: dict[str, object] = {}
         if tls is not None:
             cipher = tls.cipher()
             details = {"tls_version": tls.version(), "cipher": cipher[0] if cipher else None,
-                       "client_certificate": self.tls is not None and self.tls.cert is not None}
+                       "client_certificate": self.tls is not None and self.tls.cert is not None,
+                       "accepted": accepted}
         log.info("mirror_link_up", sink=self.sink.name, link=str(self), after=self._down_reason, **details)
         self._logged_down = False
 
     def _down(self, reason: str, error: BaseException | None = None) -> None:
         """Record why the link is down; count an error and log once per outage."""
         self._down_reason = reason
+        if self._pending is not None:  # the collector's refusal: the reason the waiting events get
+            alert = refusal_alert(error) if error is not None else None
+            self._settle(f"refused by the collector (TLS alert {alert})" if alert else "closed by the collector "
+                         "before it accepted siptap")
         if error is not None:
             self.sink.note_error(f"{self}: {reason}")
         if not self._logged_down:
@@ -244,11 +336,11 @@ class Link:
     async def send(self, data: bytes) -> str | None:
         """Deliver one unit; None on success, else the reason it was not delivered (the
         caller counts the drop)."""
+        if self._pending is not None or self._tls is not None:
+            return await self.send_stream(data)
         sock = self._sock
         if sock is None:
             return "peer down"
-        if self._tls is not None:
-            return await self.send_stream(data)
         try:
             with trio.fail_after(self.send_timeout):
                 if self.stream:
@@ -287,6 +379,9 @@ class Link:
         ``send_timeout`` for the rest of the batch. ``self.partial`` tells how much was
         written, also when this fails or is cancelled half-way."""
         self.partial = 0
+        refused = await self.accepted()
+        if refused is not None:
+            return refused
         raw, sock = self._raw, self._sock
         if raw is None or sock is None:
             return "peer down"
@@ -308,7 +403,7 @@ class Link:
             return self._send_failed(exc)
         return None
 
-    async def _send_tls(self, tls: trio.SSLStream[trio.SocketStream], data: bytes) -> str | None:
+    async def _send_tls(self, tls: trio.SSLStream[WatchedTransport], data: bytes) -> str | None:
         """:meth:`send_stream` over the TLS session: one ``send_all`` per piece of at most
         one TLS record's worth, so ``partial`` counts what the kernel has taken, as it does
         over TCP. A send cut short (timeout, cancellation) breaks the session: the link
@@ -343,6 +438,9 @@ class Link:
         # after the back-off rather than send into the void.
         self._down(reason, error=exc)
         return f"send failed ({errno.errorcode.get(exc.errno or 0, 'error')})"
+
+
+_CLOSED_BEFORE_ACCEPTING = "the collector closed the connection before accepting siptap (TLS 1.3, after the handshake)"
 
 
 class LinkSink(Sink):
@@ -439,6 +537,16 @@ class LinkSink(Sink):
         if not units:
             return
         link = self.link
+        try:
+            # A TLS 1.3 link awaiting the collector's verdict: nothing is written before it;
+            # refused, every record of the batch is dropped with the collector's alert.
+            refused = await link.accepted()
+        except BaseException:
+            self.leave_unfinished(pending)
+            raise
+        if refused is not None:
+            self.drop(refused, len(units))
+            return
         try:
             reason = await link.send_stream(units[0] if len(units) == 1 else b"".join(units))
         except BaseException:

@@ -101,10 +101,11 @@ DETAILS = {
 
 
 async def accept_loop(listener: trio.SocketListener, handler: Callable[[trio.SocketStream], Awaitable[None]],
-                      connections: trio.Nursery, *, ended: ConnectionEnded, log: LogWriter,
+                      connections: trio.Nursery, *, ended: ConnectionEnded, log: Callable[[], LogWriter],
                       count_failure: Callable[[str], None]) -> None:
     """Accept on ``listener`` forever, starting ``handler(stream)`` in ``connections`` for each
-    connection. ``log``: the route's logger (``accept_failed``, ``accept_recovered``);
+    connection. ``log()``: the route's logger now, its name as the last reload gave it
+    (``accept_failed``, ``accept_recovered``);
     ``count_failure(reason)``: bumps the metric, once per failed attempt."""
     failures = AcceptFailures()
     host, port = listener.socket.getsockname()[:2]
@@ -120,11 +121,11 @@ async def accept_loop(listener: trio.SocketListener, handler: Callable[[trio.Soc
                 count_failure(reason)
                 report = failures.failed(reason, trio.current_time())
                 if report is not None:
-                    log.warning("accept_failed", address=address, strerror=os.strerror(exc.errno),
+                    log().warning("accept_failed", address=address, strerror=os.strerror(exc.errno),
                                 detail=DETAILS[exc.errno], **report)
                 await ended.wait(failures.backoff())
                 continue
             recovered = failures.succeeded(trio.current_time())
             if recovered is not None:
-                log.info("accept_recovered", address=address, **recovered)
+                log().info("accept_recovered", address=address, **recovered)
             connections.start_soon(handler, stream)

@@ -2,7 +2,11 @@
 
 Accepting never waits on a session: each connection runs in the connection nursery the app
 owns, so stopping the listeners (shutdown) and draining the sessions are separate steps.
-The session plan is read at accept time, so a reload affects new connections only.
+The session plan is read at accept time, so a reload affects new connections only. The
+listener's own log lines and series (``connections_total``, ``connections_active``,
+refusals for ``max_connections``, accept failures) carry its plan's route name, so they
+follow a reload that renames the route or adds routes to a shared listener (the joined
+name); a connection's gauge is decremented under the name it was counted under.
 
 With ``reuse_port`` (``workers`` > 1) every listening socket sets SO_REUSEPORT before it
 binds, so the worker processes each bind the same address and the kernel spreads new
@@ -32,20 +36,30 @@ from siptap.relay.sockets import tune_socket
 
 
 class RouteListener:
-    def __init__(self, name: str, leg: str, endpoints: tuple[Endpoint, ...], plan: SessionPlan,
+    """``plan.route`` names the listener (one route's name, or a shared listener's joined
+    name): in its log lines and metric labels, and to the app's reload."""
+
+    def __init__(self, leg: str, endpoints: tuple[Endpoint, ...], plan: SessionPlan,
                  max_connections: int, log: LogWriter, *, reuse_port: bool = False) -> None:
-        self.name = name
         self.leg = leg
         self.endpoints = endpoints
-        self.plan = plan  # replaced wholesale on reload
+        self._root_log = log
+        self.use(plan)
         self.max_connections = max_connections
-        self.log = log.bind(route=name)
         self.active = 0
         self.total = 0
         self.refused = 0
         self.bound: list[tuple[str, int]] = []
         self.reuse_port = reuse_port
         self.connection_ended = ConnectionEnded()
+
+    def use(self, plan: SessionPlan) -> None:
+        """Accept new connections with ``plan`` (start-up, reload), and take its route name:
+        a reload that renames the route or changes a shared listener's routes relabels this
+        listener's log lines and series from now on. Live sessions keep the plan they had."""
+        self.plan = plan
+        self.name = plan.route
+        self.log = self._root_log.bind(route=plan.route)
 
     async def serve(self, connections: trio.Nursery, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED) -> None:
         listeners: list[trio.SocketListener] = []
@@ -69,9 +83,12 @@ class RouteListener:
                 for listener in listeners:
                     accepting.start_soon(functools.partial(
                         accept_loop, listener, self._handle, connections, ended=self.connection_ended,
-                        log=self.log.bind(leg=self.leg), count_failure=self._count_accept_failure))
+                        log=self._accept_log, count_failure=self._count_accept_failure))
         finally:
             self.log.info("listener_down", leg=self.leg)
+
+    def _accept_log(self) -> LogWriter:
+        return self.log.bind(leg=self.leg)
 
     def _count_accept_failure(self, reason: str) -> None:
         metrics = self.plan.metrics
@@ -93,9 +110,11 @@ class RouteListener:
         self.active += 1
         self.total += 1
         metrics = self.plan.metrics
+        # Kept: a reload during the session must not move its decrement to another series.
+        name = self.name
         if metrics is not None:
-            metrics.child(metrics.connections_total, self.name, self.leg).inc()
-            metrics.child(metrics.connections_active, self.name, self.leg).inc()
+            metrics.child(metrics.connections_total, name, self.leg).inc()
+            metrics.child(metrics.connections_active, name, self.leg).inc()
         try:
             tune_socket(tcp.socket)
             await run_session(tcp, self.plan, self.log)
@@ -105,7 +124,7 @@ class RouteListener:
         finally:
             self.active -= 1
             if metrics is not None:
-                metrics.child(metrics.connections_active, self.name, self.leg).dec()
+                metrics.child(metrics.connections_active, name, self.leg).dec()
             await trio.aclose_forcefully(tcp)  # as trio.serve_listeners did: never leak the descriptor
             self.connection_ended.notify()  # a descriptor is free: an accept loop in back-off may retry
 
