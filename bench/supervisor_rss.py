@@ -6,16 +6,19 @@ forwarding into :class:`siptap.log.QueueWriter` (the mirror's ``sip`` lines, ~7,
 (this script, ``--child``) that writes JSON lines shaped like the mirror's ``sip`` lines at
 ``--rate`` lines/s through its own QueueWriter (one write per 50 ms, as the mirror does), and
 this process forwards them into a QueueWriter writing to ``--sink`` (default /dev/null). Every
-``--interval`` s it samples its own memory: VmRSS/RssAnon, glibc's ``mallinfo2`` (main arena)
-and ``malloc_info`` (every arena: in use = system - free), the collector's tracked objects, and
-with ``--trace`` tracemalloc's traced total and the top sites grown since the first sample.
+``--interval`` s it samples its own memory: VmRSS/RssAnon, glibc's ``mallinfo2`` (heap bytes,
+in use, free, summed over every arena) and ``malloc_info`` (each arena's heap), the
+collector's tracked objects, and with ``--trace`` tracemalloc's traced total and the top
+sites grown since the first sample. ``--stall-every S`` SIGSTOPs this process for
+``--stall-for`` seconds every S seconds, as a loaded box does: the lines then come in a burst.
 
     .venv/bin/python bench/supervisor_rss.py --duration 600 [--rate 7000] [--trace] [--trim-every 60]
+    .venv/bin/python bench/supervisor_rss.py --stall-every 60 --as-supervisor   # as `siptap run` sets it up
     MALLOC_ARENA_MAX=1 .venv/bin/python bench/supervisor_rss.py ...      # glibc's arenas capped
     PYTHONPATH=/work/base-x/proxy .venv/bin/python bench/supervisor_rss.py ...   # another checkout
 
-Prints one line per sample; ``--json FILE`` writes every sample. The child paces itself with a
-10 ms sleep per batch (it is a load generator, not a measurement); run it niced on a shared box.
+Prints one line per sample; ``--json FILE`` writes every sample. The child (niced) paces
+itself with a 10 ms sleep per batch: it is a load generator, not a measurement.
 """
 
 from __future__ import annotations
@@ -130,7 +133,8 @@ async def parent(args: argparse.Namespace) -> list[dict[str, object]]:
     def sample() -> dict[str, object]:
         info = _libc.mallinfo2()
         s: dict[str, object] = {"t": round(trio.current_time() - t0, 1), "lines": forwarded[0], **status_kib(),
-                                "main_arena": info.arena, "main_in_use": info.uordblks, "main_free": info.fordblks,
+                                # mallinfo2 sums every arena (glibc >= 2.33): heap bytes, in use, free.
+                                "heap": info.arena, "heap_in_use": info.uordblks, "heap_free": info.fordblks,
                                 "mmapped": info.hblkhd, **{f"all_{k}": v for k, v in arenas().items()},
                                 "gc_objects": len(gc.get_objects()), "dropped": writer.dropped,
                                 "cpu": round(time.process_time(), 2)}
@@ -167,6 +171,8 @@ async def parent(args: argparse.Namespace) -> list[dict[str, object]]:
             for g in s.get("grown", []):  # type: ignore[attr-defined]
                 print("   ", g)
             next_at += args.interval
+            if next_at - t0 > args.duration:
+                break
             await trio.sleep_until(next_at)
         if slot.process is not None and slot.process.returncode is None:
             slot.process.kill()  # run_child then reaps it and returns
@@ -198,6 +204,8 @@ def main() -> None:
     p.add_argument("--stall-every", type=float, default=0.0,
                    help="SIGSTOP this process for --stall-for s every S s (0: never): a burst after each")
     p.add_argument("--stall-for", type=float, default=2.0)
+    p.add_argument("--as-supervisor", action="store_true",
+                   help="set up the allocator as `siptap run` does for its supervisor process (this checkout's)")
     p.add_argument("--json", type=Path, help="write every sample here")
     args = p.parse_args()
     if args.child:
@@ -205,6 +213,13 @@ def main() -> None:
         return
     if args.mmap_threshold:
         _libc.mallopt(-3, args.mmap_threshold)  # M_MMAP_THRESHOLD
+    if args.as_supervisor:
+        try:
+            from siptap.allocator import map_large_allocations  # absent before session 8
+        except ImportError:
+            print("this checkout sets nothing for the supervisor process", flush=True)
+        else:
+            print(f"siptap.allocator: mmap threshold {map_large_allocations()}", flush=True)
     samples = trio.run(parent, args)
     if args.json:
         args.json.write_text(json.dumps({"argv": sys.argv, "env_arena_max": os.environ.get("MALLOC_ARENA_MAX"),
