@@ -13,7 +13,7 @@ sites grown since the first sample. ``--stall-every S`` SIGSTOPs this process fo
 ``--stall-for`` seconds every S seconds, as a loaded box does: the lines then come in a burst.
 
     .venv/bin/python bench/supervisor_rss.py --duration 600 [--rate 7000] [--trace] [--trim-every 60]
-    .venv/bin/python bench/supervisor_rss.py --stall-every 60 --as-supervisor   # as `siptap run` sets it up
+    .venv/bin/python bench/supervisor_rss.py --stall-every 60 --as-supervisor   # trimmed as the supervisor trims
     MALLOC_ARENA_MAX=1 .venv/bin/python bench/supervisor_rss.py ...      # glibc's arenas capped
     PYTHONPATH=/work/base-x/proxy .venv/bin/python bench/supervisor_rss.py ...   # another checkout
 
@@ -127,6 +127,7 @@ async def parent(args: argparse.Namespace) -> list[dict[str, object]]:
         msg(text)
 
     samples: list[dict[str, object]] = []
+    trims = [0, 0.0]  # malloc_trim calls, their CPU seconds
     base_snapshot: list[tracemalloc.Snapshot] = []
     t0 = trio.current_time()
 
@@ -137,7 +138,7 @@ async def parent(args: argparse.Namespace) -> list[dict[str, object]]:
                                 "heap": info.arena, "heap_in_use": info.uordblks, "heap_free": info.fordblks,
                                 "mmapped": info.hblkhd, **{f"all_{k}": v for k, v in arenas().items()},
                                 "gc_objects": len(gc.get_objects()), "dropped": writer.dropped,
-                                "cpu": round(time.process_time(), 2)}
+                                "cpu": round(time.process_time(), 2), "trims": trims[0], "trim_cpu": round(trims[1], 4)}
         if args.trace:
             s["traced"] = tracemalloc.get_traced_memory()[0]
             snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
@@ -153,7 +154,7 @@ async def parent(args: argparse.Namespace) -> list[dict[str, object]]:
         await trio.sleep_until(next_at)
         if args.trace:
             tracemalloc.start(4)
-        last_trim = last_stall = trio.current_time()
+        last_stall = trio.current_time()
         while trio.current_time() - t0 < args.duration:
             if args.stall_every and trio.current_time() - last_stall >= args.stall_every:
                 # The whole process (trio thread and writer thread) off the CPU for a while, as on
@@ -162,9 +163,6 @@ async def parent(args: argparse.Namespace) -> list[dict[str, object]]:
                                               f"kill -CONT {os.getpid()}"])
                 await trio.sleep(args.stall_for + 1)
                 last_stall = trio.current_time()
-            if args.trim_every and trio.current_time() - last_trim >= args.trim_every:
-                _libc.malloc_trim(0)
-                last_trim = trio.current_time()
             s = sample()
             samples.append(s)
             print(" ".join(f"{k}={v}" for k, v in s.items() if k != "grown"), flush=True)
@@ -176,11 +174,23 @@ async def parent(args: argparse.Namespace) -> list[dict[str, object]]:
             await trio.sleep_until(next_at)
         if slot.process is not None and slot.process.returncode is None:
             slot.process.kill()  # run_child then reaps it and returns
+        nursery.cancel_scope.cancel()  # the trimmer
+
+    async def trimmer() -> None:
+        # A task of its own, on its own period: the samples see the heap between trims too.
+        while True:
+            await trio.sleep(args.trim_every)
+            started = time.process_time()
+            _libc.malloc_trim(0)
+            trims[0] += 1
+            trims[1] += time.process_time() - started
 
     slot = Slot(0, delay=1.0)
     argv = ["nice", "-n", "10", sys.executable, __file__, "--child", "--rate", str(args.rate)]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sampler)
+        if args.trim_every:
+            nursery.start_soon(trimmer)
         await run_child(slot, argv, name="child", log=get_logger(), emit=emit, ready_timeout=30, metrics_dir=None,
                         on_ready=lambda process: None, fields={})
     writer.close()
@@ -205,7 +215,7 @@ def main() -> None:
                    help="SIGSTOP this process for --stall-for s every S s (0: never): a burst after each")
     p.add_argument("--stall-for", type=float, default=2.0)
     p.add_argument("--as-supervisor", action="store_true",
-                   help="set up the allocator as `siptap run` does for its supervisor process (this checkout's)")
+                   help="trim the heap as this checkout's supervisor does (siptap.allocator.HEAP_TRIM_INTERVAL)")
     p.add_argument("--json", type=Path, help="write every sample here")
     args = p.parse_args()
     if args.child:
@@ -215,11 +225,12 @@ def main() -> None:
         _libc.mallopt(-3, args.mmap_threshold)  # M_MMAP_THRESHOLD
     if args.as_supervisor:
         try:
-            from siptap.allocator import map_large_allocations  # absent before session 8
+            from siptap.allocator import HEAP_TRIM_INTERVAL  # absent before session 8
         except ImportError:
-            print("this checkout sets nothing for the supervisor process", flush=True)
+            print("this checkout does nothing for the supervisor's heap", flush=True)
         else:
-            print(f"siptap.allocator: mmap threshold {map_large_allocations()}", flush=True)
+            args.trim_every = HEAP_TRIM_INTERVAL
+            print(f"trimming every {HEAP_TRIM_INTERVAL:g} s, as the supervisor does", flush=True)
     samples = trio.run(parent, args)
     if args.json:
         args.json.write_text(json.dumps({"argv": sys.argv, "env_arena_max": os.environ.get("MALLOC_ARENA_MAX"),

@@ -32,6 +32,8 @@ single process would, and each worker gets its own stdout pipe.
   restarted like a worker (``mirror_died``, ``mirror_restarted``) and stopped last, once every
   worker has drained, so their last records reach the sinks.
 - Metrics: see :mod:`siptap.metrics` (multiprocess mode; the supervisor serves the endpoint).
+- Memory: glibc's free heap pages are given back every 10 s (:mod:`siptap.allocator`), or a
+  burst of forwarded log lines would leave the heap grown for good.
 
 One child's plumbing (its start, ``ready`` line, output forwarding, exit description, and the
 worker's end of the control socket) is :mod:`siptap.child_process`; this module decides when
@@ -50,6 +52,7 @@ from pathlib import Path
 
 import trio
 
+from siptap.allocator import HEAP_TRIM_INTERVAL, glibc_malloc_trim
 from siptap.child_process import Slot, describe_exit, run_child, stderr_reason
 from siptap.config import Config, load_config
 from siptap.errors import ListenError, SiptapError
@@ -92,7 +95,8 @@ class Supervisor:
     def __init__(self, config: Config, count: int, emit: Callable[[str], None], *,
                  worker_args: tuple[str, ...] = (), restart_initial: float = RESTART_INITIAL,
                  restart_max: float = RESTART_MAX, max_start_failures: int = MAX_START_FAILURES,
-                 ready_timeout: float = READY_TIMEOUT, mirror: bool = False) -> None:
+                 ready_timeout: float = READY_TIMEOUT, mirror: bool = False,
+                 heap_trim_interval: float = HEAP_TRIM_INTERVAL) -> None:
         self.config = config
         self.count = count
         self.emit = emit
@@ -103,6 +107,8 @@ class Supervisor:
         self.restart_max = restart_max
         self.max_start_failures = max_start_failures
         self.ready_timeout = ready_timeout
+        self.heap_trim_interval = heap_trim_interval
+        self.heap_trims = 0  # malloc_trim calls so far (none without glibc)
         # The supervisor's own lines go through the same writer as the children's forwarded
         # ones (emit), so stdout stays one JSON object per line whatever their source.
         self.log = get_logger("siptap")
@@ -163,6 +169,7 @@ class Supervisor:
                 # the start-up must stop the run, not kill the supervisor by default action.
                 outer.start_soon(self._signals)
                 outer.start_soon(self._announce_ready)
+                outer.start_soon(self._trim_heap)
                 # Stop order, the reverse of the start order: the mirror first, so that a
                 # worker's tap connects at once (no record of its first calls dropped for
                 # want of a listener), and last out, so that the records a worker sends
@@ -187,7 +194,7 @@ class Supervisor:
                 await self._mirror_stopped.wait()
                 # Cancelling the receiver puts back the handlers it replaced (for SIGTERM, the
                 # default: death); by then every child has exited and only the cleanup is left.
-                outer.cancel_scope.cancel()  # the signal watcher
+                outer.cancel_scope.cancel()  # the signal watcher and the heap trimmer
         finally:
             # In finally: even on an error, the channel socket and the metrics files (one per
             # process that ever ran) do not pile up in /tmp run after run. ignore_errors: a child
@@ -213,6 +220,18 @@ class Supervisor:
             # child ended before cli prints the one error line and exits 1.
             raise WorkersFailed(self.failure)
         return 0 if clean else 1
+
+    async def _trim_heap(self) -> None:
+        """Give glibc's free heap pages back every ``heap_trim_interval`` s: a burst of forwarded
+        log lines (after a stall) would otherwise leave the heap grown for good
+        (:mod:`siptap.allocator` has the measurement)."""
+        trim = glibc_malloc_trim()
+        if trim is None:  # no glibc: nothing to trim with
+            return
+        while True:
+            await trio.sleep(self.heap_trim_interval)
+            trim()
+            self.heap_trims += 1
 
     def _start_metrics(self) -> None:
         if not self.config.metrics.enabled:
