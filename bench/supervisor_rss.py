@@ -13,7 +13,7 @@ sites grown since the first sample. ``--stall-every S`` SIGSTOPs this process fo
 ``--stall-for`` seconds every S seconds, as a loaded box does: the lines then come in a burst.
 
     .venv/bin/python bench/supervisor_rss.py --duration 600 [--rate 7000] [--trace] [--trim-every 60]
-    .venv/bin/python bench/supervisor_rss.py --stall-every 60 --as-supervisor   # trimmed as the supervisor trims
+    .venv/bin/python bench/supervisor_rss.py --stall-every 60 --as-supervisor   # the allocator as `siptap run` sets it up
     MALLOC_ARENA_MAX=1 .venv/bin/python bench/supervisor_rss.py ...      # glibc's arenas capped
     PYTHONPATH=/work/base-x/proxy .venv/bin/python bench/supervisor_rss.py ...   # another checkout
 
@@ -215,7 +215,7 @@ def main() -> None:
                    help="SIGSTOP this process for --stall-for s every S s (0: never): a burst after each")
     p.add_argument("--stall-for", type=float, default=2.0)
     p.add_argument("--as-supervisor", action="store_true",
-                   help="trim the heap as this checkout's supervisor does (siptap.allocator.HEAP_TRIM_INTERVAL)")
+                   help="set up the allocator as this checkout's `siptap run` does for its supervisor process")
     p.add_argument("--json", type=Path, help="write every sample here")
     args = p.parse_args()
     if args.child:
@@ -225,12 +225,11 @@ def main() -> None:
         _libc.mallopt(-3, args.mmap_threshold)  # M_MMAP_THRESHOLD
     if args.as_supervisor:
         try:
-            from siptap.allocator import HEAP_TRIM_INTERVAL  # absent before session 8
+            from siptap.allocator import map_large_allocations  # absent before session 8
         except ImportError:
-            print("this checkout does nothing for the supervisor's heap", flush=True)
+            print("this checkout sets nothing for the supervisor process", flush=True)
         else:
-            args.trim_every = HEAP_TRIM_INTERVAL
-            print(f"trimming every {HEAP_TRIM_INTERVAL:g} s, as the supervisor does", flush=True)
+            print(f"siptap.allocator: mmap threshold {map_large_allocations()}", flush=True)
     samples = trio.run(parent, args)
     if args.json:
         args.json.write_text(json.dumps({"argv": sys.argv, "env_arena_max": os.environ.get("MALLOC_ARENA_MAX"),

@@ -225,8 +225,8 @@ async def _forward_stdout(stream: trio.abc.ReceiveStream, emit: Callable[[str], 
         # "replace": a child cut off mid-character (killed) must not kill the forwarder.
         # In production emit is QueueWriter.msg: a bounded queue that drops (and counts) when
         # full, so a flood from one child costs log lines, never the supervisor's memory.
-        # Decoded from a view of the read, not a slice of it: a read is up to 64 KiB, and every
-        # copy of it is one more large block for glibc's heap (siptap/allocator.py).
+        # Decoded from a view of the read, not a slice of it: a read is up to 64 KiB, and each
+        # copy of it is a large block (a mapping of its own in the supervisor: siptap/allocator.py).
         head = memoryview(chunk)[:cut]
         emit(str(b"".join((pending, head)) if pending else head, "utf-8", "replace"))
         pending = chunk[cut + 1:]

@@ -32,8 +32,6 @@ single process would, and each worker gets its own stdout pipe.
   restarted like a worker (``mirror_died``, ``mirror_restarted``) and stopped last, once every
   worker has drained, so their last records reach the sinks.
 - Metrics: see :mod:`siptap.metrics` (multiprocess mode; the supervisor serves the endpoint).
-- Memory: glibc's free heap pages are given back every 10 s (:mod:`siptap.allocator`), or a
-  burst of forwarded log lines would leave the heap grown for good.
 
 One child's plumbing (its start, ``ready`` line, output forwarding, exit description, and the
 worker's end of the control socket) is :mod:`siptap.child_process`; this module decides when
@@ -52,7 +50,6 @@ from pathlib import Path
 
 import trio
 
-from siptap.allocator import HEAP_TRIM_INTERVAL, glibc_malloc_trim
 from siptap.child_process import Slot, describe_exit, run_child, stderr_reason
 from siptap.config import Config, load_config
 from siptap.errors import ListenError, SiptapError
@@ -95,9 +92,10 @@ class Supervisor:
     def __init__(self, config: Config, count: int, emit: Callable[[str], None], *,
                  worker_args: tuple[str, ...] = (), restart_initial: float = RESTART_INITIAL,
                  restart_max: float = RESTART_MAX, max_start_failures: int = MAX_START_FAILURES,
-                 ready_timeout: float = READY_TIMEOUT, mirror: bool = False,
-                 heap_trim_interval: float = HEAP_TRIM_INTERVAL) -> None:
+                 ready_timeout: float = READY_TIMEOUT, mirror: bool = False, mmap_threshold: int | None = None) -> None:
         self.config = config
+        # What cli set this process's allocator to (siptap.allocator), for supervisor_starting.
+        self.mmap_threshold = mmap_threshold
         self.count = count
         self.emit = emit
         self.worker_args = worker_args
@@ -107,8 +105,6 @@ class Supervisor:
         self.restart_max = restart_max
         self.max_start_failures = max_start_failures
         self.ready_timeout = ready_timeout
-        self.heap_trim_interval = heap_trim_interval
-        self.heap_trims = 0  # malloc_trim calls so far (none without glibc)
         # The supervisor's own lines go through the same writer as the children's forwarded
         # ones (emit), so stdout stays one JSON object per line whatever their source.
         self.log = get_logger("siptap")
@@ -155,7 +151,8 @@ class Supervisor:
         # Metrics first: serve_workers binds the endpoint and creates the multiprocess directory,
         # which must exist before a child starts (its env names it), and a port already in use
         # must fail the run before any child is started, not after.
-        self.log.info("supervisor_starting", workers=self.count, pid=os.getpid(), mirror=self.mirror is not None)
+        self.log.info("supervisor_starting", workers=self.count, pid=os.getpid(), mirror=self.mirror is not None,
+                      mmap_threshold=self.mmap_threshold)
         try:
             self._start_metrics()
             if self.mirror is not None:
@@ -169,7 +166,6 @@ class Supervisor:
                 # the start-up must stop the run, not kill the supervisor by default action.
                 outer.start_soon(self._signals)
                 outer.start_soon(self._announce_ready)
-                outer.start_soon(self._trim_heap)
                 # Stop order, the reverse of the start order: the mirror first, so that a
                 # worker's tap connects at once (no record of its first calls dropped for
                 # want of a listener), and last out, so that the records a worker sends
@@ -194,7 +190,7 @@ class Supervisor:
                 await self._mirror_stopped.wait()
                 # Cancelling the receiver puts back the handlers it replaced (for SIGTERM, the
                 # default: death); by then every child has exited and only the cleanup is left.
-                outer.cancel_scope.cancel()  # the signal watcher and the heap trimmer
+                outer.cancel_scope.cancel()  # the signal watcher
         finally:
             # In finally: even on an error, the channel socket and the metrics files (one per
             # process that ever ran) do not pile up in /tmp run after run. ignore_errors: a child
@@ -220,18 +216,6 @@ class Supervisor:
             # child ended before cli prints the one error line and exits 1.
             raise WorkersFailed(self.failure)
         return 0 if clean else 1
-
-    async def _trim_heap(self) -> None:
-        """Give glibc's free heap pages back every ``heap_trim_interval`` s: a burst of forwarded
-        log lines (after a stall) would otherwise leave the heap grown for good
-        (:mod:`siptap.allocator` has the measurement)."""
-        trim = glibc_malloc_trim()
-        if trim is None:  # no glibc: nothing to trim with
-            return
-        while True:
-            await trio.sleep(self.heap_trim_interval)
-            trim()
-            self.heap_trims += 1
 
     def _start_metrics(self) -> None:
         if not self.config.metrics.enabled:

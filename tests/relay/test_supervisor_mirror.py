@@ -14,7 +14,6 @@ from pathlib import Path
 import structlog.testing
 import trio
 
-from siptap.allocator import glibc_malloc_trim
 from siptap.config import load_config
 from siptap.supervisor import MIRROR_SOCKET, Supervisor
 from tests.relay.harness import write_config
@@ -32,7 +31,7 @@ async def test_one_worker_and_the_mirror_restart_and_stop_order(pki: Path, tmp_p
     config = write_config(tmp_path, pki, cores=[9], top="workers = 1", listen=f'["127.0.0.1:{free_port()}"]')
     lines: list[str] = []
     supervisor = Supervisor(load_config(config), 1, lines.append, mirror=True, restart_initial=0.01,
-                            restart_max=0.05, heap_trim_interval=0.05)
+                            restart_max=0.05)
     with structlog.testing.capture_logs() as events:
         async with trio.open_nursery() as nursery:
             done = trio.Event()
@@ -66,10 +65,6 @@ async def test_one_worker_and_the_mirror_restart_and_stop_order(pki: Path, tmp_p
             assert mirror.process.pid != first and supervisor.mirror_restarts == 1
             assert worker.process.returncode is None  # the relay never noticed
             await until(lambda: channel.exists())
-            # Meanwhile it gives glibc's free heap pages back, again and again (siptap/allocator.py).
-            if glibc_malloc_trim() is not None:
-                trims = supervisor.heap_trims
-                await until(lambda: supervisor.heap_trims >= trims + 2)
 
             supervisor._request_stop()
             with trio.fail_after(30):
