@@ -27,9 +27,11 @@ async def forwarded(*chunks: bytes) -> list[str]:
     return emitted
 
 
-async def test_one_emit_per_read_up_to_its_last_newline() -> None:
-    assert await forwarded(b'{"a": 1}\n{"b"', b': 2}\n{"c": 3}\n', b'{"d": 4}\n') == [
-        '{"a": 1}', '{"b": 2}\n{"c": 3}', '{"d": 4}']
+async def test_each_read_goes_out_up_to_its_last_newline_in_at_most_two_emits() -> None:
+    # The line the previous read left unfinished on its own, then the rest of the read's whole
+    # lines in one piece (decoded from the read itself, not from a copy of it).
+    assert await forwarded(b'{"a": 1}\n{"b"', b': 2}\n{"c": 3}\n{"e": 5}\n{"f"', b': 6}\n', b'{"d": 4}\n') == [
+        '{"a": 1}', '{"b": 2}', '{"c": 3}\n{"e": 5}', '{"f": 6}', '{"d": 4}']
 
 
 async def test_a_line_spanning_reads_and_a_character_cut_between_them() -> None:
