@@ -215,8 +215,8 @@ async def _forward_stdout(stream: trio.abc.ReceiveStream, emit: Callable[[str], 
     # full message in it (~9 kB), so this does not grow without bound in practice.
     pending: bytes | bytearray = b""
     async for chunk in stream:
-        # rfind, not a split per line: one emit per read, however many lines it holds (the
-        # emit is a queue put in production, and lines come in bursts).
+        # rfind, not a split per line: at most two emits per read, however many lines it holds
+        # (the emit is a queue put in production, and lines come in bursts).
         cut = chunk.rfind(b"\n")
         if cut < 0:
             pending += chunk
@@ -225,7 +225,16 @@ async def _forward_stdout(stream: trio.abc.ReceiveStream, emit: Callable[[str], 
         # "replace": a child cut off mid-character (killed) must not kill the forwarder.
         # In production emit is QueueWriter.msg: a bounded queue that drops (and counts) when
         # full, so a flood from one child costs log lines, never the supervisor's memory.
-        emit((pending + chunk[:cut]).decode("utf-8", "replace"))
+        # Decoded from a view of the read, not from a copy: a read is up to 64 KiB, and each
+        # copy of it is a large block (a mapping of its own in the supervisor: siptap/allocator.py).
+        # The line the last read left unfinished goes out on its own (a UTF-8 character never
+        # spans a newline, so decoding the two apart is the same text).
+        start = 0
+        if pending:
+            start = chunk.find(b"\n") + 1
+            emit((pending + chunk[:start - 1]).decode("utf-8", "replace"))
+        if start <= cut:
+            emit(str(memoryview(chunk)[start:cut], "utf-8", "replace"))
         pending = chunk[cut + 1:]
     # EOF: the child is gone; its unterminated last line is still a line of its own.
     if pending:

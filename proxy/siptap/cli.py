@@ -345,6 +345,7 @@ def _mirror(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import trio
 
+    from siptap.allocator import map_large_allocations
     from siptap.app import App
     from siptap.child_process import parse_worker, run_worker
     from siptap.log import configure
@@ -374,7 +375,10 @@ def _run(args: argparse.Namespace) -> int:
             passed = [f"--{name}={value}" for name, value in (("log-format", args.log_format),
                                                               ("log-level", args.log_level)) if value]
             passed += ["--debug"] if args.debug else []
-            supervisor = Supervisor(config, config.worker_count, writer.msg, worker_args=tuple(passed), mirror=True)
+            # Before any child's line is forwarded: a burst of them must not grow the heap for good.
+            threshold = map_large_allocations()
+            supervisor = Supervisor(config, config.worker_count, writer.msg, worker_args=tuple(passed), mirror=True,
+                                    mmap_threshold=threshold)
             return trio.run(supervisor.run)
         settle_heap()
         trio.run(run_worker, app, args.control_fd)

@@ -85,7 +85,8 @@ class QueueWriter:
                 lines.append(json.dumps({"event": "log_lines_dropped", "level": "warning", "count": lost}))
             if lines:
                 try:
-                    self._stream.write("".join(line + "\n" for line in lines))
+                    lines.append("")  # the last line's newline, without a copy of each line plus "\n"
+                    self._stream.write("\n".join(lines))
                     self._stream.flush()
                 except (OSError, ValueError):
                     pass  # stdout closed or broken: nothing sensible to do, keep the proxy alive

@@ -92,8 +92,10 @@ class Supervisor:
     def __init__(self, config: Config, count: int, emit: Callable[[str], None], *,
                  worker_args: tuple[str, ...] = (), restart_initial: float = RESTART_INITIAL,
                  restart_max: float = RESTART_MAX, max_start_failures: int = MAX_START_FAILURES,
-                 ready_timeout: float = READY_TIMEOUT, mirror: bool = False) -> None:
+                 ready_timeout: float = READY_TIMEOUT, mirror: bool = False, mmap_threshold: int | None = None) -> None:
         self.config = config
+        # What cli set this process's allocator to (siptap.allocator), for supervisor_starting.
+        self.mmap_threshold = mmap_threshold
         self.count = count
         self.emit = emit
         self.worker_args = worker_args
@@ -149,7 +151,8 @@ class Supervisor:
         # Metrics first: serve_workers binds the endpoint and creates the multiprocess directory,
         # which must exist before a child starts (its env names it), and a port already in use
         # must fail the run before any child is started, not after.
-        self.log.info("supervisor_starting", workers=self.count, pid=os.getpid(), mirror=self.mirror is not None)
+        self.log.info("supervisor_starting", workers=self.count, pid=os.getpid(), mirror=self.mirror is not None,
+                      mmap_threshold=self.mmap_threshold)
         try:
             self._start_metrics()
             if self.mirror is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from siptap.allocator import MMAP_THRESHOLD
 from siptap.config import load_config
 from siptap.supervisor import Supervisor
 from siptap.tools.export import capture_files
@@ -90,7 +91,10 @@ async def test_two_workers_share_the_port_and_their_outputs(pki: Path, tmp_path:
         # A worker's log lines may arrive after the supervisor saw it ready (its writer batches).
         listeners = await siptap.wait_for("listener_up", count=2)
         assert sorted(e["worker"] for e in listeners) == [1, 2] and {e["port"] for e in listeners} == {port}
-        assert siptap.find("supervisor_starting")[0].get("worker") is None
+        starting = siptap.find("supervisor_starting")[0]
+        assert starting.get("worker") is None
+        # glibc here: the supervisor's forwarded log buffers come from mmap (siptap/allocator.py).
+        assert starting["mmap_threshold"] == MMAP_THRESHOLD
         metrics_port = int(siptap.find("metrics_up")[0]["port"])
 
         # Many connections, 6 at a time: both workers write the key log and the pcap files at once.
