@@ -379,25 +379,45 @@ class LinkSink(Sink):
 
     def _datagrams_nowait(self, batch: list[MirrorEvent]) -> tuple[int, bytes | None]:
         """Send each event's datagram until one would have to wait for room in the socket
-        buffer: (its index, its encoded bytes); (len(batch), None) when all went."""
+        buffer: (its index, its encoded bytes); (len(batch), None) when all went.
+
+        :meth:`Link.send_datagram_nowait` per datagram, with its one system call inlined
+        while the link is up (a call and a result test less per datagram, and the sent
+        count added once per batch): the same outcomes, counted the same."""
         link = self.link
         encode = self.encode_unit
-        for i, event in enumerate(batch):
-            try:
-                data = encode(event)
-                if data is None:
-                    continue
-                reason = link.send_datagram_nowait(data)
-            except BaseException:
-                self.leave_unfinished(batch[i:])
-                raise
-            if reason is False:
-                return i, data
-            if reason is None:
-                self.sent += 1
-            else:
-                self.drop(reason)
-        return len(batch), None
+        raw = link._raw  # this module's Link: None while down (then each send says why)
+        sent = 0
+        try:
+            for i, event in enumerate(batch):
+                try:
+                    data = encode(event)
+                    if data is None:
+                        continue
+                    if raw is not None:
+                        try:
+                            raw.send(data)
+                        except BlockingIOError:
+                            return i, data
+                        except OSError as exc:
+                            self.drop(link._send_failed(exc))
+                            raw = link._raw  # gone unless only this datagram was refused (EMSGSIZE)
+                            continue
+                        sent += 1
+                        continue
+                    reason = link.send_datagram_nowait(data)
+                except BaseException:
+                    self.leave_unfinished(batch[i:])
+                    raise
+                if reason is False:
+                    return i, data
+                if reason is None:
+                    sent += 1
+                else:
+                    self.drop(reason)
+            return len(batch), None
+        finally:
+            self.sent += sent
 
     async def handle_batch(self, batch: list[MirrorEvent]) -> None:
         if self.link.stream:
