@@ -74,6 +74,9 @@ async def _let_others_run() -> None:
     await trio.lowlevel.checkpoint()
 
 
+# A _Slot and whether its sink's ``accepts`` is asked per event (see Fanout._route).
+_Route = list[tuple["_Slot", bool]]
+
 # The ``legs`` setting as the set of leg names publish tests membership in: one frozenset
 # lookup per event instead of comparing strings per sink. Keys are the only accepted values
 # (the config loader offers the same choices; Fanout checks again for direct callers).
@@ -185,6 +188,8 @@ class Fanout:
         self._gathering: trio.CancelScope | None = None
         # Set by deliver_from_caller(): publish no longer wakes the dispatcher.
         self._caller_delivers = False
+        # By event type: the slots publish hands such an event to (see _route).
+        self._routes: dict[type, tuple[_Route, _Route]] = {}
 
     @classmethod
     def from_settings(cls, settings: MirrorSettings, **sink_options: Unpack[LinkOptions]) -> Fanout:
@@ -236,15 +241,15 @@ class Fanout:
             # test_a_routes_mirror_legs_reach_the_sinks_and_follow_a_reload).
             leg = event.leg
             mirrored_leg = leg.mirrored if leg.mirrored is not None else leg.leg in self.legs
-            for slot in self._slots:
+            routes = self._routes.get(type(event))
+            if routes is None:
+                routes = self._route(type(event))
+            for slot, ask in routes[0] if mirrored_leg else routes[1]:
                 sink = slot.sink
-                # The key log takes both legs whatever the legs (module docstring).
-                if not (mirrored_leg or sink.all_legs):
-                    continue
                 try:
                     # Asked before queueing: an event a sink does not carry costs it no
                     # queue slot, no wake-up, and cannot push out one it does carry.
-                    if not sink.accepts(event):
+                    if ask and not sink.accepts(event):
                         continue
                     if slot.is_direct:
                         # The deque is never closed, so shutdown and the bound are checked
@@ -284,6 +289,24 @@ class Fanout:
             log.exception("mirror_publish_failed", event_type=type(event).__name__)
             return False
         return complete
+
+    def _route(self, kind: type) -> tuple[_Route, _Route]:
+        """Which slots publish considers for an event of type ``kind``, in the sinks' order:
+        on a mirrored leg, and on any other leg (only the sinks that take every leg, the
+        key log: module docstring); each with whether its sink's ``accepts`` must be asked
+        per event. A sink that answers for the whole type (:meth:`Sink.accepts_kind`) costs
+        no call per event, and one that takes none of the type is not visited at all.
+        Worked out once per type and kept: a fan-out sees the four event types."""
+        mirrored: _Route = []
+        for slot in self._slots:
+            try:
+                whole = slot.sink.accepts_kind(kind)
+            except Exception:  # a sink's bug: then it is asked per event, as before the type was known
+                whole = None
+            if whole is not False:
+                mirrored.append((slot, whole is None))
+        routes = self._routes[kind] = (mirrored, [entry for entry in mirrored if entry[0].sink.all_legs])
+        return routes
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -414,7 +437,11 @@ class Fanout:
         # At most MAX_BATCH, as a sink's task takes: a sink sees the same batch sizes
         # whichever path serves it, and _Slot's channel capacity counts on that bound when
         # the rest moves over.
-        batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+        if len(queue) <= MAX_BATCH:  # the usual case: all of it, in C
+            batch = list(queue)
+            queue.clear()
+        else:
+            batch = [queue.popleft() for _ in range(MAX_BATCH)]
         try:
             done = sink.deliver_nowait(batch)
         # Exception only: deliver_nowait never awaits, so no Cancelled comes from it, and

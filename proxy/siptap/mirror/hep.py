@@ -137,6 +137,13 @@ class HepSink(LinkSink):
             return self.settings.log_key_material
         return False  # ConnectionClosed: HEP has no place for it
 
+    def accepts_kind(self, kind: type) -> bool | None:
+        if kind is SipEvent:
+            return True
+        if kind is KeyEvent or kind is SrtpKeyEvent:
+            return self.settings.log_key_material
+        return False if kind is ConnectionClosed else None
+
     def encode_unit(self, event: MirrorEvent) -> bytes | None:
         if isinstance(event, ConnectionClosed):
             return None

@@ -49,7 +49,7 @@ from pathlib import Path
 import trio
 
 from siptap.config.mirror import PcapSettings
-from siptap.mirror.events import ConnectionClosed, MirrorEvent, SipEvent
+from siptap.mirror.events import ConnectionClosed, KeyEvent, MirrorEvent, SipEvent, SrtpKeyEvent
 from siptap.mirror.files import close_quietly, create_private, write_all
 from siptap.mirror.sink import Sink, log
 from siptap.sansio import pcap
@@ -104,6 +104,9 @@ class PcapSink(Sink):
 
     def accepts(self, event: MirrorEvent) -> bool:
         return isinstance(event, (SipEvent, ConnectionClosed))
+
+    def accepts_kind(self, kind: type) -> bool | None:
+        return kind is SipEvent or kind is ConnectionClosed or (False if kind in (KeyEvent, SrtpKeyEvent) else None)
 
     # -- files ---------------------------------------------------------------------------
 

@@ -93,7 +93,9 @@ class Sink:
         self.last_error: str | None = None
         self.reporter = DropReporter(name)
         self._handled = 0
-        self._progress = trio.Event()
+        # Set at the next progress, for wait_handled; made only when someone waits (the
+        # mirror's own sinks deliver batch after batch with nobody waiting).
+        self._progress: trio.Event | None = None
         # Events taken off the queue in a batch but not dealt with when the batch ended
         # early (a crash or shutdown): handled first after a restart, or counted as "not
         # flushed at shutdown" by the fan-out. ``_unfinished`` is how ``handle_batch``
@@ -109,6 +111,14 @@ class Sink:
     def accepts(self, event: MirrorEvent) -> bool:
         """Whether this sink wants the event at all (checked before queueing)."""
         return True
+
+    def accepts_kind(self, kind: type) -> bool | None:
+        """Whether this sink wants every event of type ``kind`` (True), none (False), or
+        decides event by event (None, the default: :meth:`accepts` is asked each time).
+        The fan-out asks once per type and then skips the call per event; an answer other
+        than None must be what :meth:`accepts` says of every event of that type
+        (tests/mirror/test_fanout.py checks the sinks siptap has)."""
+        return None
 
     async def handle(self, event: MirrorEvent) -> None:
         raise NotImplementedError
@@ -286,13 +296,16 @@ class Sink:
 
     def _note_handled(self, count: int = 1) -> None:
         self._handled += count
-        self._progress.set()
-        self._progress = trio.Event()
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
 
     async def wait_handled(self, count: int) -> None:
         """Wait until ``count`` events in total have been taken off the queue and dealt
         with (sent or dropped): for tests and for draining."""
         while self._handled < count:
+            if self._progress is None:
+                self._progress = trio.Event()
             await self._progress.wait()
 
     @property

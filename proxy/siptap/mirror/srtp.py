@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from siptap.mirror.events import MirrorEvent, SrtpKeyEvent
+from siptap.mirror.events import ConnectionClosed, KeyEvent, MirrorEvent, SipEvent, SrtpKeyEvent
 from siptap.mirror.files import FileSink
 from siptap.mirror.render import iso_utc
 from siptap.sansio.sdp_crypto import SdesKey
@@ -112,6 +112,9 @@ class SrtpKeysSink(FileSink):
 
     def accepts(self, event: MirrorEvent) -> bool:
         return isinstance(event, SrtpKeyEvent)
+
+    def accepts_kind(self, kind: type) -> bool | None:
+        return True if kind is SrtpKeyEvent else (False if kind in (SipEvent, KeyEvent, ConnectionClosed) else None)
 
     def render(self, event: MirrorEvent) -> str:
         assert isinstance(event, SrtpKeyEvent)
