@@ -75,7 +75,7 @@ class Sink:
     """Base class of the outputs. Subclasses implement :meth:`handle` (and usually
     :meth:`accepts` and :meth:`aclose`); they call :meth:`sent_one` and :meth:`drop`.
 
-    What the fan-out relies on is public: :meth:`accepts`, :attr:`delivers_nowait`,
+    What the fan-out relies on is public: :meth:`accepts`, :meth:`accepts_kind`, :attr:`delivers_nowait`,
     :meth:`deliver_nowait` and :meth:`settle_crash`, :meth:`run`, :meth:`record_crash`,
     :meth:`take_backlog`, the counters and :attr:`on_idle`; it never touches a sink's
     private state."""
