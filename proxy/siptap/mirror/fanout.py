@@ -48,7 +48,7 @@ import trio
 from siptap.config.mirror import MirrorSettings
 from siptap.mirror.events import MirrorEvent
 from siptap.mirror.link import LinkOptions
-from siptap.mirror.sink import MAX_BATCH, Sink
+from siptap.mirror.sink import MAX_BATCH, Sink, routes_for
 
 # One logger for the whole mirror: sink crashes, drop warnings and start-up lines all carry
 # event names of their own, so a collector filters on those rather than on the logger.
@@ -73,9 +73,6 @@ async def _let_others_run() -> None:
     # It is also a cancellation point, which is how a hard stop reaches a long dispatch.
     await trio.lowlevel.checkpoint()
 
-
-# A _Slot and whether its sink's ``accepts`` is asked per event (see Fanout._route).
-_Route = list[tuple["_Slot", bool]]
 
 # The ``legs`` setting as the set of leg names publish tests membership in: one frozenset
 # lookup per event instead of comparing strings per sink. Keys are the only accepted values
@@ -188,8 +185,7 @@ class Fanout:
         self._gathering: trio.CancelScope | None = None
         # Set by deliver_from_caller(): publish no longer wakes the dispatcher.
         self._caller_delivers = False
-        # By event type: the slots publish hands such an event to (see _route).
-        self._routes: dict[type, tuple[_Route, _Route]] = {}
+        self._routes: dict[type, tuple[list[tuple[_Slot, bool]], ...]] = {}  # publish's, by event type
 
     @classmethod
     def from_settings(cls, settings: MirrorSettings, **sink_options: Unpack[LinkOptions]) -> Fanout:
@@ -242,8 +238,9 @@ class Fanout:
             leg = event.leg
             mirrored_leg = leg.mirrored if leg.mirrored is not None else leg.leg in self.legs
             routes = self._routes.get(type(event))
-            if routes is None:
-                routes = self._route(type(event))
+            if routes is None:  # worked out once per type: a fan-out sees four
+                slots, (mirrored, other) = self._slots, routes_for([s.sink for s in self._slots], type(event))
+                routes = self._routes[type(event)] = ([(slots[i], a) for i, a in mirrored], [(slots[i], a) for i, a in other])
             for slot, ask in routes[0] if mirrored_leg else routes[1]:
                 sink = slot.sink
                 try:
@@ -289,24 +286,6 @@ class Fanout:
             log.exception("mirror_publish_failed", event_type=type(event).__name__)
             return False
         return complete
-
-    def _route(self, kind: type) -> tuple[_Route, _Route]:
-        """Which slots publish considers for an event of type ``kind``, in the sinks' order:
-        on a mirrored leg, and on any other leg (only the sinks that take every leg, the
-        key log: module docstring); each with whether its sink's ``accepts`` must be asked
-        per event. A sink that answers for the whole type (:meth:`Sink.accepts_kind`) costs
-        no call per event, and one that takes none of the type is not visited at all.
-        Worked out once per type and kept: a fan-out sees the four event types."""
-        mirrored: _Route = []
-        for slot in self._slots:
-            try:
-                whole = slot.sink.accepts_kind(kind)
-            except Exception:  # a sink's bug: then it is asked per event, as before the type was known
-                whole = None
-            if whole is not False:
-                mirrored.append((slot, whole is None))
-        routes = self._routes[kind] = (mirrored, [entry for entry in mirrored if entry[0].sink.all_legs])
-        return routes
 
     # -- tasks ---------------------------------------------------------------------------
 

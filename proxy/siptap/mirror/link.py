@@ -261,7 +261,7 @@ class Link:
         except trio.TooSlowError:
             return self._timed_out()
         except OSError as exc:
-            return self._send_failed(exc)
+            return self.send_failed(exc)
         return None
 
     def send_datagram_nowait(self, data: bytes) -> str | Literal[False] | None:
@@ -278,8 +278,14 @@ class Link:
         except BlockingIOError:
             return False
         except OSError as exc:
-            return self._send_failed(exc)
+            return self.send_failed(exc)
         return None
+
+    def datagram_socket(self) -> socket.socket | None:
+        """The connected socket while the link is up, None while it is down: for a caller
+        that makes :meth:`send_datagram_nowait`'s one ``send`` itself in a loop of its own
+        (a BlockingIOError: the buffer is full; another OSError goes to :meth:`send_failed`)."""
+        return self._raw
 
     async def send_stream(self, data: bytes) -> str | None:
         """Write ``data`` (a batch of whole records) to a stream link: one non-blocking
@@ -305,7 +311,7 @@ class Link:
         except trio.TooSlowError:
             return self._timed_out()
         except OSError as exc:
-            return self._send_failed(exc)
+            return self.send_failed(exc)
         return None
 
     async def _send_tls(self, tls: trio.SSLStream[trio.SocketStream], data: bytes) -> str | None:
@@ -333,7 +339,9 @@ class Link:
             self._down("send timed out: reader too slow", error=TimeoutError("send timeout"))
         return "send timed out"
 
-    def _send_failed(self, exc: OSError) -> str:
+    def send_failed(self, exc: OSError) -> str:
+        """Why a send failed, in words, for the drop count; a failure that means the peer
+        is gone (anything but a datagram too large) takes the link down."""
         reason = describe_error(exc)
         if exc.errno == errno.EMSGSIZE:
             return "too large for one datagram"
@@ -386,7 +394,7 @@ class LinkSink(Sink):
         count added once per batch): the same outcomes, counted the same."""
         link = self.link
         encode = self.encode_unit
-        raw = link._raw  # this module's Link: None while down (then each send says why)
+        raw = link.datagram_socket()  # None while down (then each send says why)
         sent = 0
         try:
             for i, event in enumerate(batch):
@@ -400,8 +408,8 @@ class LinkSink(Sink):
                         except BlockingIOError:
                             return i, data
                         except OSError as exc:
-                            self.drop(link._send_failed(exc))
-                            raw = link._raw  # gone unless only this datagram was refused (EMSGSIZE)
+                            self.drop(link.send_failed(exc))
+                            raw = link.datagram_socket()  # None unless only this datagram was refused (EMSGSIZE)
                             continue
                         sent += 1
                         continue

@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 import trio
@@ -311,6 +311,23 @@ class Sink:
     @property
     def handled(self) -> int:
         return self._handled
+
+
+def routes_for(sinks: Sequence[Sink], kind: type) -> tuple[list[tuple[int, bool]], list[tuple[int, bool]]]:
+    """Which of ``sinks`` (indices, in order) an event of type ``kind`` is for, on a mirrored
+    leg and on any other (only the sinks that take every leg: the key log), each with
+    whether that sink's :meth:`Sink.accepts` must still be asked per event. A sink that
+    answers for the whole type (:meth:`Sink.accepts_kind`) then costs the fan-out no call per
+    event, and one that takes none of the type is not visited at all."""
+    mirrored = []
+    for i, sink in enumerate(sinks):
+        try:
+            whole = sink.accepts_kind(kind)
+        except Exception:  # a sink's bug: then it is asked per event, as if it had not answered
+            whole = None
+        if whole is not False:
+            mirrored.append((i, whole is None))
+    return mirrored, [(i, ask) for i, ask in mirrored if sinks[i].all_legs]
 
 
 def describe_error(exc: BaseException) -> str:
