@@ -4,17 +4,25 @@ filter, crash restart, and the bounded drain at shutdown."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import structlog.testing
 import trio
 import trio.testing
 
-from siptap.mirror.events import MirrorEvent
+from siptap.config.mirror import PcapSettings
+from siptap.mirror.events import ConnectionClosed, KeyEvent, MirrorEvent, SipEvent, SrtpKeyEvent
 from siptap.mirror.fanout import Fanout
-from siptap.mirror.sink import DropReporter
+from siptap.mirror.hep import HepSink
+from siptap.mirror.jsonl import JsonlSink
+from siptap.mirror.keylog import KeylogSink
+from siptap.mirror.pcap import PcapSink
+from siptap.mirror.sink import DropReporter, Sink
+from siptap.mirror.srtp import SrtpKeysSink
 
-from .helpers import CORE, CUSTOMER, Recorder, closed, dialog_events, key_event, sip_event
+from .helpers import CORE, CUSTOMER, TS, Recorder, closed, dialog_events, facts, key_event, sip_event
+from .test_golden import HEP_VARIANTS, JSONL_VARIANTS, golden_events
 
 
 def test_publish_without_running_sinks_never_blocks_and_counts_drops() -> None:
@@ -417,3 +425,51 @@ async def test_deliver_from_caller_delivers_only_when_asked_in_order() -> None:
         fanout.publish(events[0])  # left for aclose's last pass
         await fanout.aclose()
     assert all(s.events == events + events[:1] for s in sinks)
+
+
+def test_sinks_that_answer_for_an_event_type_answer_as_accepts_does(tmp_path: Path) -> None:
+    """publish skips a sink's accepts() for a type it answered for once (accepts_kind):
+    every sink siptap has must then say for each event what accepts() says."""
+    sinks: list[Sink] = [HepSink(settings) for settings in HEP_VARIANTS.values()]
+    sinks += [JsonlSink(settings) for settings in JSONL_VARIANTS.values()]
+    sinks += [KeylogSink(tmp_path / "keys.log"), SrtpKeysSink(tmp_path / "srtp.log"), PcapSink(PcapSettings(tmp_path))]
+    events = [*golden_events(), KeyEvent(TS, CUSTOMER, replace(facts(), keylog_lines=()))]
+    assert {type(e) for e in events} == {SipEvent, KeyEvent, SrtpKeyEvent, ConnectionClosed}
+    answered = 0
+    for sink in sinks:
+        for event in events:
+            whole = sink.accepts_kind(type(event))
+            if whole is not None:
+                answered += 1
+                assert whole == sink.accepts(event), (sink.name, event)
+        assert sink.accepts_kind(str) is None  # not an event: asked (and refused) per event
+    assert answered > len(events) * len(sinks) * 3 // 4  # most answers are for the whole type
+
+
+class KindSink(Recorder):
+    """Takes every SIP message without being asked, no close, and is asked about the rest."""
+
+    def __init__(self) -> None:
+        super().__init__("kind")
+        self.asked: list[MirrorEvent] = []
+
+    def accepts_kind(self, kind: type) -> bool | None:
+        return {SipEvent: True, ConnectionClosed: False}.get(kind)
+
+    def accepts(self, event: MirrorEvent) -> bool:
+        self.asked.append(event)
+        return not isinstance(event, ConnectionClosed)
+
+
+async def test_publish_asks_a_sink_per_event_only_where_it_did_not_answer_for_the_type() -> None:
+    sink, plain = KindSink(), Recorder("plain")
+    fanout = Fanout([sink, plain], legs="customer")
+    sips, keys, close = dialog_events(), [key_event(CUSTOMER), key_event(CORE)], closed()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fanout.run)
+        for event in [*sips, *keys, close]:
+            fanout.publish(event)
+        await fanout.aclose()
+    assert sink.asked == keys[:1]  # the core leg's key is not mirrored: not even asked
+    assert sink.events == [*sips, keys[0]]
+    assert plain.events == [*sips, keys[0], close]

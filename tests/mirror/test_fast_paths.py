@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import math
 import struct
 import types
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import example, given, settings
@@ -19,6 +21,8 @@ from siptap.config.mirror import HepSinkSettings
 from siptap.mirror.events import Address, LegInfo, SipEvent, SrtpKeyEvent
 from siptap.mirror.hep import HepEncoder
 from siptap.mirror.render import (
+    _number,
+    _stamp,
     event_to_dict,
     iso_utc,
     iso_utc_reference,
@@ -28,7 +32,7 @@ from siptap.mirror.render import (
     srtp_event_json,
     to_json,
 )
-from siptap.mirror.srtp import _token
+from siptap.mirror.srtp import _token, rtp_decoder_args, srtp_key_line
 from siptap.sansio import hep, pcap
 from siptap.sansio.sdp_crypto import SdesKey
 from siptap.sansio.sip_fields import read_fields
@@ -89,7 +93,7 @@ def outcome(fn: Callable[..., object], *args: object, **kwargs: object) -> objec
         return ("ValueError", str(exc))
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)  # byte identity, not speed: a loaded machine must not fail it
 @given(
     pair=address_pairs(),
     seq=u32,
@@ -138,7 +142,7 @@ def reference_packet(ts: float, src: Address, dst: Address, payload: bytes, **fi
                                        payload=payload, **fields))
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)  # byte identity, not speed: a loaded machine must not fail it
 @given(
     pair=address_pairs(),
     ts=st.one_of(st.floats(-10, 2**32 + 10, allow_nan=False), st.just(TS), st.integers(0, 2**32)),
@@ -176,7 +180,7 @@ def test_hep_sink_encoder_sip_events_match_reference() -> None:
 # --- JSON --------------------------------------------------------------------------------
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)  # byte identity, not speed: a loaded machine must not fail it
 @given(st.one_of(
     st.floats(0, 2**33, allow_nan=False),
     st.floats(-(2**31), 0, allow_nan=False),
@@ -192,10 +196,68 @@ def test_iso_utc_matches_datetime(ts: float) -> None:
     assert iso_utc(ts) == iso_utc_reference(ts)
 
 
+def stamp_reference(ts: float) -> str:
+    """The ``ts`` and ``epoch`` members by their definitions: two roundings, two conversions."""
+    return f'"ts":"{iso_utc_reference(ts)}","epoch":{_number(round(ts, 6))}'
+
+
+micros = st.integers(2**13 * 10**6, 2**33 * 10**6)
+
+
+@settings(max_examples=1000, deadline=None)  # byte identity, not speed: a loaded machine must not fail it
+@given(st.one_of(
+    st.floats(2**13, 2**33, allow_nan=False),  # the one-rounding path's range
+    micros.map(lambda n: n / 1e6),  # whole microseconds
+    micros.map(lambda n: (n + 0.5) / 1e6),  # half a microsecond, the nearest float either side
+    micros.map(lambda n: math.nextafter((n + 0.5) / 1e6, 0)),
+    micros.map(lambda n: math.nextafter((n + 0.5) / 1e6, math.inf)),
+    st.integers(2**13 * 128, 2**33 * 128).map(lambda n: n / 128),  # exact ties: x.0078125 = 7812.5 us
+    st.integers(2**13, 2**33).map(lambda n: n + 0.9999995),  # rounds up into the next second
+    st.floats(0, 2**34, allow_nan=False),  # around and outside the range: the two-rounding path
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(0, 2**34),
+))
+@example(TS)
+@example(8192.0)
+@example(8192.0078125)
+@example(math.nextafter(8192.0, 0))
+@example(2.0**33)
+@example(math.nextafter(2.0**33, 0))
+@example(1_764_680_000.0105)
+def test_stamp_matches_its_definition(ts: float) -> None:
+    def result(stamp: Callable[[float], str]) -> object:
+        try:
+            return stamp(ts)
+        except (ValueError, OverflowError, OSError) as exc:  # NaN, infinities, years past 9999: the same error
+            return type(exc)
+
+    assert result(_stamp) == result(stamp_reference)
+
+
+def srtp_key_line_reference(event: SrtpKeyEvent) -> str:
+    """The SRTP key file's line as first written: each value through ``_token`` on its own."""
+    key, leg = event.key, event.leg
+    address = key.connection_address or "-"
+    addr = f"[{address}]:{key.port}" if ":" in address else f"{address}:{key.port}"
+    key_hex, salt_hex = key.master_key_hex, key.master_salt_hex
+    args = rtp_decoder_args(key)
+    line = (
+        f"{iso_utc_reference(event.ts)} call-id={_token(event.call_id)} conn={_token(leg.conn_id)} leg={leg.leg}"
+        f" dir={'client->server' if event.from_client else 'server->client'} sip={_token(event.method_or_status)}"
+        f" media={_token(key.media)} addr={addr} suite={_token(key.suite)} tag={key.tag}"
+        f" inline={_token(key.key_params_b64)} key={key_hex} salt={salt_hex or '-'} key_salt={key_hex}{salt_hex}"
+    )
+    if key.lifetime:
+        line += f" lifetime={_token(key.lifetime)}"
+    if key.mki:
+        line += f" mki={_token(key.mki)}"
+    return line + (f' rtp_decoder="{args}"' if args else " rtp_decoder=unsupported")
+
+
 texts = st.one_of(st.none(), st.text(max_size=20))
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)  # byte identity, not speed: a loaded machine must not fail it
 @given(
     pair=address_pairs(),
     ts=st.one_of(st.floats(0, 2**33, allow_nan=False), st.integers(0, 2**33)),
@@ -241,7 +303,7 @@ sdes_keys = st.builds(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)  # byte identity, not speed: a loaded machine must not fail it
 @given(key=sdes_keys, pair=address_pairs(), ts=st.floats(0, 2**33, allow_nan=False), from_client=st.booleans(),
        call_id=st.one_of(st.none(), st.text(max_size=20)), sip=st.text(max_size=10), conn_id=st.text(max_size=10))
 def test_srtp_event_json_matches_event_to_dict(key: SdesKey, pair: AddressPair, ts: float, from_client: bool,
@@ -253,6 +315,24 @@ def test_srtp_event_json_matches_event_to_dict(key: SdesKey, pair: AddressPair, 
     assert srtp_event_json(event) == expected  # the second sink's, from the leg's memo
     other = SrtpKeyEvent(ts + 1, leg, not from_client, call_id, sip, key)
     assert srtp_event_json(other) == to_json(event_to_dict(other))  # a new event is rendered anew
+
+
+token_texts = st.one_of(st.none(), st.text(max_size=12), st.text(alphabet=" \t\x1c\x85\u2028\u3000\"'ab-", max_size=8))
+
+
+@settings(max_examples=500, deadline=None)  # byte identity, not speed: a loaded machine must not fail it
+@given(key=sdes_keys, call_id=token_texts, sip=token_texts.map(lambda t: t or ""), conn_id=token_texts.map(lambda t: t or ""),
+       media=token_texts.map(lambda t: t or ""), suite=st.one_of(token_texts.map(lambda t: t or ""),
+                                                                  st.just("AES_CM_128_HMAC_SHA1_80")),
+       lifetime=token_texts, mki=token_texts, ts=st.floats(0, 2**33, allow_nan=False), from_client=st.booleans())
+def test_srtp_key_line_matches_reference(key: SdesKey, call_id: str | None, sip: str, conn_id: str, media: str,
+                                         suite: str, lifetime: str | None, mki: str | None, ts: float,
+                                         from_client: bool) -> None:
+    """One test of all the values together picks the line's values as ``_token`` of each."""
+    key = replace(key, media=media, suite=suite, lifetime=lifetime, mki=mki)
+    leg = LegInfo(conn_id, "lab", "customer", ("192.0.2.10", 40000), ("192.0.2.1", 5061))
+    event = SrtpKeyEvent(ts, leg, from_client, call_id, sip, key)
+    assert srtp_key_line(event) == srtp_key_line_reference(event)
 
 
 def test_srtp_texts_memo_is_bounded() -> None:

@@ -9,17 +9,21 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from siptap.config.mirror import PcapSettings
 from siptap.mirror import pcap as pcap_sink
-from siptap.mirror.events import MirrorEvent, SipEvent
+from siptap.mirror.events import LegInfo, MirrorEvent, SipEvent
 from siptap.mirror.fanout import Fanout
 from siptap.mirror.pcap import PcapSink
+from siptap.sansio.pcap import MAX_SEGMENT
 
 from .helpers import CALL_ID, CORE, EXPECTED, TS, closed, dialog_events, sip, sip_event
 
@@ -154,3 +158,56 @@ async def test_recovers_in_a_new_file_with_a_fresh_handshake(tmp_path: Path, mon
     assert [(r[1], r[2]) for r in rows if r[0]] == EXPECTED[4:]
     assert sink.sent == 6
 
+
+
+class GeneralPathPcapSink(PcapSink):
+    """The sink with every event through its general path: the reference for the fast one."""
+
+    def _one(self, event: MirrorEvent) -> None:
+        key = (event.leg.conn_id, event.leg.leg)
+        self._general(event, key, self._flows.get(key))
+
+
+PCAP_LEGS = [
+    LegInfo("f1", "lab", "customer", ("192.0.2.10", 40000), ("192.0.2.1", 5061)),
+    LegInfo("f2", "lab", "customer", ("2001:db8::10", 40001), ("2001:db8::1", 5061)),
+    LegInfo("f3", "lab", "customer", ("::ffff:192.0.2.30", 40003), ("192.0.2.1", 5061)),
+]
+payload_sizes = st.one_of(st.integers(0, 3000), st.sampled_from([MAX_SEGMENT - 1, MAX_SEGMENT, MAX_SEGMENT + 1]))
+pcap_events = st.lists(st.tuples(st.integers(0, 2), st.booleans(), payload_sizes, st.floats(0, 0.7),
+                                 st.integers(0, 12)), min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=pcap_events, fmt=st.sampled_from(["pcap", "pcapng"]), rotate_bytes=st.sampled_from([0, 65536]),
+       rotate_seconds=st.sampled_from([0.0, 1.0]), batch=st.integers(1, 7))
+def test_fast_path_writes_what_the_general_path_writes(steps: list[tuple[int, bool, int, float, int]], fmt: str,
+                                                       rotate_bytes: int, rotate_seconds: float, batch: int) -> None:
+    """Messages of flows already in the open file skip the general path; the files are the
+    same bytes: both formats, rotations by size and time, messages too large for one
+    segment, closes in between, three address families."""
+    events: list[MirrorEvent] = []
+    ts = TS
+    for leg_index, from_client, size, pause, fill in steps:
+        ts += pause
+        leg = PCAP_LEGS[leg_index]
+        if fill == 0:
+            events.append(closed(leg, ts))
+        else:
+            events.append(SipEvent(ts, leg, from_client, bytes([fill + 64]) * size, None))
+    written = []
+    for sink_class in (PcapSink, GeneralPathPcapSink):
+        with tempfile.TemporaryDirectory() as folder:
+            sink = sink_class(PcapSettings(Path(folder), format=fmt, rotate_bytes=rotate_bytes,
+                                           rotate_seconds=rotate_seconds))
+
+
+            async def deliver(sink: PcapSink = sink) -> None:  # the sink reads trio's clock after a failure
+                for i in range(0, len(events), batch):
+                    assert sink.handle_batch_nowait(events[i : i + batch]) == len(events[i : i + batch])
+                await sink.aclose()
+
+            trio.run(deliver)
+            written.append(([p.name for p in sink.files], [p.read_bytes() for p in sink.files],
+                            sink.sent, sink.dropped, sink._bytes))  # _bytes: what size rotation goes by
+    assert written[0] == written[1]

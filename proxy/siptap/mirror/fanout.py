@@ -48,7 +48,7 @@ import trio
 from siptap.config.mirror import MirrorSettings
 from siptap.mirror.events import MirrorEvent
 from siptap.mirror.link import LinkOptions
-from siptap.mirror.sink import MAX_BATCH, Sink
+from siptap.mirror.sink import MAX_BATCH, Sink, routes_for
 
 # One logger for the whole mirror: sink crashes, drop warnings and start-up lines all carry
 # event names of their own, so a collector filters on those rather than on the logger.
@@ -185,6 +185,7 @@ class Fanout:
         self._gathering: trio.CancelScope | None = None
         # Set by deliver_from_caller(): publish no longer wakes the dispatcher.
         self._caller_delivers = False
+        self._routes: dict[type, tuple[list[tuple[_Slot, bool]], ...]] = {}  # publish's, by event type
 
     @classmethod
     def from_settings(cls, settings: MirrorSettings, **sink_options: Unpack[LinkOptions]) -> Fanout:
@@ -236,15 +237,16 @@ class Fanout:
             # test_a_routes_mirror_legs_reach_the_sinks_and_follow_a_reload).
             leg = event.leg
             mirrored_leg = leg.mirrored if leg.mirrored is not None else leg.leg in self.legs
-            for slot in self._slots:
+            routes = self._routes.get(type(event))
+            if routes is None:  # worked out once per type: a fan-out sees four
+                slots, (mirrored, other) = self._slots, routes_for([s.sink for s in self._slots], type(event))
+                routes = self._routes[type(event)] = ([(slots[i], a) for i, a in mirrored], [(slots[i], a) for i, a in other])
+            for slot, ask in routes[0] if mirrored_leg else routes[1]:
                 sink = slot.sink
-                # The key log takes both legs whatever the legs (module docstring).
-                if not (mirrored_leg or sink.all_legs):
-                    continue
                 try:
                     # Asked before queueing: an event a sink does not carry costs it no
                     # queue slot, no wake-up, and cannot push out one it does carry.
-                    if not sink.accepts(event):
+                    if ask and not sink.accepts(event):
                         continue
                     if slot.is_direct:
                         # The deque is never closed, so shutdown and the bound are checked
@@ -414,7 +416,11 @@ class Fanout:
         # At most MAX_BATCH, as a sink's task takes: a sink sees the same batch sizes
         # whichever path serves it, and _Slot's channel capacity counts on that bound when
         # the rest moves over.
-        batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+        if len(queue) <= MAX_BATCH:  # the usual case: all of it, in C
+            batch = list(queue)
+            queue.clear()
+        else:
+            batch = [queue.popleft() for _ in range(MAX_BATCH)]
         try:
             done = sink.deliver_nowait(batch)
         # Exception only: deliver_nowait never awaits, so no Cancelled comes from it, and

@@ -63,7 +63,9 @@ class HepEncoder:
 
     def encode(self, event: MirrorEvent) -> bytes | None:
         """The packet for an event, or None for events HEP does not carry (closes)."""
-        if type(event) is SipEvent:  # the hot path: every message
+        kind = type(event)
+        if kind is SipEvent:  # the hot path: every message
+            assert isinstance(event, SipEvent)  # for mypy: the type test above says it, and faster
             view = event.view
             call_id = None if view is None else view.call_id
             leg = event.leg
@@ -71,6 +73,13 @@ class HepEncoder:
             # An empty Call-ID, like none, sends no correlation chunk.
             return self._sip.encode(event.ts, src, dst, event.data, call_id.encode() if call_id else None,
                                     pair_cache=_pairs(leg, self._sip))
+        if kind is SrtpKeyEvent:  # two per SDES call: the same as the isinstance branch below, fewer steps
+            assert isinstance(event, SrtpKeyEvent)
+            leg, call_id = event.leg, event.call_id
+            src, dst = (leg.client, leg.server) if event.from_client else (leg.server, leg.client)
+            log = self._encoders[hep.PROTO_LOG]
+            return log.encode(event.ts, src, dst, srtp_event_json(event).encode("utf-8"),
+                              call_id.encode("utf-8") if call_id else None, pair_cache=_pairs(leg, log))
         if isinstance(event, SipEvent):
             call_id = event.view.call_id if event.view is not None else None
             return self._packet(event.ts, event.leg, event.src, event.dst, event.data, hep.PROTO_SIP, call_id)
@@ -127,6 +136,13 @@ class HepSink(LinkSink):
         if isinstance(event, (KeyEvent, SrtpKeyEvent)):
             return self.settings.log_key_material
         return False  # ConnectionClosed: HEP has no place for it
+
+    def accepts_kind(self, kind: type) -> bool | None:
+        if kind is SipEvent:
+            return True
+        if kind is KeyEvent or kind is SrtpKeyEvent:
+            return self.settings.log_key_material
+        return False if kind is ConnectionClosed else None
 
     def encode_unit(self, event: MirrorEvent) -> bytes | None:
         if isinstance(event, ConnectionClosed):

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Unpack
 
 from siptap.config.mirror import JsonlSinkSettings
-from siptap.mirror.events import MirrorEvent, SipEvent, SrtpKeyEvent
+from siptap.mirror.events import ConnectionClosed, KeyEvent, MirrorEvent, SipEvent, SrtpKeyEvent
 from siptap.mirror.link import Link, LinkOptions, LinkSink
 from siptap.mirror.render import event_to_dict, sip_event_json, srtp_event_json, to_json
 
@@ -54,6 +54,9 @@ class JsonlSink(LinkSink):
         )
         self.payload = settings.payload
         self.end = "\n" if self.link.stream else ""  # a line on a stream; a datagram is whole
+
+    def accepts_kind(self, kind: type) -> bool | None:
+        return True if kind in (SipEvent, KeyEvent, SrtpKeyEvent, ConnectionClosed) else None  # every event
 
     def encode(self, event: MirrorEvent) -> bytes:
         if type(event) is SipEvent:

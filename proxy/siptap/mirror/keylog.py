@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from siptap.mirror.events import KeyEvent, MirrorEvent
+from siptap.mirror.events import ConnectionClosed, KeyEvent, MirrorEvent, SipEvent, SrtpKeyEvent
 from siptap.mirror.files import FileSink
 
 
@@ -34,6 +34,10 @@ class KeylogSink(FileSink):
 
     def accepts(self, event: MirrorEvent) -> bool:
         return isinstance(event, KeyEvent) and bool(event.facts.keylog_lines)
+
+    def accepts_kind(self, kind: type) -> bool | None:
+        # A handshake: asked per event (one without key-log lines has nothing to write).
+        return False if kind in (SipEvent, SrtpKeyEvent, ConnectionClosed) else None
 
     def render(self, event: MirrorEvent) -> str:
         assert isinstance(event, KeyEvent)

@@ -49,13 +49,19 @@ from pathlib import Path
 import trio
 
 from siptap.config.mirror import PcapSettings
-from siptap.mirror.events import ConnectionClosed, MirrorEvent, SipEvent
+from siptap.mirror.events import ConnectionClosed, KeyEvent, MirrorEvent, SipEvent, SrtpKeyEvent
 from siptap.mirror.files import close_quietly, create_private, write_all
 from siptap.mirror.sink import Sink, log
 from siptap.sansio import pcap
 from siptap.sansio.hep import split_timestamp
 
 _PCAP_RECORD = struct.Struct("<IIII")
+# An Enhanced Packet Block around a frame (pcap.pcapng_enhanced_packet, interface 0): type,
+# total length, interface, timestamp high and low, captured and original length; the frame
+# padded to 4 octets; the total length again. _EPB_TAILS[pad](total): the padding and trailer.
+_EPB_HEAD = struct.Struct("<IIIIIII")
+_EPB_OVERHEAD = _EPB_HEAD.size + 4
+_EPB_TAILS = [struct.Struct(f"<{pad}xI").pack for pad in range(4)]
 
 
 @dataclass(slots=True)
@@ -91,12 +97,16 @@ class PcapSink(Sink):
             re.escape(settings.prefix) + r"-(\d{8}-\d{6})-(\d+)\." + re.escape(self.ext) + r"$"
         )
         self._header = self._file_header()
+        self._pcapng = self.ext == "pcapng"
         # Records not yet written (to the open file), and how many SIP events they carry.
         self._pending: list[bytes] = []
         self._pending_events = 0
 
     def accepts(self, event: MirrorEvent) -> bool:
         return isinstance(event, (SipEvent, ConnectionClosed))
+
+    def accepts_kind(self, kind: type) -> bool | None:
+        return kind is SipEvent or kind is ConnectionClosed or (False if kind in (KeyEvent, SrtpKeyEvent) else None)
 
     # -- files ---------------------------------------------------------------------------
 
@@ -231,6 +241,42 @@ class PcapSink(Sink):
         leg = event.leg
         key = (leg.conn_id, leg.leg)
         flow = self._flows.get(key)
+        if type(event) is SipEvent and flow is not None and flow.file_serial == self._serial and self._fd is not None:
+            # The usual message: a flow already in the open file, one segment. What the
+            # general path below writes, with the payload as its own piece of the batch's
+            # write instead of copied into a frame and then into a record.
+            ts, data = event.ts, event.data
+            size = len(data)
+            limit, seconds = self.settings.rotate_bytes, self.settings.rotate_seconds
+            if (0 < size < pcap.MAX_SEGMENT
+                    # _needs_rotation(ts, _estimate(size)), inlined (below MAX_SEGMENT: 4 x 140)
+                    and not (limit and self._bytes > len(self._header) and self._bytes + size + 560 > limit)
+                    and not (seconds and ts - self._opened_at >= seconds)):
+                try:
+                    headers = flow.tcp.segment_headers(event.from_client, data)
+                except ValueError as exc:
+                    self._failed(exc)
+                    self.drop("not encodable as a frame")
+                    return
+                sec, usec = divmod(round(ts * 1_000_000), 1_000_000)  # split_timestamp, inlined
+                length = len(headers) + size
+                if self._pcapng:
+                    self._pending += (_EPB_HEAD.pack(pcap.PCAPNG_BLOCK_EPB, length + _EPB_OVERHEAD + (-length & 3), 0,
+                                                     (us := sec * 1_000_000 + usec) >> 32, us & 0xFFFFFFFF, length,
+                                                     length),
+                                      headers, data, _EPB_TAILS[-length & 3](length + _EPB_OVERHEAD + (-length & 3)))
+                    self._bytes += length + _EPB_OVERHEAD + (-length & 3)
+                else:
+                    self._pending += (_PCAP_RECORD.pack(sec, usec, length, length), headers, data)
+                    self._bytes += 16 + length
+                self._pending_events += 1
+                return
+        self._general(event, key, flow)
+
+    def _general(self, event: MirrorEvent, key: tuple[str, str], flow: _Flow | None) -> None:
+        """:meth:`_one` for every event: closes, a flow's first message in a file, rotations,
+        split messages, failures. (tests/mirror/test_pcap.py holds the fast path to it.)"""
+        leg = event.leg
         if type(event) is not SipEvent:  # a ConnectionClosed (accepts() lets nothing else in)
             self._flows.pop(key, None)
             if flow is None or flow.file_serial != self._serial or self._fd is None:

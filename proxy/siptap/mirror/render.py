@@ -29,6 +29,7 @@ Object shapes (all share ``type``, ``ts`` ISO 8601 UTC, ``epoch`` float seconds,
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import math
 from datetime import UTC, datetime
@@ -59,13 +60,15 @@ def iso_utc_reference(ts: float) -> str:
 
 
 class _FormattedSecond:
-    """The last whole second :func:`iso_utc` formatted, and its text."""
+    """The last whole second :func:`iso_utc` formatted: its ISO text, and its integer
+    digits as the ``epoch`` member writes them (:func:`_stamp`)."""
 
-    __slots__ = ("second", "text")
+    __slots__ = ("epoch", "second", "text")
 
     def __init__(self) -> None:
         self.second: float | None = None
         self.text = ""
+        self.epoch = ""
 
 
 _last_second = _FormattedSecond()
@@ -86,9 +89,14 @@ def iso_utc(ts: float) -> str:
         whole -= 1.0
     cache = _last_second
     if cache.second != whole:
-        cache.text = datetime.fromtimestamp(int(whole), UTC).replace(tzinfo=None).isoformat()
-        cache.second = whole
+        _new_second(cache, whole)
     return f"{cache.text}.{usec:06d}Z"
+
+
+def _new_second(cache: _FormattedSecond, whole: float) -> None:
+    cache.text = datetime.fromtimestamp(int(whole), UTC).replace(tzinfo=None).isoformat()
+    cache.epoch = str(int(whole))
+    cache.second = whole
 
 
 def _addr(address: Address) -> JsonObject:
@@ -207,6 +215,7 @@ def to_json(obj: object) -> str:
 # What _ENCODER.encode does for a str (ensure_ascii=False): the lean renderers below call it
 # directly and fill the rest of an object into a template.
 _json_str = json.encoder.encode_basestring
+_b64 = binascii.b2a_base64
 
 
 def _leg_fragments(leg: LegInfo) -> tuple[str, str]:
@@ -241,28 +250,68 @@ def sip_summary_json(view: SipMessageView | SipFields) -> str:
     ``view`` may be anything with the view's attribute names, such as
     :class:`siptap.sansio.sip_fields.SipFields`. Each member is what the JSON encoder writes
     for it: a ``str | None`` escaped or null, an ``int | None`` as ``int.__repr__`` or null."""
-    v = view
+    if type(view) is SipFields:  # what the mirror process reads: one unpacking, no attribute reads
+        (request, method, request_uri, status, reason, call_id, cseq, cseq_method, from_tag, to_tag, via_branch,
+         content_type, body_length) = view
+    else:
+        request, method, request_uri, status = view.is_request, view.method, view.request_uri, view.status_code
+        reason, call_id, cseq, cseq_method = view.reason, view.call_id, view.cseq_number, view.cseq_method
+        from_tag, to_tag, via_branch = view.from_tag, view.to_tag, view.via_branch
+        content_type, body_length = view.content_type, view.body_length
     s = _json_str
     return (
-        f'{{"request":{"true" if v.is_request else "false"}'
-        f',"method":{"null" if (x := v.method) is None else s(x)}'
-        f',"request_uri":{"null" if (x := v.request_uri) is None else s(x)}'
-        f',"status":{"null" if (n := v.status_code) is None else int.__repr__(n)}'
-        f',"reason":{"null" if (x := v.reason) is None else s(x)}'
-        f',"call_id":{"null" if (x := v.call_id) is None else s(x)}'
-        f',"cseq":{"null" if (n := v.cseq_number) is None else int.__repr__(n)}'
-        f',"cseq_method":{"null" if (x := v.cseq_method) is None else s(x)}'
-        f',"from_tag":{"null" if (x := v.from_tag) is None else s(x)}'
-        f',"to_tag":{"null" if (x := v.to_tag) is None else s(x)}'
-        f',"via_branch":{"null" if (x := v.via_branch) is None else s(x)}'
-        f',"content_type":{"null" if (x := v.content_type) is None else s(x)}'
-        f',"body_length":{int.__repr__(v.body_length)}}}'
+        f'{{"request":{"true" if request else "false"}'
+        f',"method":{"null" if method is None else s(method)}'
+        f',"request_uri":{"null" if request_uri is None else s(request_uri)}'
+        f',"status":{"null" if status is None else int.__repr__(status)}'
+        f',"reason":{"null" if reason is None else s(reason)}'
+        f',"call_id":{"null" if call_id is None else s(call_id)}'
+        f',"cseq":{"null" if cseq is None else int.__repr__(cseq)}'
+        f',"cseq_method":{"null" if cseq_method is None else s(cseq_method)}'
+        f',"from_tag":{"null" if from_tag is None else s(from_tag)}'
+        f',"to_tag":{"null" if to_tag is None else s(to_tag)}'
+        f',"via_branch":{"null" if via_branch is None else s(via_branch)}'
+        f',"content_type":{"null" if content_type is None else s(content_type)}'
+        f',"body_length":{int.__repr__(body_length)}}}'
     )
 
 
+# Where _stamp's one rounding serves both members (see there): 2**13 <= ts < 2**33, i.e.
+# 1970-01-01T02:16:32Z to the year 2242; anything else (tests' odd clocks) takes the two
+# roundings the members are defined by.
+_STAMP_LOW = 8192.0
+_STAMP_HIGH = 8589934592.0
+
+
 def _stamp(ts: float) -> str:
-    """The ``"ts":...,"epoch":...`` members every event starts with."""
-    return f'"ts":"{iso_utc(ts)}","epoch":{_number(round(ts, 6))}'
+    """The ``"ts":...,"epoch":...`` members every event starts with: ``iso_utc(ts)`` and
+    ``_number(round(ts, 6))``, the same characters, from one rounding and the second's
+    cached texts, without the two float-to-decimal conversions (each costs as much as the
+    rest of the line's stamp).
+
+    Why they agree, for ``2**13 <= ts < 2**33``: both members round ``ts`` to whole
+    microseconds, half to even, from its exact binary value: ``round(ts, 6)`` by its
+    definition (correctly rounded); :func:`iso_utc` from ``modf``'s fraction times 1e6,
+    whose one rounding error (at most 2**-34, as the product is below 2**20) is smaller
+    than the smallest distance from a non-tie to a half (a multiple of 2**-33, as ts's
+    own resolution is at least 2**-39), and a tie (k * 15625 / 2**33, k < 2**39) is
+    computed exactly. And ``repr`` of that rounded float is the decimal itself, trailing
+    zeros dropped: below 2**33 a float's spacing is under 1e-6, so no other decimal of at
+    most six places reads back as the same float, and a shorter one would have fewer places.
+    tests/mirror/test_fast_paths.py holds it to the definition over ties and edges."""
+    # Not for an int (a test's clock): round() keeps it an int, written without ".0".
+    if type(ts) is not float or not _STAMP_LOW <= ts < _STAMP_HIGH:  # also NaN
+        return f'"ts":"{iso_utc(ts)}","epoch":{_number(round(ts, 6))}'
+    frac, whole = math.modf(ts)
+    usec = round(frac * 1e6)
+    if usec >= 1_000_000:
+        usec -= 1_000_000
+        whole += 1.0
+    cache = _last_second
+    if cache.second != whole:
+        _new_second(cache, whole)
+    digits = f"{usec:06d}"
+    return f'"ts":"{cache.text}.{digits}Z","epoch":{cache.epoch}.{digits.rstrip("0") or "0"}'
 
 
 def sip_event_json(event: SipEvent, *, payload: bool = True) -> str:
@@ -282,20 +331,21 @@ def sip_event_json(event: SipEvent, *, payload: bool = True) -> str:
                 f',"payload_b64":"{base64.b64encode(data).decode("ascii")}"}}')
 
 
-# srtp_key_dict's members in its order (the base64 and hex members need no escaping).
-_SRTP = ('{"suite":%s,"tag":%s,"inline":%s,"master_key_b64":"%s","master_salt_b64":"%s","master_key_hex":"%s",'
-         '"master_salt_hex":"%s","key_salt_hex":"%s%s","lifetime":%s,"mki":%s,"media":%s,"port":%s,"address":%s,'
-         '"session_params":[%s]}')
-
-
 def srtp_key_json(key: SdesKey) -> str:
-    """``to_json(srtp_key_dict(key))``, the same characters, from one template."""
-    key_hex, salt_hex = key.master_key_hex, key.master_salt_hex
-    return _SRTP % (
-        _json_str(key.suite), int.__repr__(key.tag), _json_str(key.key_params_b64),
-        base64.b64encode(key.master_key).decode("ascii"), base64.b64encode(key.master_salt).decode("ascii"),
-        key_hex, salt_hex, key_hex, salt_hex, _text(key.lifetime), _text(key.mki), _json_str(key.media),
-        int.__repr__(key.port), _text(key.connection_address), ",".join(map(_json_str, key.session_params)),
+    """``to_json(srtp_key_dict(key))``, the same characters, from one f-string (the base64
+    and hex members need no escaping; ``%d`` is ``int.__repr__``)."""
+    s = _json_str
+    key_hex, salt_hex = key.master_key.hex(), key.master_salt.hex()
+    lifetime, mki, address, params = key.lifetime, key.mki, key.connection_address, key.session_params
+    return (
+        f'{{"suite":{s(key.suite)},"tag":{key.tag:d},"inline":{s(key.key_params_b64)}'
+        # base64.b64encode without its Python wrapper: the same characters
+        f',"master_key_b64":"{_b64(key.master_key, newline=False).decode("ascii")}"'
+        f',"master_salt_b64":"{_b64(key.master_salt, newline=False).decode("ascii")}"'
+        f',"master_key_hex":"{key_hex}","master_salt_hex":"{salt_hex}","key_salt_hex":"{key_hex}{salt_hex}"'
+        f',"lifetime":{"null" if lifetime is None else s(lifetime)},"mki":{"null" if mki is None else s(mki)}'
+        f',"media":{s(key.media)},"port":{key.port:d},"address":{"null" if address is None else s(address)}'
+        f',"session_params":[{",".join(map(s, params)) if params else ""}]}}'
     )
 
 

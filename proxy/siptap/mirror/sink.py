@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 import trio
@@ -75,7 +75,7 @@ class Sink:
     """Base class of the outputs. Subclasses implement :meth:`handle` (and usually
     :meth:`accepts` and :meth:`aclose`); they call :meth:`sent_one` and :meth:`drop`.
 
-    What the fan-out relies on is public: :meth:`accepts`, :attr:`delivers_nowait`,
+    What the fan-out relies on is public: :meth:`accepts`, :meth:`accepts_kind`, :attr:`delivers_nowait`,
     :meth:`deliver_nowait` and :meth:`settle_crash`, :meth:`run`, :meth:`record_crash`,
     :meth:`take_backlog`, the counters and :attr:`on_idle`; it never touches a sink's
     private state."""
@@ -93,7 +93,9 @@ class Sink:
         self.last_error: str | None = None
         self.reporter = DropReporter(name)
         self._handled = 0
-        self._progress = trio.Event()
+        # Set at the next progress, for wait_handled; made only when someone waits (the
+        # mirror's own sinks deliver batch after batch with nobody waiting).
+        self._progress: trio.Event | None = None
         # Events taken off the queue in a batch but not dealt with when the batch ended
         # early (a crash or shutdown): handled first after a restart, or counted as "not
         # flushed at shutdown" by the fan-out. ``_unfinished`` is how ``handle_batch``
@@ -109,6 +111,14 @@ class Sink:
     def accepts(self, event: MirrorEvent) -> bool:
         """Whether this sink wants the event at all (checked before queueing)."""
         return True
+
+    def accepts_kind(self, kind: type) -> bool | None:
+        """Whether this sink wants every event of type ``kind`` (True), none (False), or
+        decides event by event (None, the default: :meth:`accepts` is asked each time).
+        The fan-out asks once per type and then skips the call per event; an answer other
+        than None must be what :meth:`accepts` says of every event of that type
+        (tests/mirror/test_fanout.py checks the sinks siptap has)."""
+        return None
 
     async def handle(self, event: MirrorEvent) -> None:
         raise NotImplementedError
@@ -286,18 +296,38 @@ class Sink:
 
     def _note_handled(self, count: int = 1) -> None:
         self._handled += count
-        self._progress.set()
-        self._progress = trio.Event()
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
 
     async def wait_handled(self, count: int) -> None:
         """Wait until ``count`` events in total have been taken off the queue and dealt
         with (sent or dropped): for tests and for draining."""
         while self._handled < count:
+            if self._progress is None:
+                self._progress = trio.Event()
             await self._progress.wait()
 
     @property
     def handled(self) -> int:
         return self._handled
+
+
+def routes_for(sinks: Sequence[Sink], kind: type) -> tuple[list[tuple[int, bool]], list[tuple[int, bool]]]:
+    """Which of ``sinks`` (indices, in order) an event of type ``kind`` is for, on a mirrored
+    leg and on any other (only the sinks that take every leg: the key log), each with
+    whether that sink's :meth:`Sink.accepts` must still be asked per event. A sink that
+    answers for the whole type (:meth:`Sink.accepts_kind`) then costs the fan-out no call per
+    event, and one that takes none of the type is not visited at all."""
+    mirrored = []
+    for i, sink in enumerate(sinks):
+        try:
+            whole = sink.accepts_kind(kind)
+        except Exception:  # a sink's bug: then it is asked per event, as if it had not answered
+            whole = None
+        if whole is not False:
+            mirrored.append((i, whole is None))
+    return mirrored, [(i, ask) for i, ask in mirrored if sinks[i].all_legs]
 
 
 def describe_error(exc: BaseException) -> str:

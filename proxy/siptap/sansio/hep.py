@@ -210,7 +210,8 @@ class Encoder:
     ports) are built and validated once and cached, so a packet costs a few struct packs
     and one join. For the mirror's hot path: one per SIP message."""
 
-    __slots__ = ("_addresses", "_middle", "_tail", "auth_key", "capture_id", "ip_proto", "node_name", "proto_type")
+    __slots__ = ("_addresses", "_layouts", "_middle", "_tail", "auth_key", "capture_id", "ip_proto", "node_name",
+                 "proto_type")
 
     def __init__(
         self,
@@ -229,6 +230,8 @@ class Encoder:
         self._addresses: dict[tuple[tuple[str, int], tuple[str, int]], bytes] = {}
         self._middle = b""  # proto type, capture id, auth key: built with the first pair
         self._tail = b"" if node_name is None else _chunk(CHUNK_NODE_NAME, node_name)
+        # By the address chunks' length (IPv4 or IPv6): see _layout.
+        self._layouts: dict[int, tuple[int, struct.Struct, struct.Struct, struct.Struct]] = {}
 
     def _address_chunks(self, src: tuple[str, int], dst: tuple[str, int], sec: int, usec: int,
                         cache: dict[Any, bytes] | None) -> bytes:
@@ -248,10 +251,25 @@ class Encoder:
             end = _HEADER.size + 7 + 7 + 2 * (6 + (16 if packet.is_ipv6 else 4)) + 8 + 8
             chunks = full[_HEADER.size : end]
             self._middle = full[end + 20 : len(full) - _CHUNK_HEADER.size]
+            if len(chunks) not in self._layouts:
+                self._layouts[len(chunks)] = self._layout(len(chunks))
             if cache is self._addresses and len(cache) >= _ADDRESS_CACHE_MAX:
                 cache.clear()
             cache[key] = chunks
         return chunks
+
+    def _layout(self, address_size: int) -> tuple[int, struct.Struct, struct.Struct, struct.Struct]:
+        """How this encoder's packets with address chunks of ``address_size`` octets are
+        laid out: the octets of everything but the payload and the correlation chunk, then
+        three packers. ``plain``: everything before the payload of a packet without a
+        correlation id (header, address chunks, the two timestamp chunks, the middle, the
+        tail, the payload chunk's header) in one pack; ``correlated``: the same up to the
+        correlation chunk's header, and ``rest``: the tail and the payload chunk's header,
+        for the packets with one (the id goes between them)."""
+        middle, tail = len(self._middle), len(self._tail)
+        base = _HEADER.size + address_size + _TS_CHUNKS.size + middle + tail + _CHUNK_HEADER.size
+        head = f"!4sH{address_size}sHHHIHHHI{middle}s"
+        return (base, struct.Struct(f"{head}{tail}sHHH"), struct.Struct(f"{head}HHH"), struct.Struct(f"!{tail}sHHH"))
 
     def encode(
         self, t: float, src: tuple[str, int], dst: tuple[str, int], payload: bytes, correlation_id: bytes | None = None,
@@ -266,22 +284,22 @@ class Encoder:
             chunks = self._address_chunks(src, dst, sec, usec, pair_cache)
         if not 0 <= sec <= 0xFFFFFFFF:  # a cached pair was validated with another time
             raise ValueError(f"HEP ts_sec out of range 0..{0xFFFFFFFF}: {sec}")
-        middle, tail = self._middle, self._tail
-        # Everything but the payload and the correlation id: the header, the address
-        # chunks, the two timestamp chunks, the middle, the tail, the payload chunk header.
-        total = _HEADER.size + len(chunks) + _TS_CHUNKS.size + len(middle) + len(tail) + _CHUNK_HEADER.size + len(payload)
-        if correlation_id is not None:
-            total += _CHUNK_HEADER.size + len(correlation_id)
+        base, plain, correlated, rest = self._layouts[len(chunks)]
+        size = len(payload)
+        if correlation_id is None:
+            total = base + size
+            if total > MAX_PACKET:
+                raise ValueError(f"HEP packet too large: {total} octets > {MAX_PACKET}")
+            return plain.pack(MAGIC, total, chunks, 0, CHUNK_TS_SEC, 10, sec, 0, CHUNK_TS_USEC, 10, usec, self._middle,
+                              self._tail, 0, CHUNK_PAYLOAD, _CHUNK_HEADER.size + size) + payload
+        total = base + _CHUNK_HEADER.size + len(correlation_id) + size
         if total > MAX_PACKET:
             raise ValueError(f"HEP packet too large: {total} octets > {MAX_PACKET}")
         return b"".join((
-            _HEADER.pack(MAGIC, total),
-            chunks,
-            _TS_CHUNKS.pack(0, CHUNK_TS_SEC, 10, sec, 0, CHUNK_TS_USEC, 10, usec),
-            middle,
-            b"" if correlation_id is None else _chunk(CHUNK_CORRELATION_ID, correlation_id),
-            tail,
-            _CHUNK_HEADER.pack(0, CHUNK_PAYLOAD, _CHUNK_HEADER.size + len(payload)),
+            correlated.pack(MAGIC, total, chunks, 0, CHUNK_TS_SEC, 10, sec, 0, CHUNK_TS_USEC, 10, usec, self._middle,
+                            0, CHUNK_CORRELATION_ID, _CHUNK_HEADER.size + len(correlation_id)),
+            correlation_id,
+            rest.pack(self._tail, 0, CHUNK_PAYLOAD, _CHUNK_HEADER.size + size),
             payload,
         ))
 

@@ -225,8 +225,10 @@ def ethernet_ip_tcp_frame(
     return dst_mac + src_mac + struct.pack("!H", ethertype) + ip_header + segment
 
 
-_IPV4_TCP = struct.Struct("!BBHHHBBH4s4sHHIIBBHHH")
-_IPV6_TCP = struct.Struct("!IHBB16s16sHHIIBBHHH")
+# Ethernet (the two MACs and the EtherType, fixed per direction: one 14-octet field), then
+# the IP and TCP headers: a frame's headers in one pack.
+_IPV4_TCP = struct.Struct("!14sBBHHHBBH4s4sHHIIBBHHH")
+_IPV6_TCP = struct.Struct("!14sIHBB16s16sHHIIBBHHH")
 
 
 def _word_sum(data: bytes) -> int:
@@ -259,6 +261,11 @@ class _Template:
         self.tcp_sum = addresses + IPPROTO_TCP + self.src_port + self.dst_port + TCP_WINDOW
 
     def frame(self, seq: int, ack: int, flags: int, payload: bytes, ip_id: int) -> bytes:
+        return self.headers(seq, ack, flags, payload, ip_id) + payload
+
+    def headers(self, seq: int, ack: int, flags: int, payload: bytes, ip_id: int) -> bytes:
+        """The frame's Ethernet, IP and TCP headers (its checksums cover ``payload``):
+        :meth:`frame` without copying the payload after them."""
         seq &= _U32
         ack &= _U32
         tcp_len = 20 + len(payload)
@@ -276,18 +283,16 @@ class _Template:
                 raise ValueError(f"TCP segment of {tcp_len} octets does not fit one IPv4 packet")
             ip_id &= 0xFFFF
             ip_check = 0xFFFF - ((self.ip_sum + 20 + tcp_len + ip_id) % 0xFFFF or 0xFFFF)
-            header = _IPV4_TCP.pack(
-                0x45, 0, 20 + tcp_len, ip_id, 0x4000, 64, IPPROTO_TCP, ip_check, self.src, self.dst,
+            return _IPV4_TCP.pack(
+                self.ethernet, 0x45, 0, 20 + tcp_len, ip_id, 0x4000, 64, IPPROTO_TCP, ip_check, self.src, self.dst,
                 self.src_port, self.dst_port, seq, ack, 5 << 4, flags, TCP_WINDOW, tcp_check, 0,
             )
-        else:
-            if tcp_len > 0xFFFF:
-                raise ValueError(f"TCP segment of {tcp_len} octets does not fit one IPv6 packet")
-            header = _IPV6_TCP.pack(
-                6 << 28, tcp_len, IPPROTO_TCP, 64, self.src, self.dst,
-                self.src_port, self.dst_port, seq, ack, 5 << 4, flags, TCP_WINDOW, tcp_check, 0,
-            )
-        return b"".join((self.ethernet, header, payload))
+        if tcp_len > 0xFFFF:
+            raise ValueError(f"TCP segment of {tcp_len} octets does not fit one IPv6 packet")
+        return _IPV6_TCP.pack(
+            self.ethernet, 6 << 28, tcp_len, IPPROTO_TCP, 64, self.src, self.dst,
+            self.src_port, self.dst_port, seq, ack, 5 << 4, flags, TCP_WINDOW, tcp_check, 0,
+        )
 
 
 class TcpFlow:
@@ -387,6 +392,25 @@ class TcpFlow:
             frames.append(self._frame(from_client, TCP_PSH | TCP_ACK, piece))
             self._next_seq[side] = (self._next_seq[side] + len(piece)) & _U32
         return frames
+
+    def segment_headers(self, from_client: bool, payload: bytes) -> bytes:
+        """The headers of :meth:`segment`'s one frame for a ``payload`` of 1 to
+        ``MAX_SEGMENT`` octets (a SIP message nearly always): that frame is these + the
+        payload, which a writer can then write from where it is instead of copying it into
+        a frame first. The flow moves on as :meth:`segment` moves it."""
+        if not 0 < len(payload) <= MAX_SEGMENT:
+            raise ValueError(f"a payload of {len(payload)} octets is not one segment's")
+        side = 0 if from_client else 1
+        ip_id = self._ip_id[side]
+        self._ip_id[side] = (ip_id + 1) & 0xFFFF
+        template = self._templates[side]
+        if template is None:
+            template = self._templates[side] = _Template(self, from_client)
+        next_seq = self._next_seq
+        seq = next_seq[side]
+        headers = template.headers(seq, next_seq[1 - side], TCP_PSH | TCP_ACK, payload, ip_id)
+        next_seq[side] = (seq + len(payload)) & _U32
+        return headers
 
     def fin(self, from_client: bool) -> list[bytes]:
         """FIN|ACK from one side and the peer's ACK of it: a complete half-close. Call it for
