@@ -14,8 +14,17 @@ This module builds the context once per output (:func:`client_context`), checkin
 first with ``cryptography`` so that a bad one is a :class:`~siptap.errors.CertificateError`
 naming the file and the problem in words (``siptap check`` turns it into an error naming the
 config key) rather than OpenSSL's "PEM lib"; and it turns a failed handshake into one line a
-person can act on (:func:`describe_failure`). :class:`WatchedTransport` lets the link see when a TLS 1.3
-collector has accepted siptap (a session ticket arrived).
+person can act on (:func:`describe_failure`).
+
+A TLS 1.3 collector judges siptap's client certificate after siptap's side of the handshake
+is done, and refuses it with an alert a round trip later. So the link
+(:class:`siptap.mirror.link.Link`) waits, after the handshake, until the collector shows it
+took us: by a session ticket (OpenSSL and Go servers send one only once the client's
+certificate and Finished passed), by data, or by no refusal within ``accept_wait`` (a
+collector that sends no ticket: trio's, OpenSSL's with tickets off). The ticket is seen
+without polling: the session's transport (:class:`WatchedTransport`) is asked for more bytes
+only once OpenSSL has taken in every record received so far, so that is when the session is
+looked at.
 """
 
 from __future__ import annotations
@@ -33,7 +42,9 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from siptap.config.mirror import CollectorTls
 from siptap.errors import CertificateError
 
-__all__ = ["WatchedTransport", "client_context", "describe_failure", "refusal_alert"]
+__all__ = ["CLOSED_BEFORE_ACCEPTING", "WatchedTransport", "client_context", "describe_failure", "refusal_alert"]
+
+CLOSED_BEFORE_ACCEPTING = "the collector closed the connection before accepting siptap (TLS 1.3, after the handshake)"
 
 # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
 _NAME_MISMATCH = (62, 64)

@@ -15,17 +15,10 @@ part of connecting (within ``connect_timeout``); a handshake that fails is a con
 failed, logged with the reason in words (collector certificate not trusted, name mismatch,
 client certificate refused), and retried with the same back-off.
 
-A TLS 1.3 collector judges siptap's client certificate after siptap's side of the handshake
-is done, and refuses it with an alert a round trip later. So a TLS 1.3 link is not up when
-its handshake returns: it is *awaiting acceptance* until the collector shows it took us,
-by a session ticket (OpenSSL and Go servers send one only once the client's certificate
-and Finished passed), by data, or by no refusal within ``accept_wait`` (a
-collector that sends no ticket: trio's, OpenSSL's with tickets off). Sends wait meanwhile
-(nothing is written to a collector that has not accepted siptap); a refusal is a failed
-connect, and the events that waited are dropped with the alert as their reason. The ticket
-is seen without polling: the session's transport (:class:`WatchedTransport`) is asked for more
-bytes only once OpenSSL has taken in every record received so far, so that is when the
-session is looked at.
+A TLS 1.3 link is not up when its handshake returns: it is *awaiting acceptance* until the
+collector shows it took siptap's certificate (:mod:`siptap.mirror.collector_tls` says how);
+sends wait meanwhile, and a refusal is a failed connect whose waiting events are dropped with
+the alert as their reason.
 
 Cost: :class:`LinkSink` encodes a batch, then sends each datagram with one non-blocking
 system call (falling back to trio's waiting send with its timeout only when the socket
@@ -44,7 +37,7 @@ from typing import Literal, TypedDict
 import trio
 
 from siptap.config.mirror import CollectorTls
-from siptap.mirror.collector_tls import WatchedTransport, describe_failure, refusal_alert
+from siptap.mirror.collector_tls import CLOSED_BEFORE_ACCEPTING, WatchedTransport, describe_failure, refusal_alert
 from siptap.mirror.events import MirrorEvent
 from siptap.mirror.sink import Sink, describe_error, log
 
@@ -242,7 +235,7 @@ class Link:
                         while await tls.receive_some(4096):
                             self._accept("data")
                     if self._pending is not None:  # close_notify instead of a verdict
-                        self._down(_CLOSED_BEFORE_ACCEPTING, error=ConnectionError(_CLOSED_BEFORE_ACCEPTING))
+                        self._down(CLOSED_BEFORE_ACCEPTING, error=ConnectionError(CLOSED_BEFORE_ACCEPTING))
                     else:
                         self._down("peer closed the connection")
                 except (OSError, trio.BrokenResourceError) as exc:
@@ -446,9 +439,6 @@ class Link:
         # after the back-off rather than send into the void.
         self._down(reason, error=exc)
         return f"send failed ({errno.errorcode.get(exc.errno or 0, 'error')})"
-
-
-_CLOSED_BEFORE_ACCEPTING = "the collector closed the connection before accepting siptap (TLS 1.3, after the handshake)"
 
 
 class LinkSink(Sink):
