@@ -17,7 +17,15 @@ falls back to the view:
    the view's lookup is "the first line of that name (full or compact form), with its
    continuation lines";
 3. one loop over the header lines (``split`` + ``partition``) checks each line and keeps the
-   wanted headers; the first of each name wins, as in the view.
+   wanted headers; the first of each name wins, as in the view. A line's name is looked up
+   as spelled (``_SPELLED``, a bounded table of the spellings seen), not stripped and
+   lowered per line;
+4. the start line, CSeq, the From/To tags and the top Via branch are read by memoised pure
+   functions of their raw text (bounded tables, ``_Memo``): a call's messages repeat
+   those values (the From line in all seven, a transaction's Via in each of its messages,
+   ``SIP/2.0 200 OK`` everywhere), so the regexes and the parameter scan run once per
+   distinct value. Being functions of the string alone, the tables cannot mix connections
+   up; an evicted value is simply read again.
 
 So whenever this module answers, its answer is the view's (the property tests in
 tests/sansio/test_sip_fields.py hold it to that, also over the fuzz corpus and the SIPp
@@ -31,7 +39,7 @@ take either.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from siptap.sansio.sip_message import joined, top_level
 
@@ -107,58 +115,141 @@ def read_fields(data: bytes, header_end: int) -> SipFields | None:
             or "\x0b" in text or "\x0c" in text or "\x1c" in text or "\x1d" in text or "\x1e" in text
             or "\x1f" in text):
         return None
-    start_line = text[:start]
-    request = _REQUEST_LINE.fullmatch(start_line)
-    status = None if request is not None else _STATUS_LINE.fullmatch(start_line)
-    if request is None and status is None:
+    # The start line's reading (request or status, and their parts): a few distinct lines
+    # make most of a trunk's traffic ("SIP/2.0 200 OK"), so it is memoised (see _Memo).
+    line = text[:start]
+    head = _STARTS[line] if line in _STARTS else _STARTS.remember(line, _start(line))
+    if head is None:
         return None
 
     found: dict[str, str] = {}
     # The header lines, without the start line and the final empty line. The view takes the
     # first line of each name (full or compact form, any case, blanks before the colon) with
     # its continuation lines; so does this loop. `current` is the value being extended by
-    # continuation lines (None: the last name line was not a wanted one, or a repeat).
-    current: str | None = None
+    # continuation lines ("": the last name line was not a wanted one, or a repeat).
+    current: str | None = ""
+    spelled = _SPELLED
     for line in text[start + 2 : -4].split("\r\n") if len(text) > start + 4 else ():
         first = line[0]
         if first == " " or first == "\t":
-            if current is not None:
+            if current:
                 found[current] += "\r\n" + line
             continue
         name, colon, value = line.partition(":")
         if not colon or not name:
             return None  # neither a name line nor a continuation: not plain
-        current = _CANONICAL.get(name.rstrip(" \t").lower())
-        if current is not None:
+        # The name as spelled on the wire, looked up as it is: one dict probe per line
+        # instead of strip, lower and a probe (_learn fills the table on a miss).
+        current = spelled.get(name)  # None: a spelling not seen yet
+        if current is None:
+            current = _learn(name)
+        if current:
             if current in found:
-                current = None  # a repeat: the first wins, its continuations are not ours
+                current = ""  # a repeat: the first wins, its continuations are not ours
             else:
                 found[current] = value
 
-    call_id = joined(found["call-id"]) if "call-id" in found else None
-    cseq_number: int | None = None
-    cseq_method: str | None = None
-    if "cseq" in found and (cseq := _CSEQ.fullmatch(joined(found["cseq"]))) is not None:
-        cseq_number, cseq_method = int(cseq.group(1)), cseq.group(2)
-    via_branch = None
-    if "via" in found and (via := joined(found["via"])):
-        via_branch = _param(_top_via(via), "branch")
-    content_type = joined(found["content-type"]) if "content-type" in found else None
-    return SipFields(
-        request is not None,
-        request.group(1) if request is not None else None,
-        request.group(2) if request is not None else None,
-        int(status.group(1)) if status is not None else None,
-        (status.group(2) or "") if status is not None else None,
-        call_id or None,
-        cseq_number,
-        cseq_method,
-        _param(joined(found["from"]), "tag") if "from" in found else None,
-        _param(joined(found["to"]), "tag") if "to" in found else None,
-        via_branch,
-        content_type or None,
-        max(0, len(data) - header_end),
-    )
+    # The values of one call repeat in each of its messages (the From line in all seven, the
+    # top Via in a transaction's), so their parameters are read once per distinct value
+    # (see _Memo) rather than once per message. Inline probes, not a cached function: a
+    # call per value cost more than the probe on a hit, and an lru_cache miss (link, evict)
+    # more than the reading it saves (bench/results/2026-12-03-s8-obslean.md).
+    raw = found.get("call-id")
+    call_id = joined(raw) if raw is not None else None
+    raw = found.get("cseq")
+    cseq = _NO_CSEQ if raw is None else _CSEQS[raw] if raw in _CSEQS else _CSEQS.remember(raw, _cseq(raw))
+    tags = _TAGS
+    raw = found.get("from")
+    from_tag = None if raw is None else tags[raw] if raw in tags else tags.remember(raw, _tag(raw))
+    raw = found.get("to")
+    to_tag = None if raw is None else tags[raw] if raw in tags else tags.remember(raw, _tag(raw))
+    raw = found.get("via")
+    via_branch = None if raw is None else _BRANCHES[raw] if raw in _BRANCHES else _BRANCHES.remember(
+        raw, _via_branch(raw))
+    raw = found.get("content-type")
+    content_type = joined(raw) if raw is not None else None
+    # tuple.__new__ rather than SipFields(...): the NamedTuple's own __new__ is a Python
+    # function with thirteen parameters, a measurable share of this function per message.
+    return _new(SipFields, (*head, call_id or None, *cseq, from_tag, to_tag, via_branch, content_type or None,
+                            max(0, len(data) - header_end)))
+
+
+_new = tuple.__new__
+_NO_CSEQ: tuple[int | None, str | None] = (None, None)
+_T = TypeVar("_T")
+
+# Spelled header name (exactly as before the colon, blanks included) -> the wanted header's
+# canonical name, or "" for a header not read here. A peer chooses its names, so the table
+# is bounded: when full it starts again (the names a trunk uses come back within a message).
+_SPELLED: dict[str, str] = {}
+_SPELLED_LIMIT = 512
+
+
+def _learn(name: str) -> str:
+    """``_SPELLED``'s miss path: the view's reading of a name (blanks before the colon
+    dropped, any case, compact forms), remembered for the next line spelled the same."""
+    canonical = _CANONICAL.get(name.rstrip(" \t").lower(), "")
+    if len(_SPELLED) >= _SPELLED_LIMIT:
+        _SPELLED.clear()
+    _SPELLED[name] = canonical
+    return canonical
+
+
+# The memoised readings: raw text (a start line; a header value with its continuation
+# lines) -> what the functions below read from it. Each is a pure function of that one
+# string, so a remembered answer is the computed one whoever asks: nothing per connection
+# can be confused. Each is bounded, sized for the calls being set up at once on a busy
+# trunk (each brings about one request line, two tag values, three Vias); a full table
+# starts again (a dict, no recency links: a miss then costs a probe and an insert), and a
+# value no longer there is simply read again.
+class _Memo(dict[str, _T]):
+    """One table of memoised readings, emptied when it reaches ``limit``."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def remember(self, key: str, value: _T) -> _T:
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = value
+        return value
+
+
+_STARTS: _Memo[tuple[bool, str | None, str | None, int | None, str | None] | None] = _Memo(1024)
+_CSEQS: _Memo[tuple[int | None, str | None]] = _Memo(1024)
+_TAGS: _Memo[str | None] = _Memo(4096)
+_BRANCHES: _Memo[str | None] = _Memo(2048)
+
+
+def _start(line: str) -> tuple[bool, str | None, str | None, int | None, str | None] | None:
+    """(is_request, method, request_uri, status_code, reason), or None: not a SIP start line."""
+    request = _REQUEST_LINE.fullmatch(line)
+    if request is not None:
+        return True, request.group(1), request.group(2), None, None
+    status = _STATUS_LINE.fullmatch(line)
+    if status is not None:
+        return False, None, None, int(status.group(1)), status.group(2) or ""
+    return None
+
+
+def _cseq(raw: str) -> tuple[int | None, str | None]:
+    """CSeq's number and method, (None, None) when it is not ``number method``."""
+    cseq = _CSEQ.fullmatch(joined(raw))
+    return (int(cseq.group(1)), cseq.group(2)) if cseq is not None else _NO_CSEQ
+
+
+def _tag(raw: str) -> str | None:
+    """The ``tag`` parameter of a From or To value."""
+    return _param(joined(raw), "tag")
+
+
+def _via_branch(raw: str) -> str | None:
+    """The ``branch`` parameter of a Via value's first entry."""
+    via = joined(raw)
+    return _param(_top_via(via), "branch") if via else None
 
 
 def _top_via(via: str) -> str:
