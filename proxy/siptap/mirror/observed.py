@@ -2,11 +2,13 @@
 
 :class:`~siptap.mirror.observer.Observer` routes records here. :class:`Direction` is the hot
 path, the mirror-side twin of ``relay/observe.py``'s ``DirectionObserver``: chunk bytes ->
-framer -> per message the SIP fields in one pass (``sip_fields.read_fields``, the full
-``SipMessageView`` only when it declines), a ``SipEvent`` per mirrored leg, the ``sip`` log
-line, the per-message count and SRTP keys. Everything a message's outputs share is fixed once
-per direction: the leg infos with their direction flag, the direction's name, the count dict
-of its route and direction, and (at its first message) the ``sip`` line's rendered prefix.
+framer -> per message the SIP fields in one pass (read by the framer's fast path with the
+Content-Length, ``sip_fields.read_head``; else ``read_fields``; the full ``SipMessageView``
+only when both decline), a ``SipEvent`` per mirrored leg, the ``sip`` log line, the
+per-message count and SRTP keys. Everything a message's outputs share is fixed once per
+direction: the leg infos with their direction flag, the direction's name, the count dict of
+its route and direction, and (at its first message) the ``sip`` line's rendered prefix with
+the bound context and the direction (:func:`sip_line_writer`).
 """
 
 from __future__ import annotations
@@ -283,8 +285,11 @@ class Direction:
         header_end = message.header_end
         # One pass for every field any sink reads (bench/results/2026-12-02-observer.md: read
         # once here, it costs less than the sinks reading a lazy view each). SipFields and
-        # SipMessageView name the same attributes, so everything below takes either.
-        fields: SipFields | SipMessageView | None = read_fields(data, header_end)
+        # SipMessageView name the same attributes, so everything below takes either. The
+        # framer's fast path read them already, with the Content-Length (sip_fields.read_head).
+        fields: SipFields | SipMessageView | None = message.fields
+        if fields is None:
+            fields = read_fields(data, header_end)
         if fields is None:  # an odd message: the full view decides, as before
             # Rare (non-ASCII headers, folded lines, a start line read_fields does not take):
             # the full parser is slower but takes everything SIP allows

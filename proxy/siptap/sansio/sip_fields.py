@@ -32,6 +32,14 @@ tests/sansio/test_sip_fields.py hold it to that, also over the fuzz corpus and t
 scenarios); folded lines are answered too (joined as the view joins them), repeated headers
 take the first like the view, and non-ASCII, bare CR/LF or odd whitespace fall back.
 
+The same pass reads Content-Length (:func:`read_head`): the framer's fast path
+(``sip_framer._complete_messages``) calls it where it used to call
+``content_length.simple_content_length``, and the ``SipMessage`` it reports carries the fields,
+so the mirror reads a message's header block once for framing and fields together. Whenever
+``read_head`` answers, its Content-Length is ``simple_content_length``'s (declining where that
+declines: repeated, folded or non-numeric) and its fields are ``read_fields``'s
+(tests/sansio/test_framer_fast_path.py).
+
 The result is a ``NamedTuple`` with the view's attribute names: readers of those attributes
 take either.
 """
@@ -43,7 +51,7 @@ from typing import NamedTuple, TypeVar
 
 from siptap.sansio.sip_message import joined, top_level
 
-__all__ = ["SipFields", "read_fields"]
+__all__ = ["SipFields", "read_fields", "read_head"]
 
 
 class SipFields(NamedTuple):
@@ -70,6 +78,8 @@ _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 _REQUEST_LINE = re.compile(rf"({_TOKEN}) +([^\x00-\x20\x7f]+) +(?i:SIP/2\.0) *")
 _STATUS_LINE = re.compile(r"(?i:SIP/2\.0) +([0-9]{3})(?: (.*))?", re.DOTALL)
 _CSEQ = re.compile(rf"\s*([0-9]{{1,10}})\s+({_TOKEN})\s*")
+# content_length._SIMPLE_VALUE on the value alone (the line's end is the split's).
+_LENGTH = re.compile(r"[ \t]*([0-9]{1,18})[ \t]*")
 # "Plain" as the view means it (sip_message._is_plain): CRLF line ends only, the first empty
 # line the block's end, every header line a name line (a non-blank name, then ":") or a
 # continuation (SP/HTAB first), and none of the whitespace str.strip() removes that SP, HTAB,
@@ -91,6 +101,7 @@ _CANONICAL = {
     "from": "from", "f": "from",
     "to": "to", "t": "to",
     "content-type": "content-type", "c": "content-type",
+    "content-length": "content-length", "l": "content-length",
 }
 
 
@@ -98,7 +109,28 @@ def read_fields(data: bytes, header_end: int) -> SipFields | None:
     """The fields of one framed message (``header_end``: index of the first body byte, as the
     framer reports it), or None when the caller should ask ``parse_message`` instead: the header
     block is not plain ASCII, or the start line is not SIP (the view then raises)."""
-    block = data[:header_end]
+    read = _read(data, 0, header_end)
+    return None if read is None else _new(SipFields, (*read[0], max(0, len(data) - header_end)))
+
+
+def read_head(data: bytes, start: int, header_end: int) -> tuple[SipFields, int] | None:
+    """The framer's reading of a message's header block ``data[start:header_end]`` before it
+    knows where the body ends: its fields and its Content-Length, or None when either is not
+    plain (the framer then reads Content-Length by ``content_length.simple_content_length``
+    and the mirror the fields by :func:`read_fields` or the view). Whenever it answers, the
+    Content-Length is ``simple_content_length``'s and the fields are those ``read_fields``
+    reads from the framed message (whose body length is that Content-Length): the one pass
+    serves both (tests/sansio/test_framer_fast_path.py)."""
+    read = _read(data, start, header_end)
+    if read is None or read[1] is None:
+        return None
+    return _new(SipFields, (*read[0], read[1])), read[1]
+
+
+def _read(data: bytes, at: int, header_end: int) -> tuple[tuple[object, ...], int | None] | None:
+    """The fields but body_length, and the Content-Length when it is plain (one header, a
+    number on an unfolded line, or none: 0), of the message at ``at``; None: not plain."""
+    block = data[at:header_end]
     if not block.isascii():
         return None
     text = block.decode("ascii")
@@ -145,7 +177,11 @@ def read_fields(data: bytes, header_end: int) -> SipFields | None:
             current = _learn(name)
         if current:
             if current in found:
-                current = ""  # a repeat: the first wins, its continuations are not ours
+                # A repeat: the first wins, its continuations are not ours. A repeated
+                # Content-Length is the reference's to judge (do they agree?).
+                if current == "content-length":
+                    found["content-length"] = "\r\n"  # never a plain number: not plain
+                current = ""
             else:
                 found[current] = value
 
@@ -168,12 +204,15 @@ def read_fields(data: bytes, header_end: int) -> SipFields | None:
         raw, _via_branch(raw))
     raw = found.get("content-type")
     content_type = joined(raw) if raw is not None else None
-    # tuple.__new__ rather than SipFields(...): the NamedTuple's own __new__ is a Python
-    # function with thirteen parameters, a measurable share of this function per message.
-    return _new(SipFields, (*head, call_id or None, *cseq, from_tag, to_tag, via_branch, content_type or None,
-                            max(0, len(data) - header_end)))
+    # Content-Length as content_length.simple_content_length reads it: digits alone on an
+    # unfolded line (a continuation or a repeat adds a CRLF, which fails the pattern).
+    raw = found.get("content-length")
+    length = 0 if raw is None else _LENGTHS[raw] if raw in _LENGTHS else _LENGTHS.remember(raw, _length(raw))
+    return (*head, call_id or None, *cseq, from_tag, to_tag, via_branch, content_type or None), length
 
 
+# tuple.__new__ rather than SipFields(...): the NamedTuple's own __new__ is a Python
+# function with thirteen parameters, a measurable share of a message's reading.
 _new = tuple.__new__
 _NO_CSEQ: tuple[int | None, str | None] = (None, None)
 _T = TypeVar("_T")
@@ -222,6 +261,7 @@ _STARTS: _Memo[tuple[bool, str | None, str | None, int | None, str | None] | Non
 _CSEQS: _Memo[tuple[int | None, str | None]] = _Memo(1024)
 _TAGS: _Memo[str | None] = _Memo(4096)
 _BRANCHES: _Memo[str | None] = _Memo(2048)
+_LENGTHS: _Memo[int | None] = _Memo(1024)
 
 
 def _start(line: str) -> tuple[bool, str | None, str | None, int | None, str | None] | None:
@@ -239,6 +279,12 @@ def _cseq(raw: str) -> tuple[int | None, str | None]:
     """CSeq's number and method, (None, None) when it is not ``number method``."""
     cseq = _CSEQ.fullmatch(joined(raw))
     return (int(cseq.group(1)), cseq.group(2)) if cseq is not None else _NO_CSEQ
+
+
+def _length(raw: str) -> int | None:
+    """A plain Content-Length value (``simple_content_length``'s pattern), else None."""
+    value = _LENGTH.fullmatch(raw)
+    return int(value.group(1)) if value is not None else None
 
 
 def _tag(raw: str) -> str | None:
