@@ -47,6 +47,7 @@ take either.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
 from siptap.sansio.sip_message import joined, top_level
@@ -150,7 +151,7 @@ def _read(data: bytes, at: int, header_end: int) -> tuple[tuple[object, ...], in
     # The start line's reading (request or status, and their parts): a few distinct lines
     # make most of a trunk's traffic ("SIP/2.0 200 OK"), so it is memoised (see _Memo).
     line = text[:start]
-    head = _STARTS[line] if line in _STARTS else _STARTS.remember(line, _start(line))
+    head = _STARTS[line]
     if head is None:
         return None
 
@@ -187,27 +188,26 @@ def _read(data: bytes, at: int, header_end: int) -> tuple[tuple[object, ...], in
 
     # The values of one call repeat in each of its messages (the From line in all seven, the
     # top Via in a transaction's), so their parameters are read once per distinct value
-    # (see _Memo) rather than once per message. Inline probes, not a cached function: a
+    # (see _Memo) rather than once per message. A dict subscript, not a cached function: a
     # call per value cost more than the probe on a hit, and an lru_cache miss (link, evict)
     # more than the reading it saves (bench/results/2026-12-03-s8-obslean.md).
     raw = found.get("call-id")
     call_id = joined(raw) if raw is not None else None
     raw = found.get("cseq")
-    cseq = _NO_CSEQ if raw is None else _CSEQS[raw] if raw in _CSEQS else _CSEQS.remember(raw, _cseq(raw))
+    cseq = _NO_CSEQ if raw is None else _CSEQS[raw]
     tags = _TAGS
     raw = found.get("from")
-    from_tag = None if raw is None else tags[raw] if raw in tags else tags.remember(raw, _tag(raw))
+    from_tag = None if raw is None else tags[raw]
     raw = found.get("to")
-    to_tag = None if raw is None else tags[raw] if raw in tags else tags.remember(raw, _tag(raw))
+    to_tag = None if raw is None else tags[raw]
     raw = found.get("via")
-    via_branch = None if raw is None else _BRANCHES[raw] if raw in _BRANCHES else _BRANCHES.remember(
-        raw, _via_branch(raw))
+    via_branch = None if raw is None else _BRANCHES[raw]
     raw = found.get("content-type")
     content_type = joined(raw) if raw is not None else None
     # Content-Length as content_length.simple_content_length reads it: digits alone on an
     # unfolded line (a continuation or a repeat adds a CRLF, which fails the pattern).
     raw = found.get("content-length")
-    length = 0 if raw is None else _LENGTHS[raw] if raw in _LENGTHS else _LENGTHS.remember(raw, _length(raw))
+    length = 0 if raw is None else _LENGTHS[raw]
     return (*head, call_id or None, *cseq, from_tag, to_tag, via_branch, content_type or None), length
 
 
@@ -242,26 +242,22 @@ def _learn(name: str) -> str:
 # starts again (a dict, no recency links: a miss then costs a probe and an insert), and a
 # value no longer there is simply read again.
 class _Memo(dict[str, _T]):
-    """One table of memoised readings, emptied when it reaches ``limit``."""
+    """One table of memoised readings: ``table[raw]`` is ``read(raw)``, read at the first
+    subscript (``__missing__``) and kept until the table, at ``limit``, is emptied."""
 
-    __slots__ = ("limit",)
+    __slots__ = ("limit", "read")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, read: Callable[[str], _T], limit: int) -> None:
         super().__init__()
+        self.read = read
         self.limit = limit
 
-    def remember(self, key: str, value: _T) -> _T:
+    def __missing__(self, key: str) -> _T:
+        value = self.read(key)
         if len(self) >= self.limit:
             self.clear()
         self[key] = value
         return value
-
-
-_STARTS: _Memo[tuple[bool, str | None, str | None, int | None, str | None] | None] = _Memo(1024)
-_CSEQS: _Memo[tuple[int | None, str | None]] = _Memo(1024)
-_TAGS: _Memo[str | None] = _Memo(4096)
-_BRANCHES: _Memo[str | None] = _Memo(2048)
-_LENGTHS: _Memo[int | None] = _Memo(1024)
 
 
 def _start(line: str) -> tuple[bool, str | None, str | None, int | None, str | None] | None:
@@ -338,3 +334,12 @@ def _param(value: str, wanted: str) -> str | None:
             raw = raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
         return raw if eq and raw else None
     return None
+
+
+# The tables (_Memo, above), read by _read. Sizes: a table holds the values of the calls
+# being set up at once on a busy trunk, several times over.
+_STARTS: _Memo[tuple[bool, str | None, str | None, int | None, str | None] | None] = _Memo(_start, 1024)
+_CSEQS: _Memo[tuple[int | None, str | None]] = _Memo(_cseq, 1024)
+_TAGS: _Memo[str | None] = _Memo(_tag, 4096)
+_BRANCHES: _Memo[str | None] = _Memo(_via_branch, 2048)
+_LENGTHS: _Memo[int | None] = _Memo(_length, 1024)
