@@ -150,8 +150,7 @@ def _read(data: bytes, at: int, header_end: int) -> tuple[tuple[object, ...], in
         return None
     # The start line's reading (request or status, and their parts): a few distinct lines
     # make most of a trunk's traffic ("SIP/2.0 200 OK"), so it is memoised (see _Memo).
-    line = text[:start]
-    head = _STARTS[line]
+    head = _STARTS[text[:start]]
     if head is None:
         return None
 
