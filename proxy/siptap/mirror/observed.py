@@ -106,7 +106,7 @@ class Direction:
         self._log_messages = log_messages
         self._log_payloads = log_payloads
         self._log_key_material = log_key_material
-        # False: not made yet; None: event_writer cannot render this logger's lines.
+        # False: not made yet; None: sip_line_writer cannot render this logger's lines.
         self._sip_line: SipLineWriter | Literal[False] | None = False
         # The skipped region being read (see _unframeable): None, or [offset, size, reason,
         # head]. Reported once, when it ends, so that one line says where and how much.
