@@ -10,9 +10,11 @@ from __future__ import annotations
 import io
 import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import pytest
 import structlog
 import trustme
 from cryptography import x509
@@ -21,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from siptap import log as siptap_log
 from siptap.certificates import certificate_summary
 from siptap.config import LogSettings
 from siptap.log import configure, get_logger
@@ -136,6 +139,22 @@ SIP_LINE_CASES: list[tuple[bytes, Any]] = [
 ]
 
 
+@pytest.fixture
+def own_logging() -> Iterator[None]:
+    """configure() is process-wide: put back structlog's and siptap.log's set-up afterwards, or
+    later tests would log into this test's closed writer (tests/relay/test_heap_trim.py
+    counts what that keeps alive)."""
+    structlog_config, siptap_config = structlog.get_config(), dict(siptap_log._configured)
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+        structlog.configure(**structlog_config)
+        siptap_log._configured.clear()
+        siptap_log._configured.update(siptap_config)
+
+
+@pytest.mark.usefixtures("own_logging")
 def test_the_sip_line_writer_renders_structlogs_line_byte_for_byte() -> None:
     """The mirror's per-direction renderer writes exactly what log.info("sip", ...) writes
     through structlog (bound context, fields, event, context variables, level, timestamp)."""
@@ -160,6 +179,7 @@ def test_the_sip_line_writer_renders_structlogs_line_byte_for_byte() -> None:
     assert '"size": 27, "event": "sip"' in lines[4] and '"call_id": "\\u00e9' in lines[10]
 
 
+@pytest.mark.usefixtures("own_logging")
 def test_the_sip_line_writer_declines_what_event_writer_declines() -> None:
     writer = configure(LogSettings(format="console"), io.StringIO())
     try:
