@@ -236,20 +236,10 @@ def event_writer(logger: LogWriter, event: str) -> Callable[[dict[str, Any]], No
     out, structlog not configured by :func:`configure`): then log the usual way. Fields must
     not repeat a bound key.
     """
-    writer = _configured.get("writer")
-    if writer is None or _configured.get("format") != "json" or _LEVELS[_configured["level"]] > logging.INFO:
+    parts = event_parts(logger, event)
+    if parts is None:
         return None
-    try:
-        context = dict(structlog.get_context(logger))  # type: ignore[arg-type]  # any LogWriter: the except below handles one that is not structlog's
-    except Exception:  # not a bound structlog logger (e.g. a lazy proxy, a test's list): log the usual way
-        return None
-    prefix = json.dumps(context, default=_json_default)[:-1] + (", " if context else "")
-    suffix = f'"event": {json.dumps(event)}'
-    for key, value in structlog.contextvars.get_contextvars().items():
-        suffix += f", {json.dumps(key)}: {json.dumps(value, default=_json_default)}"
-    suffix += ', "level": "info", "timestamp": "'
-    stamp = _configured["stamp"]
-    append = writer.msg
+    prefix, suffix, stamp, append = parts
     encode = _encode_str
 
     def write(fields: dict[str, Any]) -> None:
@@ -269,6 +259,28 @@ def event_writer(logger: LogWriter, event: str) -> Callable[[dict[str, Any]], No
         append("".join(parts))
 
     return write
+
+
+def event_parts(logger: LogWriter, event: str) -> tuple[str, str, Callable[[], str], Callable[[str], None]] | None:
+    """What :func:`event_writer` renders an ``info`` line of ``event`` from, for a caller
+    that renders its own fields (the mirror's ``sip`` line, per message): ``(prefix, suffix,
+    stamp, append)``; a line is ``prefix``, then each field as ``"key": <JSON>, `` (a str by
+    ``json.encoder.encode_basestring_ascii``, an int by ``str``, anything else by
+    ``json.dumps``), then ``suffix + stamp() + '"}'``, handed to ``append``. None when
+    event_writer would decline."""
+    writer = _configured.get("writer")
+    if writer is None or _configured.get("format") != "json" or _LEVELS[_configured["level"]] > logging.INFO:
+        return None
+    try:
+        context = dict(structlog.get_context(logger))  # type: ignore[arg-type]  # any LogWriter: the except below handles one that is not structlog's
+    except Exception:  # not a bound structlog logger (e.g. a lazy proxy, a test's list): log the usual way
+        return None
+    prefix = json.dumps(context, default=_json_default)[:-1] + (", " if context else "")
+    suffix = f'"event": {json.dumps(event)}'
+    for key, value in structlog.contextvars.get_contextvars().items():
+        suffix += f", {json.dumps(key)}: {json.dumps(value, default=_json_default)}"
+    suffix += ', "level": "info", "timestamp": "'
+    return prefix, suffix, _configured["stamp"], writer.msg
 
 
 def configure(settings: LogSettings, stream: IO[str] | None = None) -> QueueWriter:

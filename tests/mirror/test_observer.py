@@ -7,10 +7,15 @@ expected events and lines are those relay/observe.py and relay/session.py produc
 
 from __future__ import annotations
 
+import io
 import itertools
+import re
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import pytest
+import structlog
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -18,11 +23,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from siptap import log as siptap_log
 from siptap.certificates import certificate_summary
 from siptap.config import LogSettings
+from siptap.log import configure, get_logger
 from siptap.metrics import Metrics, SipMessageCounts
 from siptap.mirror.events import ConnectionClosed as ClosedEvent
 from siptap.mirror.events import KeyEvent, LegInfo, MirrorEvent, SipEvent, SrtpKeyEvent
+from siptap.mirror.observed import sip_line_fields, sip_line_writer
 from siptap.mirror.observer import Observer
 from siptap.sansio.chunk_records import (
     FROM_ACCEPTED,
@@ -37,7 +45,8 @@ from siptap.sansio.chunk_records import (
     Record,
 )
 from siptap.sansio.handshake import CertificateSummary, vars_of
-from siptap.sansio.sip_fields import SipFields
+from siptap.sansio.sip_fields import SipFields, read_fields
+from siptap.sansio.sip_message import parse_message
 from tests.relay.memory import BYE, CALL_ID, INLINE, INVITE, OK, RecordingLog, handshake, sip
 
 CUSTOMER = LegInfo("m-1", "lab", "customer", ("192.0.2.10", 40000), ("192.0.2.1", 5061))
@@ -118,6 +127,72 @@ def test_sip_lines_are_the_relays() -> None:
                        "call_id": CALL_ID, "cseq": "1 INVITE", "event": "sip", "level": "info"}
     assert response == {**BOUND, "direction": "customer->core", "size": len(OK), "status": 200, "reason": "OK",
                         "call_id": CALL_ID, "cseq": "1 INVITE", "event": "sip", "level": "info"}
+
+
+SIP_LINE_CASES: list[tuple[bytes, Any]] = [
+    (INVITE, read_fields(INVITE, INVITE.index(b"\r\n\r\n") + 4)),
+    (OK, read_fields(OK, OK.index(b"\r\n\r\n") + 4)),
+    (b"garbage framed as a message", None),  # unparsed: direction and size only
+    (BYE, SipFields(False, None, None, 503, "", None, None, None, None, None, None, None, 0)),
+    (BYE, SipFields(True, None, None, None, None, 'a"\u00e9\\b\x01', 7, None, None, None, None, None, 0)),
+    (BYE, parse_message(BYE.replace(b"Call-ID: ", b"Call-ID: \xc3\xa9"))),  # the view's decoded str
+]
+
+
+@pytest.fixture
+def own_logging() -> Iterator[None]:
+    """configure() is process-wide: put back structlog's and siptap.log's set-up afterwards, or
+    later tests would log into this test's closed writer (tests/relay/test_heap_trim.py
+    counts what that keeps alive)."""
+    structlog_config, siptap_config = structlog.get_config(), dict(siptap_log._configured)
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+        structlog.configure(**structlog_config)
+        siptap_log._configured.clear()
+        siptap_log._configured.update(siptap_config)
+
+
+@pytest.mark.usefixtures("own_logging")
+def test_the_sip_line_writer_renders_structlogs_line_byte_for_byte() -> None:
+    """The mirror's per-direction renderer writes exactly what log.info("sip", ...) writes
+    through structlog (bound context, fields, event, context variables, level, timestamp)."""
+    stream = io.StringIO()
+    writer = configure(LogSettings(format="json", level="info"), stream)
+    structlog.contextvars.bind_contextvars(process="mirror")
+    try:
+        log = get_logger().bind(**BOUND)
+        for payloads in (False, True):
+            write = sip_line_writer(log, "core->customer", payloads=payloads)
+            assert write is not None
+            for data, fields in SIP_LINE_CASES:
+                write(data, fields)
+                log.info("sip", **sip_line_fields("core->customer", data, fields, payloads=payloads))
+    finally:
+        structlog.contextvars.unbind_contextvars("process")
+        writer.close()
+    lines = [re.sub(r'"timestamp": "[^"]*"', '"timestamp": "T"', line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 4 * len(SIP_LINE_CASES)
+    for fast, slow in zip(lines[::2], lines[1::2], strict=True):
+        assert fast == slow
+    assert '"size": 27, "event": "sip"' in lines[4] and '"call_id": "\\u00e9' in lines[10]
+
+
+@pytest.mark.usefixtures("own_logging")
+def test_the_sip_line_writer_declines_what_event_writer_declines() -> None:
+    writer = configure(LogSettings(format="console"), io.StringIO())
+    try:
+        assert sip_line_writer(get_logger().bind(conn="c"), "a->b", payloads=False) is None
+        assert sip_line_writer(get_logger().bind(conn="c"), "a->b", payloads=True) is None
+    finally:
+        writer.close()
+    writer = configure(LogSettings(format="json"), io.StringIO())
+    try:  # not structlog's logger (the tests' recording log): the usual way
+        assert sip_line_writer(RecordingLog(), "a->b", payloads=False) is None
+        assert sip_line_writer(get_logger().bind(conn="c"), "a->b", payloads=False) is not None
+    finally:
+        writer.close()
 
 
 def test_payloads_only_when_asked_and_no_lines_when_sip_messages_is_off() -> None:

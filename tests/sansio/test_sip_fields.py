@@ -18,6 +18,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from siptap.sansio import sip_fields
 from siptap.sansio.sip_fields import SipFields, read_fields
 from siptap.sansio.sip_framer import SipFramer, SipMessage
 from siptap.sansio.sip_message import SipParseError, parse_message
@@ -123,7 +124,9 @@ def framed(stream: bytes) -> list[SipMessage]:
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_corpus_message_agrees(path: Path) -> None:
     for message in framed(path.read_bytes()):
-        agrees(message.data, message.header_end)
+        fields = agrees(message.data, message.header_end)
+        # The framer's fast path read them already (read_head): the same answer, when it has one.
+        assert message.fields is None or message.fields == fields
 
 
 def test_the_corpus_is_mostly_answered() -> None:
@@ -181,7 +184,9 @@ def test_sipp_scenario_messages_are_answered_and_agree(keywords: dict[str, str])
     for data in messages:
         [message] = framed(data)
         assert message.data == data
-        assert agrees(message.data, message.header_end) is not None, data
+        fields = agrees(message.data, message.header_end)
+        assert fields is not None, data
+        assert message.fields == fields  # framed by the fast path, which read them with Content-Length
 
 
 # -- unit tests -----------------------------------------------------------------------------------
@@ -245,3 +250,62 @@ def test_a_long_value_without_parameters_is_read_in_linear_time() -> None:
     backtracking through every way of splitting the run of characters (this would hang)."""
     fields = fields_of("INVITE sip:b SIP/2.0\r\nFrom: <sip:a@x>" + "y" * 20000 + "\r\nTo: \"" + "z" * 20000 + "\r\n\r\n")
     assert fields is not None and (fields.from_tag, fields.to_tag) == (None, None)
+
+
+# -- the memoised readings ------------------------------------------------------------------------
+
+def call_message(n: int, *, extra: str = "") -> bytes:
+    """A response of call ``n``: its own tags, branch, Call-ID and CSeq number."""
+    return (f"SIP/2.0 180 Ringing {n}\r\nVia: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bK-{n}\r\n"
+            f"From: \"caller {n}\" <sip:a@x>;tag=f{n}\r\nTo: <sip:b@y>;tag=t{n}\r\nCall-ID: c{n}@x\r\n"
+            f"CSeq: {n} INVITE\r\n{extra}Content-Length: 0\r\n\r\n").encode()
+
+
+def test_the_memoised_readings_are_bounded() -> None:
+    """Every value is new (a trunk's calls): the tables stay within their bounds."""
+    tables = [sip_fields._STARTS, sip_fields._CSEQS, sip_fields._TAGS, sip_fields._BRANCHES]
+    for n in range(max(table.limit for table in tables) + 100):
+        data = call_message(n, extra=f"X-Header-{n}: {n}\r\n")
+        assert agrees(data, len(data)) is not None  # the name table cleared on the way: still the view's
+    for table in tables:
+        assert 0 < len(table) <= table.limit
+    assert len(sip_fields._SPELLED) <= sip_fields._SPELLED_LIMIT
+
+
+def test_answers_after_eviction_are_computed_again_and_the_same() -> None:
+    first = call_message(1)
+    before = agrees(first, len(first))
+    tables = [sip_fields._STARTS, sip_fields._CSEQS, sip_fields._TAGS, sip_fields._BRANCHES]
+    assert all(any(key.endswith(";tag=f1") or "z9hG4bK-1" in key or key.startswith(("SIP/2.0 180 Ringing 1", " 1 INVITE"))
+                   for key in table) for table in tables)
+    for n in range(2, 5000):  # pushes call 1's values out of every table
+        data = call_message(n, extra=f"X-{n}: y\r\n")
+        read_fields(data, len(data))
+    assert not any(key.endswith((";tag=f1", "z9hG4bK-1")) or key in ("SIP/2.0 180 Ringing 1", " 1 INVITE")
+                   for table in tables for key in table)
+    after = agrees(first, len(first))
+    assert after == before
+    assert before is not None and (before.from_tag, before.to_tag, before.via_branch, before.status_code) == (
+        "f1", "t1", "z9hG4bK-1", 180)
+
+
+def test_values_of_different_connections_do_not_mix() -> None:
+    """Two trunks' messages that differ only inside the memoised values: each reads its own,
+    whichever came first and however often they alternate."""
+    a = call_message(7)
+    b = a.replace(b"tag=f7", b"tag=f8").replace(b"branch=z9hG4bK-7", b"branch=z9hG4bK-8").replace(b"CSeq: 7", b"CSeq: 8")
+    for _ in range(3):
+        fields_a, fields_b = agrees(a, len(a)), agrees(b, len(b))
+        assert fields_a is not None and fields_b is not None
+        assert (fields_a.from_tag, fields_a.via_branch, fields_a.cseq_number) == ("f7", "z9hG4bK-7", 7)
+        assert (fields_b.from_tag, fields_b.via_branch, fields_b.cseq_number) == ("f8", "z9hG4bK-8", 8)
+
+
+def test_a_spelling_learned_as_unwanted_does_not_shadow_a_wanted_one() -> None:
+    """The name table keys the spelling exactly: "Call-ID" learned does not answer for
+    "Call-ID " or "i", nor "X-Call-ID" for "Call-ID"."""
+    for text in ("SIP/2.0 200 OK\r\nX-Call-ID: no\r\nCall-ID: yes\r\n\r\n",
+                 "SIP/2.0 200 OK\r\nCall-ID : yes\r\nCall-ID: no\r\n\r\n",
+                 "SIP/2.0 200 OK\r\ni: yes\r\nCALL-ID: no\r\n\r\n"):
+        fields = fields_of(text)
+        assert fields is not None and fields.call_id == "yes"

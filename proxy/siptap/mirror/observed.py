@@ -2,19 +2,22 @@
 
 :class:`~siptap.mirror.observer.Observer` routes records here. :class:`Direction` is the hot
 path, the mirror-side twin of ``relay/observe.py``'s ``DirectionObserver``: chunk bytes ->
-framer -> per message the SIP fields in one pass (``sip_fields.read_fields``, the full
-``SipMessageView`` only when it declines), a ``SipEvent`` per mirrored leg, the ``sip`` log
-line, the per-message count and SRTP keys. Everything a message's outputs share is fixed once
-per direction: the leg infos with their direction flag, the direction's name, the count dict
-of its route and direction, and (at its first message) the ``sip`` line's rendered prefix.
+framer -> per message the SIP fields in one pass (read by the framer's fast path with the
+Content-Length, ``sip_fields.read_head``; else ``read_fields``; the full ``SipMessageView``
+only when both decline), a ``SipEvent`` per mirrored leg, the ``sip`` log line, the
+per-message count and SRTP keys. Everything a message's outputs share is fixed once per
+direction: the leg infos with their direction flag, the direction's name, the count dict of
+its route and direction, and (at its first message) the ``sip`` line's rendered prefix with
+the bound context and the direction (:func:`sip_line_writer`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from json.encoder import encode_basestring_ascii
 from typing import Any, Literal
 
-from siptap.log import LogWriter, event_writer
+from siptap.log import LogWriter, event_parts, event_writer
 from siptap.metrics import SipMessageCounts, message_kind
 from siptap.mirror.events import LegInfo, MirrorEvent, SipEvent, SrtpKeyEvent
 from siptap.sansio.chunk_records import Dropped, HandshakeDone, KeyMaterial
@@ -32,6 +35,8 @@ Publish = Callable[[MirrorEvent], object]
 # imported: the framer keeps its reason strings private, and this one is part of what it
 # reports (the string, not a name, is the interface).
 _GAP = "gap"
+# Writes one message's ``sip`` line (sip_line_writer).
+SipLineWriter = Callable[[bytes, "SipFields | SipMessageView | None"], None]
 # At most one gap line per direction in this many seconds (of record time); see report_gap.
 GAP_LINE_INTERVAL = 10.0
 # How much of a skipped region its log line shows: enough to recognise a TLS record or a
@@ -101,8 +106,8 @@ class Direction:
         self._log_messages = log_messages
         self._log_payloads = log_payloads
         self._log_key_material = log_key_material
-        # False: not made yet; None: event_writer cannot render this logger's lines.
-        self._sip_line: Callable[[dict[str, Any]], None] | Literal[False] | None = False
+        # False: not made yet; None: sip_line_writer cannot render this logger's lines.
+        self._sip_line: SipLineWriter | Literal[False] | None = False
         # The skipped region being read (see _unframeable): None, or [offset, size, reason,
         # head]. Reported once, when it ends, so that one line says where and how much.
         self._region: list[Any] | None = None
@@ -280,8 +285,11 @@ class Direction:
         header_end = message.header_end
         # One pass for every field any sink reads (bench/results/2026-12-02-observer.md: read
         # once here, it costs less than the sinks reading a lazy view each). SipFields and
-        # SipMessageView name the same attributes, so everything below takes either.
-        fields: SipFields | SipMessageView | None = read_fields(data, header_end)
+        # SipMessageView name the same attributes, so everything below takes either. The
+        # framer's fast path read them already, with the Content-Length (sip_fields.read_head).
+        fields: SipFields | SipMessageView | None = message.fields
+        if fields is None:
+            fields = read_fields(data, header_end)
         if fields is None:  # an odd message: the full view decides, as before
             # Rare (non-ASCII headers, folded lines, a start line read_fields does not take):
             # the full parser is slower but takes everything SIP allows
@@ -328,33 +336,16 @@ class Direction:
 
     def _log_line(self, data: bytes, fields: SipFields | SipMessageView | None) -> None:
         """The ``sip`` line, with the keys in the order relay/observe.py logged them."""
-        # Key order is part of the line: log readers compare lines with those the relay wrote
-        # before the mirror process existed (test_sip_lines_are_the_relays).
-        line: dict[str, object] = {"direction": self.name, "size": len(data)}
-        # Without fields (an unparsed message) the line still says a message of that size
-        # went that way: one line per framed message, parsed or not.
-        if fields is not None:
-            if fields.is_request:
-                line["method"] = fields.method
-            else:
-                line["status"] = fields.status_code
-                line["reason"] = fields.reason
-            line["call_id"] = fields.call_id
-            line["cseq"] = f"{fields.cseq_number} {fields.cseq_method}"
-        # Payloads only on request ([log] sip_payloads): they hold phone numbers and, in
-        # SDP, SRTP keys (test_payloads_only_when_asked_and_no_lines_when_sip_messages_is_off).
-        if self._log_payloads:
-            line["payload"] = data
         # The renderer is made at the first message, not in __init__: a direction that never
-        # carries a message never pays for it. event_writer renders the same JSON without
+        # carries a message never pays for it. sip_line_writer renders the same JSON without
         # structlog's ~10 µs processor chain per line (log.py); None means it cannot.
         write = self._sip_line
         if write is False:
-            write = self._sip_line = event_writer(self._log, "sip")
+            write = self._sip_line = sip_line_writer(self._log, self.name, payloads=self._log_payloads)
         if write is not None:
-            write(line)
+            write(data, fields)
         else:
-            self._log.info("sip", **line)
+            self._log.info("sip", **sip_line_fields(self.name, data, fields, payloads=self._log_payloads))
 
     def _srtp(self, body: bytes, fields: SipFields | SipMessageView, ts: float) -> None:
         # The key's label names the message that carried it (INVITE, 200...): an offer's key and
@@ -486,3 +477,68 @@ def log_handshake(log: LogWriter, facts: HandshakeFacts, info: LegInfo, *, upstr
         client=f"{info.client[0]}:{info.client[1]}", server=f"{info.server[0]}:{info.server[1]}",
         peer_certificate=peer, peer_chain_length=len(chain),
     )
+
+
+def sip_line_fields(direction: str, data: bytes, fields: SipFields | SipMessageView | None, *,
+                    payloads: bool) -> dict[str, object]:
+    """The ``sip`` line's fields, in the order relay/observe.py logged them."""
+    # Key order is part of the line: log readers compare lines with those the relay wrote
+    # before the mirror process existed (test_sip_lines_are_the_relays).
+    line: dict[str, object] = {"direction": direction, "size": len(data)}
+    # Without fields (an unparsed message) the line still says a message of that size
+    # went that way: one line per framed message, parsed or not.
+    if fields is not None:
+        if fields.is_request:
+            line["method"] = fields.method
+        else:
+            line["status"] = fields.status_code
+            line["reason"] = fields.reason
+        line["call_id"] = fields.call_id
+        line["cseq"] = f"{fields.cseq_number} {fields.cseq_method}"
+    # Payloads only on request ([log] sip_payloads): they hold phone numbers and, in
+    # SDP, SRTP keys (test_payloads_only_when_asked_and_no_lines_when_sip_messages_is_off).
+    if payloads:
+        line["payload"] = data
+    return line
+
+
+def sip_line_writer(log: LogWriter, direction: str, *, payloads: bool) -> SipLineWriter | None:
+    """One direction's ``sip`` line renderer: the line ``log.info("sip", **sip_line_fields(...))``
+    writes, byte for byte, or None when log.py cannot render it this way (console format...).
+
+    Per message only what changes is rendered: the bound context (conn, route, peer), the
+    direction and the event's suffix are one string per direction (log.event_parts), and the
+    fields go straight into one f-string, with no dict per message. With payloads the generic
+    renderer takes the fields' dict (a debugging setting; its bytes render through json)."""
+    if payloads:
+        generic = event_writer(log, "sip")
+        if generic is None:
+            return None
+        return lambda data, fields: generic(sip_line_fields(direction, data, fields, payloads=True))
+    parts = event_parts(log, "sip")
+    if parts is None:
+        return None
+    prefix, suffix, stamp, append = parts
+    # event_parts' rendering, fixed here: a str through encode_basestring_ascii, an int by
+    # str(), None as null (method, reason and call_id are None only on odd messages).
+    head = f'{prefix}"direction": {encode_basestring_ascii(direction)}, "size": '
+    encode = encode_basestring_ascii
+
+    def text(value: str | None) -> str:
+        return "null" if value is None else encode(value)
+
+    def write(data: bytes, fields: SipFields | SipMessageView | None) -> None:
+        if fields is None:
+            append(f'{head}{len(data)}, {suffix}{stamp()}"}}')
+            return
+        call_id = fields.call_id
+        rest = (f'"call_id": {"null" if call_id is None else encode(call_id)}, '
+                f'"cseq": {encode(f"{fields.cseq_number} {fields.cseq_method}")}, {suffix}{stamp()}"}}')
+        if fields.is_request:
+            append(f'{head}{len(data)}, "method": {text(fields.method)}, {rest}')
+        else:
+            status = fields.status_code
+            append(f'{head}{len(data)}, "status": {"null" if status is None else status}, '
+                   f'"reason": {text(fields.reason)}, {rest}')
+
+    return write

@@ -17,12 +17,28 @@ falls back to the view:
    the view's lookup is "the first line of that name (full or compact form), with its
    continuation lines";
 3. one loop over the header lines (``split`` + ``partition``) checks each line and keeps the
-   wanted headers; the first of each name wins, as in the view.
+   wanted headers; the first of each name wins, as in the view. A line's name is looked up
+   as spelled (``_SPELLED``, a bounded table of the spellings seen), not stripped and
+   lowered per line;
+4. the start line, CSeq, the From/To tags and the top Via branch are read by memoised pure
+   functions of their raw text (bounded tables, ``_Memo``): a call's messages repeat
+   those values (the From line in all seven, a transaction's Via in each of its messages,
+   ``SIP/2.0 200 OK`` everywhere), so the regexes and the parameter scan run once per
+   distinct value. Being functions of the string alone, the tables cannot mix connections
+   up; an evicted value is simply read again.
 
 So whenever this module answers, its answer is the view's (the property tests in
 tests/sansio/test_sip_fields.py hold it to that, also over the fuzz corpus and the SIPp
 scenarios); folded lines are answered too (joined as the view joins them), repeated headers
 take the first like the view, and non-ASCII, bare CR/LF or odd whitespace fall back.
+
+The same pass reads Content-Length (:func:`read_head`): the framer's fast path
+(``sip_framer._complete_messages``) calls it where it used to call
+``content_length.simple_content_length``, and the ``SipMessage`` it reports carries the fields,
+so the mirror reads a message's header block once for framing and fields together. Whenever
+``read_head`` answers, its Content-Length is ``simple_content_length``'s (declining where that
+declines: repeated, folded or non-numeric) and its fields are ``read_fields``'s
+(tests/sansio/test_framer_fast_path.py).
 
 The result is a ``NamedTuple`` with the view's attribute names: readers of those attributes
 take either.
@@ -31,11 +47,12 @@ take either.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, TypeVar
 
 from siptap.sansio.sip_message import joined, top_level
 
-__all__ = ["SipFields", "read_fields"]
+__all__ = ["SipFields", "read_fields", "read_head"]
 
 
 class SipFields(NamedTuple):
@@ -62,6 +79,8 @@ _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 _REQUEST_LINE = re.compile(rf"({_TOKEN}) +([^\x00-\x20\x7f]+) +(?i:SIP/2\.0) *")
 _STATUS_LINE = re.compile(r"(?i:SIP/2\.0) +([0-9]{3})(?: (.*))?", re.DOTALL)
 _CSEQ = re.compile(rf"\s*([0-9]{{1,10}})\s+({_TOKEN})\s*")
+# content_length._SIMPLE_VALUE on the value alone (the line's end is the split's).
+_LENGTH = re.compile(r"[ \t]*([0-9]{1,18})[ \t]*")
 # "Plain" as the view means it (sip_message._is_plain): CRLF line ends only, the first empty
 # line the block's end, every header line a name line (a non-blank name, then ":") or a
 # continuation (SP/HTAB first), and none of the whitespace str.strip() removes that SP, HTAB,
@@ -83,6 +102,7 @@ _CANONICAL = {
     "from": "from", "f": "from",
     "to": "to", "t": "to",
     "content-type": "content-type", "c": "content-type",
+    "content-length": "content-length", "l": "content-length",
 }
 
 
@@ -90,7 +110,28 @@ def read_fields(data: bytes, header_end: int) -> SipFields | None:
     """The fields of one framed message (``header_end``: index of the first body byte, as the
     framer reports it), or None when the caller should ask ``parse_message`` instead: the header
     block is not plain ASCII, or the start line is not SIP (the view then raises)."""
-    block = data[:header_end]
+    read = _read(data, 0, header_end)
+    return None if read is None else _new(SipFields, (*read[0], max(0, len(data) - header_end)))
+
+
+def read_head(data: bytes, start: int, header_end: int) -> tuple[SipFields, int] | None:
+    """The framer's reading of a message's header block ``data[start:header_end]`` before it
+    knows where the body ends: its fields and its Content-Length, or None when either is not
+    plain (the framer then reads Content-Length by ``content_length.simple_content_length``
+    and the mirror the fields by :func:`read_fields` or the view). Whenever it answers, the
+    Content-Length is ``simple_content_length``'s and the fields are those ``read_fields``
+    reads from the framed message (whose body length is that Content-Length): the one pass
+    serves both (tests/sansio/test_framer_fast_path.py)."""
+    read = _read(data, start, header_end)
+    if read is None or read[1] is None:
+        return None
+    return _new(SipFields, (*read[0], read[1])), read[1]
+
+
+def _read(data: bytes, at: int, header_end: int) -> tuple[tuple[object, ...], int | None] | None:
+    """The fields but body_length, and the Content-Length when it is plain (one header, a
+    number on an unfolded line, or none: 0), of the message at ``at``; None: not plain."""
+    block = data[at:header_end]
     if not block.isascii():
         return None
     text = block.decode("ascii")
@@ -107,58 +148,149 @@ def read_fields(data: bytes, header_end: int) -> SipFields | None:
             or "\x0b" in text or "\x0c" in text or "\x1c" in text or "\x1d" in text or "\x1e" in text
             or "\x1f" in text):
         return None
-    start_line = text[:start]
-    request = _REQUEST_LINE.fullmatch(start_line)
-    status = None if request is not None else _STATUS_LINE.fullmatch(start_line)
-    if request is None and status is None:
+    # The start line's reading (request or status, and their parts): a few distinct lines
+    # make most of a trunk's traffic ("SIP/2.0 200 OK"), so it is memoised (see _Memo).
+    head = _STARTS[text[:start]]
+    if head is None:
         return None
 
     found: dict[str, str] = {}
     # The header lines, without the start line and the final empty line. The view takes the
     # first line of each name (full or compact form, any case, blanks before the colon) with
     # its continuation lines; so does this loop. `current` is the value being extended by
-    # continuation lines (None: the last name line was not a wanted one, or a repeat).
-    current: str | None = None
+    # continuation lines ("": the last name line was not a wanted one, or a repeat).
+    current: str | None = ""
+    spelled = _SPELLED
     for line in text[start + 2 : -4].split("\r\n") if len(text) > start + 4 else ():
         first = line[0]
         if first == " " or first == "\t":
-            if current is not None:
+            if current:
                 found[current] += "\r\n" + line
             continue
         name, colon, value = line.partition(":")
         if not colon or not name:
             return None  # neither a name line nor a continuation: not plain
-        current = _CANONICAL.get(name.rstrip(" \t").lower())
-        if current is not None:
+        # The name as spelled on the wire, looked up as it is: one dict probe per line
+        # instead of strip, lower and a probe (_learn fills the table on a miss).
+        current = spelled.get(name)  # None: a spelling not seen yet
+        if current is None:
+            current = _learn(name)
+        if current:
             if current in found:
-                current = None  # a repeat: the first wins, its continuations are not ours
+                # A repeat: the first wins, its continuations are not ours. A repeated
+                # Content-Length is the reference's to judge (do they agree?).
+                if current == "content-length":
+                    found["content-length"] = "\r\n"  # never a plain number: not plain
+                current = ""
             else:
                 found[current] = value
 
-    call_id = joined(found["call-id"]) if "call-id" in found else None
-    cseq_number: int | None = None
-    cseq_method: str | None = None
-    if "cseq" in found and (cseq := _CSEQ.fullmatch(joined(found["cseq"]))) is not None:
-        cseq_number, cseq_method = int(cseq.group(1)), cseq.group(2)
-    via_branch = None
-    if "via" in found and (via := joined(found["via"])):
-        via_branch = _param(_top_via(via), "branch")
-    content_type = joined(found["content-type"]) if "content-type" in found else None
-    return SipFields(
-        request is not None,
-        request.group(1) if request is not None else None,
-        request.group(2) if request is not None else None,
-        int(status.group(1)) if status is not None else None,
-        (status.group(2) or "") if status is not None else None,
-        call_id or None,
-        cseq_number,
-        cseq_method,
-        _param(joined(found["from"]), "tag") if "from" in found else None,
-        _param(joined(found["to"]), "tag") if "to" in found else None,
-        via_branch,
-        content_type or None,
-        max(0, len(data) - header_end),
-    )
+    # The values of one call repeat in each of its messages (the From line in all seven, the
+    # top Via in a transaction's), so their parameters are read once per distinct value
+    # (see _Memo) rather than once per message. A dict subscript, not a cached function: a
+    # call per value cost more than the probe on a hit, and an lru_cache miss (link, evict)
+    # more than the reading it saves (bench/results/2026-12-03-s8-obslean.md).
+    raw = found.get("call-id")
+    call_id = joined(raw) if raw is not None else None
+    raw = found.get("cseq")
+    cseq = _NO_CSEQ if raw is None else _CSEQS[raw]
+    tags = _TAGS
+    raw = found.get("from")
+    from_tag = None if raw is None else tags[raw]
+    raw = found.get("to")
+    to_tag = None if raw is None else tags[raw]
+    raw = found.get("via")
+    via_branch = None if raw is None else _BRANCHES[raw]
+    raw = found.get("content-type")
+    content_type = joined(raw) if raw is not None else None
+    # Content-Length as content_length.simple_content_length reads it: digits alone on an
+    # unfolded line (a continuation or a repeat adds a CRLF, which fails the pattern).
+    raw = found.get("content-length")
+    length = 0 if raw is None else _LENGTHS[raw]
+    return (*head, call_id or None, *cseq, from_tag, to_tag, via_branch, content_type or None), length
+
+
+# tuple.__new__ rather than SipFields(...): the NamedTuple's own __new__ is a Python
+# function with thirteen parameters, a measurable share of a message's reading.
+_new = tuple.__new__
+_NO_CSEQ: tuple[int | None, str | None] = (None, None)
+_T = TypeVar("_T")
+
+# Spelled header name (exactly as before the colon, blanks included) -> the wanted header's
+# canonical name, or "" for a header not read here. A peer chooses its names, so the table
+# is bounded: when full it starts again (the names a trunk uses come back within a message).
+_SPELLED: dict[str, str] = {}
+_SPELLED_LIMIT = 512
+
+
+def _learn(name: str) -> str:
+    """``_SPELLED``'s miss path: the view's reading of a name (blanks before the colon
+    dropped, any case, compact forms), remembered for the next line spelled the same."""
+    canonical = _CANONICAL.get(name.rstrip(" \t").lower(), "")
+    if len(_SPELLED) >= _SPELLED_LIMIT:
+        _SPELLED.clear()
+    _SPELLED[name] = canonical
+    return canonical
+
+
+# The memoised readings: raw text (a start line; a header value with its continuation
+# lines) -> what the functions below read from it. Each is a pure function of that one
+# string, so a remembered answer is the computed one whoever asks: nothing per connection
+# can be confused. Each is bounded, sized for the calls being set up at once on a busy
+# trunk (each brings about one request line, two tag values, three Vias); a full table
+# starts again (a dict, no recency links: a miss then costs a probe and an insert), and a
+# value no longer there is simply read again.
+class _Memo(dict[str, _T]):
+    """One table of memoised readings: ``table[raw]`` is ``read(raw)``, read at the first
+    subscript (``__missing__``) and kept until the table, at ``limit``, is emptied."""
+
+    __slots__ = ("limit", "read")
+
+    def __init__(self, read: Callable[[str], _T], limit: int) -> None:
+        super().__init__()
+        self.read = read
+        self.limit = limit
+
+    def __missing__(self, key: str) -> _T:
+        value = self.read(key)
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = value
+        return value
+
+
+def _start(line: str) -> tuple[bool, str | None, str | None, int | None, str | None] | None:
+    """(is_request, method, request_uri, status_code, reason), or None: not a SIP start line."""
+    request = _REQUEST_LINE.fullmatch(line)
+    if request is not None:
+        return True, request.group(1), request.group(2), None, None
+    status = _STATUS_LINE.fullmatch(line)
+    if status is not None:
+        return False, None, None, int(status.group(1)), status.group(2) or ""
+    return None
+
+
+def _cseq(raw: str) -> tuple[int | None, str | None]:
+    """CSeq's number and method, (None, None) when it is not ``number method``."""
+    cseq = _CSEQ.fullmatch(joined(raw))
+    return (int(cseq.group(1)), cseq.group(2)) if cseq is not None else _NO_CSEQ
+
+
+def _length(raw: str) -> int | None:
+    """A plain Content-Length value (``simple_content_length``'s pattern), else None."""
+    value = _LENGTH.fullmatch(raw)
+    return int(value.group(1)) if value is not None else None
+
+
+def _tag(raw: str) -> str | None:
+    """The ``tag`` parameter of a From or To value."""
+    return _param(joined(raw), "tag")
+
+
+def _via_branch(raw: str) -> str | None:
+    """The ``branch`` parameter of a Via value's first entry."""
+    via = joined(raw)
+    return _param(_top_via(via), "branch") if via else None
 
 
 def _top_via(via: str) -> str:
@@ -201,3 +333,12 @@ def _param(value: str, wanted: str) -> str | None:
             raw = raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
         return raw if eq and raw else None
     return None
+
+
+# The tables (_Memo, above), read by _read. Sizes: a table holds the values of the calls
+# being set up at once on a busy trunk, several times over.
+_STARTS: _Memo[tuple[bool, str | None, str | None, int | None, str | None] | None] = _Memo(_start, 1024)
+_CSEQS: _Memo[tuple[int | None, str | None]] = _Memo(_cseq, 1024)
+_TAGS: _Memo[str | None] = _Memo(_tag, 4096)
+_BRANCHES: _Memo[str | None] = _Memo(_via_branch, 2048)
+_LENGTHS: _Memo[int | None] = _Memo(_length, 1024)

@@ -10,7 +10,8 @@ comes back out in exactly one event's ``data`` (in order), whether it framed as 
 The buffer is a state machine over the bytes not yet reported. Its five states are described
 where they are defined (``_IDLE`` to ``_SKIP``, below the event classes): each with what it
 waits for and why it may wait. The start-line grammar is :mod:`siptap.sansio.sip_start_line`,
-the Content-Length readings :mod:`siptap.sansio.content_length`.
+the Content-Length readings :mod:`siptap.sansio.content_length` (the fast path's with the
+mirror's fields in one pass: :func:`siptap.sansio.sip_fields.read_head`).
 
 The framer never gives up while the connection lives. What it cannot frame (garbage, a header
 block over the limit, a bad or lying Content-Length) is reported as ``Unframeable`` as it is
@@ -32,10 +33,11 @@ buffer holds at most one incomplete message, i.e. ``max_header_size + max_messag
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
 from siptap.sansio.content_length import content_length, simple_content_length
+from siptap.sansio.sip_fields import SipFields, read_head
 from siptap.sansio.sip_resync import (
     LINE_START_NEXT,
     MAYBE_EMBEDDED,
@@ -71,6 +73,9 @@ class SipMessage:
     # find CRLFCRLF again (sip_fields.read_fields, the a=crypto scan in mirror/observed.py).
     header_end: int
     body_length: int
+    # The fast path's reading of the header block (sip_fields.read_head), read with the
+    # Content-Length; None when the state machine framed it. Not part of the event's value.
+    fields: SipFields | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,11 +191,9 @@ class SipFramer:
 
     def feed(self, data: bytes) -> list[Event]:
         """Take the next chunk of the stream; return the events it completed, in stream order."""
-        # Raised, not ignored: see _closed in __init__.
-        if self._closed:
+        if self._closed:  # raised, not ignored: see _closed in __init__
             raise RuntimeError("SipFramer.feed() after close()")
-        # An empty chunk (a zero-length read passed on as is) completes nothing and changes no
-        # state; the early return also spares it the fast path's bytes() copy.
+        # An empty chunk completes nothing and changes no state (and skips the bytes() copy).
         if not data:
             return []
         events: list[Event] = []
@@ -205,13 +208,10 @@ class SipFramer:
             # rejected line is a peer's garbage again, not the hole's debris.
             if taken:
                 self._after_gap = False
-            # Everything framed: the buffer stays empty and the state _IDLE, so the next chunk
-            # takes this path again.
+            # Everything framed: the buffer stays empty and the state _IDLE for the next chunk.
             if taken == len(data):
                 return events
-            # Only the undecided tail is copied into the buffer: a partial message, or
-            # whatever (a keepalive, garbage) the fast path leaves to the state machine.
-            data = data[taken:]
+            data = data[taken:]  # the undecided tail (partial message, keepalive, garbage)
         # Whatever the fast path could not decide goes through the state machine, which starts
         # from exactly the state the fast path left (_IDLE at a message boundary): the split
         # between the two paths never changes the events.
@@ -317,9 +317,11 @@ class SipFramer:
             if end < 0:
                 return pos
             header_end = end + 4
-            # Passed the start line's CRLF as the block start: simple_content_length then finds
-            # each header as "\r\n" + name, the first one included.
-            length = simple_content_length(data, crlf, header_end)
+            # One pass reads Content-Length and the fields the mirror wants (read_head), carried
+            # by the event; a block it declines goes to simple_content_length, started at the
+            # start line's CRLF so that it finds each header as "\r\n" + name, the first included.
+            head = read_head(data, pos, header_end)
+            fields, length = head if head is not None else (None, simple_content_length(data, crlf, header_end))
             if length is None or length > self._max_message:
                 # Not simple, or over the limit: the reference parser must decide, and report.
                 return pos
@@ -336,7 +338,7 @@ class SipFramer:
             message = data if pos == 0 and total == n else data[pos:total]
             # header_end is relative to the message, not the chunk: consumers index
             # message.data with it.
-            events.append(SipMessage(message, header_end - pos, length))
+            events.append(SipMessage(message, header_end - pos, length, fields))
             pos = total
         return pos
 
