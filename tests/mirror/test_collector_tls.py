@@ -11,7 +11,9 @@ import json
 import os
 import shutil
 import ssl
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog.testing
@@ -21,6 +23,7 @@ from siptap.config import Endpoint
 from siptap.config.mirror import CollectorTls, HepSinkSettings, JsonlSinkSettings, MirrorSettings
 from siptap.errors import CertificateError
 from siptap.mirror.collector_tls import client_context
+from siptap.mirror.events import MirrorEvent
 from siptap.mirror.fanout import Fanout
 from siptap.mirror.hep import HepSink
 from siptap.mirror.jsonl import JsonlSink
@@ -284,23 +287,9 @@ async def test_tls13_refusal_after_the_handshake_is_a_refused_connect_and_nothin
     assert settings.tls is not None
     # accept_wait: long enough that only the collector's verdict can end the wait.
     sink = HepSink(settings, tls_context=client_context(settings.tls), tls=settings.tls, accept_wait=60.0, **FAST)
-    fanout = Fanout([sink])
     events = dialog_events()
-    answered, judge = trio.Event(), trio.Event()
-    with structlog.testing.capture_logs() as logs:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(judging_collector, listener, ctx, answered, judge)
-            await nursery.start(fanout.run)
-            await answered.wait()
-            with trio.fail_after(10):
-                while not (sink.link.connected or sink.link.awaiting_acceptance):
-                    await trio.sleep(0.01)  # polling a condition, bounded by the deadline
-            for event in events:
-                assert fanout.publish(event)
-            judge.set()
-            await sink.wait_handled(len(events))
-            await fanout.aclose()
-            nursery.cancel_scope.cancel()
+    logs = await _publish_then_judge(listener, ctx, sink, events,
+                                     lambda: sink.link.connected or sink.link.awaiting_acceptance)
     assert not [e for e in logs if e["event"] == "mirror_link_up"]
     (down,) = [e for e in logs if e["event"] == "mirror_link_down"]
     assert down["reason"] == (f"the collector refused siptap's client certificate {pki / 'foreign.pem'} (TLS alert "
@@ -324,23 +313,8 @@ async def test_tls13_link_is_up_once_the_collector_accepted_siptap(pki: Path, ti
     ctx.num_tickets = tickets
     listener, port = await tls_collector(ctx)
     sink = HepSink(hep_tls(pki, port), **_tls_link(pki, port, {**FAST, "accept_wait": wait}))
-    fanout = Fanout([sink])
     events = dialog_events()
-    answered, judge = trio.Event(), trio.Event()
-    with structlog.testing.capture_logs() as logs:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(judging_collector, listener, ctx, answered, judge)
-            await nursery.start(fanout.run)
-            await answered.wait()
-            with trio.fail_after(10):
-                while not sink.link.awaiting_acceptance:
-                    await trio.sleep(0.01)  # polling a condition, bounded by the deadline
-            for event in events:
-                assert fanout.publish(event)
-            judge.set()
-            await sink.wait_handled(len(events))
-            await fanout.aclose()
-            nursery.cancel_scope.cancel()
+    logs = await _publish_then_judge(listener, ctx, sink, events, lambda: sink.link.awaiting_acceptance)
     (up,) = [e for e in logs if e["event"] == "mirror_link_up"]
     assert (up["tls_version"], up["accepted"]) == ("TLSv1.3", accepted)
     assert sink.sent == len(events) and sink.dropped == 0
@@ -418,3 +392,27 @@ async def test_collector_going_away_is_noticed_and_reconnected(pki: Path, close_
     (down,) = [e for e in logs if e["event"] == "mirror_link_down"]
     assert down["reason"] == reason
     assert packet.payload == dialog_events()[0].data and sink.sent == 1
+
+
+async def _publish_then_judge(listener: trio.SocketListener, ctx: ssl.SSLContext, sink: HepSink,
+                              events: Sequence[MirrorEvent], ready: Callable[[], bool]) -> list[dict[str, Any]]:
+    """Run a judging collector: once siptap's handshake reached it and ``ready()`` holds,
+    publish ``events``, let the collector judge, wait until the sink handled them all; the
+    log lines of the whole exchange."""
+    fanout = Fanout([sink])
+    answered, judge = trio.Event(), trio.Event()
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(judging_collector, listener, ctx, answered, judge)
+            await nursery.start(fanout.run)
+            await answered.wait()
+            with trio.fail_after(10):
+                while not ready():
+                    await trio.sleep(0.01)  # polling a condition, bounded by the deadline
+            for event in events:
+                assert fanout.publish(event)
+            judge.set()
+            await sink.wait_handled(len(events))
+            await fanout.aclose()
+            nursery.cancel_scope.cancel()
+    return logs
