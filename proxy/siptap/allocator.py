@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from typing import Any
 
 # Half a pipe read: the reads of a burst are full ones (64 KiB, the pipe's capacity), and so
 # are the writer's batches of them. Smaller reads (a quiet child) stay on the heap, where
@@ -35,16 +36,24 @@ MMAP_THRESHOLD = 32 * 1024
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
-def map_large_allocations(threshold: int = MMAP_THRESHOLD) -> int | None:
-    """``mallopt(M_MMAP_THRESHOLD, threshold)`` for this process: the threshold set, or None
-    where there is no glibc ``mallopt`` or it refused (musl's is a stub that returns 0)."""
+def libc_function(name: str, argtypes: list[type], restype: type) -> Any | None:
+    """The C library's function ``name`` through ctypes, typed, or None where there is no such
+    library or function (musl lacks glibc's allocator controls; not Linux)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
-    mallopt = getattr(libc, "mallopt", None)
+    function = getattr(libc, name, None)
+    if function is not None:
+        function.argtypes = argtypes
+        function.restype = restype
+    return function
+
+
+def map_large_allocations(threshold: int = MMAP_THRESHOLD) -> int | None:
+    """``mallopt(M_MMAP_THRESHOLD, threshold)`` for this process: the threshold set, or None
+    where there is no glibc ``mallopt`` or it refused (musl's is a stub that returns 0)."""
+    mallopt = libc_function("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
     if mallopt is None:
         return None
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
     return threshold if mallopt(_M_MMAP_THRESHOLD, threshold) == 1 else None

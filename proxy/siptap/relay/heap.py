@@ -19,8 +19,9 @@ Without glibc (musl) there is no ``malloc_trim`` and this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable
+
+from siptap.allocator import libc_function
 
 # A drop of this many live sessions from the peak counts as a flood subsiding: ~100 KiB of
 # heap per concurrent proxied connection at its peak (two TLS legs), so ~3 MiB and more.
@@ -29,16 +30,8 @@ FLOOD = 32
 
 def glibc_malloc_trim() -> Callable[[], object] | None:
     """``malloc_trim(0)`` from the C library, or None where there is none (musl, not Linux)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-    trim = getattr(libc, "malloc_trim", None)
-    if trim is None:
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return lambda: trim(0)
+    trim = libc_function("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
+    return None if trim is None else lambda: trim(0)
 
 
 class HeapTrimmer:
