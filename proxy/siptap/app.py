@@ -395,14 +395,17 @@ class App:
         served: set[str] = set()
         for listener in self.listeners:
             plan: SessionPlan | None = None
+            limit = listener.max_connections
             if listener.leg == "customer":
                 # The listener's new routing table: the routes that now list its addresses.
                 group = _same_listener(listener, groups)
                 if group is not None:
                     plan = _listener_plan(group, new_plans)
+                    limit = group.routes[0].limits.max_connections  # shared per address
                     served.update(route.name for route in group.routes)
             elif (reverse_route := _same_reverse(listener, config.routes)) is not None:
                 plan = new_plans[reverse_route.name].reverse
+                limit = reverse_route.limits.max_connections
             if plan is None:
                 self.log.warning("reload_route_missing", route=listener.name, leg=listener.leg,
                                  detail="listener kept as it was; restart to remove it")
@@ -412,6 +415,8 @@ class App:
             # The listener takes the plan's route name (metric labels, log lines): a renamed
             # route's or a changed shared listener's new connections count under the new name.
             listener.use(replace(plan))
+            # A new limit applies to the next accept; connections above a lowered one stay.
+            listener.max_connections = limit
         # Not served: a route on an address not listened on, or a reverse.listen not listened on.
         reverse_served = {listener.name for listener in self.listeners if listener.leg == "core"}
         added = sorted(route.name for route in config.routes if route.name not in served
@@ -419,6 +424,9 @@ class App:
         if added:
             self.log.warning("reload_routes_added", routes=added, detail="new listen addresses need a restart")
         self._use_watches(config)
+        # The new limits may need more descriptors (raised if the hard limit allows, else
+        # fd_limit_low names the keys), as at start-up.
+        ensure_fd_limit(config, self.log, with_sinks=self.fanout is not None)
         if self.observer is not None:
             # In-process observation: the routes' mirrored legs and message limits, for new
             # connections (the mirror process reloads its own copy on the SIGHUP it gets).

@@ -136,6 +136,40 @@ async def test_max_connections_refuses_cleanly(pki: Path, tmp_path: Path) -> Non
         nursery.cancel_scope.cancel()
 
 
+async def test_a_reload_applies_the_new_max_connections(pki: Path, tmp_path: Path) -> None:
+    """SIGHUP with a raised limit: the next connection past the old one is admitted (before this
+    fix the listener kept its start-up limit and refused it); lowered again: refused, while the
+    connections already open stay."""
+    async with trio.open_nursery() as nursery:
+        core, core_port = await start_lab_core(nursery, pki)
+        config = write_config(tmp_path, pki, cores=[core_port], limits="max_connections = 1")
+        siptap = SiptapProcess(config)
+        await siptap.start(nursery)
+        port = await siptap.port()
+        first = await CustomerSession.connect("127.0.0.1", port, customer_context(pki))
+        assert (await first.options()).status_code == 200
+        config.write_text(config.read_text().replace("max_connections = 1", "max_connections = 2"))
+        siptap.signal(signal.SIGHUP)
+        await siptap.wait_for("reloaded")
+        second = await CustomerSession.connect("127.0.0.1", port, customer_context(pki))
+        assert (await second.options()).status_code == 200
+        assert not siptap.find("connection_refused")
+        config.write_text(config.read_text().replace("max_connections = 2", "max_connections = 1"))
+        siptap.signal(signal.SIGHUP)
+        await siptap.wait_for("reloaded", count=2)
+        with pytest.raises((ssl.SSLError, trio.BrokenResourceError, OSError)):
+            third = await CustomerSession.connect("127.0.0.1", port, customer_context(pki))
+            await third.options()
+        refused = await siptap.wait_for("connection_refused")
+        assert refused[0]["reason"] == "max_connections" and refused[0]["limit"] == 1
+        for session in (first, second):  # above the lowered limit, still relayed
+            assert (await session.options()).status_code == 200
+            await session.aclose()
+        await siptap.wait_for("connection_closed", count=2)
+        assert await siptap.stop() == 0
+        nursery.cancel_scope.cancel()
+
+
 async def test_reverse_route_core_initiated_connection(pki: Path, tmp_path: Path) -> None:
     """The core dials siptap's reverse listener; siptap dials the E-SBC with RSA-only suites."""
     issue_leaf(tmp_path, "proxy-both", usage="both", ca_dir=pki)
