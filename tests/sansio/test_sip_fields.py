@@ -272,6 +272,24 @@ def test_the_memoised_readings_are_bounded() -> None:
     assert len(sip_fields._SPELLED) <= sip_fields._SPELLED_LIMIT
 
 
+def test_long_values_are_read_but_not_kept() -> None:
+    """A peer's long unique values (up to a message's size) must not be pinned in the tables:
+    each table keeps raw text only up to a bound, so its bytes stay bounded too; the answers
+    are the view's either way."""
+    tables = [sip_fields._STARTS, sip_fields._CSEQS, sip_fields._TAGS, sip_fields._BRANCHES]
+    long = "x" * 20_000
+    for n in range(50):
+        data = call_message(n).replace(b";tag=f", f";tag={long}{n}f".encode()).replace(
+            b"branch=z9hG4bK-", f"branch=z9hG4bK-{long}{n}-".encode())
+        data = data.replace(b"Call-ID:", f"X-{long}{n}: v\r\nCall-ID:".encode())
+        fields = agrees(data, len(data))
+        assert fields is not None and fields.from_tag == f"{long}{n}f{n}"
+        assert fields.via_branch == f"z9hG4bK-{long}{n}-{n}"
+    for table in tables:
+        assert all(len(key) <= sip_fields._MEMO_KEY_MAX for key in table)
+    assert all(len(name) <= sip_fields._SPELLED_NAME_MAX for name in sip_fields._SPELLED)
+
+
 def test_answers_after_eviction_are_computed_again_and_the_same() -> None:
     first = call_message(1)
     before = agrees(first, len(first))

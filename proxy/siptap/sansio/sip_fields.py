@@ -221,12 +221,15 @@ _T = TypeVar("_T")
 # is bounded: when full it starts again (the names a trunk uses come back within a message).
 _SPELLED: dict[str, str] = {}
 _SPELLED_LIMIT = 512
+_SPELLED_NAME_MAX = 64  # real header names are far shorter
 
 
 def _learn(name: str) -> str:
     """``_SPELLED``'s miss path: the view's reading of a name (blanks before the colon
     dropped, any case, compact forms), remembered for the next line spelled the same."""
     canonical = _CANONICAL.get(name.rstrip(" \t").lower(), "")
+    if len(name) > _SPELLED_NAME_MAX:
+        return canonical  # a peer's odd, long name: read, not kept (bounds the table's bytes)
     if len(_SPELLED) >= _SPELLED_LIMIT:
         _SPELLED.clear()
     _SPELLED[name] = canonical
@@ -240,6 +243,13 @@ def _learn(name: str) -> str:
 # trunk (each brings about one request line, two tag values, three Vias); a full table
 # starts again (a dict, no recency links: a miss then costs a probe and an insert), and a
 # value no longer there is simply read again.
+# The longest raw text a table keeps. A peer chooses its values and a message may be up to
+# max_sip_message (64 KiB by default): without this, a stream of messages with long unique
+# values would pin limit x 64 KiB per table (hundreds of MiB in the mirror). Real start lines,
+# tags and Vias are well under it; a longer one is read each time.
+_MEMO_KEY_MAX = 512
+
+
 class _Memo(dict[str, _T]):
     """One table of memoised readings: ``table[raw]`` is ``read(raw)``, read at the first
     subscript (``__missing__``) and kept until the table, at ``limit``, is emptied."""
@@ -253,6 +263,8 @@ class _Memo(dict[str, _T]):
 
     def __missing__(self, key: str) -> _T:
         value = self.read(key)
+        if len(key) > _MEMO_KEY_MAX:
+            return value  # read, not kept: see _MEMO_KEY_MAX
         if len(self) >= self.limit:
             self.clear()
         self[key] = value
