@@ -119,7 +119,7 @@ def set_send_buffer(sock: socket.socket, size: int) -> None:
     what the config says; any other falls back to the capped request, as before."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
-    except PermissionError:
+    except OSError:  # EPERM without the capability; any other refusal: the plain request too
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
